@@ -1,0 +1,223 @@
+"""The command line: the only module that touches the terminal.
+
+Exit codes: 0 success, 1 some runs failed, 2 bad input (config, arguments,
+paths). User errors print one line per problem, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(
+    help="gradlab: see vanishing and exploding gradients in recurrent networks and compare the remedies.",
+    no_args_is_help=True, add_completion=False, rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+# Piped output has no terminal width; give tables room instead of rich's 80 columns.
+out_console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True)
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+FORMATS = ("table", "markdown", "csv", "json")
+
+
+def fail(problems: list[str] | str, code: int = EXIT_BAD_INPUT):
+    """Print each problem on its own line to stderr and exit."""
+    for p in [problems] if isinstance(problems, str) else problems:
+        err_console.print(f"error: {p}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def load_config(path: Path, sets: list[str]):
+    from gradlab.config import ConfigError, load
+
+    try:
+        return load(path, sets)
+    except ConfigError as e:
+        fail(e.problems)
+
+
+def rich_table(table, title: str | None = None) -> Table:
+    """A compact terminal view: grouping columns that never vary go into the title."""
+    from gradlab.comparison import METRICS, fmt, to_records
+
+    records = to_records(table)
+    groups = [c for c in table.columns if c not in METRICS]
+    constant = [c for c in groups if len({fmt(r[c]) for r in records}) == 1 and len(groups) > 1]
+    shown = [c for c in groups if c not in constant]
+    heading = ", ".join(f"{c}={fmt(records[0][c])}" for c in constant)
+    t = Table(title=" · ".join(x for x in (title, heading) if x), header_style="bold")
+    for col in shown:
+        t.add_column(col)
+    show_failed = any(r["failed"] for r in records)
+    for col in ["runs"] + (["failed"] if show_failed else []) + ["solved", "eval loss", "± std", "baseline",
+                                                                 "steps to solve", "diverged"]:
+        t.add_column(col, justify="right")
+    for r in records:
+        t.add_row(*(fmt(r[c]) for c in shown), str(r["runs"]), *([str(r["failed"])] if show_failed else []),
+                  f"{r['solved_rate']:.0%}", fmt(r["final_loss_mean"]), fmt(r["final_loss_std"]),
+                  fmt(r["baseline_loss"]), fmt(r["steps_to_solve_median"]), str(r["diverged"]))
+    return t
+
+
+def emit(table, fmt_name: str, output: Optional[Path], title: str | None = None) -> None:
+    """Print the comparison (or write it to ``output``) in the chosen format."""
+    from gradlab.comparison import render
+
+    if fmt_name == "table":
+        if output:
+            fail("--output needs --format markdown, csv or json")
+        out_console.print(rich_table(table, title))
+        return
+    text = render(table, fmt_name)
+    if output:
+        from gradlab.results import write_atomic
+
+        write_atomic(output, text)
+    else:
+        sys.stdout.write(text)
+
+
+def comparison_table(dirs: list[Path], by: Optional[str]):
+    from gradlab.comparison import compare, load_frame
+
+    frame = load_frame(dirs)
+    if frame.empty:
+        fail(f"no finished runs under {', '.join(map(str, dirs))}")
+    try:
+        return compare(frame, [c.strip() for c in by.split(",")] if by else None)
+    except ValueError as e:
+        fail(str(e))
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="Experiment YAML file."),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="Results directory."),
+    set_: list[str] = typer.Option([], "--set", help="Override a key: dotted.path=value (repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Re-run runs that already finished."),
+    fmt_name: str = typer.Option("table", "--format", "-f", help="Table format printed at the end: "
+                                 + ", ".join(FORMATS) + "."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Train every run of an experiment's grid and print the comparison.
+
+    Example: gradlab run configs/quickstart.yaml --set train.steps=500 --out results
+    """
+    if fmt_name not in FORMATS:
+        fail(f"--format: unknown format {fmt_name!r}; valid: {', '.join(FORMATS)}")
+    name, runs = load_config(config, set_)
+    from gradlab.sweeps import preflight
+
+    problems = preflight(runs)
+    if problems:
+        fail(problems)
+    outcomes = sweep_with_progress(name, runs, out, force, quiet or fmt_name != "table")
+    failed = [o for o in outcomes if o.status == "failed"]
+    table = comparison_table([out / name], None)
+    emit(table, fmt_name, None, title=f"{name}: {len(runs)} runs in {out / name}")
+    for o in failed:
+        err_console.print(f"failed: {o.run.id}: {o.error} (traceback in {o.dir / 'error.txt'})",
+                          markup=False, highlight=False)
+    if failed:
+        err_console.print(f"{len(failed)} of {len(runs)} runs failed", markup=False)
+        raise typer.Exit(EXIT_FAILED)
+
+
+def sweep_with_progress(name, runs, out, force, quiet):
+    from gradlab.sweeps import run_sweep
+
+    if quiet:
+        return run_sweep(name, runs, out, force=force)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        sweep = progress.add_task("runs", total=len(runs))
+        current = progress.add_task("", total=1, visible=False)
+
+        def on_event(event, run, **info):
+            if event == "start":
+                progress.reset(current, total=run.config["train"]["steps"], description=f"  {run.id}",
+                               visible=True)
+            elif event == "step":
+                progress.update(current, completed=info["step"])
+            elif event == "done":
+                progress.advance(sweep)
+
+        return run_sweep(name, runs, out, force=force, on_event=on_event)
+
+
+@app.command()
+def compare(
+    directory: Path = typer.Argument(..., help="Results directory, searched recursively."),
+    by: Optional[str] = typer.Option(None, "--by", help="Comma-separated grouping columns "
+                                     "(default: task,length,cell,clip,tbptt)."),
+    fmt_name: str = typer.Option("table", "--format", "-f", help="One of: " + ", ".join(FORMATS) + "."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+):
+    """Aggregate the runs under DIRECTORY over seeds and print one comparison table.
+
+    Example: gradlab compare results/ --format markdown --by cell,clip
+    """
+    if fmt_name not in FORMATS:
+        fail(f"--format: unknown format {fmt_name!r}; valid: {', '.join(FORMATS)}")
+    if not directory.is_dir():
+        fail(f"{directory}: no such directory")
+    emit(comparison_table([directory], by), fmt_name, output)
+
+
+@app.command()
+def validate(configs: list[Path] = typer.Argument(..., help="Experiment YAML files."),
+             set_: list[str] = typer.Option([], "--set", help="Override a key: dotted.path=value.")):
+    """Check configs without training: every problem, located, at once.
+
+    Example: gradlab validate configs/*.yaml
+    """
+    from gradlab.config import ConfigError, load
+
+    problems = []
+    for path in configs:
+        try:
+            name, runs = load(path, set_)
+            out_console.print(f"ok: {path}: {name}, {len(runs)} runs", markup=False, highlight=False)
+        except ConfigError as e:
+            problems += e.problems
+    if problems:
+        fail(problems)
+
+
+@app.command("ls")
+def list_catalogue():
+    """List the tasks, cells and clipping rules a config can name.
+
+    Example: gradlab ls
+    """
+    from gradlab.cells import CELLS
+    from gradlab.remedies import CLIPS
+    from gradlab.tasks import TASKS
+
+    for title, registry in (("task", TASKS), ("cell", CELLS), ("clip", CLIPS)):
+        t = Table(title=f"{title}s", header_style="bold", title_justify="left")
+        t.add_column(title)
+        t.add_column("parameters" if title == "clip" else "")
+        t.add_column("description")
+        for key, entry in registry.items():
+            extra = ""
+            if title == "clip":
+                extra = ", ".join(f"{k}={v}" for k, v in entry.params.items())
+            elif title == "task":
+                extra = entry.kind
+            elif title == "cell":
+                extra = entry.recurrence
+            t.add_row(key, extra, entry.description)
+        out_console.print(t)
+
+
+def main():  # pragma: no cover - console script entry point
+    app()

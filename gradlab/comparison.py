@@ -1,0 +1,137 @@
+"""Seed-aggregated comparison of the runs found on disk.
+
+Reads only result directories (never torch): each run becomes one row of
+its config (flattened: ``task``, ``length``, ``cell``, ``clip``, ``tbptt``,
+``lr``, ...) and summary; rows are grouped (by default per task, length,
+cell, clip and tbptt) and aggregated over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from gradlab import results
+
+DEFAULT_BY = ["task", "length", "cell", "clip", "tbptt"]
+# Metric columns of the comparison table, in order; ``runs`` counts every run of the group.
+METRICS = ["runs", "failed", "solved_rate", "final_loss_mean", "final_loss_std", "baseline_loss",
+           "steps_to_solve_median", "diverged"]
+
+
+def flatten(record: dict) -> dict:
+    """One run record -> one flat row: config columns first, then summary columns."""
+    cfg, summary = record["config"], record["summary"]
+    row = {"experiment": cfg.get("name"), "task": cfg["task"]["name"], "length": cfg["task"]["length"]}
+    row.update({k: v for k, v in cfg["task"].items() if k not in ("name", "length")})
+    row.update(cfg["model"])
+    row.update({k: v for k, v in cfg["train"].items()})
+    row["clip"] = results.clip_label(cfg["train"]["clip"])
+    row.update({k: cfg[k] for k in ("seed", "device", "dtype", "threads") if k in cfg})
+    row.update({"status": summary.get("status"), "final_loss": summary.get("final_loss"),
+                "solved": bool(summary.get("solved", False)), "steps_to_solve": summary.get("steps_to_solve"),
+                "diverged": bool(summary.get("diverged", False)), "baseline_loss": summary.get("baseline_loss"),
+                "wall_seconds": summary.get("wall_seconds"), "run_dir": record["dir"]})
+    return row
+
+
+def load_frame(roots: list[Path]) -> pd.DataFrame:
+    """Every finished run under the given directories, one row each."""
+    rows = []
+    for root in roots:
+        for d in results.find_runs(root):
+            rows.append(flatten(results.load_run(d)))
+    return pd.DataFrame(rows)
+
+
+def _aggregate(g: pd.DataFrame) -> pd.Series:
+    ok = g[g["status"] == "ok"]
+    loss = pd.to_numeric(ok["final_loss"], errors="coerce")
+    solved_steps = pd.to_numeric(ok.loc[ok["solved"], "steps_to_solve"], errors="coerce").dropna()
+    return pd.Series({
+        "runs": len(g),
+        "failed": int((g["status"] != "ok").sum()),
+        "solved_rate": float(ok["solved"].sum()) / len(g),
+        "final_loss_mean": loss.mean() if len(loss) else None,
+        "final_loss_std": loss.std(ddof=1) if len(loss) > 1 else None,
+        "baseline_loss": pd.to_numeric(g["baseline_loss"], errors="coerce").dropna().iloc[0]
+        if g["baseline_loss"].notna().any() else None,
+        "steps_to_solve_median": solved_steps.median() if len(solved_steps) else None,
+        "diverged": int(ok["diverged"].sum()),
+    })
+
+
+def compare(frame: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
+    """Group runs and aggregate over seeds. Raises ValueError for an unknown ``by`` column."""
+    by = list(by or DEFAULT_BY)
+    unknown = [c for c in by if c not in frame.columns]
+    if unknown:
+        valid = [c for c in frame.columns if c not in ("run_dir",)]
+        raise ValueError(f"unknown --by column(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    keys = frame[by].astype(object).where(frame[by].notna(), "null")  # group on None too (tbptt: null)
+    grouped = frame.groupby([keys[c] for c in by], sort=False, dropna=False)
+    table = grouped[frame.columns.tolist()].apply(_aggregate).reset_index()
+    table[by] = table[by].astype(object).where(table[by] != "null", None)
+    table = table.sort_values(by, key=lambda s: s.map(lambda v: (v is None, str(v) if not
+                                                                isinstance(v, (int, float)) else f"{v:020.6f}")))
+    return table.reset_index(drop=True)
+
+
+def _clean(v):
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if hasattr(v, "item"):  # numpy scalar -> python
+        return _clean(v.item())
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+        return v
+    return v
+
+
+def to_records(table: pd.DataFrame) -> list[dict]:
+    """JSON-ready rows: NaN -> None, numpy scalars -> python, counts as ints."""
+    out = []
+    for row in table.to_dict(orient="records"):
+        rec = {k: _clean(v) for k, v in row.items()}
+        for k in ("runs", "failed", "diverged"):
+            if rec.get(k) is not None:
+                rec[k] = int(rec[k])
+        if rec.get("tbptt") is not None:
+            rec["tbptt"] = int(rec["tbptt"])
+        out.append(rec)
+    return out
+
+
+def fmt(v) -> str:
+    """A cell for a human-readable table: 4 significant digits, '–' for missing."""
+    v = _clean(v)
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if v.is_integer() and abs(v) < 1e6:
+            return str(int(v))
+        return f"{v:.4g}"
+    return str(v)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    cols = list(table.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for rec in to_records(table):
+        lines.append("| " + " | ".join(fmt(rec[c]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render(table: pd.DataFrame, fmt_name: str) -> str:
+    """The table as text: ``json``, ``csv`` or ``markdown``."""
+    if fmt_name == "json":
+        return json.dumps(to_records(table), indent=2) + "\n"
+    if fmt_name == "csv":
+        return table.to_csv(index=False)
+    if fmt_name == "markdown":
+        return to_markdown(table)
+    raise ValueError(f"unknown format {fmt_name!r}")

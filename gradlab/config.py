@@ -1,0 +1,444 @@
+"""Experiment configs: defaults in code, YAML overrides, validation, and grid expansion.
+
+A config file states only what differs from the defaults below. ``load``
+parses it, applies ``--set`` overrides, checks *every* key at once and
+expands ``grid`` × ``seeds`` into runs. Every problem is reported as one line
+``file:line: key.path: message`` in a single ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from gradlab.cells import CELLS
+from gradlab.remedies import CLIPS
+from gradlab.results import clip_label
+from gradlab.tasks import TASKS
+
+# ---------------------------------------------------------------------------
+# Defaults: one dataclass per component; a config overrides only what differs.
+
+
+@dataclass
+class TaskConfig:
+    name: str = "adding"        # a key of gradlab.tasks.TASKS
+    length: int = 50            # T: the dependency length (copy: the delay)
+    eval_size: int = 1000       # sequences in the fixed held-out evaluation set
+
+
+@dataclass
+class ModelConfig:
+    cell: str = "vanilla"       # a key of gradlab.cells.CELLS
+    hidden: int = 64
+    nonlinearity: str | None = None  # orthogonal cell only: tanh | relu (default tanh)
+    skip: int = 10              # skip cell: h_t also reads h[t-skip]
+    engine: str = "scan"        # scan (hand-written BPTT) | autograd (unrolled reference)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000           # training batches
+    batch_size: int = 32
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    clip: str | dict = "none"   # none | norm | value, or {kind: norm, max_norm: 1.0}
+    tbptt: int | None = None    # None = full BPTT; k = detach every k steps, update per chunk
+    eval_every: int = 100
+    on_nonfinite: str = "skip"  # skip the update | stop the run, marked diverged
+
+
+@dataclass
+class Config:
+    name: str = "experiment"
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seeds: list = field(default_factory=lambda: [0])
+    grid: dict = field(default_factory=dict)
+    device: str = "cpu"         # cpu | cuda | cuda:N
+    dtype: str = "float32"      # float32 | float64
+    threads: int = 1            # torch threads per run
+
+
+SECTIONS = {"task": TaskConfig, "model": ModelConfig, "train": TrainConfig}
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
+NOT_IN_RUN_ID = ("device", "threads")  # where a run ran does not change what it is
+
+
+class ConfigError(Exception):
+    """All problems found in a config; one ``location: message`` line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass
+class Run:
+    """One point of the grid for one seed: the resolved config and its stable id."""
+
+    id: str
+    config: dict          # fully resolved, JSON-able; training reads only this
+    overrides: dict       # the grid values that make this run (dotted path -> value)
+
+
+# ---------------------------------------------------------------------------
+# Checks of single values; each returns an error message or None.
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _choice(registry, what):
+    def check(v):
+        if not isinstance(v, str):
+            return f"expected a {what} name (string), got {v!r}"
+        if v not in registry:
+            return f"unknown {what} {v!r}{_did_you_mean(v, registry)}; valid: {', '.join(registry)}"
+    return check
+
+
+def _int_at_least(lo):
+    def check(v):
+        if not _is_int(v):
+            return f"expected an integer, got {v!r}"
+        if v < lo:
+            return f"must be at least {lo}, got {v}"
+    return check
+
+
+def _positive_number(v):
+    if not _is_number(v):
+        return f"expected a number, got {v!r}"
+    if not v > 0:
+        return f"must be positive, got {v}"
+
+
+def _optional(check):
+    return lambda v: None if v is None else check(v)
+
+
+def _name(v):
+    """The experiment name is a directory name under --out."""
+    if not isinstance(v, str) or not v or not all(c.isalnum() or c in "-_." for c in v) or v[0] == ".":
+        return f"expected a name of letters, digits, '-', '_' or '.', got {v!r}"
+
+
+def _device(v):
+    if not isinstance(v, str) or not (v == "cpu" or v == "cuda" or v.startswith("cuda:")):
+        return f"expected cpu, cuda or cuda:N, got {v!r}"
+
+
+def _seeds(v):
+    if not isinstance(v, list) or not v:
+        return f"expected a non-empty list of integers, got {v!r}"
+    bad = [s for s in v if not _is_int(s) or s < 0]
+    if bad:
+        return f"seeds must be non-negative integers, got {bad!r}"
+    if len(set(v)) != len(v):
+        return f"seeds repeat: {v!r}"
+
+
+def _clip(v):
+    try:
+        resolve_clip(v)
+    except ValueError as e:
+        return str(e)
+
+
+CHECKS = {
+    "name": _name,
+    "task.name": _choice(TASKS, "task"),
+    "task.length": _int_at_least(2),
+    "task.eval_size": _int_at_least(1),
+    "model.cell": _choice(CELLS, "cell"),
+    "model.hidden": _int_at_least(1),
+    "model.nonlinearity": _optional(_choice({"tanh": 0, "relu": 0}, "nonlinearity")),
+    "model.skip": _int_at_least(1),
+    "model.engine": _choice({"scan": 0, "autograd": 0}, "engine"),
+    "train.steps": _int_at_least(1),
+    "train.batch_size": _int_at_least(1),
+    "train.optimizer": _choice(dict.fromkeys(OPTIMIZERS), "optimizer"),
+    "train.lr": _positive_number,
+    "train.clip": _clip,
+    "train.tbptt": _optional(_int_at_least(1)),
+    "train.eval_every": _int_at_least(1),
+    "train.on_nonfinite": _choice({"skip": 0, "stop": 0}, "on_nonfinite policy"),
+    "seeds": _seeds,
+    "device": _device,
+    "dtype": _choice({"float32": 0, "float64": 0}, "dtype"),
+    "threads": _int_at_least(1),
+}
+KEYS = list(CHECKS)  # every settable dotted path
+
+
+def _did_you_mean(word, choices):
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def resolve_clip(v) -> dict:
+    """``none`` | ``norm`` | ``{kind: norm, max_norm: 2}`` -> ``{"kind": "norm", "max_norm": 2.0}``."""
+    if isinstance(v, str):
+        v = {"kind": v}
+    if not isinstance(v, dict):
+        raise ValueError(f"expected a clip kind or a mapping with 'kind', got {v!r}")
+    kind = v.get("kind")
+    if kind not in CLIPS:
+        raise ValueError(f"unknown clip kind {kind!r}{_did_you_mean(kind, CLIPS)}; valid: {', '.join(CLIPS)}")
+    rule = CLIPS[kind]
+    resolved = {"kind": kind}
+    for k, val in v.items():
+        if k != "kind" and k not in rule.params:
+            valid = ", ".join(rule.params) or "none"
+            raise ValueError(f"clip {kind!r} has no parameter {k!r}{_did_you_mean(k, rule.params)}; "
+                             f"valid: {valid}")
+    for k, default in rule.params.items():
+        val = v.get(k, default)
+        if not _is_number(val) or not val > 0:
+            raise ValueError(f"clip {kind}.{k} must be a positive number, got {val!r}")
+        resolved[k] = float(val)
+    return resolved
+
+
+# ---------------------------------------------------------------------------
+# Reading YAML with line numbers.
+
+def _line_map(text: str) -> dict[str, int]:
+    """Dotted key path -> 1-based line, from the YAML node tree (grid keys kept whole)."""
+    lines: dict[str, int] = {}
+
+    def walk(node, path):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = f"{path}.{k.value}" if path else str(k.value)
+                lines[key] = k.start_mark.line + 1
+                walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[f"{path}[{i}]"] = item.start_mark.line + 1
+                walk(item, f"{path}[{i}]")
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+def parse_yaml(text: str, source: str) -> dict:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError([f"{where}: malformed YAML: {problem}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: the config must be a mapping of keys, got {type(data).__name__}"])
+    return data
+
+
+def parse_override(item: str) -> tuple[str, object]:
+    """``train.lr=0.01`` -> ("train.lr", 0.01); the value is read as YAML."""
+    if "=" not in item:
+        raise ConfigError([f"--set {item}: expected dotted.path=value"])
+    path, _, raw = item.partition("=")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError([f"--set {item}: the value is not valid YAML"]) from None
+    return path.strip(), value
+
+
+def _set_path(data: dict, path: str, value) -> None:
+    if path.startswith("grid."):  # grid keys are themselves dotted paths
+        data.setdefault("grid", {})
+        if not isinstance(data["grid"], dict):
+            data["grid"] = {}
+        data["grid"][path[len("grid."):]] = value
+        return
+    parts = path.split(".")
+    node = data
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def _get_path(data: dict, path: str):
+    node = data
+    for p in path.split("."):
+        node = node[p]
+    return node
+
+
+# ---------------------------------------------------------------------------
+# Validation and expansion.
+
+def _defaults() -> dict:
+    return dataclasses.asdict(Config())
+
+
+def _check_keys(data: dict, where, problems: list[str]) -> None:
+    """Unknown keys at the top level and in each section."""
+    top = [f.name for f in dataclasses.fields(Config)]
+    for k in data:
+        if k not in top:
+            problems.append(f"{where(k)}: unknown key {k!r}{_did_you_mean(k, top)}")
+    for section, cls in SECTIONS.items():
+        value = data.get(section)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"{where(section)}: expected a mapping, got {value!r}")
+            continue
+        names = [f.name for f in dataclasses.fields(cls)]
+        for k in value:
+            if k not in names:
+                problems.append(f"{where(f'{section}.{k}')}: unknown key {section}.{k}"
+                                f"{_did_you_mean(k, names)}; valid: {', '.join(names)}")
+
+
+def _check_values(data: dict, where, problems: list[str]) -> None:
+    for path, check in CHECKS.items():
+        try:
+            value = _get_path(data, path)
+        except (KeyError, TypeError):
+            continue  # absent: the default applies
+        msg = check(value)
+        if msg:
+            problems.append(f"{where(path)}: {msg}")
+
+
+def _check_grid(grid, where, problems: list[str]) -> None:
+    if not isinstance(grid, dict):
+        problems.append(f"{where('grid')}: expected a mapping of dotted.path: [values], got {grid!r}")
+        return
+    for path, values in grid.items():
+        loc = where(f"grid.{path}")
+        if path not in CHECKS or path in ("seeds", "name"):
+            settable = [k for k in KEYS if k not in ("seeds", "name")]
+            problems.append(f"{loc}: grid over unknown key {path!r}{_did_you_mean(path, settable)}")
+            continue
+        if not isinstance(values, list) or not values:
+            problems.append(f"{loc}: expected a non-empty list of values, got {values!r}")
+            continue
+        for i, v in enumerate(values):
+            msg = CHECKS[path](v)
+            if msg:
+                problems.append(f"{where(f'grid.{path}[{i}]')}: {msg}")
+
+
+def _check_run(cfg: dict, label: str, problems: list[str]) -> None:
+    """Constraints between keys, checked on each expanded run."""
+    task = TASKS[cfg["task"]["name"]]
+    if cfg["task"]["length"] < task.min_length:
+        problems.append(f"{label}task.length: {cfg['task']['name']} needs length >= {task.min_length}, "
+                        f"got {cfg['task']['length']}")
+    if cfg["model"]["nonlinearity"] is not None and cfg["model"]["cell"] != "orthogonal":
+        problems.append(f"{label}model.nonlinearity: only the orthogonal cell takes a nonlinearity "
+                        f"({cfg['model']['cell']} has its own)")
+
+
+def run_id(cfg: dict, overrides: dict) -> str:
+    """Stable id: readable grid values and seed, then a hash of the resolved config."""
+    identity = {k: v for k, v in cfg.items() if k not in NOT_IN_RUN_ID}
+    digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+    parts = []
+    for path, value in overrides.items():
+        if path == "train.clip":
+            value = clip_label(resolve_clip(value))
+        elif path == "train.tbptt" and value is None:
+            value = "full"
+        parts.append(f"{path.split('.')[-1]}={value}")
+    slug = "_".join(parts + [f"seed={cfg['seed']}"])
+    slug = "".join(c if c.isalnum() or c in "=._-()" else "-" for c in slug)
+    return f"{slug}_{digest}"
+
+
+def expand(data: dict, label_prefix: str = "") -> list[Run]:
+    """Cartesian product of the grid, times the seeds, over the defaults."""
+    base = _defaults()
+    for section in SECTIONS:
+        base[section].update(data.get(section) or {})
+    for k in ("name", "seeds", "device", "dtype", "threads"):
+        if k in data:
+            base[k] = data[k]
+    grid = data.get("grid") or {}
+    runs, problems = [], []
+    for combo in itertools.product(*grid.values()):
+        overrides = dict(zip(grid, combo))
+        for seed in base["seeds"]:
+            cfg = copy.deepcopy(base)
+            for path, value in overrides.items():
+                _set_path(cfg, path, copy.deepcopy(value))
+            cfg.pop("grid")
+            cfg.pop("seeds")
+            cfg["seed"] = seed
+            cfg["train"]["clip"] = resolve_clip(cfg["train"]["clip"])
+            label = ", ".join(f"{k}={v}" for k, v in overrides.items())
+            _check_run(cfg, f"{label_prefix}run [{label or 'base'}]: ", problems)
+            runs.append(Run(run_id(cfg, overrides), cfg, overrides))
+    if problems:
+        raise ConfigError(sorted(set(problems), key=problems.index))
+    return runs
+
+
+def validate(data: dict, source: str = "<config>", lines: dict | None = None,
+             set_paths: tuple = ()) -> list[Run]:
+    """Check everything at once; return the expanded runs or raise ConfigError."""
+    lines = lines or {}
+
+    def where(path):
+        if path in set_paths or path.split("[")[0] in set_paths:
+            return f"--set {path}"
+        line = lines.get(path)
+        return f"{source}:{line}: {path}" if line else f"{source}: {path}"
+
+    problems: list[str] = []
+    _check_keys(data, where, problems)
+    _check_values(data, where, problems)
+    if "grid" in data:
+        _check_grid(data["grid"], where, problems)
+        if data["grid"] == {}:
+            problems.append(f"{where('grid')}: the grid is empty; remove it or give it keys")
+    if problems:
+        raise ConfigError(problems)
+    return expand(data, label_prefix=f"{source}: ")
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> tuple[str, list[Run]]:
+    """Read a config file, apply ``--set`` overrides, validate, expand. Returns (name, runs)."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError([f"{source}: cannot read the config: {e.strerror}"]) from None
+    data = parse_yaml(text, source)
+    set_paths = []
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_path(data, key, value)
+        set_paths.append(key)
+    runs = validate(data, source, _line_map(text), tuple(set_paths))
+    return data.get("name", Config.name), runs

@@ -1,0 +1,112 @@
+"""Results on disk: one directory per run, written atomically; the source of truth.
+
+Layout: ``<out>/<experiment>/<run id>/`` holding
+
+- ``config.json``  the resolved run config (what training read)
+- ``env.json``     gradlab and torch versions, device, threads, seed, host
+- ``metrics.csv``  one row per training step (``kind=train``) and per evaluation (``kind=eval``)
+- ``summary.json`` written last: its presence marks the run as finished
+  (``status`` ``ok`` or ``failed``); a run without it is incomplete.
+- ``error.txt``    the traceback of a failed run
+
+Every file is written to a temporary name and renamed into place, so a crash
+at any moment leaves either the old file, the new one, or no file — never a
+half-written one. This module does not import torch: comparison reads results
+without it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+SUMMARY, CONFIG, ENV, METRICS, ERROR = "summary.json", "config.json", "env.json", "metrics.csv", "error.txt"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _finite(x):
+    """NaN and infinities become null: strict JSON readers (jq, browsers) reject them."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def write_json(path: Path, data) -> None:
+    write_atomic(path, json.dumps(_finite(data), indent=2, default=str) + "\n")
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+def metrics_csv(rows: list[dict]) -> str:
+    """Rows of differing keys (train and eval) -> one CSV with the union of columns, in first-seen order."""
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def save_run(run_dir: Path, config: dict, env: dict, rows: list[dict], summary: dict,
+             error: str | None = None) -> None:
+    """Write one run's files; ``summary.json`` last, so it marks a finished run."""
+    run_dir = Path(run_dir)
+    write_json(run_dir / CONFIG, config)
+    write_json(run_dir / ENV, env)
+    write_atomic(run_dir / METRICS, metrics_csv(rows))
+    if error is not None:
+        write_atomic(run_dir / ERROR, error)
+    else:
+        (run_dir / ERROR).unlink(missing_ok=True)
+    write_json(run_dir / SUMMARY, summary)
+
+
+def clip_label(clip: dict) -> str:
+    """A resolved clip spec as a readable label: ``none``, ``norm(1.0)``, ``value(0.5)``."""
+    args = [str(v) for k, v in clip.items() if k != "kind"]
+    return clip["kind"] + (f"({', '.join(args)})" if args else "")
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (Path(run_dir) / SUMMARY).is_file()
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Every finished run directory under ``root``, recursively, in a stable order."""
+    root = Path(root)
+    return sorted(p.parent for p in root.rglob(SUMMARY) if (p.parent / CONFIG).is_file())
+
+
+def load_run(run_dir: Path) -> dict:
+    """A run as one record: {"dir", "id", "config", "summary"}."""
+    run_dir = Path(run_dir)
+    return {"dir": str(run_dir), "id": run_dir.name,
+            "config": read_json(run_dir / CONFIG), "summary": read_json(run_dir / SUMMARY)}

@@ -1,0 +1,170 @@
+"""Train one run from its resolved config; return its summary and metric rows.
+
+The loop reads top to bottom: draw a batch, run it chunk by chunk (one chunk
+for full BPTT, windows of ``tbptt`` steps otherwise), back-propagate, clip,
+step, and evaluate every ``eval_every`` steps on a fixed held-out set. It never
+prints and never writes files: the caller (``sweeps``) stores what it returns.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+
+import torch
+
+import gradlab
+from gradlab.cells import RecurrentNet
+from gradlab.remedies import clip_gradients
+from gradlab.tasks import TASKS
+
+EVAL_SEED_OFFSET = 1_000_003  # the evaluation set's generator seed is seed + this: never a training batch
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def setup_torch(device: torch.device, threads: int) -> None:
+    """Per-process settings every run needs."""
+    torch.set_num_threads(threads)
+    if device.type == "cpu":
+        # Vanishing gradients produce subnormal floats, which x86 processes many
+        # times slower (REFERENCE §6: an LSTM step went from ~1100 ms to ~80 ms).
+        torch.set_flush_denormal(True)
+
+
+def environment(cfg: dict) -> dict:
+    """What a result needs to be traced and reproduced."""
+    device = torch.device(cfg["device"])
+    env = {"gradlab": gradlab.__version__, "torch": torch.__version__, "python": platform.python_version(),
+           "platform": platform.platform(), "host": platform.node(), "cpu_count": os.cpu_count(),
+           "device": str(device), "threads": torch.get_num_threads(), "seed": cfg["seed"],
+           "dtype": cfg["dtype"]}
+    if device.type == "cuda":
+        env["cuda_device"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def build_model(cfg: dict, task, device, dtype) -> RecurrentNet:
+    m = cfg["model"]
+    net = RecurrentNet(m["cell"], task.input_size, m["hidden"], task.output_size,
+                       nonlinearity=m["nonlinearity"], skip=m["skip"], engine=m["engine"], seed=cfg["seed"])
+    return net.to(device=device, dtype=dtype)
+
+
+def detach(state):
+    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+
+
+def train_step(model, task, batch, optimizer, clip: dict, window: int | None, on_nonfinite: str) -> dict:
+    """One batch: forward/backward per chunk, one update per chunk that carries a loss.
+
+    Truncated BPTT (Williams & Peng 1990, k1 = k2 = window): the state is carried
+    across chunks but detached, so no gradient crosses a chunk boundary. The
+    chunk loss is normalised by the whole sequence's loss count, so the chunk
+    losses add up to the full-sequence loss.
+    """
+    S = batch.x.shape[0]  # batch.x: (S, B, I)
+    window = window or S
+    n_loss = batch.loss_mask.sum()
+    state = model.initial_state(batch.x.shape[1], device=batch.x.device, dtype=batch.x.dtype)
+    loss_sum, norm_max, clipped_max, active, nonfinite, updates = 0.0, 0.0, 0.0, False, False, 0
+    for t0 in range(0, S, window):
+        chunk = batch.slice(t0, min(t0 + window, S))
+        has_loss = bool(chunk.loss_mask.any())
+        with torch.set_grad_enabled(has_loss):
+            hs, state = model(chunk.x, state)  # hs: (k, B, H)
+        state = detach(state)
+        if not has_loss:
+            continue
+        out = model.readout(hs)  # (k, B, O)
+        loss = (task.step_loss(out, chunk.y) * chunk.loss_mask).sum() / n_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm, after = clip_gradients(model.parameters(), clip)
+        loss_v, norm_v = loss.item(), norm.item()
+        if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
+            nonfinite = True
+            if on_nonfinite == "stop":
+                break
+            continue  # skip: drop this update (optax apply_if_finite)
+        optimizer.step()
+        updates += 1
+        loss_sum += loss_v
+        norm_max, clipped_max = max(norm_max, norm_v), max(clipped_max, after.item())
+        active = active or after.item() < norm_v * (1 - 1e-6)
+    return {"loss": loss_sum if not nonfinite else float("nan"), "grad_norm": norm_max,
+            "grad_norm_clipped": clipped_max, "clip_active": int(active), "nonfinite": int(nonfinite),
+            "updates": updates}
+
+
+@torch.no_grad()
+def evaluate(model, task, batch) -> dict:
+    state = model.initial_state(batch.x.shape[1], device=batch.x.device, dtype=batch.x.dtype)
+    hs, _ = model(batch.x, state)
+    return task.evaluate(model.readout(hs), batch)
+
+
+def train(cfg: dict, progress=None, rows: list | None = None) -> tuple[dict, list[dict], dict]:
+    """Train one run. Returns (summary, metric rows, environment).
+
+    progress(step, steps), if given, is called after every training step.
+    rows, if given, receives the metric rows as they are made, so a caller
+    keeps them when training raises.
+    """
+    device, dtype = torch.device(cfg["device"]), DTYPES[cfg["dtype"]]
+    setup_torch(device, cfg["threads"])
+    task, tc, length = TASKS[cfg["task"]["name"]], cfg["train"], cfg["task"]["length"]
+    seed = cfg["seed"]
+
+    eval_gen = torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET)
+    eval_batch = task.generate(cfg["task"]["eval_size"], length, eval_gen).to(device, dtype)
+    train_gen = torch.Generator().manual_seed(seed)
+    model = build_model(cfg, task, device, dtype)
+    optimizer = OPTIMIZERS[tc["optimizer"]](model.parameters(), lr=tc["lr"])
+
+    rows = [] if rows is None else rows
+    last_eval, steps_to_solve, diverged_step, nonfinite_steps = None, None, None, 0
+    start = time.perf_counter()
+    for step in range(1, tc["steps"] + 1):
+        batch = task.generate(tc["batch_size"], length, train_gen).to(device, dtype)
+        row = train_step(model, task, batch, optimizer, tc["clip"], tc["tbptt"], tc["on_nonfinite"])
+        rows.append({"kind": "train", "step": step, **row})
+        nonfinite_steps += row["nonfinite"]
+        stop = row["nonfinite"] and tc["on_nonfinite"] == "stop"
+        if stop:
+            diverged_step = step
+        if stop or step % tc["eval_every"] == 0 or step == tc["steps"]:
+            last_eval = {"step": step, **evaluate(model, task, eval_batch)}
+            rows.append({"kind": "eval", "step": step, "eval_loss": last_eval["loss"],
+                         "eval_accuracy": last_eval["accuracy"], "solved": int(last_eval["solved"])})
+            if last_eval["solved"] and steps_to_solve is None:
+                steps_to_solve = step
+        if progress:
+            progress(step, tc["steps"])
+        if stop:
+            break
+    wall = time.perf_counter() - start
+
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    finite_norms = [r["grad_norm"] for r in train_rows if math.isfinite(r["grad_norm"]) and r["updates"]]
+    final_loss = last_eval["loss"]
+    summary = {
+        "status": "ok",
+        "final_loss": final_loss,
+        "final_accuracy": last_eval["accuracy"],
+        "baseline_loss": task.baseline(length),
+        "solved": bool(last_eval["solved"]),
+        "steps_to_solve": steps_to_solve,
+        "diverged": diverged_step is not None or not math.isfinite(final_loss),
+        "diverged_step": diverged_step,
+        "nonfinite_steps": nonfinite_steps,
+        "steps_done": len(train_rows),
+        "grad_norm_max": max(finite_norms, default=None),
+        "clip_rate": sum(r["clip_active"] for r in train_rows) / len(train_rows),
+        "wall_seconds": wall,
+        "steps_per_second": len(train_rows) / wall if wall > 0 else None,
+    }
+    return summary, rows, environment(cfg)

@@ -1,0 +1,315 @@
+"""Tasks: layouts recomputed by hand from x, baselines against Monte-Carlo, evaluate() at both ends."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gradlab.tasks import TASKS, Batch
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def perfect_output(task, batch):
+    """(S, B, O) outputs that predict every target exactly."""
+    if task.kind == "regression":
+        return batch.y.unsqueeze(-1).clone()
+    return 50.0 * F.one_hot(batch.y, task.output_size).float()
+
+
+# ---------------------------------------------------------------------------
+# Registry, shapes, validation
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_registry_entry_is_complete(name):
+    task = TASKS[name]
+    assert task.name == name
+    assert task.description and "\n" not in task.description
+    assert task.kind in ("regression", "classification")
+    assert task.output_size == 1 if task.kind == "regression" else task.output_size > 1
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_shapes_and_dtypes(name):
+    task = TASKS[name]
+    length, B = 30, 5
+    b = task.generate(B, length, gen())
+    S = task.sequence_length(length)
+    assert b.x.shape == (S, B, task.input_size) and b.x.dtype == torch.float32
+    assert b.y.shape == b.loss_mask.shape == b.score_mask.shape == (S, B)
+    assert b.y.dtype == (torch.float32 if task.kind == "regression" else torch.int64)
+    assert b.loss_mask.dtype == b.score_mask.dtype == torch.bool
+    if task.kind == "classification":
+        assert torch.equal(b.x.sum(-1), torch.ones(S, B))  # one-hot inputs
+        assert int(b.y.max()) < task.output_size
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_length_below_minimum_is_rejected(name):
+    task = TASKS[name]
+    b = task.generate(3, task.min_length, gen())  # the minimum itself works
+    assert b.x.shape[0] == task.sequence_length(task.min_length)
+    with pytest.raises(ValueError, match=f"length >= {task.min_length}"):
+        task.generate(3, task.min_length - 1, gen())
+
+
+# ---------------------------------------------------------------------------
+# Labels recomputed independently, one sequence at a time
+
+
+def test_adding_labels():
+    task, T, B = TASKS["adding"], 9, 200
+    b = task.generate(B, T, gen(1))
+    for i in range(B):
+        marks = [t for t in range(T) if b.x[t, i, 1].item() == 1.0]
+        assert len(marks) == 2 and all(b.x[t, i, 1].item() in (0.0, 1.0) for t in range(T))
+        assert 0 <= marks[0] < T // 2 <= marks[1] < T
+        target = sum(b.x[t, i, 0].item() for t in marks)
+        assert b.y[-1, i].item() == pytest.approx(target, abs=1e-6)
+        assert all(b.y[t, i].item() == 0.0 for t in range(T - 1))
+        assert 0.0 <= b.x[:, i, 0].min() and b.x[:, i, 0].max() < 1.0
+    expected_mask = torch.zeros(T, B, dtype=torch.bool)
+    expected_mask[-1] = True
+    assert torch.equal(b.loss_mask, expected_mask) and torch.equal(b.score_mask, expected_mask)
+
+
+def test_adding_markers_cover_both_halves():
+    T = 7  # odd: the second half [3, 7) is the longer one
+    b = TASKS["adding"].generate(4000, T, gen(2))
+    first = b.x[: T // 2, :, 1].argmax(0)
+    second = b.x[T // 2 :, :, 1].argmax(0) + T // 2
+    assert set(first.tolist()) == set(range(T // 2))
+    assert set(second.tolist()) == set(range(T // 2, T))
+
+
+def test_copy_layout():
+    task, T, B = TASKS["copy"], 6, 50
+    b = task.generate(B, T, gen(3))
+    S = T + 20
+    assert task.sequence_length(T) == S
+    sym = b.x.argmax(-1)  # (S, B) input symbols
+    for i in range(B):
+        inputs = [sym[t, i].item() for t in range(S)]
+        targets = [b.y[t, i].item() for t in range(S)]
+        assert all(1 <= s <= 8 for s in inputs[:10])
+        assert inputs[10 : 10 + T - 1] == [0] * (T - 1)
+        assert inputs[T + 9] == 9
+        assert inputs[T + 10 :] == [0] * 10
+        assert targets[: T + 10] == [0] * (T + 10)
+        assert targets[T + 10 :] == inputs[:10]
+    assert b.loss_mask.all()
+    assert b.score_mask[T + 10 :].all() and not b.score_mask[: T + 10].any()
+
+
+def test_copy_uses_all_eight_data_symbols():
+    b = TASKS["copy"].generate(500, 3, gen(4))
+    assert set(b.y[-10:].flatten().tolist()) == set(range(1, 9))
+
+
+def test_temporal_order_labels():
+    task, L, B = TASKS["temporal_order"], 40, 300
+    b = task.generate(B, L, gen(5))
+    sym = b.x.argmax(-1)
+    w = L // 10
+    names = {"AA": 0, "AB": 1, "BA": 2, "BB": 3}
+    for i in range(B):
+        seq = [sym[t, i].item() for t in range(L)]
+        marked = [t for t in range(L) if seq[t] in (0, 1)]
+        assert len(marked) == 2
+        p0, p1 = marked
+        assert w <= p0 < 2 * w and L // 2 <= p1 < L // 2 + w
+        assert all(2 <= s <= 5 for t, s in enumerate(seq) if t not in marked)
+        pair = "AB"[seq[p0]] + "AB"[seq[p1]]
+        assert b.y[-1, i].item() == names[pair]
+        assert all(b.y[t, i].item() == 0 for t in range(L - 1))
+    assert b.loss_mask[-1].all() and not b.loss_mask[:-1].any()
+    assert torch.equal(b.loss_mask, b.score_mask)
+
+
+def test_temporal_order_positions_cover_their_ranges():
+    L = 40
+    b = TASKS["temporal_order"].generate(3000, L, gen(6))
+    ab = b.x[:, :, :2].sum(-1)  # (L, B): 1 where A or B
+    p0 = ab[: L // 2].argmax(0)
+    p1 = ab[L // 2 :].argmax(0) + L // 2
+    assert set(p0.tolist()) == set(range(4, 8))
+    assert set(p1.tolist()) == set(range(20, 24))
+    assert set(b.x.argmax(-1).flatten().tolist()) == set(range(6))
+
+
+# ---------------------------------------------------------------------------
+# Determinism
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_same_seed_same_batch_other_seed_other_batch(name):
+    task = TASKS[name]
+    a, b, c = (task.generate(8, 20, gen(s)) for s in (7, 7, 8))
+    for f in ("x", "y", "loss_mask", "score_mask"):
+        assert torch.equal(getattr(a, f), getattr(b, f))
+    assert not torch.equal(a.x, c.x)
+    assert not torch.equal(a.y, c.y)
+
+
+# ---------------------------------------------------------------------------
+# Baselines against Monte-Carlo estimates
+
+
+def test_adding_baseline_matches_monte_carlo():
+    task, n = TASKS["adding"], 200_000
+    b = task.generate(n, 10, gen(9))
+    y = b.y[-1].double()
+    sq = (y - 1.0) ** 2  # the best constant predictor is E[y] = 1
+    se = sq.std().item() / math.sqrt(n)
+    assert abs(sq.mean().item() - task.baseline(10)) < 4 * se
+    assert abs(y.mean().item() - 1.0) < 4 * y.std().item() / math.sqrt(n)
+    result = task.evaluate(torch.ones(10, n, 1), b)
+    assert result["loss"] == pytest.approx(sq.mean().item(), rel=1e-4)
+    assert result["accuracy"] is None and not result["solved"]
+
+
+@pytest.mark.parametrize("T", [1, 10, 100, 1000])
+def test_copy_baseline_is_the_memoryless_cross_entropy(T):
+    task, B = TASKS["copy"], 16
+    b = task.generate(B, T, gen(10))
+    # The best memoryless predictor: blank for sure until the recall steps, then uniform over 1..8.
+    out = torch.full((T + 20, B, 10), -1e4)
+    out[: T + 10, :, 0] = 0.0
+    out[T + 10 :, :, 1:9] = 0.0
+    result = task.evaluate(out, b)
+    assert result["loss"] == pytest.approx(task.baseline(T), rel=1e-5)
+    assert task.baseline(T) == pytest.approx(10 * math.log(8) / (T + 20))
+    # argmax breaks the tie toward symbol 1: right on about 1/8 of the recall steps
+    assert result["accuracy"] == pytest.approx((b.y[T + 10 :] == 1).float().mean().item())
+    assert result["accuracy"] < 0.5 and not result["solved"]
+
+
+def test_copy_baseline_published_values():
+    assert TASKS["copy"].baseline(100) == pytest.approx(0.173, abs=5e-4)
+    assert TASKS["copy"].baseline(1000) == pytest.approx(0.0204, abs=5e-5)
+
+
+def test_temporal_order_baseline_matches_monte_carlo():
+    task, n, L = TASKS["temporal_order"], 200_000, 10
+    b = task.generate(n, L, gen(11))
+    freq = torch.bincount(b.y[-1], minlength=4).double() / n
+    se = math.sqrt(0.25 * 0.75 / n)
+    assert (freq - 0.25).abs().max().item() < 4 * se  # the classes are uniform
+    entropy = -(freq * freq.log()).sum().item()  # CE of the best constant predictor
+    assert entropy == pytest.approx(task.baseline(L), abs=1e-3)
+    result = task.evaluate(freq.log().float().expand(L, n, 4), b)
+    assert result["loss"] == pytest.approx(entropy, rel=1e-4)
+    assert result["accuracy"] < 0.3 and not result["solved"]
+
+
+# ---------------------------------------------------------------------------
+# evaluate() and step_loss()
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_perfect_predictor_is_solved(name):
+    task = TASKS[name]
+    b = task.generate(32, 20, gen(12))
+    result = task.evaluate(perfect_output(task, b), b)
+    assert result["loss"] == pytest.approx(0.0, abs=1e-6)
+    assert result["solved"] is True
+    assert result["accuracy"] == (None if task.kind == "regression" else 1.0)
+
+
+def test_adding_solved_threshold():
+    task = TASKS["adding"]
+    b = task.generate(1000, 10, gen(13))
+    near = perfect_output(task, b) + 0.09  # MSE 0.0081 < 0.01
+    far = perfect_output(task, b) + 0.11  # MSE 0.0121
+    assert task.evaluate(near, b)["solved"] and not task.evaluate(far, b)["solved"]
+
+
+def test_copy_accuracy_counts_only_the_recall_steps():
+    task, T = TASKS["copy"], 5
+    b = task.generate(40, T, gen(14))
+    out = perfect_output(task, b)
+    blanks = torch.zeros_like(b.y[T + 10 :])
+    out[T + 10 :] = 50.0 * F.one_hot(blanks, 10).float()  # blanks where the symbols are due
+    result = task.evaluate(out, b)
+    assert result["accuracy"] == 0.0 and not result["solved"]
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_step_loss_matches_torch_losses_and_is_differentiable(name):
+    task = TASKS[name]
+    b = task.generate(6, 12, gen(15))
+    out = torch.randn(*b.y.shape, task.output_size, generator=gen(16), requires_grad=True)
+    losses = task.step_loss(out, b.y)
+    assert losses.shape == b.y.shape
+    m = b.loss_mask
+    if task.kind == "regression":
+        reference = F.mse_loss(out[..., 0][m], b.y[m])
+    else:
+        reference = F.cross_entropy(out[m], b.y[m])
+    mean = (losses * m).sum() / m.sum()
+    torch.testing.assert_close(mean, reference)
+    assert task.evaluate(out, b)["loss"] == pytest.approx(reference.item(), rel=1e-6)
+    mean.backward()
+    assert (out.grad[~m] == 0).all() and (out.grad[m] != 0).any()  # only the masked steps get gradient
+
+
+# ---------------------------------------------------------------------------
+# lag and dependency
+
+
+def test_lag_and_dependency_adding():
+    task, T = TASKS["adding"], 8
+    b = task.generate(2000, T, gen(17))
+    first = b.x[: T // 2, :, 1].argmax(0)
+    assert int((T - 1 - first).max()) == task.lag(T)
+    assert 0 <= task.dependency(T) < T // 2
+    assert task.dependency(100) == 25
+
+
+def test_lag_and_dependency_copy():
+    task, T = TASKS["copy"], 7
+    b = task.generate(20, T, gen(18))
+    sym = b.x.argmax(-1)
+    # symbol i, shown at step i, is the target at step i + lag
+    for i in range(10):
+        assert torch.equal(b.y[i + task.lag(T)], sym[i])
+    assert torch.equal(b.y[task.dependency(T) + task.lag(T)], sym[task.dependency(T)])
+    assert task.lag(T) == T + 10
+
+
+def test_lag_and_dependency_temporal_order():
+    task, L = TASKS["temporal_order"], 50
+    b = task.generate(2000, L, gen(19))
+    p0 = b.x[: L // 2, :, :2].sum(-1).argmax(0)
+    assert int((L - 1 - p0).max()) == task.lag(L)
+    assert p0.min() <= task.dependency(L) <= p0.max()
+    assert task.dependency(100) == 15
+
+
+# ---------------------------------------------------------------------------
+# Batch
+
+
+def test_batch_slice_pieces_rebuild_the_batch():
+    b = TASKS["copy"].generate(4, 5, gen(20))
+    pieces = [b.slice(t, min(t + 7, 25)) for t in range(0, 25, 7)]
+    assert [p.x.shape[0] for p in pieces] == [7, 7, 7, 4]
+    for f in ("x", "y", "loss_mask", "score_mask"):
+        assert torch.equal(torch.cat([getattr(p, f) for p in pieces]), getattr(b, f))
+    assert isinstance(pieces[0], Batch)
+
+
+@pytest.mark.parametrize("name", ["adding", "copy"])
+def test_batch_to_casts_x_and_float_targets_only(name):
+    b = TASKS[name].generate(4, 10, gen(21))
+    d = b.to("cpu", torch.float64)
+    assert d.x.dtype == torch.float64 and torch.equal(d.x, b.x.double())
+    assert d.y.dtype == (torch.float64 if b.y.is_floating_point() else torch.int64)
+    assert torch.equal(d.y, b.y.to(d.y.dtype))
+    assert d.loss_mask.dtype == d.score_mask.dtype == torch.bool
+    assert torch.equal(d.loss_mask, b.loss_mask) and torch.equal(d.score_mask, b.score_mask)
+    assert d.x.device.type == "cpu"
