@@ -45,13 +45,15 @@ def load_config(path: Path, sets: list[str]):
 
 def rich_table(table, title: str | None = None) -> Table:
     """A compact terminal view: grouping columns that never vary go into the title."""
-    from gradlab.comparison import METRICS, fmt, to_records
+    from gradlab.comparison import METRICS, cell_text, fmt, to_records
 
     records = to_records(table)
     groups = [c for c in table.columns if c not in METRICS]
-    constant = [c for c in groups if len({fmt(r[c]) for r in records}) == 1 and len(groups) > 1]
+    constant = [c for c in groups if len({cell_text(c, r[c]) for r in records}) == 1]
+    if len(constant) == len(groups):  # keep at least one column to name the rows
+        constant = constant[:-1]
     shown = [c for c in groups if c not in constant]
-    heading = ", ".join(f"{c}={fmt(records[0][c])}" for c in constant)
+    heading = ", ".join(f"{c}={cell_text(c, records[0][c])}" for c in constant)
     t = Table(title=" · ".join(x for x in (title, heading) if x), header_style="bold")
     for col in shown:
         t.add_column(col)
@@ -60,7 +62,7 @@ def rich_table(table, title: str | None = None) -> Table:
                                                                  "steps to solve", "diverged"]:
         t.add_column(col, justify="right")
     for r in records:
-        t.add_row(*(fmt(r[c]) for c in shown), str(r["runs"]), *([str(r["failed"])] if show_failed else []),
+        t.add_row(*(cell_text(c, r[c]) for c in shown), str(r["runs"]), *([str(r["failed"])] if show_failed else []),
                   f"{r['solved_rate']:.0%}", fmt(r["final_loss_mean"]), fmt(r["final_loss_std"]),
                   fmt(r["baseline_loss"]), fmt(r["steps_to_solve_median"]), str(r["diverged"]))
     return t

@@ -118,11 +118,16 @@ def fmt(v) -> str:
     return str(v)
 
 
+def cell_text(column: str, v) -> str:
+    """``fmt`` with the column's meaning: a missing tbptt window is full BPTT."""
+    return "full" if column == "tbptt" and _clean(v) is None else fmt(v)
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     cols = list(table.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for rec in to_records(table):
-        lines.append("| " + " | ".join(fmt(rec[c]) for c in cols) + " |")
+        lines.append("| " + " | ".join(cell_text(c, rec[c]) for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,186 @@
+"""How fast is gradlab's hand-written BPTT? A benchmark of one training step per cell.
+
+Three contenders run the same step (forward, MSE loss of a readout at the last
+step, backward, Adam step) on the same data:
+
+- ``engine``: ``RecurrentNet(engine="scan")`` with a ``Probe`` on, so the
+  per-step hidden-gradient norms are recorded;
+- ``fused``: torch's own module for the cell (``nn.RNN`` tanh/ReLU,
+  ``nn.LSTM``, ``nn.GRU``; none exists for skip), which cannot record them;
+- ``autograd``: the cell unrolled under autograd (``cells.unroll``) with the
+  Probe on, the usual way to get per-step gradients.
+
+Timings are medians of ``repeats`` rounds after ``warmup`` rounds; within a
+round the contenders alternate, so drifts in machine speed hit all alike. On
+CPU the benchmark runs on one thread with denormals flushed (REFERENCE §6:
+vanishing gradients produce subnormal floats that are many times slower).
+Nothing here prints; the CLI formats the results.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from torch import nn
+
+from gradlab.cells import Probe, RecurrentNet
+
+FUSED = {"vanilla": (nn.RNN, "tanh"), "irnn": (nn.RNN, "relu"), "orthogonal": (nn.RNN, "tanh"),
+         "lstm": (nn.LSTM, None), "gru": (nn.GRU, None)}
+INPUTS = 2  # input channels, as in the adding task
+
+
+def bench(cells=("vanilla", "irnn", "orthogonal", "skip", "lstm", "gru"), length=200, batch=64,
+          hidden=128, device="cpu", repeats=15, warmup=3, seed=0) -> list[dict]:
+    """Median milliseconds of one training step per cell and contender, float32.
+
+    Returns one dict per cell: cell, engine_ms, fused_ms, autograd_ms and the
+    ratios engine_vs_fused = fused_ms / engine_ms and engine_vs_autograd =
+    autograd_ms / engine_ms (> 1: gradlab's engine is faster; None where torch
+    has no fused module for the cell).
+    """
+    with _one_thread(device):
+        return [_bench_cell(cell, length, batch, hidden, device, repeats, warmup, seed) for cell in cells]
+
+
+def _bench_cell(cell, length, batch, hidden, device, repeats, warmup, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(length, batch, INPUTS, generator=gen).to(device)
+    y = torch.rand(batch, 1, generator=gen).to(device)
+    steps = {"engine": _step(_gradlab(cell, hidden, seed, "scan", device), x, y, probe=True),
+             "autograd": _step(_gradlab(cell, hidden, seed, "autograd", device), x, y, probe=True)}
+    if cell in FUSED:
+        steps["fused"] = _step(_fused(cell, hidden, seed, device), x, y, probe=False)
+    times = {name: [] for name in steps}
+    for r in range(warmup + repeats):
+        for name, step in steps.items():
+            ms = _time(step, device)
+            if r >= warmup:
+                times[name].append(ms)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    fused = med.get("fused")
+    return {"cell": cell, "engine_ms": med["engine"], "fused_ms": fused, "autograd_ms": med["autograd"],
+            "engine_vs_fused": None if fused is None else fused / med["engine"],
+            "engine_vs_autograd": med["autograd"] / med["engine"]}
+
+
+def _gradlab(cell, hidden, seed, engine, device):
+    return RecurrentNet(cell, INPUTS, hidden, 1, engine=engine, seed=seed).to(device)
+
+
+class _Fused(nn.Module):
+    """torch's fused module with the same weights as gradlab's cell, and the same readout."""
+
+    def __init__(self, cell, hidden, seed):
+        super().__init__()
+        ref = RecurrentNet(cell, INPUTS, hidden, 1, seed=seed)
+        module, nonlinearity = FUSED[cell]
+        kwargs = {"nonlinearity": nonlinearity} if module is nn.RNN else {}
+        self.rnn = module(INPUTS, hidden, **kwargs)
+        with torch.no_grad():
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(self.rnn, name + "_l0").copy_(getattr(ref, name))
+        self.readout = ref.readout
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
+def _fused(cell, hidden, seed, device):
+    return _Fused(cell, hidden, seed).to(device)
+
+
+def _step(model, x, y, *, probe):
+    """A closure running one training step: forward, MSE at the last step, backward, Adam."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    fused = isinstance(model, _Fused)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        if fused:
+            hs = model(x)
+        else:
+            state = model.initial_state(x.shape[1], device=x.device, dtype=x.dtype)
+            hs, _ = model(x, state, probe=Probe() if probe else None)
+        loss = nn.functional.mse_loss(model.readout(hs[-1]), y)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def _time(step, device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    step()
+    _sync(device)
+    return (time.perf_counter() - start) * 1e3
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _one_thread:
+    """On CPU: one thread and flushed denormals for the duration (threads restored after)."""
+
+    def __init__(self, device):
+        self.cpu = torch.device(device).type == "cpu"
+
+    def __enter__(self):
+        if self.cpu:
+            self.threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            torch.set_flush_denormal(True)
+
+    def __exit__(self, *exc):
+        if self.cpu:
+            torch.set_num_threads(self.threads)
+
+
+def peak_memory(cell, length, batch=64, hidden=128, device="cpu", engine="scan", probe=True) -> int:
+    """Peak memory in bytes taken by one training step (above what model and data hold).
+
+    engine: "scan" | "autograd" | "fused". On CUDA: torch.cuda.max_memory_allocated
+    around the step. On CPU, where torch's allocator keeps no statistics, the
+    step runs in a fresh Python process and the figure is the growth of the
+    process's peak resident set (getrusage ru_maxrss) across the step.
+    """
+    args = [cell, length, batch, hidden, device, engine, probe]
+    if torch.device(device).type == "cuda":
+        return _measure_step_memory(*args)
+    code = f"from gradlab.bench import _measure_step_memory as m; print(m(*{json.dumps(args)}))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return int(out.stdout.split()[-1])
+
+
+def _measure_step_memory(cell, length, batch, hidden, device, engine, probe):
+    """Run in a fresh process on CPU: bytes of peak growth during one training step."""
+    with _one_thread(device):
+        model = _fused(cell, hidden, 0, device) if engine == "fused" else _gradlab(cell, hidden, 0, engine, device)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.rand(length, batch, INPUTS, generator=gen).to(device)
+        y = torch.rand(batch, 1, generator=gen).to(device)
+        step = _step(model, x, y, probe=probe and engine != "fused")
+        _step(model, x[:1], y, probe=False)()  # lazy initialisation (Adam state, BLAS buffers) first
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.max_memory_allocated(device)
+            step()
+            torch.cuda.synchronize(device)
+            return torch.cuda.max_memory_allocated(device) - before
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        step()
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024  # Linux: KiB
+
+
+if __name__ == "__main__":
+    for row in bench(*[tuple(sys.argv[1:])] if sys.argv[1:] else []):
+        print(json.dumps(row))

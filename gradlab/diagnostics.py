@@ -1,0 +1,231 @@
+"""Gradient diagnostics: summarise a run's gradients and name what happened to them.
+
+Three kinds of evidence, each a pure function of numbers the training loop records:
+
+- the *gradient-through-time profile* p[t] = Σ_b ‖∂L/∂h_t^(b)‖ over the S steps of
+  a sequence (``profile_summary``): how much of the loss's gradient reaches each
+  time lag k = S-1-t. Back-propagating k steps multiplies by k Jacobians
+  ∂h_{i}/∂h_{i-1}, so the gradient shrinks or grows roughly geometrically in k
+  (Hochreiter 1991, diploma thesis §4; Bengio, Simard & Frasconi 1994,
+  IEEE TNN 5(2)). Plotted against the lag it is the picture that shows a
+  vanishing gradient, which the learning curve alone cannot tell from a hard task.
+- the recurrent matrix's spectrum (``recurrent_spectrum``): Pascanu, Mikolov &
+  Bengio 2013 (arXiv:1211.5063, §2.1) show that a largest singular value below
+  1/γ (γ bounds the nonlinearity's derivative: 1 for tanh) is sufficient for the
+  long-term gradient to vanish, and above it necessary for it to explode.
+- the pre-clip global gradient norm of every step (``detect_spikes``,
+  ``suggest_clip``): an exploding gradient shows as sudden norm spikes of orders
+  of magnitude, the "cliffs" of Pascanu et al. 2013 §3 (Fig. 6), or as NaN/inf.
+
+``verdict`` combines them into ``healthy``, ``exploding`` or ``vanishing`` with
+the figures behind it. Its thresholds are the fields of ``Thresholds``
+(configurable; ``DEFAULTS`` holds the documented defaults).
+
+This module imports numpy only; ``recurrent_spectrum`` imports torch when called,
+so results can be analysed without torch installed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The documented defaults behind every verdict; a config's ``diagnostics:`` section overrides them."""
+
+    # A lag is "reached" while the gradient there is at least this fraction of the profile's peak:
+    # two decades down, an input's share of the update is drowned by the short lags' (Bengio 1994 §2).
+    horizon_fraction: float = 0.01
+    # Vanishing when the gradient at the task's dependency is below this fraction of the peak: three
+    # decades, well clear of the ratios of runs that learn the dependency (see the module tests).
+    vanishing_ratio: float = 1e-3
+    # A spike is a pre-clip norm above this many times the running median: an order of magnitude,
+    # the size of Pascanu 2013's cliffs, above the ordinary batch-to-batch noise of a healthy run.
+    spike_factor: float = 10.0
+    # The running median is taken over the last this many finite norms; no step is tested before
+    # that many were seen, so the first steps' transient (norms falling fast from init) is not tested.
+    spike_window: int = 50
+
+
+DEFAULTS = Thresholds()
+
+VERDICTS = ("healthy", "exploding", "vanishing")
+GATE_NAMES = {1: ("",), 3: ("r", "z", "n"), 4: ("i", "f", "g", "o")}  # torch's stacking order
+
+
+# ---------------------------------------------------------------------------
+# The gradient-through-time profile.
+
+def profile_summary(profile, dependency: int, horizon_fraction: float = DEFAULTS.horizon_fraction) -> dict:
+    """Summaries of one profile p (S,), p[t] = Σ_b ‖∂L/∂h_t^(b)‖, indexed by lag k = S-1-t.
+
+    - ``peak``: max p (None if no entry is finite).
+    - ``decay_rate``: the least-squares slope of ln p against the lag k, per step,
+      fitted over the finite, positive entries (None if fewer than 2). exp(rate) is
+      the average per-step factor of back-propagation: for h_t = a·h_{t-1} it is
+      exactly ln a; negative means vanishing, positive exploding (Pascanu 2013
+      §2.1), and it is comparable with ln(spectral radius). Zeros (cut by
+      truncated BPTT, or flushed subnormals) are left out of the fit.
+    - ``dependency_ratio``: p[dependency] / peak, the share of the peak gradient
+      reaching the task's earliest relevant input; 0 if the peak is 0, None if
+      that entry is not finite.
+    - ``horizon``: the largest lag k with p[S-1-k] ≥ horizon_fraction · peak, over
+      the whole sequence: a profile that dips and recovers (a skip cell's comb, a
+      loss at several steps) is credited with the farthest lag it reaches. None if
+      the peak is not positive.
+
+    With the loss at the last step only (adding, temporal order) p is one curve
+    decaying (or growing) away from the loss. With a loss at every step (copy)
+    each p[t] also holds the direct terms of the losses near t, so p is flatter;
+    the figures then describe the sum and ``decay_rate`` is an average trend, not
+    a per-step factor: read ``dependency_ratio`` and ``horizon`` alongside.
+    """
+    p = np.asarray(profile, dtype=np.float64)  # (S,)
+    S = p.shape[0]
+    lags = (S - 1) - np.arange(S)  # (S,) lag of step t
+    finite = np.isfinite(p)
+    peak = float(p[finite].max()) if finite.any() else None
+    usable = finite & (p > 0)
+    decay_rate = _slope(lags[usable], np.log(p[usable])) if usable.sum() >= 2 else None
+    dep = p[dependency]
+    if peak is None or not math.isfinite(dep):
+        dependency_ratio = None
+    else:
+        dependency_ratio = float(dep / peak) if peak > 0 else 0.0
+    horizon = None
+    if peak is not None and peak > 0:
+        horizon = int(lags[finite & (p >= horizon_fraction * peak)].max())
+    return {"peak": peak, "decay_rate": decay_rate, "dependency_ratio": dependency_ratio, "horizon": horizon}
+
+
+def _slope(x: np.ndarray, y: np.ndarray) -> float:
+    """Least-squares slope of y against x (both (n,), n ≥ 2 distinct x)."""
+    xc = x - x.mean()
+    return float((xc * (y - y.mean())).sum() / (xc * xc).sum())
+
+
+# ---------------------------------------------------------------------------
+# The recurrent matrix.
+
+def recurrent_spectrum(weight_hh, gates: int = 1) -> dict:
+    """Spectral radius (max |eigenvalue|) and largest singular value of the recurrent matrix.
+
+    weight_hh: (gates·H, H), torch's layout, gate blocks stacked in torch's order.
+    One block (``gates=1``): keys ``spectral_radius`` and ``sigma_max``. Gated
+    cells: the same two figures for the H×H block of each gate, keyed by gate,
+    LSTM (i, f, g, o) -> ``spectral_radius_i`` … ``sigma_max_o``, GRU (r, z, n).
+    σ_max < 1/γ suffices for the long-term gradient through that block to vanish
+    and σ_max > 1/γ is necessary for it to explode (Pascanu et al. 2013 §2.1; γ = 1
+    for tanh, 1/4 for the sigmoid); the spectral radius is the long-run growth
+    factor of powers of the block. A matrix with a non-finite entry gives NaN.
+    Computed in float64 on the CPU; imports torch (only this function needs it).
+    """
+    import torch
+
+    w = torch.as_tensor(weight_hh).detach().to("cpu", torch.float64)
+    if gates not in GATE_NAMES or w.ndim != 2 or w.shape[0] != gates * w.shape[1]:
+        raise ValueError(f"expected a ({gates}·H, H) matrix with gates in {sorted(GATE_NAMES)}, "
+                         f"got shape {tuple(w.shape)} and gates={gates}")
+    finite = bool(torch.isfinite(w).all())
+    out = {}
+    for name, block in zip(GATE_NAMES[gates], w.split(w.shape[1])):
+        suffix = f"_{name}" if name else ""
+        radius = torch.linalg.eigvals(block).abs().max().item() if finite else math.nan
+        sigma = torch.linalg.matrix_norm(block, ord=2).item() if finite else math.nan
+        out["spectral_radius" + suffix], out["sigma_max" + suffix] = radius, sigma
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The norm series: spikes, a clipping threshold, the verdict.
+
+def spike_ratios(norms, window: int = DEFAULTS.spike_window) -> np.ndarray:
+    """Each norm over the median of the ``window`` finite norms before it; NaN where untested.
+
+    norms: (N,) pre-clip global norms in step order. Non-finite entries are left
+    out of the medians and are not tested (they are non-finite events, counted
+    apart); neither are the first ``window`` finite norms.
+    """
+    x = np.asarray(norms, dtype=np.float64)  # (N,)
+    ratios = np.full(x.shape, np.nan)
+    where = np.flatnonzero(np.isfinite(x))
+    finite = x[where]  # (F,)
+    if len(finite) <= window:
+        return ratios
+    medians = np.median(np.lib.stride_tricks.sliding_window_view(finite, window), axis=1)  # (F-window+1,)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios[where[window:]] = finite[window:] / medians[:-1]  # the window ending just before each norm
+    return ratios
+
+
+def detect_spikes(norms, spike_factor: float = DEFAULTS.spike_factor,
+                  window: int = DEFAULTS.spike_window) -> np.ndarray:
+    """Indices into ``norms`` of the spikes: norms above ``spike_factor`` × the running median.
+
+    The running median is over the previous ``window`` finite norms (see
+    ``spike_ratios``), so it follows a level that drifts over training and a
+    steady exponential blow-up keeps being flagged. Pascanu et al. 2013 §3:
+    exploding gradients appear as sudden jumps of the norm by orders of magnitude.
+    """
+    ratios = spike_ratios(norms, window)
+    return np.flatnonzero(np.nan_to_num(ratios, nan=0.0) > spike_factor)
+
+
+def suggest_clip(pre_clip_norms) -> float | None:
+    """A global-norm clipping threshold for this run: the median of its finite pre-clip norms.
+
+    Pascanu et al. 2013 §3.2 set the threshold from "the average norm over a
+    sufficiently large number of updates" and found half to ten times it still
+    converges. The median is that average for the ordinary steps: unlike the mean,
+    the spikes that clipping is there to cut cannot move it. Clipping there
+    rescales the larger half of the ordinary steps; the safe range goes up to ten
+    times it, where only outliers are cut ("choose the highest threshold which
+    helps"). None if no norm is finite.
+    """
+    x = np.asarray(pre_clip_norms, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(np.median(x)) if len(x) else None
+
+
+def verdict(norms, nonfinite_steps: int, profile, dependency: int,
+            thresholds: Thresholds = DEFAULTS) -> tuple[str, dict]:
+    """Name the run's gradient pathology: ``healthy``, ``exploding`` or ``vanishing``, and why.
+
+    norms: (N,) the pre-clip global norms, one per step in order (NaN where a step
+    was non-finite); nonfinite_steps: how many steps had a non-finite loss or
+    gradient; profile: (S,) the gradient-through-time profile at the final
+    evaluation — the trained model, not the initial one — or None;
+    dependency: the time index of the task's earliest relevant input.
+
+    - ``exploding``: any non-finite step, or any spike (``detect_spikes``).
+    - ``vanishing``: the profile's ``dependency_ratio`` < ``vanishing_ratio``: the
+      gradient reaching the dependency is negligible against the peak (Bengio et
+      al. 1994; Hochreiter 1991). Truncated BPTT with a window shorter than the lag
+      gives a ratio of exactly 0 and so this verdict: the gradient is cut, not decayed.
+    - ``healthy``: neither (also when no profile was recorded).
+
+    Exploding takes precedence: the two can coexist (Pascanu 2013 §3: a cliff can
+    sit on a landscape whose long-term gradient vanishes), an explosion wrecks
+    training at once and has a cheap cure (clipping), and a profile measured
+    after an explosion is not a trustworthy picture of the model.
+    """
+    ratios = spike_ratios(norms, thresholds.spike_window)
+    spikes = int((np.nan_to_num(ratios, nan=0.0) > thresholds.spike_factor).sum())
+    tested = ratios[np.isfinite(ratios)]
+    figures = {"nonfinite_steps": int(nonfinite_steps), "spikes": spikes,
+               "spike_ratio_max": float(tested.max()) if len(tested) else None}
+    summary = {"peak": None, "decay_rate": None, "dependency_ratio": None, "horizon": None}
+    if profile is not None:
+        summary = profile_summary(profile, dependency, thresholds.horizon_fraction)
+        summary["dependency_lag"] = len(profile) - 1 - dependency
+    figures.update({k: v for k, v in summary.items() if k != "peak"})
+    if nonfinite_steps > 0 or spikes > 0:
+        return "exploding", figures
+    ratio = summary["dependency_ratio"]
+    if ratio is not None and ratio < thresholds.vanishing_ratio:
+        return "vanishing", figures
+    return "healthy", figures

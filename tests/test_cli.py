@@ -1,0 +1,170 @@
+"""The CLI end to end on tiny configs, through typer's test runner."""
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import gradlab.training
+from gradlab.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+TINY = """\
+name: tiny
+task: {name: adding, length: 6, eval_size: 16}
+model: {hidden: 4}
+train: {steps: 4, batch_size: 4, eval_every: 2}
+seeds: [0, 1]
+grid:
+  model.cell: [vanilla, lstm]
+  train.tbptt: [null, 3]
+"""
+JSON_KEYS = {"task", "length", "cell", "clip", "tbptt", "runs", "solved_rate", "final_loss_mean",
+             "final_loss_std", "baseline_loss", "steps_to_solve_median", "diverged"}
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    config = tmp / "tiny.yaml"
+    config.write_text(TINY)
+    result = runner.invoke(app, ["run", str(config), "--out", str(tmp / "out"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return config, tmp / "out", result
+
+
+def test_run_writes_a_directory_per_run(tiny_results):
+    _, out, result = tiny_results
+    runs = sorted((out / "tiny").iterdir())
+    assert len(runs) == 8
+    for d in runs:
+        assert {p.name for p in d.iterdir()} >= {"config.json", "env.json", "metrics.csv", "summary.json"}
+        summary = json.loads((d / "summary.json").read_text())
+        assert summary["status"] == "ok"
+        assert summary["baseline_loss"] == pytest.approx(1 / 6)
+        config = json.loads((d / "config.json").read_text())
+        assert config["model"]["cell"] in ("vanilla", "lstm") and config["seed"] in (0, 1)
+        rows = list(csv.DictReader((d / "metrics.csv").open()))
+        assert [r["step"] for r in rows if r["kind"] == "train"] == ["1", "2", "3", "4"]
+        assert [r["step"] for r in rows if r["kind"] == "eval"] == ["2", "4"]
+        assert not list(d.glob(".*.tmp"))  # no leftovers of the atomic writes
+    assert "vanilla" in result.output and "lstm" in result.output
+
+
+def test_rerun_skips_finished_runs_and_force_redoes_them(tiny_results):
+    config, out, _ = tiny_results
+    summaries = sorted((out / "tiny").glob("*/summary.json"))
+    before = {p: p.stat().st_mtime_ns for p in summaries}
+    assert runner.invoke(app, ["run", str(config), "--out", str(out), "-q"]).exit_code == 0
+    assert {p: p.stat().st_mtime_ns for p in summaries} == before
+    assert runner.invoke(app, ["run", str(config), "--out", str(out), "-q", "--force",
+                               "--set", "grid.model.cell=[lstm]"]).exit_code == 0
+    changed = {p for p in summaries if p.stat().st_mtime_ns != before[p]}
+    assert changed and all("cell=lstm" in str(p) for p in changed)
+
+
+def test_compare_json_has_the_documented_keys(tiny_results):
+    _, out, _ = tiny_results
+    result = runner.invoke(app, ["compare", str(out), "--format", "json"])
+    assert result.exit_code == 0
+    rows = json.loads(result.stdout)
+    assert len(rows) == 4
+    for row in rows:
+        assert JSON_KEYS <= set(row)
+        assert row["runs"] == 2 and row["clip"] == "none" and row["tbptt"] in (None, 3)
+        assert 0 <= row["solved_rate"] <= 1 and row["baseline_loss"] == pytest.approx(1 / 6)
+    # the aggregate equals the mean of the per-run summaries on disk
+    lstm_full = next(r for r in rows if r["cell"] == "lstm" and r["tbptt"] is None)
+    losses = [json.loads(p.read_text())["final_loss"] for p in (out / "tiny").glob("cell=lstm_tbptt=full*/summary.json")]
+    assert lstm_full["final_loss_mean"] == pytest.approx(sum(losses) / len(losses))
+
+
+def test_compare_markdown_csv_and_by(tiny_results, tmp_path):
+    _, out, _ = tiny_results
+    md = runner.invoke(app, ["compare", str(out), "-f", "markdown", "--by", "cell"]).stdout
+    lines = md.strip().splitlines()
+    assert lines[0].startswith("| cell | runs |") and len(lines) == 4
+    target = tmp_path / "table.csv"
+    assert runner.invoke(app, ["compare", str(out), "-f", "csv", "-o", str(target)]).exit_code == 0
+    rows = list(csv.DictReader(io.StringIO(target.read_text())))
+    assert len(rows) == 4 and JSON_KEYS <= set(rows[0])
+    bad = runner.invoke(app, ["compare", str(out), "--by", "colour"])
+    assert bad.exit_code == 2 and "unknown --by column" in bad.output
+
+
+def test_compare_reports_missing_results(tmp_path):
+    result = runner.invoke(app, ["compare", str(tmp_path)])
+    assert result.exit_code == 2 and "no finished runs" in result.output
+    result = runner.invoke(app, ["compare", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "no such directory" in result.output
+
+
+def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    real = gradlab.training.train
+
+    def flaky(cfg, progress=None, rows=None):
+        if cfg["model"]["cell"] == "vanilla" and cfg["seed"] == 1:
+            rows.append({"kind": "train", "step": 1, "loss": 0.5})
+            raise RuntimeError("boom")
+        return real(cfg, progress, rows)
+
+    monkeypatch.setattr(gradlab.training, "train", flaky)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY.replace("train.tbptt: [null, 3]", "train.lr: [0.01]"))
+    result = runner.invoke(app, ["run", str(config), "--out", str(tmp_path / "out"), "-q"])
+    assert result.exit_code == 1
+    assert "1 of 4 runs failed" in result.output and "RuntimeError: boom" in result.output
+    failed = next((tmp_path / "out" / "tiny").glob("cell=vanilla*seed=1_*"))
+    assert json.loads((failed / "summary.json").read_text())["status"] == "failed"
+    assert "Traceback" in (failed / "error.txt").read_text()
+    assert (failed / "metrics.csv").read_text().count("\n") == 2  # what was computed is kept
+    assert len(list((tmp_path / "out" / "tiny").glob("*/summary.json"))) == 4
+    monkeypatch.setattr(gradlab.training, "train", real)  # a re-run re-does only the failed run
+    result = runner.invoke(app, ["run", str(config), "--out", str(tmp_path / "out"), "-q"])
+    assert result.exit_code == 0
+    assert json.loads((failed / "summary.json").read_text())["status"] == "ok"
+    assert not (failed / "error.txt").exists()
+
+
+def test_ls_lists_every_registry_entry():
+    from gradlab.cells import CELLS
+    from gradlab.remedies import CLIPS
+    from gradlab.tasks import TASKS
+
+    result = runner.invoke(app, ["ls"])
+    assert result.exit_code == 0
+    for name in [*TASKS, *CELLS, *CLIPS]:
+        assert re.search(rf"\b{name}\b", result.output), name
+
+
+def test_every_command_has_help_with_an_example_and_is_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    commands = [c.name or c.callback.__name__ for c in app.registered_commands]
+    assert {"run", "compare", "validate", "ls"} <= set(commands)
+    for name in commands:
+        result = runner.invoke(app, [name, "--help"])
+        assert result.exit_code == 0
+        assert f"Example: gradlab {name}" in result.output, name
+        assert f"gradlab {name}" in readme, name
+
+
+def test_readme_and_configs_agree():
+    readme = (ROOT / "README.md").read_text()
+    for config in (ROOT / "configs").glob("*.yaml"):
+        assert f"configs/{config.name}" in readme, config.name
+        assert config.read_text().startswith(f"# gradlab run configs/{config.name}"), config.name
+    assert "make demo" in readme and "make test" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_bad_option_is_exit_code_2_without_traceback(tmp_path):
+    result = runner.invoke(app, ["compare", str(tmp_path), "--format", "xml"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    result = runner.invoke(app, ["run"])
+    assert result.exit_code == 2

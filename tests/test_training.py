@@ -1,0 +1,204 @@
+"""Cells, clipping, truncated BPTT and the training loop, against independent references."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gradlab.cells import RecurrentNet
+from gradlab.config import resolve_clip
+from gradlab.remedies import clip_gradients
+from gradlab.tasks import TASKS, Batch
+from gradlab.training import train, train_step
+
+TORCH_MODULES = {"vanilla": lambda i, h: nn.RNN(i, h, nonlinearity="tanh"),
+                 "irnn": lambda i, h: nn.RNN(i, h, nonlinearity="relu"),
+                 "orthogonal": lambda i, h: nn.RNN(i, h, nonlinearity="tanh"),
+                 "lstm": lambda i, h: nn.LSTM(i, h), "gru": lambda i, h: nn.GRU(i, h)}
+
+
+def torch_twin(net: RecurrentNet):
+    """torch's own module carrying the same weights, in float64."""
+    ref = TORCH_MODULES[net.cell](net.weight_ih.shape[1], net.hidden).double()
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(ref, f"{name}_l0").copy_(getattr(net, name))
+    return ref
+
+
+@pytest.mark.parametrize("cell", list(TORCH_MODULES))
+@pytest.mark.parametrize("T, B, H", [(1, 1, 1), (7, 3, 5), (20, 4, 16)])
+def test_reference_cells_match_torch_modules(cell, T, B, H):
+    torch.manual_seed(T * 100 + H)
+    net = RecurrentNet(cell, 3, H, 1, engine="autograd", seed=1).double()
+    if cell == "irnn":  # identity recurrence + tiny input weights: perturb so the test sees every weight
+        with torch.no_grad():
+            for p in net.recurrent_parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    ref = torch_twin(net)
+    x = torch.randn(T, B, 3, dtype=torch.float64)
+    state = (net.initial_state(B, dtype=torch.float64))
+    hs, final = net(x, state)
+    out, ref_final = ref(x, (state[0][None], state[1][None]) if cell == "lstm" else state[None])
+    torch.testing.assert_close(hs, out, rtol=1e-12, atol=1e-12)
+    w = torch.randn_like(hs)
+    (hs * w).sum().backward()
+    (out * w).sum().backward()
+    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        torch.testing.assert_close(getattr(net, name).grad, getattr(ref, f"{name}_l0").grad,
+                                   rtol=1e-10, atol=1e-12)
+
+
+def test_skip_cell_reference_matches_a_hand_written_loop():
+    """h_t = tanh(W x_t + b_ih + U h_{t-1} + b_hh + S h_{t-k}), state = the last k hidden states."""
+    torch.manual_seed(0)
+    k, T, B, H = 3, 9, 2, 4
+    net = RecurrentNet("skip", 2, H, 1, skip=k, engine="autograd", seed=3).double()
+    x = torch.randn(T, B, 2, dtype=torch.float64)
+    h0 = torch.randn(k, B, H, dtype=torch.float64)
+    hs, final = net(x, h0)
+    past = list(h0)
+    for t in range(T):
+        h = torch.tanh(x[t] @ net.weight_ih.T + net.bias_ih + past[-1] @ net.weight_hh.T + net.bias_hh
+                       + past[-k] @ net.weight_skip.T)
+        past.append(h)
+        torch.testing.assert_close(hs[t], h, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(final, torch.stack(past[-k:]))
+
+
+def test_initialisations_follow_their_papers():
+    irnn = RecurrentNet("irnn", 2, 50, 1, seed=0)
+    assert torch.equal(irnn.weight_hh, torch.eye(50))
+    assert irnn.bias_ih.abs().sum() == 0 and irnn.bias_hh.abs().sum() == 0
+    assert 0.0005 < irnn.weight_ih.std().item() < 0.002  # N(0, 0.001²) on 100 draws
+    ortho = RecurrentNet("orthogonal", 2, 32, 1, seed=0)
+    torch.testing.assert_close(ortho.weight_hh.T @ ortho.weight_hh, torch.eye(32), atol=1e-5, rtol=0)
+    a, b = RecurrentNet("lstm", 2, 8, 1, seed=5), RecurrentNet("lstm", 2, 8, 1, seed=5)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def fake_grads(seed, scale):
+    g = torch.Generator().manual_seed(seed)
+    params = [nn.Parameter(torch.zeros(s)) for s in [(4, 3), (5,), (2, 2)]]
+    for p in params:
+        p.grad = scale * torch.randn(p.shape, generator=g)
+    return params
+
+
+@pytest.mark.parametrize("max_norm, scale", [(1.0, 10.0), (1.0, 0.01), (0.3, 1.0)])
+def test_norm_clip_matches_torch(max_norm, scale):
+    ours, ref = fake_grads(0, scale), fake_grads(0, scale)
+    norm, after = clip_gradients(ours, resolve_clip({"kind": "norm", "max_norm": max_norm}))
+    ref_norm = torch.nn.utils.clip_grad_norm_(ref, max_norm)
+    torch.testing.assert_close(norm, ref_norm)
+    for p, q in zip(ours, ref):  # torch adds 1e-6 to the norm in its scale factor, hence rtol 1e-5
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-8)
+    assert after.item() == pytest.approx(min(norm.item(), max_norm), rel=1e-6)
+
+
+def test_value_clip_matches_torch():
+    ours, ref = fake_grads(1, 2.0), fake_grads(1, 2.0)
+    norm, after = clip_gradients(ours, resolve_clip({"kind": "value", "clip_value": 0.5}))
+    torch.nn.utils.clip_grad_value_(ref, 0.5)
+    for p, q in zip(ours, ref):
+        assert torch.equal(p.grad, q.grad)
+    assert after < norm
+
+
+def adding_batch(T=12, B=4, seed=0):
+    return TASKS["adding"].generate(B, T, torch.Generator().manual_seed(seed))
+
+
+def test_clipping_acts_on_the_gradient_after_backward():
+    """The update must be the clipped gradient (the TCN repository clipped before backward: a no-op)."""
+    net = RecurrentNet("vanilla", 2, 8, 1, seed=0)
+    with torch.no_grad():
+        net.weight_hh.mul_(5.0)  # make the gradient large
+    before = [p.detach().clone() for p in net.parameters()]
+    opt = torch.optim.SGD(net.parameters(), lr=1.0)
+    row = train_step(net, TASKS["adding"], adding_batch(), opt, {"kind": "norm", "max_norm": 0.1}, None, "skip")
+    assert row["grad_norm"] > 0.1 and row["clip_active"] == 1
+    step = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(net.parameters(), before)))
+    assert step.item() == pytest.approx(0.1, rel=1e-5)  # lr 1: the step is the clipped gradient
+
+
+@pytest.mark.parametrize("S, k", [(12, 4), (10, 3), (12, 12), (12, None)])
+def test_tbptt_gradient_reaches_exactly_the_last_window(S, k):
+    """With the loss at the last step, inputs before the last chunk get exactly zero gradient."""
+    batch = adding_batch(T=S)
+    x = batch.x.clone().requires_grad_(True)
+    batch = Batch(x, batch.y, batch.loss_mask, batch.score_mask)
+    net = RecurrentNet("lstm", 2, 6, 1, seed=0)
+    train_step(net, TASKS["adding"], batch, torch.optim.SGD(net.parameters(), lr=0.0),
+               {"kind": "none"}, k, "skip")
+    reach = x.grad.abs().sum(dim=(1, 2))  # (S,)
+    start = ((S - 1) // k) * k if k else 0  # first step of the chunk that holds the loss
+    assert torch.all(reach[:start] == 0)
+    assert torch.all(reach[start:] > 0)
+
+
+def test_tbptt_updates_once_per_chunk_with_a_loss():
+    net = RecurrentNet("gru", 10, 8, 10, seed=0)
+    copy = TASKS["copy"].generate(3, 5, torch.Generator().manual_seed(0))  # S = 25, loss at every step
+    row = train_step(net, TASKS["copy"], copy, torch.optim.Adam(net.parameters()), {"kind": "none"}, 10, "skip")
+    assert row["updates"] == 3
+    net = RecurrentNet("gru", 2, 8, 1, seed=0)
+    row = train_step(net, TASKS["adding"], adding_batch(T=25), torch.optim.Adam(net.parameters()),
+                     {"kind": "none"}, 10, "skip")
+    assert row["updates"] == 1  # adding's loss sits in the last chunk only
+
+
+def tiny_config(**train):
+    cfg = {"name": "t", "task": {"name": "adding", "length": 8, "eval_size": 32},
+           "model": {"cell": "lstm", "hidden": 8, "nonlinearity": None, "skip": 2, "engine": "autograd"},
+           "train": {"steps": 12, "batch_size": 4, "optimizer": "adam", "lr": 0.01, "clip": {"kind": "none"},
+                     "tbptt": None, "eval_every": 4, "on_nonfinite": "skip"},
+           "seed": 3, "device": "cpu", "dtype": "float32", "threads": 1}
+    cfg["train"].update(train)
+    return cfg
+
+
+def test_same_config_and_seed_give_identical_metrics():
+    s1, rows1, _ = train(tiny_config())
+    s2, rows2, _ = train(tiny_config())
+    assert rows1 == rows2
+    assert s1["final_loss"] == s2["final_loss"]
+    _, rows3, _ = train({**tiny_config(), "seed": 4})
+    assert rows3 != rows1
+
+
+def test_summary_holds_what_the_issue_names():
+    summary, rows, env = train(tiny_config())
+    for key in ("final_loss", "baseline_loss", "solved", "steps_to_solve", "diverged", "wall_seconds",
+                "steps_per_second"):
+        assert key in summary
+    assert summary["baseline_loss"] == pytest.approx(1 / 6)
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [4, 8, 12]
+    assert env["torch"] == torch.__version__ and env["seed"] == 3
+
+
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_nonfinite_gradient_follows_the_policy_and_keeps_metrics(policy, monkeypatch):
+    import gradlab.training as training
+
+    real = training.clip_gradients
+    calls = {"n": 0}
+
+    def poisoned(params, clip):  # a NaN enters the gradient at the 5th update
+        calls["n"] += 1
+        params = list(params)
+        if calls["n"] == 5:
+            params[0].grad[0, 0] = float("nan")
+        return real(params, clip)
+
+    monkeypatch.setattr(training, "clip_gradients", poisoned)
+    summary, rows, _ = train(tiny_config(on_nonfinite=policy))
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert train_rows[4]["nonfinite"] == 1 and summary["nonfinite_steps"] == 1
+    if policy == "skip":
+        assert len(train_rows) == 12 and not summary["diverged"]
+        assert math.isfinite(summary["final_loss"])  # the poisoned update was dropped
+    else:
+        assert len(train_rows) == 5 and summary["diverged"] and summary["diverged_step"] == 5
+        assert rows[-1]["kind"] == "eval"  # the metrics up to the stop are kept, evaluated once more
