@@ -155,15 +155,20 @@ def peak_memory(cell, length, batch=64, hidden=128, device="cpu", engine="scan",
     args = [cell, length, batch, hidden, device, engine, probe]
     if torch.device(device).type == "cuda":
         return _measure_step_memory(*args)
-    code = f"from gradlab.bench import _measure_step_memory as m; print(m(*{json.dumps(args)}))"
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    code = f"from gradlab.bench import _measure_step_memory as m; print(m(*{args!r}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"memory measurement failed: {out.stderr.strip().splitlines()[-1:]}")
     return int(out.stdout.split()[-1])
 
 
 def _measure_step_memory(cell, length, batch, hidden, device, engine, probe):
     """Run in a fresh process on CPU: bytes of peak growth during one training step."""
     with _one_thread(device):
-        model = _fused(cell, hidden, 0, device) if engine == "fused" else _gradlab(cell, hidden, 0, engine, device)
+        if engine == "fused":
+            model = _fused(cell, hidden, 0, device)
+        else:
+            model = _gradlab(cell, hidden, 0, engine, device)
         gen = torch.Generator().manual_seed(0)
         x = torch.rand(length, batch, INPUTS, generator=gen).to(device)
         y = torch.rand(batch, 1, generator=gen).to(device)

@@ -17,8 +17,8 @@ last k hidden states, oldest first.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -62,10 +62,13 @@ def init_orthogonal(net: nn.Module, gen: torch.Generator) -> None:
 CELLS: dict[str, Cell] = {
     "vanilla": Cell("rnn", "tanh", init_uniform, "tanh RNN, torch's default uniform init (Elman 1990)"),
     "irnn": Cell("rnn", "relu", init_irnn, "ReLU RNN with identity recurrence, zero bias (Le et al. 2015)"),
-    "orthogonal": Cell("rnn", "tanh", init_orthogonal, "RNN with orthogonal recurrent init (Saxe 2014; Arjovsky 2016)"),
-    "skip": Cell("skip", "tanh", init_uniform, "tanh RNN that also reads h[t-k] (skip through time; Chang 2017, Campos 2018)"),
-    "lstm": Cell("lstm", None, init_uniform, "long short-term memory, torch.nn.LSTM equations (Hochreiter & Schmidhuber 1997)"),
-    "gru": Cell("gru", None, init_uniform, "gated recurrent unit, torch.nn.GRU equations (Cho et al. 2014)"),
+    "orthogonal": Cell("rnn", "tanh", init_orthogonal,
+                       "RNN with orthogonal recurrent init (Saxe et al. 2014; Arjovsky et al. 2016)"),
+    "skip": Cell("skip", "tanh", init_uniform,
+                 "tanh RNN that also reads h[t-k]: a shortcut through time (Chang 2017; Campos 2018)"),
+    "lstm": Cell("lstm", None, init_uniform,
+                 "long short-term memory, torch.nn.LSTM's equations (Hochreiter & Schmidhuber 1997)"),
+    "gru": Cell("gru", None, init_uniform, "gated recurrent unit, torch.nn.GRU's equations (Cho et al. 2014)"),
 }
 
 
@@ -186,6 +189,7 @@ def unroll(recurrence, nonlinearity, x, state, params, *, window=None, grad_tran
     act = ACTIVATIONS.get(nonlinearity)
     T = x.shape[0]
     hs = []
+    norms = {}  # this forward's (T, B) probe tensor, made fresh by its first hook
     if recurrence == "skip":
         past = list(state.unbind(0))  # the last k states, oldest first
     for t in range(T):
@@ -204,7 +208,7 @@ def unroll(recurrence, nonlinearity, x, state, params, *, window=None, grad_tran
         else:
             state = h = gru_step(x[t], state, params)
         if h.requires_grad and (grad_transform or probe):
-            h.register_hook(_hidden_hook(t, T, grad_transform, probe))
+            h.register_hook(_hidden_hook(t, T, grad_transform, probe, norms))
         hs.append(h)
     if recurrence == "skip":
         state = torch.stack(past)
@@ -212,13 +216,15 @@ def unroll(recurrence, nonlinearity, x, state, params, *, window=None, grad_tran
     return torch.stack(hs), state
 
 
-def _hidden_hook(t, T, grad_transform, probe):
+def _hidden_hook(t, T, grad_transform, probe, norms):
     def hook(g):  # g: total ∂L/∂h_t, (B, H)
         if grad_transform is not None:
             g = grad_transform(t, g)
         if probe is not None:
-            if probe.norms is None or probe.norms.shape[0] != T:
-                probe.norms = g.new_zeros(T, g.shape[0])
+            # a fresh tensor per forward: a reused Probe never overwrites (or mis-shapes) earlier norms
+            if "norms" not in norms:
+                norms["norms"] = g.new_zeros(T, g.shape[0])
+            probe.norms = norms["norms"]
             probe.norms[t] = g.detach().norm(dim=-1)
         return g
     return hook

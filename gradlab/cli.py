@@ -6,13 +6,20 @@ paths). User errors print one line per problem, never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 app = typer.Typer(
@@ -68,7 +75,7 @@ def rich_table(table, title: str | None = None) -> Table:
     return t
 
 
-def emit(table, fmt_name: str, output: Optional[Path], title: str | None = None) -> None:
+def emit(table, fmt_name: str, output: Path | None, title: str | None = None) -> None:
     """Print the comparison (or write it to ``output``) in the chosen format."""
     from gradlab.comparison import render
 
@@ -86,7 +93,7 @@ def emit(table, fmt_name: str, output: Optional[Path], title: str | None = None)
         sys.stdout.write(text)
 
 
-def comparison_table(dirs: list[Path], by: Optional[str]):
+def comparison_table(dirs: list[Path], by: str | None):
     from gradlab.comparison import compare, load_frame
 
     frame = load_frame(dirs)
@@ -98,29 +105,57 @@ def comparison_table(dirs: list[Path], by: Optional[str]):
         fail(str(e))
 
 
+def parse_shard(text: str | None):
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        fail(f"--shard {text}: expected i/n, e.g. 1/4")
+    if not 1 <= i <= n:
+        fail(f"--shard {text}: need 1 <= i <= n")
+    return i, n
+
+
 @app.command()
 def run(
     config: Path = typer.Argument(..., help="Experiment YAML file."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Results directory."),
     set_: list[str] = typer.Option([], "--set", help="Override a key: dotted.path=value (repeatable)."),
+    jobs: int = typer.Option(os.cpu_count() or 1, "--jobs", "-j", min=1,
+                             help="Runs at once, each in its own process (default: the number of cores)."),
     force: bool = typer.Option(False, "--force", help="Re-run runs that already finished."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would run and what is already done."),
+    shard: str | None = typer.Option(None, "--shard", help="i/n: run only every n-th run, starting at "
+                                        "the i-th (1-based), to split a sweep across CI jobs."),
     fmt_name: str = typer.Option("table", "--format", "-f", help="Table format printed at the end: "
                                  + ", ".join(FORMATS) + "."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Train every run of an experiment's grid and print the comparison.
 
-    Example: gradlab run configs/quickstart.yaml --set train.steps=500 --out results
+    Re-running the same command skips finished runs and re-runs failed ones.
+
+    Example: gradlab run configs/quickstart.yaml --jobs 2 --set train.steps=500
     """
     if fmt_name not in FORMATS:
         fail(f"--format: unknown format {fmt_name!r}; valid: {', '.join(FORMATS)}")
+    shard_spec = parse_shard(shard)
     name, runs = load_config(config, set_)
-    from gradlab.sweeps import preflight
+    from gradlab.sweeps import plan, preflight, select
 
+    runs = select(runs, shard_spec)
+    if dry_run:
+        todo, done = plan(name, runs, out, force)
+        for r in runs:
+            out_console.print(f"{'done' if r in done else 'run '}  {out / name / r.id}", markup=False,
+                              highlight=False)
+        out_console.print(f"{len(todo)} to run, {len(done)} already done", markup=False)
+        return
     problems = preflight(runs)
     if problems:
         fail(problems)
-    outcomes = sweep_with_progress(name, runs, out, force, quiet or fmt_name != "table")
+    outcomes = sweep_with_progress(name, runs, out, jobs, force, quiet or fmt_name != "table")
     failed = [o for o in outcomes if o.status == "failed"]
     table = comparison_table([out / name], None)
     emit(table, fmt_name, None, title=f"{name}: {len(runs)} runs in {out / name}")
@@ -132,36 +167,44 @@ def run(
         raise typer.Exit(EXIT_FAILED)
 
 
-def sweep_with_progress(name, runs, out, force, quiet):
+def sweep_with_progress(name, runs, out, jobs, force, quiet):
+    """The sweep with one bar for the whole sweep (in training steps) and one per running run."""
     from gradlab.sweeps import run_sweep
 
     if quiet:
-        return run_sweep(name, runs, out, force=force)
+        return run_sweep(name, runs, out, jobs=jobs, force=force)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     with Progress(*columns, console=err_console, transient=False) as progress:
-        sweep = progress.add_task("runs", total=len(runs))
-        current = progress.add_task("", total=1, visible=False)
+        total_steps = sum(r.config["train"]["steps"] for r in runs)
+        sweep = progress.add_task(f"{name}: 0/{len(runs)} runs", total=total_steps)
+        bars, seen, finished = {}, {}, [0]
 
         def on_event(event, run, **info):
-            if event == "start":
-                progress.reset(current, total=run.config["train"]["steps"], description=f"  {run.id}",
-                               visible=True)
-            elif event == "step":
-                progress.update(current, completed=info["step"])
+            if event == "step":
+                if run.id not in bars:
+                    bars[run.id] = progress.add_task(f"  {run.id}", total=info["steps"])
+                progress.update(bars[run.id], completed=info["step"])
+                progress.advance(sweep, info["step"] - seen.get(run.id, 0))
+                seen[run.id] = info["step"]
             elif event == "done":
-                progress.advance(sweep)
+                if run.id in bars:
+                    progress.remove_task(bars.pop(run.id))
+                progress.advance(sweep, run.config["train"]["steps"] - seen.get(run.id, 0))
+                seen[run.id] = run.config["train"]["steps"]
+                finished[0] += 1
+                progress.update(sweep, description=f"{name}: {finished[0]}/{len(runs)} runs")
 
-        return run_sweep(name, runs, out, force=force, on_event=on_event)
+        return run_sweep(name, runs, out, jobs=jobs, force=force, on_event=on_event)
 
 
 @app.command()
 def compare(
     directory: Path = typer.Argument(..., help="Results directory, searched recursively."),
-    by: Optional[str] = typer.Option(None, "--by", help="Comma-separated grouping columns "
+    by: str | None = typer.Option(None, "--by", help="Comma-separated grouping columns "
                                      "(default: task,length,cell,clip,tbptt)."),
     fmt_name: str = typer.Option("table", "--format", "-f", help="One of: " + ", ".join(FORMATS) + "."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
 ):
     """Aggregate the runs under DIRECTORY over seeds and print one comparison table.
 

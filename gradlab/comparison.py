@@ -38,6 +38,10 @@ def flatten(record: dict) -> dict:
     return row
 
 
+SUMMARY_COLUMNS = ["status", "final_loss", "solved", "steps_to_solve", "diverged", "baseline_loss", "wall_seconds",
+                   "run_dir"]
+
+
 def load_frame(roots: list[Path]) -> pd.DataFrame:
     """Every finished run under the given directories, one row each."""
     rows = []
@@ -64,9 +68,20 @@ def _aggregate(g: pd.DataFrame) -> pd.Series:
     })
 
 
+def varying_columns(frame: pd.DataFrame) -> list[str]:
+    """Config columns (beyond DEFAULT_BY) whose value differs between runs: the grid's other axes."""
+    ignore = set(DEFAULT_BY) | set(SUMMARY_COLUMNS) | {"seed", "device", "threads", "experiment"}
+    return [c for c in frame.columns if c not in ignore
+            and frame[c].map(lambda v: json.dumps(v, sort_keys=True, default=str)).nunique() > 1]
+
+
 def compare(frame: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
-    """Group runs and aggregate over seeds. Raises ValueError for an unknown ``by`` column."""
-    by = list(by or DEFAULT_BY)
+    """Group runs and aggregate over seeds. Raises ValueError for an unknown ``by`` column.
+
+    By default the groups are DEFAULT_BY plus every other config column that
+    varies between the runs, so each grid point is its own group.
+    """
+    by = list(by or DEFAULT_BY + varying_columns(frame))
     unknown = [c for c in by if c not in frame.columns]
     if unknown:
         valid = [c for c in frame.columns if c not in ("run_dir",)]

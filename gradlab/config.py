@@ -201,7 +201,7 @@ def resolve_clip(v) -> dict:
         raise ValueError(f"unknown clip kind {kind!r}{_did_you_mean(kind, CLIPS)}; valid: {', '.join(CLIPS)}")
     rule = CLIPS[kind]
     resolved = {"kind": kind}
-    for k, val in v.items():
+    for k in v:
         if k != "kind" and k not in rule.params:
             valid = ", ".join(rule.params) or "none"
             raise ValueError(f"clip {kind!r} has no parameter {k!r}{_did_you_mean(k, rule.params)}; "

@@ -55,6 +55,10 @@ def scan(recurrence, nonlinearity, x, state, params, *, window=None, grad_transf
     lstm (h, c), skip (k, B, H) the last k states, oldest first. The final
     state has the same structure as ``state``.
     """
+    if window is not None and window < 0:
+        raise ValueError(f"window must be a positive number of steps, or None/0 for full BPTT; got {window}")
+    if x.shape[0] == 0:
+        raise ValueError("x has no time steps")
     opts = _Options(nonlinearity, window or None, grad_transform, probe)
     if recurrence == "rnn":
         hs = _ElmanScan.apply(x, state.unsqueeze(0), *params, None, opts)
@@ -116,28 +120,63 @@ def _record(probe, dh):
         probe.norms = torch.linalg.vector_norm(dh, dim=-1)
 
 
-def _fast_tanh(x) -> bool:
-    """On CPU, tanh is about 3x slower than sigmoid: use tanh(a) = 2·sigmoid(2a) - 1 there."""
-    return x.device.type == "cpu"
+class _Tanh:
+    """tanh in place, fed scale · pre-activation.
 
-
-def _tanh_from_doubled_(a):
-    """In place: a holds 2·pre; leaves tanh(pre) = 2·sigmoid(2·pre) - 1."""
-    return a.sigmoid_().mul_(2).sub_(1)
-
-
-def _grad_or_none(needed: bool, fn):
-    return fn() if needed else None
-
-
-def _linear_grads(need, dout, inp, weight):
-    """Gradients of out = inp @ weight.T + b over all steps at once: (d_inp, d_weight, d_b).
-
-    dout (T·B, G) may be a strided view; need = (inp, weight, bias) flags.
+    On CPU torch's tanh runs at about a third of sigmoid's speed, so there the
+    caller computes 2a (the factor folded into its matmuls) and gets
+    tanh(a) = 2·sigmoid(2a) - 1, exact up to rounding; elsewhere scale is 1.
     """
-    return (dout @ weight if need[0] else None,
-            dout.t() @ inp if need[1] else None,
-            dout.sum(0) if need[2] else None)
+
+    def __init__(self, like):
+        self.scale = 2.0 if like.device.type == "cpu" else 1.0
+        self.minus_one = like.new_full((), -1.0)
+
+    def __call__(self, a):
+        if self.scale == 1.0:
+            return a.tanh_()
+        return _twice_minus_one_(a.sigmoid_(), self.minus_one)
+
+    def into(self, src, out):
+        """out = tanh(src), src unscaled."""
+        if self.scale == 1.0:
+            return torch.tanh(src, out=out)
+        return self(torch.add(src, src, out=out))
+
+
+def _twice_minus_one_(s, minus_one):
+    """In place s <- 2s - 1 (one kernel; a tensor -1 avoids wrapping a Python scalar per call)."""
+    return torch.add(minus_one, s, alpha=2, out=s)
+
+
+def _act_backward(nonlinearity):
+    """(grad, output, out) -> out = grad · act'(pre), computed from the activation's output."""
+    if nonlinearity == "relu":
+        return lambda g, h, out: aten.threshold_backward.grad_input(g, h, 0, grad_input=out)
+    return lambda g, h, out: aten.tanh_backward.grad_input(g, h, grad_input=out)  # g·(1 - h²)
+
+
+def _affine_grads(inp, dout, with_bias):
+    """(∂L/∂W, ∂L/∂b) of out = inp @ W.T + b, summed over all T·B rows, in one matmul.
+
+    inp (N, I), dout (N, G), possibly a strided view. A ones column appended to
+    inp yields the bias gradient in the same pass over dout; inp.T @ dout is
+    the fast orientation when inp is skinny (the input term).
+    """
+    if with_bias:
+        inp = torch.cat([inp, inp.new_ones(inp.shape[0], 1)], dim=1)
+    d = inp.t() @ dout  # (I [+1], G)
+    if with_bias:
+        return d[:-1].t().contiguous(), d[-1]
+    return d.t().contiguous(), None
+
+
+def _grad_buffer(d_hs, k):
+    """(k + T, B, H): k zero rows for the initial state, then a copy of ∂L/∂hs (zeros if None)."""
+    dh = d_hs.new_empty(k + d_hs.shape[0], *d_hs.shape[1:])
+    dh[:k].zero_()
+    dh[k:] = d_hs
+    return dh
 
 
 def _clone(t):
@@ -153,65 +192,53 @@ class _ElmanScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, state, w_ih, w_hh, b_ih, b_hh, w_skip, opts):
-        T, B, _ = x.shape
+        T, B = x.shape[:2]
         k, H = state.shape[0], w_hh.shape[0]
-        fast = opts.nonlinearity == "tanh" and _fast_tanh(x)
-        s = 2.0 if fast else 1.0  # pre-activations are computed times s
+        act = _Tanh(x) if opts.nonlinearity == "tanh" else torch.Tensor.relu_
+        s = getattr(act, "scale", 1.0)  # pre-activations are computed times s
         hbuf = x.new_empty(k + T, B, H)  # hbuf[k + t] = h_t; hbuf[:k] = initial state (times -k..-1)
         hbuf[:k] = state
         # the input term of every step in one matmul, written where h_t will be
         torch.addmm(b_ih + b_hh, x.reshape(T * B, -1), w_ih.t(), beta=s, alpha=s,
                     out=hbuf[k:].view(T * B, H))
+        h = hbuf.unbind(0)
+        u, u_skip = w_hh.t(), None if w_skip is None else w_skip.t()
         for t in range(T):
-            a = hbuf[k + t].addmm_(hbuf[k + t - 1], w_hh.t(), alpha=s)  # (B, H)
-            if w_skip is not None:
-                a.addmm_(hbuf[t], w_skip.t(), alpha=s)  # reads h_{t-k}
-            if fast:
-                _tanh_from_doubled_(a)
-            elif opts.nonlinearity == "tanh":
-                a.tanh_()
-            else:
-                a.relu_()
-        hs = hbuf[k:]
-        ctx.save_for_backward(x, w_ih, w_hh, w_skip, hs)
-        ctx.hbuf, ctx.opts = hbuf, opts
-        return hs
+            a = h[k + t].addmm_(h[k + t - 1], u, alpha=s)  # (B, H)
+            if u_skip is not None:
+                a.addmm_(h[t], u_skip, alpha=s)  # reads h_{t-k}
+            act(a)
+        ctx.save_for_backward(x, w_ih, w_hh, w_skip, hbuf)  # hs' base: in-place edits of hs are caught
+        ctx.opts = opts
+        return hbuf[k:]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_hs):
-        x, w_ih, w_hh, w_skip, hs = ctx.saved_tensors
-        hbuf, opts = ctx.hbuf, ctx.opts
-        T, B, H = hs.shape
+        x, w_ih, w_hh, w_skip, hbuf = ctx.saved_tensors
+        opts = ctx.opts
+        T, B, H = d_hs.shape
         k = hbuf.shape[0] - T
-        dh = hs.new_zeros(k + T, B, H)  # dh[k + t] = ∂L/∂h_t; dh[:k] -> initial state
-        if d_hs is not None:
-            dh[k:] = d_hs
+        hs = hbuf[k:]
+        dh = _grad_buffer(d_hs, k)  # dh[k + t] = ∂L/∂h_t; dh[:k] -> initial state
         dpre = torch.empty_like(hs)  # (T, B, H) ∂L/∂(pre-activation)
+        dh_, dpre_, h_ = dh.unbind(0), dpre.unbind(0), hs.unbind(0)
         act_backward = _act_backward(opts.nonlinearity)
         for t in range(T - 1, -1, -1):
-            g = _accept_total(dh[k + t], t, opts.grad_transform)
-            act_backward(g, hs[t], dpre[t])
+            g = _accept_total(dh_[k + t], t, opts.grad_transform)
+            act_backward(g, h_[t], dpre_[t])
             if not _cut(t, 1, opts.window):
-                dh[k + t - 1].addmm_(dpre[t], w_hh)
+                dh_[k + t - 1].addmm_(dpre_[t], w_hh)
             if w_skip is not None and not _cut(t, k, opts.window):
-                dh[t].addmm_(dpre[t], w_skip)
+                dh_[t].addmm_(dpre_[t], w_skip)
         _record(opts.probe, dh[k:])
         need = ctx.needs_input_grad
         dp = dpre.view(T * B, H)
-        d_x, d_w_ih, d_b = _linear_grads((need[0], need[2], need[4] or need[5]), dp,
-                                         x.reshape(T * B, -1), w_ih)
-        _, d_w_hh, _ = _linear_grads((False, need[3], False), dp, hbuf[k - 1:k - 1 + T].view(T * B, H), w_hh)
-        _, d_w_skip, _ = _linear_grads((False, need[6], False), dp, hbuf[:T].view(T * B, H), w_skip)
-        d_x = None if d_x is None else d_x.view(x.shape)
+        d_x = (dp @ w_ih).view(x.shape) if need[0] else None
+        d_w_ih, d_b = _affine_grads(x.reshape(T * B, -1), dp, with_bias=need[4] or need[5])
+        d_w_hh, _ = _affine_grads(hbuf[k - 1:k - 1 + T].view(T * B, H), dp, with_bias=False)
+        d_w_skip = None if w_skip is None else _affine_grads(hbuf[:T].view(T * B, H), dp, False)[0]
         return d_x, dh[:k], d_w_ih, d_w_hh, d_b, _clone(d_b), d_w_skip, None
-
-
-def _act_backward(nonlinearity):
-    """(grad, output, out) -> out = grad · act'(pre), computed from the activation's output."""
-    if nonlinearity == "relu":
-        return lambda g, h, out: aten.threshold_backward.grad_input(g, h, 0, grad_input=out)
-    return lambda g, h, out: aten.tanh_backward.grad_input(g, h, grad_input=out)  # g·(1 - h²)
 
 
 # ---------------------------------------------------------------------------
@@ -223,70 +250,62 @@ class _LSTMScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, opts):
-        T, B, _ = x.shape
+        T, B = x.shape[:2]
         H = w_hh.shape[1]
-        fast = _fast_tanh(x)
-        w_in, w_rec, bias = w_ih, w_hh, b_ih + b_hh
-        if fast:  # g's pre-activation doubled: one sigmoid serves all four gates
-            w_in, w_rec, bias = (_double_rows(p, 2 * H, 3 * H) for p in (w_in, w_rec, bias))
+        # g's rows doubled, so that one sigmoid serves all four gates: tanh(a) = 2·σ(2a) - 1
+        w_in, w_rec, bias = (_double_rows(p, 2 * H, 3 * H) for p in (w_ih, w_hh, b_ih + b_hh))
         gates = torch.addmm(bias, x.reshape(T * B, -1), w_in.t()).view(T, B, 4 * H)
         hbuf = x.new_empty(T + 1, B, H)  # hbuf[t + 1] = h_t, hbuf[0] = h0
         cbuf = x.new_empty(T + 1, B, H)  # cbuf[t + 1] = c_t, cbuf[0] = c0
         tanh_c = x.new_empty(T, B, H)
         hbuf[0], cbuf[0] = h0, c0
+        tanh, minus_one = _Tanh(x), x.new_full((), -1.0)
+        a_, h_, c_, tc_ = gates.unbind(0), hbuf.unbind(0), cbuf.unbind(0), tanh_c.unbind(0)
+        i_, f_, g_, o_ = (gates.view(T, B, 4, H)[:, :, j].unbind(0) for j in range(4))
+        u = w_rec.t()
         for t in range(T):
-            a = gates[t].addmm_(hbuf[t], w_rec.t())  # (B, 4H) pre-activations
-            i, f, g, o = a.unflatten(1, (4, H)).unbind(1)
-            if fast:
-                a.sigmoid_()
-                g.mul_(2).sub_(1)
-            else:
-                a[:, :2 * H].sigmoid_()
-                g.tanh_()
-                o.sigmoid_()
-            torch.mul(f, cbuf[t], out=cbuf[t + 1]).addcmul_(i, g)
-            if fast:
-                _tanh_from_doubled_(torch.mul(cbuf[t + 1], 2, out=tanh_c[t]))
-            else:
-                torch.tanh(cbuf[t + 1], out=tanh_c[t])
-            torch.mul(o, tanh_c[t], out=hbuf[t + 1])
-        hs = hbuf[1:]
-        ctx.save_for_backward(x, w_ih, w_hh, hs)
-        ctx.gates, ctx.hbuf, ctx.cbuf, ctx.tanh_c, ctx.opts = gates, hbuf, cbuf, tanh_c, opts
-        return hs, cbuf[T].clone()
+            a_[t].addmm_(h_[t], u).sigmoid_()  # (B, 4H)
+            _twice_minus_one_(g_[t], minus_one)
+            torch.mul(f_[t], c_[t], out=c_[t + 1]).addcmul_(i_[t], g_[t])
+            tanh.into(c_[t + 1], tc_[t])
+            torch.mul(o_[t], tc_[t], out=h_[t + 1])
+        ctx.save_for_backward(x, w_ih, w_hh, hbuf, cbuf, tanh_c, gates)
+        ctx.opts = opts
+        return hbuf[1:], cbuf[T].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_hs, d_c_last):
-        x, w_ih, w_hh, hs = ctx.saved_tensors
-        hbuf, opts = ctx.hbuf, ctx.opts
+        x, w_ih, w_hh, hbuf, cbuf, tanh_c, gates = ctx.saved_tensors
+        opts, hs = ctx.opts, hbuf[1:]
         T, B, H = hs.shape
-        fac = _lstm_factors(ctx.gates, ctx.cbuf, ctx.tanh_c)  # (T, B, 5, H)
-        dc_from_h = aten.tanh_backward(ctx.gates[..., 3 * H:], ctx.tanh_c)  # ∂h_t/∂c_t = o·tanh'(c_t)
-        ctx.gates = ctx.cbuf = ctx.tanh_c = None  # free them before the sweep
-        dh = hs.new_zeros(T + 1, B, H)  # dh[t + 1] = ∂L/∂h_t; dh[0] -> h0
-        if d_hs is not None:
-            dh[1:] = d_hs
-        dc = hs.new_empty(B, H)  # ∂L/∂c_t
-        dc_carry = d_c_last if d_c_last is not None else hs.new_zeros(B, H)  # from step t+1, through f
+        fac = _lstm_factors(gates, cbuf, tanh_c)  # (T, B, 5, H)
+        dc_from_h = aten.tanh_backward(gates[..., 3 * H:], tanh_c)  # ∂h_t/∂c_t = o·tanh'(c_t)
+        del gates, cbuf, tanh_c
+        dh = _grad_buffer(d_hs, 1)  # dh[t + 1] = ∂L/∂h_t; dh[0] -> h0
+        dc3 = hs.new_empty(B, 1, H)
+        dc = dc3[:, 0]  # ∂L/∂c_t, (B, H)
+        carry = d_c_last  # ∂L/∂c_t through c_{t+1} (autograd materialises unused outputs' grads as 0)
+        dh_, dcfh_ = dh.unbind(0), dc_from_h.unbind(0)
+        by_dc_, by_dh_ = fac[:, :, :4].unbind(0), fac[:, :, 4].unbind(0)
+        carry_, dgates_ = fac[:, :, 0].unbind(0), fac.view(T, B, 5 * H)[:, :, H:].unbind(0)
         for t in range(T - 1, -1, -1):
-            g = _accept_total(dh[t + 1], t, opts.grad_transform)
-            torch.addcmul(dc_carry, g, dc_from_h[t], out=dc)
-            fac[t, :, :4].mul_(dc.unsqueeze(1))  # -> [∂c_{t-1} through f, ∂i, ∂f, ∂g]
-            fac[t, :, 4].mul_(g)  # -> ∂o
+            g = _accept_total(dh_[t + 1], t, opts.grad_transform)
+            torch.addcmul(carry, g, dcfh_[t], out=dc)
+            by_dc_[t].mul_(dc3)  # -> [∂L/∂c_{t-1}, ∂i, ∂f, ∂g]
+            by_dh_[t].mul_(g)  # -> ∂o
             if _cut(t, 1, opts.window):
-                dc_carry = hs.new_zeros(B, H)
+                carry = hs.new_zeros(B, H)
             else:
-                dh[t].addmm_(fac[t, :, 1:].flatten(1), w_hh)
-                dc_carry = fac[t, :, 0]
+                dh_[t].addmm_(dgates_[t], w_hh)
+                carry = carry_[t]
         _record(opts.probe, dh[1:])
         need = ctx.needs_input_grad
-        dgates = fac.view(T * B, 5 * H)[:, H:]  # (T·B, 4H) ∂L/∂(pre-activation), gates i, f, g, o
-        d_x, d_w_ih, d_b = _linear_grads((need[0], need[3], need[5] or need[6]), dgates,
-                                         x.reshape(T * B, -1), w_ih)
-        _, d_w_hh, _ = _linear_grads((False, need[4], False), dgates, hbuf[:-1].view(T * B, H), w_hh)
-        d_x = None if d_x is None else d_x.view(x.shape)
-        return d_x, dh[0], dc_carry.clone(), d_w_ih, d_w_hh, d_b, _clone(d_b), None
+        dgates = fac.view(T * B, 5 * H)[:, H:]  # (T·B, 4H) ∂L/∂(pre-activations i, f, g, o)
+        d_x = (dgates @ w_ih).view(x.shape) if need[0] else None
+        d_w_ih, d_b = _affine_grads(x.reshape(T * B, -1), dgates, with_bias=need[5] or need[6])
+        d_w_hh, _ = _affine_grads(hbuf[:-1].view(T * B, H), dgates, with_bias=False)
+        return d_x, dh[0], carry.clone(), d_w_ih, d_w_hh, d_b, _clone(d_b), None
 
 
 def _double_rows(p, lo, hi):
@@ -305,7 +324,7 @@ def _lstm_factors(gates, cbuf, tanh_c):
     each row, ready for the matmuls.
     """
     T, B, H4 = gates.shape
-    i, f, g, o = gates.unflatten(2, (4, H4 // 4)).unbind(2)
+    i, f, g, o = gates.view(T, B, 4, H4 // 4).unbind(2)
     fac = gates.new_empty(T, B, 5, H4 // 4)
     fac[:, :, 0] = f
     aten.sigmoid_backward.grad_input(g, i, grad_input=fac[:, :, 1])
@@ -324,10 +343,10 @@ class _GRUScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, opts):
-        T, B, _ = x.shape
+        T, B = x.shape[:2]
         H = w_hh.shape[1]
-        fast = _fast_tanh(x)
-        s = 2.0 if fast else 1.0  # n's pre-activation is computed times s
+        tanh = _Tanh(x)
+        s = tanh.scale  # n's pre-activation is computed times s
         x2 = x.reshape(T * B, -1)
         rz = torch.addmm(b_ih[:2 * H] + b_hh[:2 * H], x2, w_ih[:2 * H].t()).view(T, B, 2 * H)
         npre = torch.addmm(b_ih[2 * H:], x2, w_ih[2 * H:].t(), beta=s, alpha=s).view(T, B, H)
@@ -335,47 +354,40 @@ class _GRUScan(torch.autograd.Function):
         h_minus_n = x.new_empty(T, B, H)  # h_{t-1} - n_t
         hbuf = x.new_empty(T + 1, B, H)  # hbuf[t + 1] = h_t, hbuf[0] = h0
         hbuf[0] = h0
-        u_rz, u_n, b_hn = w_hh[:2 * H].t(), w_hh[2 * H:].t() * s, b_hh[2 * H:] * s
+        rz_, n_, hn_, h_ = rz.unbind(0), npre.unbind(0), hn.unbind(0), hbuf.unbind(0)
+        hmn_ = h_minus_n.unbind(0)
+        r_, z_ = rz[..., :H].unbind(0), rz[..., H:].unbind(0)
+        u_rz, u_n, b_hn = w_hh[:2 * H].t(), w_hh[2 * H:].t(), b_hh[2 * H:]
         for t in range(T):
-            h = hbuf[t]
-            r, z = rz[t].addmm_(h, u_rz).sigmoid_().unflatten(1, (2, H)).unbind(1)
-            n = npre[t].addcmul_(r, torch.addmm(b_hn, h, u_n, out=hn[t]))
-            if fast:
-                _tanh_from_doubled_(n)
-            else:
-                n.tanh_()
-            torch.addcmul(n, z, torch.sub(h, n, out=h_minus_n[t]), out=hbuf[t + 1])
-        hs = hbuf[1:]
-        ctx.save_for_backward(x, w_ih, w_hh, hs)
-        ctx.rz, ctx.n, ctx.hn, ctx.h_minus_n, ctx.hbuf, ctx.opts = rz, npre, hn, h_minus_n, hbuf, opts
-        ctx.scale = s
-        return hs
+            h = h_[t]
+            rz_[t].addmm_(h, u_rz).sigmoid_()
+            torch.addmm(b_hn, h, u_n, beta=s, alpha=s, out=hn_[t])
+            n = tanh(n_[t].addcmul_(r_[t], hn_[t]))
+            torch.addcmul(n, z_[t], torch.sub(h, n, out=hmn_[t]), out=h_[t + 1])
+        ctx.save_for_backward(x, w_ih, w_hh, hbuf, rz, npre, hn, h_minus_n)
+        ctx.opts, ctx.scale = opts, s
+        return hbuf[1:]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_hs):
-        x, w_ih, w_hh, hs = ctx.saved_tensors
-        hbuf, opts = ctx.hbuf, ctx.opts
+        x, w_ih, w_hh, hbuf, rz, n, hn, h_minus_n = ctx.saved_tensors
+        opts, hs = ctx.opts, hbuf[1:]
         T, B, H = hs.shape
-        z = ctx.rz[..., H:]
-        fac, d_npre = _gru_factors(ctx.rz, ctx.n, ctx.hn, ctx.h_minus_n, ctx.scale)
-        ctx.n = ctx.hn = ctx.h_minus_n = None
-        dh = hs.new_zeros(T + 1, B, H)  # dh[t + 1] = ∂L/∂h_t; dh[0] -> h0
-        if d_hs is not None:
-            dh[1:] = d_hs
+        fac, d_npre = _gru_factors(rz, n, hn, h_minus_n, ctx.scale)
+        del n, hn, h_minus_n
+        dh = _grad_buffer(d_hs, 1)  # dh[t + 1] = ∂L/∂h_t; dh[0] -> h0
+        dh_, dh3_ = dh.unbind(0), dh.unsqueeze(2).unbind(0)
+        fac_, d_gh_, z_ = fac.unbind(0), fac.view(T, B, 3 * H).unbind(0), rz[..., H:].unbind(0)
         for t in range(T - 1, -1, -1):
-            g = _accept_total(dh[t + 1], t, opts.grad_transform)
-            fac[t].mul_(g.unsqueeze(1))  # -> [∂r, ∂z pre-activations, ∂(U_n h + b_hn)]
+            g = _accept_total(dh_[t + 1], t, opts.grad_transform)
+            fac_[t].mul_(dh3_[t + 1])  # -> [∂r, ∂z pre-activations, ∂(U_n h + b_hn)]
             if not _cut(t, 1, opts.window):
-                dh[t].addcmul_(g, z[t]).addmm_(fac[t].flatten(1), w_hh)
+                dh_[t].addcmul_(g, z_[t]).addmm_(d_gh_[t], w_hh)
         _record(opts.probe, dh[1:])
         d_npre.mul_(dh[1:])  # ∂L/∂(n's pre-activation), (T, B, H)
-        need = ctx.needs_input_grad
-        d_gh = fac.view(T * B, 3 * H)  # ∂L/∂(U h + b_hh), gates r, z, n
-        d_gi = torch.cat([d_gh[:, :2 * H], d_npre.view(T * B, H)], dim=1)  # ∂L/∂(W x + b_ih)
-        d_x, d_w_ih, d_b_ih = _linear_grads((need[0], need[2], need[4]), d_gi, x.reshape(T * B, -1), w_ih)
-        _, d_w_hh, d_b_hh = _linear_grads((False, need[3], need[5]), d_gh, hbuf[:-1].view(T * B, H), w_hh)
-        d_x = None if d_x is None else d_x.view(x.shape)
+        d_x, d_w_ih, d_w_hh, d_b_ih, d_b_hh = _gru_weight_grads(ctx.needs_input_grad, x, w_ih, hbuf,
+                                                                fac, d_npre)
         return d_x, dh[0], d_w_ih, d_w_hh, d_b_ih, d_b_hh, None
 
 
@@ -387,7 +399,7 @@ def _gru_factors(rz, n, hn, h_minus_n, scale):
     for n's pre-activation. hn arrives times ``scale``.
     """
     T, B, H2 = rz.shape
-    r, z = rz.unflatten(2, (2, H2 // 2)).unbind(2)
+    r, z = rz.view(T, B, 2, H2 // 2).unbind(2)
     fac = rz.new_empty(T, B, 3, H2 // 2)
     d_n = torch.neg(z).add_(1)
     aten.tanh_backward.grad_input(d_n, n, grad_input=d_n)
@@ -398,3 +410,22 @@ def _gru_factors(rz, n, hn, h_minus_n, scale):
     if scale != 1:
         fac[:, :, 0].mul_(1 / scale)
     return fac, d_n
+
+
+def _gru_weight_grads(need, x, w_ih, hbuf, fac, d_npre):
+    """(d_x, d_w_ih, d_w_hh, d_b_ih, d_b_hh) from the swept pre-activation gradients."""
+    T, B, _, H = fac.shape
+    d_gh = fac.view(T * B, 3 * H)  # ∂L/∂(U h + b_hh), gates r, z, n
+    d_rz, d_n = d_gh[:, :2 * H], d_npre.view(T * B, H)  # ∂L/∂(W x + b_ih) is [d_rz, d_n]
+    x2 = x.reshape(T * B, -1)
+    d_x = torch.addmm(d_n @ w_ih[2 * H:], d_rz, w_ih[:2 * H]).view(x.shape) if need[0] else None
+    with_bias = need[4] or need[5]
+    d_w_rz, d_b_rz = _affine_grads(x2, d_rz, with_bias)
+    d_w_n, d_b_n = _affine_grads(x2, d_n, with_bias)
+    d_w_hh, _ = _affine_grads(hbuf[:-1].view(T * B, H), d_gh, with_bias=False)
+    d_w_ih = torch.cat([d_w_rz, d_w_n])
+    if not with_bias:
+        return d_x, d_w_ih, d_w_hh, None, None
+    d_b_ih = torch.cat([d_b_rz, d_b_n])
+    d_b_hh = torch.cat([d_b_rz, fac[:, :, 2].sum((0, 1))])
+    return d_x, d_w_ih, d_w_hh, d_b_ih, d_b_hh

@@ -8,8 +8,8 @@ Truncated BPTT, the other remedy of this release, lives in the training loop
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

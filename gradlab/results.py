@@ -79,6 +79,7 @@ def save_run(run_dir: Path, config: dict, env: dict, rows: list[dict], summary: 
              error: str | None = None) -> None:
     """Write one run's files; ``summary.json`` last, so it marks a finished run."""
     run_dir = Path(run_dir)
+    (run_dir / SUMMARY).unlink(missing_ok=True)  # a re-run must not look finished until it is
     write_json(run_dir / CONFIG, config)
     write_json(run_dir / ENV, env)
     write_atomic(run_dir / METRICS, metrics_csv(rows))

@@ -1,19 +1,31 @@
-"""Run every point of an experiment's grid and store each result on disk.
+"""Run every point of an experiment's grid, in parallel, and store each result on disk.
 
-A run that raises is recorded as failed (its error and traceback in its
-directory, its metrics so far kept) and the sweep goes on. A run whose
-directory already holds a successful ``summary.json`` is skipped, so
-re-running a sweep finishes only what is missing or failed.
+Workers only train: each returns its run's summary, metric rows and
+environment (or its error and traceback) to the driver, and the driver writes
+the run directory. So an executor needs no shared filesystem, and a worker
+that dies leaves nothing half-written.
+
+Resuming: a run whose directory holds a successful ``summary.json`` is done
+and skipped (run ids are stable for a resolved config); failed and interrupted
+runs are run again. A run that raises is recorded as failed, with what it had
+computed, and the sweep goes on.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import queue
+import threading
+import time
 import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
 from gradlab import results
 from gradlab.config import Run
+
+PROGRESS_INTERVAL = 0.2  # seconds between a worker's progress messages
 
 
 @dataclass
@@ -44,41 +56,121 @@ def is_done(path: Path) -> bool:
     return results.is_finished(path) and results.read_json(path / results.SUMMARY).get("status") == "ok"
 
 
-def execute(run: Run, path: Path, progress=None) -> Outcome:
-    """Train one run and write its directory, whatever happens inside training."""
+def select(runs: list[Run], shard: tuple[int, int] | None) -> list[Run]:
+    """``shard=(i, n)``, 1 ≤ i ≤ n: every n-th run starting at the i-th, so n shards cover each run once."""
+    if shard is None:
+        return runs
+    i, n = shard
+    return runs[i - 1::n]
+
+
+def plan(name: str, runs: list[Run], out: Path, force: bool = False) -> tuple[list[Run], list[Run]]:
+    """Split runs into (to run, already done)."""
+    todo, done = [], []
+    for run in runs:
+        (done if not force and is_done(run_dir(out, name, run)) else todo).append(run)
+    return todo, done
+
+
+def train_run(run: Run, progress=None) -> dict:
+    """Train one run, catching everything: the payload the driver writes to disk."""
     from gradlab.training import environment, train
 
     rows: list[dict] = []
     try:
         summary, rows, env = train(run.config, progress=progress, rows=rows)
+        return {"summary": summary, "rows": rows, "env": env, "error": None, "traceback": None}
     except Exception as e:  # a failing run is recorded; the sweep goes on
-        error = f"{type(e).__name__}: {e}"
-        summary = {"status": "failed", "error": error}
         try:
             env = environment(run.config)
         except Exception:
             env = {}
-        results.save_run(path, run.config, env, rows, summary, error=traceback.format_exc())
-        return Outcome(run, path, "failed", summary, error)
-    results.save_run(path, run.config, env, rows, summary)
-    return Outcome(run, path, "ok", summary)
+        error = f"{type(e).__name__}: {e}"
+        return {"summary": {"status": "failed", "error": error}, "rows": rows, "env": env,
+                "error": error, "traceback": traceback.format_exc()}
 
 
-def run_sweep(name: str, runs: list[Run], out: Path, *, force: bool = False, on_event=None) -> list[Outcome]:
-    """Train every run not already done, in order.
+def store(run: Run, path: Path, payload: dict) -> Outcome:
+    results.save_run(path, run.config, payload["env"], payload["rows"], payload["summary"],
+                     error=payload["traceback"])
+    status = "failed" if payload["error"] else "ok"
+    return Outcome(run, path, status, payload["summary"], payload["error"])
 
-    on_event(event, run, **info) reports progress to the caller: ``start``,
-    ``step`` (step, steps), ``done`` (outcome); training itself never prints.
+
+def _worker(run: Run, messages) -> dict:
+    """Runs in a worker process: train, reporting progress at most every PROGRESS_INTERVAL."""
+    last = [0.0]
+
+    def progress(step, steps):
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_INTERVAL or step == steps:
+            last[0] = now
+            messages.put((run.id, step, steps))
+
+    return train_run(run, progress)
+
+
+def run_sweep(name: str, runs: list[Run], out: Path, *, jobs: int = 1, force: bool = False,
+              on_event=None) -> list[Outcome]:
+    """Train every run not already done, ``jobs`` at a time; return one Outcome per run.
+
+    on_event(event, run, **info) reports progress to the caller: ``step``
+    (step, steps) while a run trains, ``done`` (outcome) when it is stored or
+    found already done. Training itself never prints.
     """
     notify = on_event or (lambda *a, **k: None)
-    outcomes = []
-    for run in runs:
+    todo, done = plan(name, runs, out, force)
+    outcomes = {}
+    for run in done:
         path = run_dir(out, name, run)
-        if not force and is_done(path):
-            outcome = Outcome(run, path, "skipped", results.read_json(path / results.SUMMARY))
-        else:
-            notify("start", run)
-            outcome = execute(run, path, progress=lambda s, n, run=run: notify("step", run, step=s, steps=n))
-        notify("done", run, outcome=outcome)
-        outcomes.append(outcome)
-    return outcomes
+        outcomes[run.id] = Outcome(run, path, "skipped", results.read_json(path / results.SUMMARY))
+        notify("done", run, outcome=outcomes[run.id])
+    if jobs <= 1 or len(todo) <= 1:
+        for run in todo:
+            payload = train_run(run, lambda s, n, run=run: notify("step", run, step=s, steps=n))
+            outcomes[run.id] = store(run, run_dir(out, name, run), payload)
+            notify("done", run, outcome=outcomes[run.id])
+    else:
+        for outcome in _run_parallel(name, todo, out, jobs, notify):
+            outcomes[outcome.run.id] = outcome
+    return [outcomes[r.id] for r in runs]
+
+
+def _run_parallel(name, todo, out, jobs, notify):
+    # spawn, not fork: a forked torch process can deadlock on its thread pools
+    ctx = multiprocessing.get_context("spawn")
+    by_id = {r.id: r for r in todo}
+    with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        messages = manager.Queue()
+        stop = threading.Event()
+
+        def relay():  # worker progress -> the caller's callback, on this process's side
+            while not stop.is_set():
+                try:
+                    run_id, step, steps = messages.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                notify("step", by_id[run_id], step=step, steps=steps)
+
+        relay_thread = threading.Thread(target=relay, daemon=True)
+        relay_thread.start()
+        futures = {}
+        for run in todo:
+            futures[pool.submit(_worker, run, messages)] = run
+        pending = set(futures)
+        try:
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    run = futures[f]
+                    try:
+                        payload = f.result()
+                    except Exception as e:  # the worker process itself died
+                        payload = {"summary": {"status": "failed", "error": f"worker died: {e}"}, "rows": [],
+                                   "env": {}, "error": f"worker died: {e}", "traceback": traceback.format_exc()}
+                    outcome = store(run, run_dir(out, name, run), payload)
+                    notify("done", run, outcome=outcome)
+                    yield outcome
+        finally:
+            stop.set()
+            relay_thread.join()

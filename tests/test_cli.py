@@ -81,7 +81,8 @@ def test_compare_json_has_the_documented_keys(tiny_results):
         assert 0 <= row["solved_rate"] <= 1 and row["baseline_loss"] == pytest.approx(1 / 6)
     # the aggregate equals the mean of the per-run summaries on disk
     lstm_full = next(r for r in rows if r["cell"] == "lstm" and r["tbptt"] is None)
-    losses = [json.loads(p.read_text())["final_loss"] for p in (out / "tiny").glob("cell=lstm_tbptt=full*/summary.json")]
+    summaries = (out / "tiny").glob("cell=lstm_tbptt=full*/summary.json")
+    losses = [json.loads(p.read_text())["final_loss"] for p in summaries]
     assert lstm_full["final_loss_mean"] == pytest.approx(sum(losses) / len(losses))
 
 
@@ -117,7 +118,7 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     monkeypatch.setattr(gradlab.training, "train", flaky)
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY.replace("train.tbptt: [null, 3]", "train.lr: [0.01]"))
-    result = runner.invoke(app, ["run", str(config), "--out", str(tmp_path / "out"), "-q"])
+    result = runner.invoke(app, ["run", str(config), "--out", str(tmp_path / "out"), "-q", "--jobs", "1"])
     assert result.exit_code == 1
     assert "1 of 4 runs failed" in result.output and "RuntimeError: boom" in result.output
     failed = next((tmp_path / "out" / "tiny").glob("cell=vanilla*seed=1_*"))
@@ -126,7 +127,7 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     assert (failed / "metrics.csv").read_text().count("\n") == 2  # what was computed is kept
     assert len(list((tmp_path / "out" / "tiny").glob("*/summary.json"))) == 4
     monkeypatch.setattr(gradlab.training, "train", real)  # a re-run re-does only the failed run
-    result = runner.invoke(app, ["run", str(config), "--out", str(tmp_path / "out"), "-q"])
+    result = runner.invoke(app, ["run", str(config), "--out", str(tmp_path / "out"), "-q", "--jobs", "1"])
     assert result.exit_code == 0
     assert json.loads((failed / "summary.json").read_text())["status"] == "ok"
     assert not (failed / "error.txt").exists()

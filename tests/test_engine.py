@@ -1,0 +1,412 @@
+"""The hand-written BPTT engine against independent references, in float64.
+
+References: torch's own nn.RNN/LSTM/GRU (and their *Cell loops with
+retain_grad for the per-step norms), the autograd reference ``cells.unroll``,
+torch.autograd.gradcheck, and truncation written out as detached chunks.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+from gradlab import cells, engine
+
+F64 = torch.float64
+TOL = {"rtol": 1e-10, "atol": 1e-12}
+
+CASES = {  # name: (recurrence, nonlinearity, skip length k)
+    "rnn-tanh": ("rnn", "tanh", None),
+    "rnn-relu": ("rnn", "relu", None),
+    "skip-k1": ("skip", "tanh", 1),
+    "skip-k3": ("skip", "tanh", 3),
+    "lstm": ("lstm", None, None),
+    "gru": ("gru", None, None),
+}
+SIZES = [(1, 2, 1, 3), (5, 3, 2, 4), (13, 2, 3, 6)]  # (T, B, inputs, H)
+LOSSES = ["last", "every", "final", "all"]
+SCAN, UNROLL = engine.scan, cells.unroll
+
+
+def make(case, T, B, n_in, H, seed=0):
+    """Random x (T, B, n_in), initial state and parameters in torch's layouts, float64."""
+    rec, _, k = CASES[case]
+    gen = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0):
+        return scale * torch.randn(*shape, generator=gen, dtype=F64)
+    g = cells.GATES[rec]
+    params = [r(g * H, n_in, scale=n_in ** -0.5), r(g * H, H, scale=H ** -0.5),
+              r(g * H, scale=0.3), r(g * H, scale=0.3)]
+    if rec == "skip":
+        params.append(r(H, H, scale=0.5 * H ** -0.5))
+    state = {"lstm": lambda: (r(B, H, scale=0.5), r(B, H, scale=0.5)),
+             "skip": lambda: r(k, B, H, scale=0.5)}.get(rec, lambda: r(B, H, scale=0.5))()
+    return r(T, B, n_in), state, params
+
+
+def parts(state):
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+def convert(data, fn):
+    """Apply fn (e.g. Tensor.float) to every tensor of (x, state, params)."""
+    x, state, params = data
+    return fn(x), tuple(map(fn, state)) if isinstance(state, tuple) else fn(state), [fn(p) for p in params]
+
+
+def leaves(x, state, params):
+    """Fresh leaf copies of everything the engine differentiates: [x, *state parts, *params]."""
+    return [t.detach().clone().requires_grad_() for t in (x, *parts(state), *params)]
+
+
+def split(case, ls):
+    n = 2 if CASES[case][0] == "lstm" else 1
+    state = tuple(ls[1:1 + n]) if n == 2 else ls[1]
+    return ls[0], state, ls[1 + n:]
+
+
+def loss_of(kind, hs, final):
+    """A scalar loss on the last step, every step, the final state (for LSTM with c), or all of them."""
+    gen = torch.Generator().manual_seed(1)
+
+    def w(t):  # drawn in float64 whatever t's dtype, so that float32 and float64 runs share the loss
+        return torch.randn(t.shape, generator=gen, dtype=F64).to(t.dtype)
+    terms = []
+    if kind in ("last", "all"):
+        terms.append((hs[-1] * w(hs[-1])).sum())
+    if kind in ("every", "all"):
+        terms.append((hs * w(hs)).sum() + (hs ** 2).mean())  # random weights per step, and not linear
+    if kind in ("final", "all"):
+        terms += [(f * w(f)).sum() for f in parts(final)]
+    return sum(terms)
+
+
+def run(fn, case, data, loss="all", **kw):
+    """(grads of [x, state parts, params], hs, final state, probe norms) for one forward/backward."""
+    ls = leaves(*data)
+    x, state, params = split(case, ls)
+    rec, nl, _ = CASES[case]
+    probe = cells.Probe()
+    hs, final = fn(rec, nl, x, state, params, probe=probe, **kw)
+    loss_of(loss, hs, final).backward()
+    grads = [torch.zeros_like(leaf) if leaf.grad is None else leaf.grad for leaf in ls]
+    return grads, hs.detach(), final, probe.norms
+
+
+def assert_all_close(xs, ys, **tol):
+    assert len(xs) == len(ys)
+    for i, (a, b) in enumerate(zip(xs, ys, strict=True)):
+        torch.testing.assert_close(a, b, **(tol or TOL), msg=lambda m, i=i: f"tensor {i}: {m}")
+
+
+# ---------------------------------------------------------------------------
+# against the autograd reference
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("case", CASES)
+def test_gradients_match_autograd_reference(case, size, loss):
+    data = make(case, *size)
+    g_ref, hs_ref, _, n_ref = run(UNROLL, case, data, loss)
+    g, hs, _, n = run(SCAN, case, data, loss)
+    torch.testing.assert_close(hs, hs_ref, **TOL)
+    assert_all_close(g, g_ref)
+    torch.testing.assert_close(n, n_ref, **TOL)
+    assert all(t.abs().sum() > 0 for t in g[1:])  # every state part and parameter gets a gradient
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("T", [2, 7])
+def test_final_state_carries_gradient_across_chunks(case, T):
+    """scan(x[:s]), then scan(x[s:]) from its final state (not detached) == scan(x).
+
+    Checks the gradient with respect to the final state and the initial state.
+    """
+    data = make(case, T, 3, 2, 4, seed=5)
+    rec, nl, _ = CASES[case]
+    g_whole, *_ = run(SCAN, case, data)
+
+    def two_chunks(rec, nl, x, state, params, **kw):
+        s = T // 2
+        hs1, mid = SCAN(rec, nl, x[:s], state, params)
+        hs2, final = SCAN(rec, nl, x[s:], mid, params)
+        return torch.cat([hs1, hs2]), final
+    g_chunks, *_ = run(two_chunks, case, data)
+    assert_all_close(g_chunks, g_whole)
+
+
+# ---------------------------------------------------------------------------
+# against torch's own modules
+
+TORCH_MODULES = {"rnn-tanh": lambda i, h: nn.RNN(i, h, nonlinearity="tanh"),
+                 "rnn-relu": lambda i, h: nn.RNN(i, h, nonlinearity="relu"),
+                 "lstm": lambda i, h: nn.LSTM(i, h), "gru": lambda i, h: nn.GRU(i, h)}
+WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def torch_module(case, params):
+    n_in, H = params[0].shape[1], params[1].shape[1]
+    module = TORCH_MODULES[case](n_in, H).double()
+    with torch.no_grad():
+        for name, p in zip(WEIGHTS, params, strict=True):
+            getattr(module, name + "_l0").copy_(p)
+    return module
+
+
+def torch_run(case, data, loss):
+    """Gradients from nn.RNN/LSTM/GRU, in the order [x, state parts, params]."""
+    x, state, params = data
+    module = torch_module(case, params)
+    x = x.clone().requires_grad_()
+    state = [s.clone().requires_grad_() for s in parts(state)]
+    hs, final = module(x, tuple(s[None] for s in state) if case == "lstm" else state[0][None])
+    final = tuple(f[0] for f in final) if case == "lstm" else final[0]
+    loss_of(loss, hs, final).backward()
+    weights = [getattr(module, n + "_l0").grad for n in WEIGHTS]
+    return [x.grad, *[s.grad for s in state], *weights]
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("size", SIZES[1:])
+@pytest.mark.parametrize("case", TORCH_MODULES)
+def test_gradients_match_torch_modules(case, size, loss):
+    data = make(case, *size, seed=2)
+    g, *_ = run(SCAN, case, data, loss)
+    assert_all_close(g, torch_run(case, data, loss))
+
+
+TWIN = {"vanilla": "rnn-tanh", "irnn": "rnn-relu", "orthogonal": "rnn-tanh", "lstm": "lstm", "gru": "gru"}
+
+
+@pytest.mark.parametrize("cell", list(cells.CELLS))
+@pytest.mark.parametrize("T", [3, 12])
+def test_recurrent_net_engines_agree(cell, T):
+    """RecurrentNet(engine="scan") == engine="autograd" (and == torch's module where one exists)."""
+    B, n_in, H = 3, 2, 5
+    gen = torch.Generator().manual_seed(T)
+    x = torch.randn(T, B, n_in, generator=gen, dtype=F64)
+    results = {}
+    for eng in ("scan", "autograd"):
+        net = cells.RecurrentNet(cell, n_in, H, 2, skip=4, engine=eng, seed=7).double()
+        with torch.no_grad():  # move off the special inits (identity, zero biases) so every weight is seen
+            for p in net.recurrent_parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()),
+                                         dtype=F64))
+        probe = cells.Probe()
+        hs, _ = net(x, net.initial_state(B, dtype=F64), probe=probe)
+        net.readout(hs).square().mean().backward()
+        results[eng] = ([p.grad for p in net.parameters()], probe.norms, hs.detach(), net)
+    assert_all_close(results["scan"][0], results["autograd"][0])
+    torch.testing.assert_close(results["scan"][1], results["autograd"][1], **TOL)
+    if cell in TWIN:
+        net = results["scan"][3]
+        module = torch_module(TWIN[cell], net.recurrent_parameters())
+        torch.testing.assert_close(module(x)[0], results["scan"][2], **TOL)
+
+
+# ---------------------------------------------------------------------------
+# truncated BPTT
+
+@pytest.mark.parametrize("loss", ["every", "all"])
+@pytest.mark.parametrize("window", [1, 2, 3])
+@pytest.mark.parametrize("case", CASES)
+def test_truncation_matches_reference(case, window, loss):
+    data = make(case, 9, 2, 2, 4, seed=3)
+    g_ref, _, _, n_ref = run(UNROLL, case, data, loss, window=window)
+    g, _, _, n = run(SCAN, case, data, loss, window=window)
+    assert_all_close(g, g_ref)
+    torch.testing.assert_close(n, n_ref, **TOL)
+    g_other, *_ = run(SCAN, case, data, loss, window=window + 1)
+    assert not all(torch.allclose(a, b) for a, b in zip(g_other, g, strict=True))  # the window matters
+
+
+@pytest.mark.parametrize("case", TORCH_MODULES)
+@pytest.mark.parametrize("window", [2, 4])
+def test_truncation_equals_detached_chunks_of_torch_module(case, window):
+    """Williams & Peng's TBPTT written out: torch's module run chunk by chunk, state detached between."""
+    T, B, n_in, H = 10, 2, 3, 4
+    data = make(case, T, B, n_in, H, seed=4)
+    g, *_ = run(SCAN, case, data, "every", window=window)
+    x, state, params = data
+    module = torch_module(case, params)
+    x = x.clone().requires_grad_()
+    state = [s.clone().requires_grad_() for s in parts(state)]
+    carry = tuple(s[None] for s in state) if case == "lstm" else state[0][None]
+    outs = []
+    for start in range(0, T, window):
+        out, carry = module(x[start:start + window], carry)
+        outs.append(out)
+        carry = tuple(c.detach() for c in carry) if case == "lstm" else carry.detach()
+    loss_of("every", torch.cat(outs), None).backward()
+    expected = [x.grad, *[s.grad for s in state], *[getattr(module, n + "_l0").grad for n in WEIGHTS]]
+    assert_all_close(g, expected)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_truncation_stops_gradient_at_the_last_boundary(case):
+    """Loss at the last step, window 3, T = 10: nothing reaches x_t or ‖∂L/∂h_t‖ for t < 9."""
+    data = make(case, 10, 2, 2, 4, seed=6)
+    g, _, _, norms = run(SCAN, case, data, "last", window=3)
+    dx = g[0].abs().sum(dim=(1, 2))
+    assert (dx[:9] == 0).all() and dx[9] > 0
+    assert (norms[:9] == 0).all() and (norms[9] > 0).all()
+
+
+# ---------------------------------------------------------------------------
+# grad_transform (recurrent-gradient clipping) and the probe
+
+def clamp(t, g):
+    return g.clamp(-0.05, 0.05)
+
+
+def rescale(t, g):  # per sample: g <- g · min(1, c / ‖g‖)
+    return g * (0.1 / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+
+
+def rescale_in_place(t, g):
+    return g.mul_((0.1 / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0))
+
+
+@pytest.mark.parametrize("transform", [clamp, rescale, rescale_in_place])
+@pytest.mark.parametrize("window", [None, 3])
+@pytest.mark.parametrize("case", CASES)
+def test_grad_transform_matches_reference(case, window, transform):
+    data = make(case, 8, 3, 2, 4, seed=8)
+    g_ref, _, _, n_ref = run(UNROLL, case, data, "all", window=window, grad_transform=transform)
+    g, _, _, n = run(SCAN, case, data, "all", window=window, grad_transform=transform)
+    assert_all_close(g, g_ref)
+    torch.testing.assert_close(n, n_ref, **TOL)
+    g_plain, *_ = run(SCAN, case, data, "all", window=window)
+    assert not torch.allclose(g[-1], g_plain[-1])  # the transform did change the gradient
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_grad_transform_sees_each_step_once_in_backward_order(case):
+    data = make(case, 6, 2, 2, 3)
+    seen = []
+    g, *_ = run(SCAN, case, data, "all", grad_transform=lambda t, g: seen.append(t) or g)
+    assert seen == list(range(5, -1, -1))
+    assert_all_close(g, run(SCAN, case, data, "all")[0])
+
+
+@pytest.mark.parametrize("case", ["rnn-tanh", "rnn-relu", "gru"])
+def test_zeroing_one_step_blocks_everything_before_it(case):
+    """h_t is the only path from earlier inputs to a last-step loss (not so for LSTM's c or skip)."""
+    data = make(case, 8, 2, 2, 4, seed=9)
+    g, _, _, norms = run(SCAN, case, data, "last", grad_transform=lambda t, g: g * 0 if t == 4 else g)
+    dx = g[0].abs().sum(dim=(1, 2))
+    assert (dx[:5] == 0).all() and (dx[5:] > 0).all()
+    assert (norms[:5] == 0).all()
+
+
+CELL_MODULES = {"rnn-tanh": lambda i, h: nn.RNNCell(i, h, nonlinearity="tanh"),
+                "rnn-relu": lambda i, h: nn.RNNCell(i, h, nonlinearity="relu"),
+                "lstm": nn.LSTMCell, "gru": nn.GRUCell}
+
+
+@pytest.mark.parametrize("loss", ["last", "every", "all"])
+@pytest.mark.parametrize("case", CELL_MODULES)
+def test_probe_norms_match_retain_grad_on_torch_cells(case, loss):
+    """‖∂L/∂h_t‖ from a plain loop of nn.*Cell with retain_grad() on every h_t."""
+    T, B, n_in, H = 7, 3, 2, 5
+    data = make(case, T, B, n_in, H, seed=10)
+    _, _, _, norms = run(SCAN, case, data, loss)
+    x, state, params = data
+    cell = CELL_MODULES[case](n_in, H).double()
+    with torch.no_grad():
+        for name, p in zip(WEIGHTS, params, strict=True):
+            getattr(cell, name).copy_(p)
+    carry, hs = tuple(parts(state)) if case == "lstm" else state, []
+    for t in range(T):
+        carry = cell(x[t], carry)
+        h = carry[0] if case == "lstm" else carry
+        h.retain_grad()
+        hs.append(h)
+    loss_of(loss, torch.stack(hs), carry).backward()
+    expected = torch.stack([h.grad.norm(dim=-1) for h in hs])
+    torch.testing.assert_close(norms, expected, **TOL)
+
+
+@pytest.mark.parametrize("fn", [SCAN, UNROLL])
+def test_a_reused_probe_gets_fresh_norms_each_backward(fn):
+    probe = cells.Probe()
+    kept = []
+    for B in (3, 5, 5):
+        x, state, params = make("rnn-tanh", 4, B, 2, 3, seed=B)
+        params = [p.requires_grad_() for p in params]
+        hs, _ = fn("rnn", "tanh", x, state, params, probe=probe)
+        hs.sum().backward()
+        kept.append(probe.norms)
+        assert probe.norms.shape == (4, B)
+    assert kept[1] is not kept[2]
+
+
+# ---------------------------------------------------------------------------
+# gradcheck, forward-only use, dtypes and devices
+
+@pytest.mark.parametrize("case", CASES)
+def test_gradcheck(case):
+    x, state, params = make(case, 4, 2, 2, 3, seed=11)
+    rec, nl, _ = CASES[case]
+    inputs = [t.requires_grad_() for t in (x, *parts(state), *params)]
+    n = len(parts(state))
+
+    def f(x, *rest):
+        state = tuple(rest[:n]) if n == 2 else rest[0]
+        hs, final = SCAN(rec, nl, x, state, list(rest[n:]))
+        return (hs, *parts(final))
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_forward_under_no_grad_matches(case):
+    x, state, params = make(case, 9, 3, 2, 4, seed=12)
+    rec, nl, _ = CASES[case]
+    with torch.no_grad():
+        hs, final = SCAN(rec, nl, x, state, params)
+    hs_ref, final_ref = UNROLL(rec, nl, x, state, params)
+    assert not hs.requires_grad
+    torch.testing.assert_close(hs, hs_ref, **TOL)
+    assert_all_close(parts(final), parts(final_ref))
+    hs_grad_mode, _ = SCAN(rec, nl, x, state, [p.requires_grad_() for p in params])
+    torch.testing.assert_close(hs_grad_mode.detach(), hs, **TOL)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_float32_agrees_with_float64(case):
+    data = make(case, 30, 4, 3, 16, seed=13)
+    g64, hs64, *_ = run(SCAN, case, data)
+    g32, hs32, *_ = run(SCAN, case, convert(data, torch.Tensor.float))
+    assert hs32.dtype == torch.float32
+    torch.testing.assert_close(hs32.double(), hs64, rtol=0, atol=1e-5)
+    assert_all_close([g.double() for g in g32], g64, rtol=1e-4, atol=1e-4)
+
+
+def test_only_some_inputs_require_grad():
+    x, state, params = make("lstm", 6, 2, 2, 3, seed=14)
+    w_hh = params[1].clone().requires_grad_()
+    hs, _ = SCAN("lstm", None, x, state, [params[0], w_hh, *params[2:]])
+    hs.sum().backward()
+    w_ref = params[1].clone().requires_grad_()
+    UNROLL("lstm", None, x, state, [params[0], w_ref, *params[2:]])[0].sum().backward()
+    torch.testing.assert_close(w_hh.grad, w_ref.grad, **TOL)
+
+
+def test_rejects_unknown_recurrence_and_negative_window():
+    x, state, params = make("rnn-tanh", 3, 1, 1, 2)
+    with pytest.raises(ValueError, match="unknown recurrence"):
+        SCAN("lru", None, x, state, params)
+    with pytest.raises(ValueError, match="window"):
+        SCAN("rnn", "tanh", x, state, params, window=-1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("case", CASES)
+def test_cuda_matches_cpu(case):
+    data = make(case, 7, 3, 2, 4, seed=15)
+    on_cuda = convert(data, torch.Tensor.cuda)
+    g_cpu, hs_cpu, _, n_cpu = run(SCAN, case, data, window=3, grad_transform=clamp)
+    g_cuda, hs_cuda, _, n_cuda = run(SCAN, case, on_cuda, window=3, grad_transform=clamp)
+    assert hs_cuda.is_cuda
+    assert_all_close([g.cpu() for g in g_cuda], g_cpu)
+    torch.testing.assert_close(n_cuda.cpu(), n_cpu, **TOL)
