@@ -107,6 +107,12 @@ class RecurrentNet(nn.Module):
             names.append("weight_skip")
         return [getattr(self, n) for n in names]
 
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by role, for per-group gradient norms: input, recurrent, readout."""
+        recurrent = [self.weight_hh, self.bias_hh] + ([self.weight_skip] if self.recurrence == "skip" else [])
+        return {"input": [self.weight_ih, self.bias_ih], "recurrent": recurrent,
+                "readout": list(self.readout.parameters())}
+
     def initial_state(self, batch: int, *, device=None, dtype=None):
         z = lambda *shape: torch.zeros(*shape, device=device, dtype=dtype)  # noqa: E731
         if self.recurrence == "lstm":

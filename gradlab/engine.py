@@ -59,7 +59,8 @@ def scan(recurrence, nonlinearity, x, state, params, *, window=None, grad_transf
         raise ValueError(f"window must be a positive number of steps, or None/0 for full BPTT; got {window}")
     if x.shape[0] == 0:
         raise ValueError("x has no time steps")
-    opts = _Options(nonlinearity, window or None, grad_transform, probe)
+    train = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *_parts(state), *params))
+    opts = _Options(nonlinearity, window or None, grad_transform, probe, train)
     if recurrence == "rnn":
         hs = _ElmanScan.apply(x, state.unsqueeze(0), *params, None, opts)
         return hs, hs[-1]
@@ -81,6 +82,11 @@ class _Options:
     window: int | None
     grad_transform: Callable | None
     probe: object | None
+    train: bool  # will a backward pass follow? (else the forward saves nothing for it)
+
+
+def _parts(state):
+    return state if isinstance(state, tuple) else (state,)
 
 
 def _cut(t: int, lag: int, window: int | None) -> bool:
@@ -247,6 +253,15 @@ class _ElmanScan(torch.autograd.Function):
 #   c_t = f ⊙ c_{t-1} + i ⊙ g,   h_t = o ⊙ tanh(c_t)
 
 class _LSTMScan(torch.autograd.Function):
+    """The forward also turns each step's gates into the local derivatives the sweep needs.
+
+    Buffer ``fac`` (T, B, 5, H): blocks 1-4 first hold step t's pre-activations,
+    then its gates i, f, g, o; when gradients are needed the step ends by
+    rewriting the row, while it is still in cache, as
+    [f, g·σ'(i), c_{t-1}·σ'(f), i·tanh'(g), tanh(c_t)·σ'(o)]. Times ∂L/∂c_t
+    (first four) and ∂L/∂h_t (last) these give ∂L/∂c_{t-1} through f and the
+    pre-activation gradients of i, f, g, o, contiguous in each row for the matmuls.
+    """
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, opts):
@@ -254,36 +269,44 @@ class _LSTMScan(torch.autograd.Function):
         H = w_hh.shape[1]
         # g's rows doubled, so that one sigmoid serves all four gates: tanh(a) = 2·σ(2a) - 1
         w_in, w_rec, bias = (_double_rows(p, 2 * H, 3 * H) for p in (w_ih, w_hh, b_ih + b_hh))
-        gates = torch.addmm(bias, x.reshape(T * B, -1), w_in.t()).view(T, B, 4 * H)
+        fac = x.new_empty(T, B, 5, H)
+        torch.addmm(bias, x.reshape(T * B, -1), w_in.t(), out=fac.view(T * B, 5 * H)[:, H:])
         hbuf = x.new_empty(T + 1, B, H)  # hbuf[t + 1] = h_t, hbuf[0] = h0
-        cbuf = x.new_empty(T + 1, B, H)  # cbuf[t + 1] = c_t, cbuf[0] = c0
-        tanh_c = x.new_empty(T, B, H)
-        hbuf[0], cbuf[0] = h0, c0
+        hbuf[0] = h0
+        dc_from_h = x.new_empty(T, B, H) if opts.train else None  # ∂h_t/∂c_t = o·tanh'(c_t)
+        c_prev, c, tc, tmp = c0.clone(), x.new_empty(B, H), x.new_empty(B, H), x.new_empty(B, H)
         tanh, minus_one = _Tanh(x), x.new_full((), -1.0)
-        a_, h_, c_, tc_ = gates.unbind(0), hbuf.unbind(0), cbuf.unbind(0), tanh_c.unbind(0)
-        i_, f_, g_, o_ = (gates.view(T, B, 4, H)[:, :, j].unbind(0) for j in range(4))
+        a_, h_ = fac.view(T, B, 5 * H)[:, :, H:].unbind(0), hbuf.unbind(0)
+        f0_, i_, f_, g_, o_ = (fac[:, :, j].unbind(0) for j in range(5))
         u = w_rec.t()
         for t in range(T):
+            i, f, g, o = i_[t], f_[t], g_[t], o_[t]
             a_[t].addmm_(h_[t], u).sigmoid_()  # (B, 4H)
-            _twice_minus_one_(g_[t], minus_one)
-            torch.mul(f_[t], c_[t], out=c_[t + 1]).addcmul_(i_[t], g_[t])
-            tanh.into(c_[t + 1], tc_[t])
-            torch.mul(o_[t], tc_[t], out=h_[t + 1])
-        ctx.save_for_backward(x, w_ih, w_hh, hbuf, cbuf, tanh_c, gates)
+            _twice_minus_one_(g, minus_one)
+            torch.mul(f, c_prev, out=c).addcmul_(i, g)
+            tanh.into(c, tc)
+            torch.mul(o, tc, out=h_[t + 1])
+            if opts.train:  # the gates -> the local derivatives, in place
+                aten.sigmoid_backward.grad_input(g, i, grad_input=tmp)
+                aten.tanh_backward.grad_input(i, g, grad_input=g)
+                i.copy_(tmp)
+                f0_[t].copy_(f)
+                aten.sigmoid_backward.grad_input(c_prev, f, grad_input=f)
+                aten.tanh_backward.grad_input(o, tc, grad_input=dc_from_h[t])
+                aten.sigmoid_backward.grad_input(tc, o, grad_input=o)
+            c_prev, c = c, c_prev
+        ctx.save_for_backward(x, w_ih, w_hh, hbuf, fac, dc_from_h)
         ctx.opts = opts
-        return hbuf[1:], cbuf[T].clone()
+        return hbuf[1:], c_prev
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_hs, d_c_last):
-        x, w_ih, w_hh, hbuf, cbuf, tanh_c, gates = ctx.saved_tensors
-        opts, hs = ctx.opts, hbuf[1:]
-        T, B, H = hs.shape
-        fac = _lstm_factors(gates, cbuf, tanh_c)  # (T, B, 5, H)
-        dc_from_h = aten.tanh_backward(gates[..., 3 * H:], tanh_c)  # ∂h_t/∂c_t = o·tanh'(c_t)
-        del gates, cbuf, tanh_c
+        x, w_ih, w_hh, hbuf, fac, dc_from_h = ctx.saved_tensors
+        opts = ctx.opts
+        T, B, H = d_hs.shape
         dh = _grad_buffer(d_hs, 1)  # dh[t + 1] = ∂L/∂h_t; dh[0] -> h0
-        dc3 = hs.new_empty(B, 1, H)
+        dc3 = d_hs.new_empty(B, 1, H)
         dc = dc3[:, 0]  # ∂L/∂c_t, (B, H)
         carry = d_c_last  # ∂L/∂c_t through c_{t+1} (autograd materialises unused outputs' grads as 0)
         dh_, dcfh_ = dh.unbind(0), dc_from_h.unbind(0)
@@ -292,10 +315,10 @@ class _LSTMScan(torch.autograd.Function):
         for t in range(T - 1, -1, -1):
             g = _accept_total(dh_[t + 1], t, opts.grad_transform)
             torch.addcmul(carry, g, dcfh_[t], out=dc)
-            by_dc_[t].mul_(dc3)  # -> [∂L/∂c_{t-1}, ∂i, ∂f, ∂g]
+            by_dc_[t].mul_(dc3)  # -> [∂L/∂c_{t-1} through f, ∂i, ∂f, ∂g]
             by_dh_[t].mul_(g)  # -> ∂o
             if _cut(t, 1, opts.window):
-                carry = hs.new_zeros(B, H)
+                carry = d_hs.new_zeros(B, H)
             else:
                 dh_[t].addmm_(dgates_[t], w_hh)
                 carry = carry_[t]
@@ -313,25 +336,6 @@ def _double_rows(p, lo, hi):
     p = p.clone()
     p[lo:hi] *= 2
     return p
-
-
-def _lstm_factors(gates, cbuf, tanh_c):
-    """Local derivatives of every step, laid out so the sweep needs two products per step.
-
-    (T, B, 5, H): [f, g·σ'(i), c_{t-1}·σ'(f), i·tanh'(g), tanh(c_t)·σ'(o)]. Times
-    ∂L/∂c_t (first four) and ∂L/∂h_t (last) they give ∂L/∂c_{t-1} through f and
-    the pre-activation gradients of gates i, f, g, o, those four contiguous in
-    each row, ready for the matmuls.
-    """
-    T, B, H4 = gates.shape
-    i, f, g, o = gates.view(T, B, 4, H4 // 4).unbind(2)
-    fac = gates.new_empty(T, B, 5, H4 // 4)
-    fac[:, :, 0] = f
-    aten.sigmoid_backward.grad_input(g, i, grad_input=fac[:, :, 1])
-    aten.sigmoid_backward.grad_input(cbuf[:-1], f, grad_input=fac[:, :, 2])
-    aten.tanh_backward.grad_input(i, g, grad_input=fac[:, :, 3])
-    aten.sigmoid_backward.grad_input(tanh_c, o, grad_input=fac[:, :, 4])
-    return fac
 
 
 # ---------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,7 +164,7 @@ def _finish(fig, axes, path: Path, title: str) -> Path:
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 10)))  # ~10 characters per inch
     fig.legend(list(handles.values()), list(handles), loc="outside right center", fontsize=9)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -293,7 +294,7 @@ def heatmap(layout: Layout, group: list[Run], run: Run, path: Path) -> Path:
         ax.legend(loc="upper right", fontsize=8)
     p = run.params
     extras = [describe(k, p.get(k)) for k in [*layout.panel_keys[2:], layout.hue] if k != "cell"]
-    what = f"{p.get('cell')} on {p['task']}, T={p['length']}" + (f" ({', '.join(extras)})" if extras else "")
+    what = f"{p.get('cell')} on {p['task']}, T={p['length']}" + (f" — {', '.join(extras)}" if extras else "")
     ax.set(title=f"{what}, seed {p.get('seed')}:\ngradient reaching each lag over training (blank: no gradient)",
            xlabel="lag k (steps before the last step)", ylabel="training step of the evaluation")
     fig.savefig(path, dpi=DPI)

@@ -16,8 +16,8 @@ import time
 import torch
 
 import gradlab
-from gradlab.cells import RecurrentNet
-from gradlab.remedies import clip_gradients
+from gradlab.cells import Probe, RecurrentNet
+from gradlab.remedies import clip_gradients, global_norm
 from gradlab.tasks import TASKS
 
 EVAL_SEED_OFFSET = 1_000_003  # the evaluation set's generator seed is seed + this: never a training batch
@@ -58,46 +58,76 @@ def detach(state):
     return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
 
 
-def train_step(model, task, batch, optimizer, clip: dict, window: int | None, on_nonfinite: str) -> dict:
-    """One batch: forward/backward per chunk, one update per chunk that carries a loss.
+def chunk_losses(model, task, batch, window: int | None, probe: bool = False):
+    """Yield (t0, loss, probe) for every chunk of ``window`` steps that carries a loss.
 
     Truncated BPTT (Williams & Peng 1990, k1 = k2 = window): the state is carried
-    across chunks but detached, so no gradient crosses a chunk boundary. The
-    chunk loss is normalised by the whole sequence's loss count, so the chunk
-    losses add up to the full-sequence loss.
+    across chunks but detached, so no gradient crosses a chunk boundary. Each
+    chunk's loss is normalised by the whole sequence's loss count, so the chunk
+    losses add up to the full-sequence loss. ``window=None`` is full BPTT: one chunk.
     """
-    S = batch.x.shape[0]  # batch.x: (S, B, I)
+    S, B = batch.x.shape[:2]  # batch.x: (S, B, I)
     window = window or S
     n_loss = batch.loss_mask.sum()
-    state = model.initial_state(batch.x.shape[1], device=batch.x.device, dtype=batch.x.dtype)
-    loss_sum, norm_max, clipped_max, active, nonfinite, updates = 0.0, 0.0, 0.0, False, False, 0
+    state = model.initial_state(B, device=batch.x.device, dtype=batch.x.dtype)
     for t0 in range(0, S, window):
         chunk = batch.slice(t0, min(t0 + window, S))
         has_loss = bool(chunk.loss_mask.any())
+        p = Probe() if probe and has_loss else None
         with torch.set_grad_enabled(has_loss):
-            hs, state = model(chunk.x, state)  # hs: (k, B, H)
+            hs, state = model(chunk.x, state, probe=p)  # hs: (k, B, H)
         state = detach(state)
-        if not has_loss:
-            continue
-        out = model.readout(hs)  # (k, B, O)
-        loss = (task.step_loss(out, chunk.y) * chunk.loss_mask).sum() / n_loss
+        if has_loss:
+            out = model.readout(hs)  # (k, B, O)
+            yield t0, (task.step_loss(out, chunk.y) * chunk.loss_mask).sum() / n_loss, p
+
+
+def train_step(model, task, batch, optimizer, clip: dict, window: int | None, on_nonfinite: str) -> dict:
+    """One batch: one optimizer update per chunk that carries a loss.
+
+    Records the norms *before* clipping (global and per parameter group) and
+    after; with several updates per batch (truncated BPTT) the largest of each.
+    """
+    groups = model.parameter_groups()
+    row = {"loss": 0.0, "grad_norm": 0.0, "grad_norm_clipped": 0.0, "clip_active": 0, "nonfinite": 0,
+           "updates": 0, **{f"grad_norm_{g}": 0.0 for g in groups}}
+    for _, loss, _ in chunk_losses(model, task, batch, window):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        group_norms = [global_norm([p.grad for p in ps if p.grad is not None]) for ps in groups.values()]
         norm, after = clip_gradients(model.parameters(), clip)
-        loss_v, norm_v = loss.item(), norm.item()
+        loss_v, norm_v, after_v, *group_v = torch.stack([loss.detach(), norm, after, *group_norms]).tolist()
         if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
-            nonfinite = True
+            row["nonfinite"] = 1
             if on_nonfinite == "stop":
                 break
-            continue  # skip: drop this update (optax apply_if_finite)
+            continue  # skip: drop this update (optax's apply_if_finite)
         optimizer.step()
-        updates += 1
-        loss_sum += loss_v
-        norm_max, clipped_max = max(norm_max, norm_v), max(clipped_max, after.item())
-        active = active or after.item() < norm_v * (1 - 1e-6)
-    return {"loss": loss_sum if not nonfinite else float("nan"), "grad_norm": norm_max,
-            "grad_norm_clipped": clipped_max, "clip_active": int(active), "nonfinite": int(nonfinite),
-            "updates": updates}
+        row["updates"] += 1
+        row["loss"] += loss_v
+        row["grad_norm"], row["grad_norm_clipped"] = max(row["grad_norm"], norm_v), max(row["grad_norm_clipped"], after_v)
+        row["clip_active"] |= int(after_v < norm_v * (1 - 1e-6))
+        for g, v in zip(groups, group_v):
+            row[f"grad_norm_{g}"] = max(row[f"grad_norm_{g}"], v)
+    if row["nonfinite"]:
+        row["loss"] = float("nan")
+    return row
+
+
+def gradient_profile(model, task, batch, window: int | None) -> torch.Tensor:
+    """The gradient through time: (S,) Σ_b ‖∂L/∂h_t^(b)‖ over ``batch``, with the run's truncation.
+
+    Computed like a training step (same chunks, same loss) but without an
+    update; the parameters' .grad are cleared afterwards.
+    """
+    S = batch.x.shape[0]
+    profile = torch.zeros(S, dtype=torch.float64)
+    for t0, loss, probe in chunk_losses(model, task, batch, window, probe=True):
+        loss.backward()
+        norms = probe.norms.sum(dim=1)  # (k,)
+        profile[t0:t0 + norms.shape[0]] = norms.double().cpu()
+    model.zero_grad(set_to_none=True)
+    return profile
 
 
 @torch.no_grad()

@@ -3,9 +3,11 @@ unfinished run) -> the expected PNG files, valid and non-empty; missing data nev
 
 import subprocess
 import sys
+import warnings
 
 import matplotlib.image
 import numpy as np
+import pandas as pd
 import pytest
 
 from gradlab import results
@@ -15,11 +17,11 @@ S, STEPS, EVAL_EVERY = 25, 40, 10
 RATE = {"vanilla": 0.6, "lstm": 0.97, "gru": 0.9}  # per-step factor of each cell's made-up profile
 
 
-def config(cell: str, seed: int, clip: dict) -> dict:
+def config(cell: str, seed: int, clip: dict, tbptt: int | None = None) -> dict:
     return {"name": "demo", "task": {"name": "adding", "length": S, "eval_size": 100},
             "model": {"cell": cell, "hidden": 8, "nonlinearity": None, "skip": 10, "engine": "scan"},
             "train": {"steps": STEPS, "batch_size": 4, "optimizer": "adam", "lr": 0.001, "clip": clip,
-                      "tbptt": None, "eval_every": EVAL_EVERY, "on_nonfinite": "skip"},
+                      "tbptt": tbptt, "eval_every": EVAL_EVERY, "on_nonfinite": "skip"},
             "seeds": [seed], "grid": {}, "device": "cpu", "dtype": "float32", "threads": 1, "seed": seed}
 
 
@@ -37,17 +39,19 @@ def rows(cell: str, seed: int) -> list[dict]:
     return out
 
 
-def write_run(root, cell: str, seed: int, *, clip=None, profile=True, status="ok"):
+def write_run(root, cell: str, seed: int, *, clip=None, profile=True, status="ok", tbptt=None):
     clip = clip or {"kind": "norm", "max_norm": 1.0}
-    run_dir = root / "demo" / f"{cell}-s{seed}-{clip['kind']}"
+    run_dir = root / "demo" / (f"{cell}-s{seed}-{clip['kind']}" + ("" if tbptt is None else f"-k{tbptt}"))
     summary = {"status": status, "final_loss": 0.1, "baseline_loss": 1 / 6, "dependency_lag": S - 1 - 6}
-    results.save_run(run_dir, config(cell, seed, clip), {}, rows(cell, seed), summary,
+    results.save_run(run_dir, config(cell, seed, clip, tbptt), {}, rows(cell, seed), summary,
                      error="Traceback" if status == "failed" else None)
     if profile:
         steps = np.arange(EVAL_EVERY, STEPS + 1, EVAL_EVERY, dtype=np.int64)  # (E,)
         lag = (S - 1) - np.arange(S)
-        grad = np.stack([RATE[cell] ** lag * (1 + 0.1 * e) for e in range(len(steps))]).astype(np.float32)
-        np.savez(run_dir / "profile.npz", step=steps, grad_norm=grad)  # (E, S)
+        grad = np.stack([RATE[cell] ** lag * (1 + 0.1 * e) for e in range(len(steps))])  # (E, S)
+        if tbptt is not None:
+            grad[:, lag >= tbptt] = 0.0  # no gradient crosses the window
+        np.savez(run_dir / "profile.npz", step=steps, grad_norm=grad.astype(np.float32))
     return run_dir
 
 
@@ -100,13 +104,31 @@ def test_runs_without_metrics_or_any_finished_run(tmp_path):
     assert not (tmp_path / "none").exists()
 
 
+def test_truncated_and_diverged_runs_are_drawn(tmp_path):
+    root = tmp_path / "results"
+    write_run(root, "lstm", 0)
+    write_run(root, "lstm", 0, tbptt=5)  # profile exactly 0 beyond the window: blank on a log scale
+    diverged = write_run(root, "lstm", 1, tbptt=5)
+    metrics = pd.read_csv(diverged / results.METRICS)
+    metrics.loc[metrics["kind"] == "eval", "eval_loss"] = np.inf
+    metrics.to_csv(diverged / results.METRICS, index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no all-NaN or log-of-zero warnings either
+        written = plot(root, tmp_path / "plots")
+    assert sorted(p.name for p in written) == sorted([
+        "learning_curves.png", "grad_norm.png", "grad_profile.png",
+        "profile_heatmap_lstm-s0-norm.png", "profile_heatmap_lstm-s0-norm-k5.png"])
+    for p in written:
+        assert_png(p)
+
+
 def test_heatmaps_are_bounded(tmp_path, monkeypatch):
     import gradlab.plots
 
     root = tmp_path / "results"
     for cell in RATE:
-        for lr_clip in ({"kind": "none"}, {"kind": "norm", "max_norm": 1.0}):
-            write_run(root, cell, 0, clip=lr_clip)
+        for clip in ({"kind": "none"}, {"kind": "norm", "max_norm": 1.0}):
+            write_run(root, cell, 0, clip=clip)
     monkeypatch.setattr(gradlab.plots, "MAX_HEATMAPS", 3)
     heatmaps = sorted(p.name for p in plot(root, tmp_path / "plots") if p.name.startswith("profile_heatmap"))
     assert len(heatmaps) == 3

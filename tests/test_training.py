@@ -151,7 +151,7 @@ def test_tbptt_updates_once_per_chunk_with_a_loss():
 
 def tiny_config(**train):
     cfg = {"name": "t", "task": {"name": "adding", "length": 8, "eval_size": 32},
-           "model": {"cell": "lstm", "hidden": 8, "nonlinearity": None, "skip": 2, "engine": "autograd"},
+           "model": {"cell": "lstm", "hidden": 8, "nonlinearity": None, "skip": 2, "engine": "scan"},
            "train": {"steps": 12, "batch_size": 4, "optimizer": "adam", "lr": 0.01, "clip": {"kind": "none"},
                      "tbptt": None, "eval_every": 4, "on_nonfinite": "skip"},
            "seed": 3, "device": "cpu", "dtype": "float32", "threads": 1}
