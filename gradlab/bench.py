@@ -13,12 +13,24 @@ step, backward, Adam step) on the same data:
 Timings are medians of ``repeats`` rounds after ``warmup`` rounds; within a
 round the contenders alternate, so drifts in machine speed hit all alike. On
 CPU the benchmark runs on one thread with denormals flushed (REFERENCE §6:
-vanishing gradients produce subnormal floats that are many times slower).
-Nothing here prints; the CLI formats the results.
+vanishing gradients produce subnormal floats that are many times slower) and,
+by default, times the process's CPU time, which other processes on a shared
+machine do not inflate; on CUDA it times the wall clock between synchronisations.
+
+Running three contenders in one process has an artefact a training run does
+not: glibc hands the memory one contender frees back to the OS, and the next
+one's large buffers then page-fault afresh (measured here: +30 ms on the LSTM
+engine step, most of it system time). So that each is timed in the steady
+state it has when training alone, ``bench`` turns glibc's heap trimming off
+for the rest of the process (``mallopt``; Linux only). Nothing here prints;
+the CLI formats the results.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import json
 import resource
 import statistics
@@ -37,19 +49,26 @@ INPUTS = 2  # input channels, as in the adding task
 
 
 def bench(cells=("vanilla", "irnn", "orthogonal", "skip", "lstm", "gru"), length=200, batch=64,
-          hidden=128, device="cpu", repeats=15, warmup=3, seed=0) -> list[dict]:
+          hidden=128, device="cpu", repeats=15, warmup=3, seed=0, clock="auto") -> list[dict]:
     """Median milliseconds of one training step per cell and contender, float32.
 
     Returns one dict per cell: cell, engine_ms, fused_ms, autograd_ms and the
     ratios engine_vs_fused = fused_ms / engine_ms and engine_vs_autograd =
     autograd_ms / engine_ms (> 1: gradlab's engine is faster; None where torch
-    has no fused module for the cell).
+    has no fused module for the cell). clock: "cpu" (process CPU time), "wall",
+    or "auto" (cpu on CPU, wall on CUDA).
     """
+    if clock not in ("auto", "cpu", "wall"):
+        raise ValueError(f"clock must be auto, cpu or wall; got {clock!r}")
+    cuda = torch.device(device).type == "cuda"
+    timer = time.perf_counter if clock == "wall" or (clock == "auto" and cuda) else time.process_time
+    _keep_heap()
     with _one_thread(device):
-        return [_bench_cell(cell, length, batch, hidden, device, repeats, warmup, seed) for cell in cells]
+        return [_bench_cell(cell, length, batch, hidden, device, repeats, warmup, seed, timer)
+                for cell in cells]
 
 
-def _bench_cell(cell, length, batch, hidden, device, repeats, warmup, seed):
+def _bench_cell(cell, length, batch, hidden, device, repeats, warmup, seed, timer):
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(length, batch, INPUTS, generator=gen).to(device)
     y = torch.rand(batch, 1, generator=gen).to(device)
@@ -60,7 +79,7 @@ def _bench_cell(cell, length, batch, hidden, device, repeats, warmup, seed):
     times = {name: [] for name in steps}
     for r in range(warmup + repeats):
         for name, step in steps.items():
-            ms = _time(step, device)
+            ms = _time(step, device, timer)
             if r >= warmup:
                 times[name].append(ms)
     med = {name: statistics.median(ts) for name, ts in times.items()}
@@ -114,12 +133,12 @@ def _step(model, x, y, *, probe):
     return step
 
 
-def _time(step, device) -> float:
+def _time(step, device, timer) -> float:
     _sync(device)
-    start = time.perf_counter()
+    start = timer()
     step()
     _sync(device)
-    return (time.perf_counter() - start) * 1e3
+    return (timer() - start) * 1e3
 
 
 def _sync(device):
@@ -127,21 +146,30 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-class _one_thread:
-    """On CPU: one thread and flushed denormals for the duration (threads restored after)."""
+def _keep_heap():
+    """glibc: never trim the heap, and serve blocks up to 32 MiB (its maximum) from it, not mmap."""
+    name = ctypes.util.find_library("c")
+    if sys.platform != "linux" or not name:
+        return
+    mallopt = ctypes.CDLL(name).mallopt
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    mallopt(m_trim_threshold, 1 << 30)
+    mallopt(m_mmap_threshold, 32 << 20)
 
-    def __init__(self, device):
-        self.cpu = torch.device(device).type == "cpu"
 
-    def __enter__(self):
-        if self.cpu:
-            self.threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            torch.set_flush_denormal(True)
-
-    def __exit__(self, *exc):
-        if self.cpu:
-            torch.set_num_threads(self.threads)
+@contextlib.contextmanager
+def _one_thread(device):
+    """On CPU: one thread and flushed denormals for the duration (the thread count is restored)."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def peak_memory(cell, length, batch=64, hidden=128, device="cpu", engine="scan", probe=True) -> int:

@@ -66,12 +66,14 @@ def rich_table(table, title: str | None = None) -> Table:
         t.add_column(col)
     show_failed = any(r["failed"] for r in records)
     for col in ["runs"] + (["failed"] if show_failed else []) + ["solved", "eval loss", "± std", "baseline",
-                                                                 "steps to solve", "diverged"]:
+                                                                 "steps to solve", "diverged", "horizon"]:
         t.add_column(col, justify="right")
+    t.add_column("verdicts")
     for r in records:
         t.add_row(*(cell_text(c, r[c]) for c in shown), str(r["runs"]), *([str(r["failed"])] if show_failed else []),
                   f"{r['solved_rate']:.0%}", fmt(r["final_loss_mean"]), fmt(r["final_loss_std"]),
-                  fmt(r["baseline_loss"]), fmt(r["steps_to_solve_median"]), str(r["diverged"]))
+                  fmt(r["baseline_loss"]), fmt(r["steps_to_solve_median"]), str(r["diverged"]),
+                  fmt(r["horizon_median"]), fmt(r["verdicts"]))
     return t
 
 
@@ -235,6 +237,27 @@ def validate(configs: list[Path] = typer.Argument(..., help="Experiment YAML fil
             problems += e.problems
     if problems:
         fail(problems)
+
+
+@app.command()
+def plot(
+    directory: Path = typer.Argument(..., help="Results directory, searched recursively."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Folder for the PNGs "
+                                          "(default: DIRECTORY/plots)."),
+):
+    """Draw learning curves, gradient norms and the gradient-through-time profiles as PNGs.
+
+    Example: gradlab plot results/quickstart -o plots/
+    """
+    if not directory.is_dir():
+        fail(f"{directory}: no such directory")
+    from gradlab.plots import plot as draw
+
+    written = draw(directory, output or directory / "plots")
+    if not written:
+        fail(f"no finished runs to plot under {directory}")
+    for path in written:
+        out_console.print(str(path), markup=False, highlight=False)
 
 
 @app.command("ls")

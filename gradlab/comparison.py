@@ -19,7 +19,8 @@ from gradlab import results
 DEFAULT_BY = ["task", "length", "cell", "clip", "tbptt"]
 # Metric columns of the comparison table, in order; ``runs`` counts every run of the group.
 METRICS = ["runs", "failed", "solved_rate", "final_loss_mean", "final_loss_std", "baseline_loss",
-           "steps_to_solve_median", "diverged"]
+           "steps_to_solve_median", "diverged", "verdict", "verdicts", "horizon_median", "grad_norm_max",
+           "suggested_clip"]
 
 
 def flatten(record: dict) -> dict:
@@ -34,12 +35,14 @@ def flatten(record: dict) -> dict:
     row.update({"status": summary.get("status"), "final_loss": summary.get("final_loss"),
                 "solved": bool(summary.get("solved", False)), "steps_to_solve": summary.get("steps_to_solve"),
                 "diverged": bool(summary.get("diverged", False)), "baseline_loss": summary.get("baseline_loss"),
+                "verdict": summary.get("verdict"), "horizon": summary.get("horizon"),
+                "grad_norm_max": summary.get("grad_norm_max"), "suggested_clip": summary.get("suggested_clip"),
                 "wall_seconds": summary.get("wall_seconds"), "run_dir": record["dir"]})
     return row
 
 
-SUMMARY_COLUMNS = ["status", "final_loss", "solved", "steps_to_solve", "diverged", "baseline_loss", "wall_seconds",
-                   "run_dir"]
+SUMMARY_COLUMNS = ["status", "final_loss", "solved", "steps_to_solve", "diverged", "baseline_loss", "verdict",
+                   "horizon", "grad_norm_max", "suggested_clip", "wall_seconds", "run_dir"]
 
 
 def load_frame(roots: list[Path]) -> pd.DataFrame:
@@ -65,7 +68,26 @@ def _aggregate(g: pd.DataFrame) -> pd.Series:
         if g["baseline_loss"].notna().any() else None,
         "steps_to_solve_median": solved_steps.median() if len(solved_steps) else None,
         "diverged": int(ok["diverged"].sum()),
+        **_verdicts(ok),
+        "horizon_median": _median(ok["horizon"]),
+        "grad_norm_max": pd.to_numeric(ok["grad_norm_max"], errors="coerce").max() if len(ok) else None,
+        "suggested_clip": _median(ok["suggested_clip"]),
     })
+
+
+def _median(column: pd.Series):
+    values = pd.to_numeric(column, errors="coerce").dropna()
+    return values.median() if len(values) else None
+
+
+def _verdicts(ok: pd.DataFrame) -> dict:
+    """The most common verdict (ties: the worse one) and the mix, e.g. ``2 vanishing, 1 healthy``."""
+    counts = ok["verdict"].dropna().value_counts()
+    if counts.empty:
+        return {"verdict": None, "verdicts": None}
+    severity = {"exploding": 0, "vanishing": 1, "healthy": 2}
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], severity.get(kv[0], 3)))
+    return {"verdict": ranked[0][0], "verdicts": ", ".join(f"{n} {v}" for v, n in ranked)}
 
 
 def varying_columns(frame: pd.DataFrame) -> list[str]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from gradlab.cells import CELLS
+from gradlab.diagnostics import Thresholds
 from gradlab.remedies import CLIPS
 from gradlab.results import clip_label
 from gradlab.tasks import TASKS
@@ -62,6 +63,7 @@ class Config:
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    diagnostics: Thresholds = field(default_factory=Thresholds)
     seeds: list = field(default_factory=lambda: [0])
     grid: dict = field(default_factory=dict)
     device: str = "cpu"         # cpu | cuda | cuda:N
@@ -69,9 +71,10 @@ class Config:
     threads: int = 1            # torch threads per run
 
 
-SECTIONS = {"task": TaskConfig, "model": ModelConfig, "train": TrainConfig}
+SECTIONS = {"task": TaskConfig, "model": ModelConfig, "train": TrainConfig, "diagnostics": Thresholds}
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
-NOT_IN_RUN_ID = ("device", "threads")  # where a run ran does not change what it is
+# where a run ran, and how its gradients are judged, do not change what it is
+NOT_IN_RUN_ID = ("device", "threads", "diagnostics")
 
 
 class ConfigError(Exception):
@@ -127,6 +130,20 @@ def _positive_number(v):
         return f"must be positive, got {v}"
 
 
+def _fraction(v):
+    if not _is_number(v):
+        return f"expected a number, got {v!r}"
+    if not 0 < v < 1:
+        return f"must be between 0 and 1 (exclusive), got {v}"
+
+
+def _above_one(v):
+    if not _is_number(v):
+        return f"expected a number, got {v!r}"
+    if not v > 1:
+        return f"must be greater than 1, got {v}"
+
+
 def _optional(check):
     return lambda v: None if v is None else check(v)
 
@@ -177,6 +194,10 @@ CHECKS = {
     "train.tbptt": _optional(_int_at_least(1)),
     "train.eval_every": _int_at_least(1),
     "train.on_nonfinite": _choice({"skip": 0, "stop": 0}, "on_nonfinite policy"),
+    "diagnostics.horizon_fraction": _fraction,
+    "diagnostics.vanishing_ratio": _fraction,
+    "diagnostics.spike_factor": _above_one,
+    "diagnostics.spike_window": _int_at_least(1),
     "seeds": _seeds,
     "device": _device,
     "dtype": _choice({"float32": 0, "float64": 0}, "dtype"),

@@ -6,7 +6,7 @@ Three kinds of evidence, each a pure function of numbers the training loop recor
   a sequence (``profile_summary``): how much of the loss's gradient reaches each
   time lag k = S-1-t. Back-propagating k steps multiplies by k Jacobians
   ∂h_{i}/∂h_{i-1}, so the gradient shrinks or grows roughly geometrically in k
-  (Hochreiter 1991, diploma thesis §4; Bengio, Simard & Frasconi 1994,
+  (Hochreiter 1991, diploma thesis; Bengio, Simard & Frasconi 1994,
   IEEE TNN 5(2)). Plotted against the lag it is the picture that shows a
   vanishing gradient, which the learning curve alone cannot tell from a hard task.
 - the recurrent matrix's spectrum (``recurrent_spectrum``): Pascanu, Mikolov &
@@ -15,7 +15,8 @@ Three kinds of evidence, each a pure function of numbers the training loop recor
   long-term gradient to vanish, and above it necessary for it to explode.
 - the pre-clip global gradient norm of every step (``detect_spikes``,
   ``suggest_clip``): an exploding gradient shows as sudden norm spikes of orders
-  of magnitude, the "cliffs" of Pascanu et al. 2013 §2.3, or as NaN/inf.
+  of magnitude, the "cliffs" of Pascanu et al. 2013 (their geometric
+  interpretation), or as NaN/inf.
 
 ``verdict`` combines them into ``healthy``, ``exploding`` or ``vanishing`` with
 the figures behind it. Its thresholds are the fields of ``Thresholds``
@@ -42,11 +43,12 @@ class Thresholds:
     horizon_fraction: float = 0.01
     # Vanishing when the gradient at the task's dependency is below this fraction of the peak. Measured
     # (adding T=30-100, temporal order): runs that learned, or were learning, the dependency had
-    # ratios of 4e-2 to 0.9; tanh, orthogonal and plateaued LSTM runs 1e-4 down to 0.
+    # ratios of 4e-2 to 0.9; tanh, orthogonal and plateaued LSTM runs 8e-5 down to 0.
     vanishing_ratio: float = 1e-3
-    # A spike is a pre-clip norm this many times the running median. Measured: healthy runs peaked at
-    # 20x (a GRU or LSTM leaving the baseline plateau; an IRNN's first steps), explosions (tanh RNN
-    # at lr 1e-2, LSTM on copy, IRNN at lr 1e-2) at 230x to 1e7x; 50 sits between, with margin.
+    # A spike is a pre-clip norm this many times the running median. Measured (Adam, 2000-3000 steps):
+    # healthy runs peaked at 20x (a GRU or LSTM leaving the baseline plateau; an IRNN's first steps);
+    # explosions at 230x to 6e7x (tanh RNN at lr 1e-2, LSTM on copy, IRNN at lr 1e-2, and a GRU that had
+    # solved temporal order whose loss jumped from 0.002 to 1.2 with a 1e4x spike). 50 sits between.
     spike_factor: float = 50.0
     # The running median is over the last this many finite norms: enough to be stable against
     # batch noise and to hold the pre-explosion level through an episode of high norms, short

@@ -27,12 +27,23 @@ against it and against torch's modules):
 - ``probe``: after backward, ``probe.norms`` (T, B) holds ‖∂L/∂h_t‖, recorded
   *after* grad_transform, as ``cells.unroll``'s hooks record it.
 
-Performance notes (CPU, one thread; see REFERENCE §6): torch's tanh runs at
-about a third of sigmoid's speed here, so on CPU tanh(a) is computed as
-2·sigmoid(2a) - 1 with the factor 2 folded into the matmuls (exact in floating
-point). Element-wise derivative factors that do not depend on the backward
-recursion are computed for all steps at once before the sweep, so the sweep
-itself does one matmul and two or three fused element-wise ops per step.
+Performance notes (CPU, one thread; see REFERENCE §6). The input term W x_t + b
+of all steps is one matmul before the loop; each step then does the recurrent
+matmul in place on its slice (``addmm_``) and a few in-place element-wise ops
+on per-step views made once (``unbind``), so no step allocates. torch's tanh
+runs at about a third of sigmoid's speed here, so on CPU tanh(a) is computed
+as 2·sigmoid(2a) - 1 with the factor 2 folded into the matmuls (exact in
+floating point); LSTM does this for its g gate on every device, so one
+sigmoid serves all four gates. Local derivative factors that do not depend on
+the backward recursion (σ', tanh' and friends) are formed outside the sweep —
+for all steps at once (GRU) or at the end of each forward step while its data
+is in cache (LSTM) — so the sweep does one matmul and two to four fused
+element-wise ops per step. Weight and bias gradients are then one matmul each
+over all T·B rows (a ones column appended to x gives the bias).
+
+Memory is linear in T: the forward keeps hs and the per-step factors, about
+2 (rnn), 7 (LSTM) and 6 (GRU) tensors of size (T, B, H); the backward adds the
+∂L/∂h_t buffer and the pre-activation gradients.
 """
 
 from __future__ import annotations
@@ -82,7 +93,7 @@ class _Options:
     window: int | None
     grad_transform: Callable | None
     probe: object | None
-    train: bool  # will a backward pass follow? (else the forward saves nothing for it)
+    train: bool  # can a backward pass follow? (else LSTM's forward skips its derivative factors)
 
 
 def _parts(state):
@@ -166,19 +177,20 @@ def _affine_grads(inp, dout, with_bias):
     """(∂L/∂W, ∂L/∂b) of out = inp @ W.T + b, summed over all T·B rows, in one matmul.
 
     inp (N, I), dout (N, G), possibly a strided view. A ones column appended to
-    inp yields the bias gradient in the same pass over dout; inp.T @ dout is
-    the fast orientation when inp is skinny (the input term).
+    inp yields the bias gradient in the same pass over dout. inp.T @ dout is
+    never slower than dout.T @ inp here, and ten times faster when inp is
+    skinny (the input term, I = 2: MKL, one thread).
     """
     if with_bias:
         inp = torch.cat([inp, inp.new_ones(inp.shape[0], 1)], dim=1)
-    d = inp.t() @ dout  # (I [+1], G)
+    d = inp.t() @ dout  # (I [+ 1], G)
     if with_bias:
         return d[:-1].t().contiguous(), d[-1]
     return d.t().contiguous(), None
 
 
 def _grad_buffer(d_hs, k):
-    """(k + T, B, H): k zero rows for the initial state, then a copy of ∂L/∂hs (zeros if None)."""
+    """(k + T, B, H): k zero rows for the initial state's gradient, then a copy of ∂L/∂hs."""
     dh = d_hs.new_empty(k + d_hs.shape[0], *d_hs.shape[1:])
     dh[:k].zero_()
     dh[k:] = d_hs
@@ -258,9 +270,10 @@ class _LSTMScan(torch.autograd.Function):
     Buffer ``fac`` (T, B, 5, H): blocks 1-4 first hold step t's pre-activations,
     then its gates i, f, g, o; when gradients are needed the step ends by
     rewriting the row, while it is still in cache, as
-    [f, g·σ'(i), c_{t-1}·σ'(f), i·tanh'(g), tanh(c_t)·σ'(o)]. Times ∂L/∂c_t
-    (first four) and ∂L/∂h_t (last) these give ∂L/∂c_{t-1} through f and the
-    pre-activation gradients of i, f, g, o, contiguous in each row for the matmuls.
+    [f, g·σ'(i), c_{t-1}·σ'(f), i·tanh'(g), tanh(c_t)·σ'(o)]: times ∂L/∂c_t
+    these give ∂L/∂c_{t-1} through f and the pre-activation gradients of i, f,
+    g; the last, times ∂L/∂h_t, that of o. The backward leaves ``fac`` intact
+    (retain_graph works).
     """
 
     @staticmethod
@@ -306,25 +319,27 @@ class _LSTMScan(torch.autograd.Function):
         opts = ctx.opts
         T, B, H = d_hs.shape
         dh = _grad_buffer(d_hs, 1)  # dh[t + 1] = ∂L/∂h_t; dh[0] -> h0
+        dgates = d_hs.new_empty(T, B, 4, H)  # ∂L/∂(pre-activations i, f, g, o)
         dc3 = d_hs.new_empty(B, 1, H)
         dc = dc3[:, 0]  # ∂L/∂c_t, (B, H)
         carry = d_c_last  # ∂L/∂c_t through c_{t+1} (autograd materialises unused outputs' grads as 0)
-        dh_, dcfh_ = dh.unbind(0), dc_from_h.unbind(0)
-        by_dc_, by_dh_ = fac[:, :, :4].unbind(0), fac[:, :, 4].unbind(0)
-        carry_, dgates_ = fac[:, :, 0].unbind(0), fac.view(T, B, 5 * H)[:, :, H:].unbind(0)
+        through_f = d_hs.new_empty(B, H)
+        dh_, dcfh_, f_ = dh.unbind(0), dc_from_h.unbind(0), fac[:, :, 0].unbind(0)
+        by_dc_, by_dh_ = fac[:, :, 1:4].unbind(0), fac[:, :, 4].unbind(0)
+        d_ifg_, d_o_, d_all_ = dgates[:, :, :3].unbind(0), dgates[:, :, 3].unbind(0), dgates.unbind(0)
         for t in range(T - 1, -1, -1):
             g = _accept_total(dh_[t + 1], t, opts.grad_transform)
             torch.addcmul(carry, g, dcfh_[t], out=dc)
-            by_dc_[t].mul_(dc3)  # -> [∂L/∂c_{t-1} through f, ∂i, ∂f, ∂g]
-            by_dh_[t].mul_(g)  # -> ∂o
+            torch.mul(by_dc_[t], dc3, out=d_ifg_[t])
+            torch.mul(by_dh_[t], g, out=d_o_[t])
             if _cut(t, 1, opts.window):
                 carry = d_hs.new_zeros(B, H)
             else:
-                dh_[t].addmm_(dgates_[t], w_hh)
-                carry = carry_[t]
+                dh_[t].addmm_(d_all_[t].flatten(1), w_hh)
+                carry = torch.mul(f_[t], dc, out=through_f)
         _record(opts.probe, dh[1:])
         need = ctx.needs_input_grad
-        dgates = fac.view(T * B, 5 * H)[:, H:]  # (T·B, 4H) ∂L/∂(pre-activations i, f, g, o)
+        dgates = dgates.view(T * B, 4 * H)
         d_x = (dgates @ w_ih).view(x.shape) if need[0] else None
         d_w_ih, d_b = _affine_grads(x.reshape(T * B, -1), dgates, with_bias=need[5] or need[6])
         d_w_hh, _ = _affine_grads(hbuf[:-1].view(T * B, H), dgates, with_bias=False)

@@ -120,6 +120,7 @@ class Layout:
         palette = plt.get_cmap("tab10" if len(hues) <= 10 else "tab20").colors
         self.colors = {h: palette[i % len(palette)] for i, h in enumerate(hues)}
         self.panels = list(dict.fromkeys(self.panel_of(g) for g in self.groups))
+        self.panel_params = {self.panel_of(g): g[0].params for g in reversed(self.groups)}  # raw values
 
     def panel_of(self, group: list[Run]) -> tuple:
         return tuple(str(group[0].params.get(k)) for k in self.panel_keys)
@@ -134,9 +135,9 @@ class Layout:
         return self.colors[str(group[0].params.get(self.hue))]
 
     def title(self, panel: tuple) -> str:
-        task, length, *rest = panel
-        extra = [describe(k, v) for k, v in zip(self.panel_keys[2:], rest)]
-        return f"{task}, T={length}" + (f" — {', '.join(extra)}" if extra else "")
+        p = self.panel_params[panel]
+        extra = [describe(k, p.get(k)) for k in self.panel_keys[2:]]
+        return f"{p['task']}, T={p['length']}" + (f" — {', '.join(extra)}" if extra else "")
 
     def figure(self, n_panels: int):
         ncols = min(n_panels, 3)
@@ -290,7 +291,7 @@ def heatmap(layout: Layout, group: list[Run], run: Run, path: Path) -> Path:
     fig.colorbar(mesh, ax=ax, label="log10 ‖∂L/∂h‖ (summed over the diagnostic batch)")
     dep_lag = run.summary.get("dependency_lag")
     if dep_lag is not None:
-        ax.axvline(dep_lag, color="white", ls="-.", lw=1, label="lag of the task's dependency")
+        ax.axvline(dep_lag, color="red", ls="-.", lw=1.2, label="lag of the task's dependency")
         ax.legend(loc="upper right", fontsize=8)
     p = run.params
     extras = [describe(k, p.get(k)) for k in [*layout.panel_keys[2:], layout.hue] if k != "cell"]

@@ -5,6 +5,8 @@ Layout: ``<out>/<experiment>/<run id>/`` holding
 - ``config.json``  the resolved run config (what training read)
 - ``env.json``     gradlab and torch versions, device, threads, seed, host
 - ``metrics.csv``  one row per training step (``kind=train``) and per evaluation (``kind=eval``)
+- ``profile.npz``  the gradient-through-time profile at every evaluation: ``step`` (E,),
+  ``grad_norm`` (E, S) = Σ_b ‖∂L/∂h_t‖ over the diagnostic batch
 - ``summary.json`` written last: its presence marks the run as finished
   (``status`` ``ok`` or ``failed``); a run without it is incomplete.
 - ``error.txt``    the traceback of a failed run
@@ -26,15 +28,16 @@ import tempfile
 from pathlib import Path
 
 SUMMARY, CONFIG, ENV, METRICS, ERROR = "summary.json", "config.json", "env.json", "metrics.csv", "error.txt"
+PROFILE = "profile.npz"
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str | bytes) -> None:
     """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -75,14 +78,36 @@ def metrics_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def write_profile(path: Path, profile: dict) -> None:
+    """The gradient-through-time profiles as a compressed .npz (numpy arrays), atomically."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **profile)
+    write_atomic(path, buf.getvalue())
+
+
+def read_profile(run_dir: Path) -> dict | None:
+    """{"step": (E,), "grad_norm": (E, S)} or None when the run has no profile."""
+    import numpy as np
+
+    path = Path(run_dir) / PROFILE
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
 def save_run(run_dir: Path, config: dict, env: dict, rows: list[dict], summary: dict,
-             error: str | None = None) -> None:
+             error: str | None = None, profile: dict | None = None) -> None:
     """Write one run's files; ``summary.json`` last, so it marks a finished run."""
     run_dir = Path(run_dir)
     (run_dir / SUMMARY).unlink(missing_ok=True)  # a re-run must not look finished until it is
     write_json(run_dir / CONFIG, config)
     write_json(run_dir / ENV, env)
     write_atomic(run_dir / METRICS, metrics_csv(rows))
+    if profile is not None:
+        write_profile(run_dir / PROFILE, profile)
     if error is not None:
         write_atomic(run_dir / ERROR, error)
     else:

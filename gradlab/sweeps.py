@@ -78,21 +78,20 @@ def train_run(run: Run, progress=None) -> dict:
 
     rows: list[dict] = []
     try:
-        summary, rows, env = train(run.config, progress=progress, rows=rows)
-        return {"summary": summary, "rows": rows, "env": env, "error": None, "traceback": None}
+        return {**train(run.config, progress=progress, rows=rows), "error": None, "traceback": None}
     except Exception as e:  # a failing run is recorded; the sweep goes on
         try:
             env = environment(run.config)
         except Exception:
             env = {}
         error = f"{type(e).__name__}: {e}"
-        return {"summary": {"status": "failed", "error": error}, "rows": rows, "env": env,
+        return {"summary": {"status": "failed", "error": error}, "rows": rows, "env": env, "profile": None,
                 "error": error, "traceback": traceback.format_exc()}
 
 
 def store(run: Run, path: Path, payload: dict) -> Outcome:
     results.save_run(path, run.config, payload["env"], payload["rows"], payload["summary"],
-                     error=payload["traceback"])
+                     error=payload["traceback"], profile=payload.get("profile"))
     status = "failed" if payload["error"] else "ok"
     return Outcome(run, path, status, payload["summary"], payload["error"])
 
@@ -167,6 +166,7 @@ def _run_parallel(name, todo, out, jobs, notify):
                         payload = f.result()
                     except Exception as e:  # the worker process itself died
                         payload = {"summary": {"status": "failed", "error": f"worker died: {e}"}, "rows": [],
+                                   "profile": None,
                                    "env": {}, "error": f"worker died: {e}", "traceback": traceback.format_exc()}
                     outcome = store(run, run_dir(out, name, run), payload)
                     notify("done", run, outcome=outcome)

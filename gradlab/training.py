@@ -13,16 +13,20 @@ import os
 import platform
 import time
 
+import numpy as np
 import torch
 
 import gradlab
-from gradlab.cells import Probe, RecurrentNet
+from gradlab import diagnostics
+from gradlab.cells import GATES, Probe, RecurrentNet
+from gradlab.diagnostics import Thresholds
 from gradlab.remedies import clip_gradients, global_norm
-from gradlab.tasks import TASKS
+from gradlab.tasks import TASKS, Batch
 
 EVAL_SEED_OFFSET = 1_000_003  # the evaluation set's generator seed is seed + this: never a training batch
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+PROFILE_BATCH = 128  # sequences of the evaluation set the gradient profile is measured on
 
 
 def setup_torch(device: torch.device, threads: int) -> None:
@@ -105,7 +109,8 @@ def train_step(model, task, batch, optimizer, clip: dict, window: int | None, on
         optimizer.step()
         row["updates"] += 1
         row["loss"] += loss_v
-        row["grad_norm"], row["grad_norm_clipped"] = max(row["grad_norm"], norm_v), max(row["grad_norm_clipped"], after_v)
+        row["grad_norm"] = max(row["grad_norm"], norm_v)
+        row["grad_norm_clipped"] = max(row["grad_norm_clipped"], after_v)
         row["clip_active"] |= int(after_v < norm_v * (1 - 1e-6))
         for g, v in zip(groups, group_v):
             row[f"grad_norm_{g}"] = max(row[f"grad_norm_{g}"], v)
@@ -137,49 +142,76 @@ def evaluate(model, task, batch) -> dict:
     return task.evaluate(model.readout(hs), batch)
 
 
-def train(cfg: dict, progress=None, rows: list | None = None) -> tuple[dict, list[dict], dict]:
-    """Train one run. Returns (summary, metric rows, environment).
+def probe_batch(task, eval_batch: Batch) -> Batch:
+    """The sequences the gradient profile is measured on: the first PROFILE_BATCH of the
+    evaluation set, with the loss taken on the scored steps only (copy: the recall steps),
+    so the profile shows the gradient of the part of the loss that needs memory."""
+    b, n = eval_batch, min(PROFILE_BATCH, eval_batch.x.shape[1])
+    return Batch(b.x[:, :n], b.y[:, :n], b.score_mask[:, :n], b.score_mask[:, :n])
 
-    progress(step, steps), if given, is called after every training step.
-    rows, if given, receives the metric rows as they are made, so a caller
-    keeps them when training raises.
+
+def diagnose(model, task, probe: Batch, window, dependency: int, thresholds: Thresholds):
+    """Gradient diagnostics at an evaluation: (row entries, profile (S,) as numpy)."""
+    profile = gradient_profile(model, task, probe, window).numpy()
+    summary = diagnostics.profile_summary(profile, dependency, thresholds.horizon_fraction)
+    summary["grad_peak"] = summary.pop("peak")
+    spectrum = diagnostics.recurrent_spectrum(model.weight_hh.detach(), GATES[model.recurrence])
+    return {**summary, **spectrum}, profile
+
+
+def train(cfg: dict, progress=None, rows: list | None = None) -> dict:
+    """Train one run. Returns {"summary", "rows", "env", "profile"}.
+
+    profile: {"step": (E,) eval steps, "grad_norm": (E, S) the gradient-through-time
+    profile at each evaluation}. progress(step, steps), if given, is called after
+    every training step. rows, if given, receives the metric rows as they are
+    made, so a caller keeps them when training raises.
     """
     device, dtype = torch.device(cfg["device"]), DTYPES[cfg["dtype"]]
     setup_torch(device, cfg["threads"])
     task, tc, length = TASKS[cfg["task"]["name"]], cfg["train"], cfg["task"]["length"]
-    seed = cfg["seed"]
+    thresholds, seed = Thresholds(**cfg["diagnostics"]), cfg["seed"]
+    dependency = task.dependency(length)
 
     eval_gen = torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET)
     eval_batch = task.generate(cfg["task"]["eval_size"], length, eval_gen).to(device, dtype)
+    probe = probe_batch(task, eval_batch)
     train_gen = torch.Generator().manual_seed(seed)
     model = build_model(cfg, task, device, dtype)
     optimizer = OPTIMIZERS[tc["optimizer"]](model.parameters(), lr=tc["lr"])
 
     rows = [] if rows is None else rows
+    profiles, profile_steps = [], []
     last_eval, steps_to_solve, diverged_step, nonfinite_steps = None, None, None, 0
     start = time.perf_counter()
-    for step in range(1, tc["steps"] + 1):
-        batch = task.generate(tc["batch_size"], length, train_gen).to(device, dtype)
-        row = train_step(model, task, batch, optimizer, tc["clip"], tc["tbptt"], tc["on_nonfinite"])
-        rows.append({"kind": "train", "step": step, **row})
-        nonfinite_steps += row["nonfinite"]
-        stop = row["nonfinite"] and tc["on_nonfinite"] == "stop"
-        if stop:
-            diverged_step = step
-        if stop or step % tc["eval_every"] == 0 or step == tc["steps"]:
-            last_eval = {"step": step, **evaluate(model, task, eval_batch)}
+    for step in range(0, tc["steps"] + 1):
+        stop = False
+        if step > 0:
+            batch = task.generate(tc["batch_size"], length, train_gen).to(device, dtype)
+            row = train_step(model, task, batch, optimizer, tc["clip"], tc["tbptt"], tc["on_nonfinite"])
+            rows.append({"kind": "train", "step": step, **row})
+            nonfinite_steps += row["nonfinite"]
+            stop = bool(row["nonfinite"]) and tc["on_nonfinite"] == "stop"
+            diverged_step = step if stop else None
+        if stop or step % tc["eval_every"] == 0 or step == tc["steps"]:  # step 0: the initialisation
+            last_eval = evaluate(model, task, eval_batch)
+            figures, profile = diagnose(model, task, probe, tc["tbptt"], dependency, thresholds)
+            profiles.append(profile)
+            profile_steps.append(step)
             rows.append({"kind": "eval", "step": step, "eval_loss": last_eval["loss"],
-                         "eval_accuracy": last_eval["accuracy"], "solved": int(last_eval["solved"])})
-            if last_eval["solved"] and steps_to_solve is None:
+                         "eval_accuracy": last_eval["accuracy"], "solved": int(last_eval["solved"]), **figures})
+            if last_eval["solved"] and steps_to_solve is None and step > 0:
                 steps_to_solve = step
-        if progress:
+        if progress and step > 0:
             progress(step, tc["steps"])
         if stop:
             break
     wall = time.perf_counter() - start
 
     train_rows = [r for r in rows if r["kind"] == "train"]
-    finite_norms = [r["grad_norm"] for r in train_rows if math.isfinite(r["grad_norm"]) and r["updates"]]
+    # a skipped (non-finite) step has no norm: NaN, so it cannot pull the running medians
+    norms = [r["grad_norm"] if r["updates"] else float("nan") for r in train_rows]
+    verdict, figures = diagnostics.verdict(norms, nonfinite_steps, profiles[-1], dependency, thresholds)
     final_loss = last_eval["loss"]
     summary = {
         "status": "ok",
@@ -192,9 +224,15 @@ def train(cfg: dict, progress=None, rows: list | None = None) -> tuple[dict, lis
         "diverged_step": diverged_step,
         "nonfinite_steps": nonfinite_steps,
         "steps_done": len(train_rows),
-        "grad_norm_max": max(finite_norms, default=None),
-        "clip_rate": sum(r["clip_active"] for r in train_rows) / len(train_rows),
+        "verdict": verdict,
+        **figures,
+        "grad_norm_max": max((n for n in norms if math.isfinite(n)), default=None),
+        "suggested_clip": diagnostics.suggest_clip(norms),
+        "clip_rate": sum(r["clip_active"] for r in train_rows) / max(len(train_rows), 1),
+        **{k: v for k, v in rows[-1].items() if k.startswith(("spectral_radius", "sigma_max"))},
         "wall_seconds": wall,
         "steps_per_second": len(train_rows) / wall if wall > 0 else None,
     }
-    return summary, rows, environment(cfg)
+    profile = {"step": np.asarray(profile_steps, dtype=np.int64),
+               "grad_norm": np.stack(profiles).astype(np.float32)}
+    return {"summary": summary, "rows": rows, "env": environment(cfg), "profile": profile}

@@ -26,7 +26,8 @@ grid:
   train.tbptt: [null, 3]
 """
 JSON_KEYS = {"task", "length", "cell", "clip", "tbptt", "runs", "solved_rate", "final_loss_mean",
-             "final_loss_std", "baseline_loss", "steps_to_solve_median", "diverged"}
+             "final_loss_std", "baseline_loss", "steps_to_solve_median", "diverged", "verdict", "horizon_median",
+             "grad_norm_max"}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,8 @@ def test_run_writes_a_directory_per_run(tiny_results):
     runs = sorted((out / "tiny").iterdir())
     assert len(runs) == 8
     for d in runs:
-        assert {p.name for p in d.iterdir()} >= {"config.json", "env.json", "metrics.csv", "summary.json"}
+        assert {p.name for p in d.iterdir()} >= {"config.json", "env.json", "metrics.csv", "summary.json",
+                                                 "profile.npz"}
         summary = json.loads((d / "summary.json").read_text())
         assert summary["status"] == "ok"
         assert summary["baseline_loss"] == pytest.approx(1 / 6)
@@ -52,7 +54,8 @@ def test_run_writes_a_directory_per_run(tiny_results):
         assert config["model"]["cell"] in ("vanilla", "lstm") and config["seed"] in (0, 1)
         rows = list(csv.DictReader((d / "metrics.csv").open()))
         assert [r["step"] for r in rows if r["kind"] == "train"] == ["1", "2", "3", "4"]
-        assert [r["step"] for r in rows if r["kind"] == "eval"] == ["2", "4"]
+        assert [r["step"] for r in rows if r["kind"] == "eval"] == ["0", "2", "4"]  # 0: at initialisation
+        assert summary["verdict"] in ("healthy", "vanishing", "exploding")
         assert not list(d.glob(".*.tmp"))  # no leftovers of the atomic writes
     assert "vanilla" in result.output and "lstm" in result.output
 

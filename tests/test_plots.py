@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from gradlab import results
-from gradlab.plots import plot
+from gradlab.plots import Layout, load_runs, plot
 
 S, STEPS, EVAL_EVERY = 25, 40, 10
 RATE = {"vanilla": 0.6, "lstm": 0.97, "gru": 0.9}  # per-step factor of each cell's made-up profile
@@ -120,6 +120,21 @@ def test_truncated_and_diverged_runs_are_drawn(tmp_path):
         "profile_heatmap_lstm-s0-norm.png", "profile_heatmap_lstm-s0-norm-k5.png"])
     for p in written:
         assert_png(p)
+
+
+def test_panels_and_colours_name_what_differs(tmp_path):
+    root = tmp_path / "results"
+    for cell in ("vanilla", "lstm"):
+        write_run(root, cell, 0)
+        write_run(root, cell, 0, tbptt=5)
+    layout = Layout(load_runs(root))
+    assert layout.hue == "cell"
+    assert sorted(layout.title(p) for p in layout.panels) == ["adding, T=25 — TBPTT window 5",
+                                                             "adding, T=25 — full BPTT"]
+    lstm_only = Layout([r for r in load_runs(root) if r.params["cell"] == "lstm"])
+    assert lstm_only.hue == "tbptt"  # one cell: the colours tell the windows apart, the title names the cell
+    assert [lstm_only.title(p) for p in lstm_only.panels] == ["adding, T=25 — lstm"]
+    assert sorted(lstm_only.label(g) for g in lstm_only.groups) == ["TBPTT window 5", "full BPTT"]
 
 
 def test_heatmaps_are_bounded(tmp_path, monkeypatch):

@@ -154,27 +154,28 @@ def tiny_config(**train):
            "model": {"cell": "lstm", "hidden": 8, "nonlinearity": None, "skip": 2, "engine": "scan"},
            "train": {"steps": 12, "batch_size": 4, "optimizer": "adam", "lr": 0.01, "clip": {"kind": "none"},
                      "tbptt": None, "eval_every": 4, "on_nonfinite": "skip"},
-           "seed": 3, "device": "cpu", "dtype": "float32", "threads": 1}
+           "diagnostics": {}, "seed": 3, "device": "cpu", "dtype": "float32", "threads": 1}
     cfg["train"].update(train)
     return cfg
 
 
 def test_same_config_and_seed_give_identical_metrics():
-    s1, rows1, _ = train(tiny_config())
-    s2, rows2, _ = train(tiny_config())
-    assert rows1 == rows2
-    assert s1["final_loss"] == s2["final_loss"]
-    _, rows3, _ = train({**tiny_config(), "seed": 4})
-    assert rows3 != rows1
+    a, b = train(tiny_config()), train(tiny_config())
+    assert a["rows"] == b["rows"]
+    assert a["summary"]["final_loss"] == b["summary"]["final_loss"]
+    assert (a["profile"]["grad_norm"] == b["profile"]["grad_norm"]).all()
+    assert train({**tiny_config(), "seed": 4})["rows"] != a["rows"]
 
 
 def test_summary_holds_what_the_issue_names():
-    summary, rows, env = train(tiny_config())
+    out = train(tiny_config())
+    summary, rows, env = out["summary"], out["rows"], out["env"]
     for key in ("final_loss", "baseline_loss", "solved", "steps_to_solve", "diverged", "wall_seconds",
                 "steps_per_second"):
         assert key in summary
     assert summary["baseline_loss"] == pytest.approx(1 / 6)
-    assert [r["step"] for r in rows if r["kind"] == "eval"] == [4, 8, 12]
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [0, 4, 8, 12]
+    assert out["profile"]["grad_norm"].shape == (4, 8) and list(out["profile"]["step"]) == [0, 4, 8, 12]
     assert env["torch"] == torch.__version__ and env["seed"] == 3
 
 
@@ -193,7 +194,8 @@ def test_nonfinite_gradient_follows_the_policy_and_keeps_metrics(policy, monkeyp
         return real(params, clip)
 
     monkeypatch.setattr(training, "clip_gradients", poisoned)
-    summary, rows, _ = train(tiny_config(on_nonfinite=policy))
+    out = train(tiny_config(on_nonfinite=policy))
+    summary, rows = out["summary"], out["rows"]
     train_rows = [r for r in rows if r["kind"] == "train"]
     assert train_rows[4]["nonfinite"] == 1 and summary["nonfinite_steps"] == 1
     if policy == "skip":
@@ -201,4 +203,5 @@ def test_nonfinite_gradient_follows_the_policy_and_keeps_metrics(policy, monkeyp
         assert math.isfinite(summary["final_loss"])  # the poisoned update was dropped
     else:
         assert len(train_rows) == 5 and summary["diverged"] and summary["diverged_step"] == 5
+        assert summary["verdict"] == "exploding"
         assert rows[-1]["kind"] == "eval"  # the metrics up to the stop are kept, evaluated once more
