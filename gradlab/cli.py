@@ -127,6 +127,10 @@ def run(
     jobs: int = typer.Option(os.cpu_count() or 1, "--jobs", "-j", min=1,
                              help="Runs at once, each in its own process (default: the number of cores)."),
     force: bool = typer.Option(False, "--force", help="Re-run runs that already finished."),
+    executor: str = typer.Option("local", "--executor", help="local (worker processes) or ray "
+                                 "(one Ray task per run; needs gradlab[ray])."),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: start a "
+                                       "local Ray instance)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would run and what is already done."),
     shard: str | None = typer.Option(None, "--shard", help="i/n: run only every n-th run, starting at "
                                         "the i-th (1-based), to split a sweep across CI jobs."),
@@ -142,6 +146,10 @@ def run(
     """
     if fmt_name not in FORMATS:
         fail(f"--format: unknown format {fmt_name!r}; valid: {', '.join(FORMATS)}")
+    from gradlab.sweeps import EXECUTORS
+
+    if executor not in EXECUTORS:
+        fail(f"--executor: unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
     shard_spec = parse_shard(shard)
     name, runs = load_config(config, set_)
     from gradlab.sweeps import plan, preflight, select
@@ -157,7 +165,13 @@ def run(
     problems = preflight(runs)
     if problems:
         fail(problems)
-    outcomes = sweep_with_progress(name, runs, out, jobs, force, quiet or fmt_name != "table")
+    from gradlab.sweeps import ExecutorUnavailable
+
+    try:
+        outcomes = sweep_with_progress(name, runs, out, quiet or fmt_name != "table", jobs=jobs, force=force,
+                                       executor=executor, address=address)
+    except ExecutorUnavailable as e:
+        fail(str(e))
     failed = [o for o in outcomes if o.status == "failed"]
     table = comparison_table([out / name], None)
     emit(table, fmt_name, None, title=f"{name}: {len(runs)} runs in {out / name}")
@@ -169,12 +183,12 @@ def run(
         raise typer.Exit(EXIT_FAILED)
 
 
-def sweep_with_progress(name, runs, out, jobs, force, quiet):
+def sweep_with_progress(name, runs, out, quiet, **options):
     """The sweep with one bar for the whole sweep (in training steps) and one per running run."""
     from gradlab.sweeps import run_sweep
 
     if quiet:
-        return run_sweep(name, runs, out, jobs=jobs, force=force)
+        return run_sweep(name, runs, out, **options)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     with Progress(*columns, console=err_console, transient=False) as progress:
@@ -197,7 +211,7 @@ def sweep_with_progress(name, runs, out, jobs, force, quiet):
                 finished[0] += 1
                 progress.update(sweep, description=f"{name}: {finished[0]}/{len(runs)} runs")
 
-        return run_sweep(name, runs, out, jobs=jobs, force=force, on_event=on_event)
+        return run_sweep(name, runs, out, on_event=on_event, **options)
 
 
 @app.command()
@@ -286,6 +300,3 @@ def list_catalogue():
             t.add_row(key, extra, entry.description)
         out_console.print(t)
 
-
-def main():  # pragma: no cover - console script entry point
-    app()

@@ -47,10 +47,15 @@ SUMMARY_COLUMNS = ["status", "final_loss", "solved", "steps_to_solve", "diverged
 
 def load_frame(roots: list[Path]) -> pd.DataFrame:
     """Every finished run under the given directories, one row each."""
-    rows = []
+    rows, seen = [], set()
     for root in roots:
         for d in results.find_runs(root):
-            rows.append(flatten(results.load_run(d)))
+            record = results.load_run(d)
+            key = (record["config"].get("name"), record["id"])
+            if key in seen:  # the same run copied into two shards' directories counts once
+                continue
+            seen.add(key)
+            rows.append(flatten(record))
     return pd.DataFrame(rows)
 
 

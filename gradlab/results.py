@@ -103,6 +103,8 @@ def save_run(run_dir: Path, config: dict, env: dict, rows: list[dict], summary: 
     """Write one run's files; ``summary.json`` last, so it marks a finished run."""
     run_dir = Path(run_dir)
     (run_dir / SUMMARY).unlink(missing_ok=True)  # a re-run must not look finished until it is
+    for stale in run_dir.glob(".*.tmp"):  # left by a write that was killed mid-way
+        stale.unlink(missing_ok=True)
     write_json(run_dir / CONFIG, config)
     write_json(run_dir / ENV, env)
     write_atomic(run_dir / METRICS, metrics_csv(rows))

@@ -109,9 +109,21 @@ def _worker(run: Run, messages) -> dict:
     return train_run(run, progress)
 
 
+class ExecutorUnavailable(Exception):
+    """The chosen executor cannot start here (e.g. Ray is not installed)."""
+
+
+EXECUTORS = ("local", "ray")
+
+
 def run_sweep(name: str, runs: list[Run], out: Path, *, jobs: int = 1, force: bool = False,
-              on_event=None) -> list[Outcome]:
+              executor: str = "local", address: str | None = None, on_event=None) -> list[Outcome]:
     """Train every run not already done, ``jobs`` at a time; return one Outcome per run.
+
+    executor ``local``: ``jobs`` worker processes on this machine. ``ray``: one Ray
+    task per run (one CPU each, one GPU for a CUDA run) on the cluster at
+    ``address`` or on a local Ray instance; results come back to this process,
+    which writes them.
 
     on_event(event, run, **info) reports progress to the caller: ``step``
     (step, steps) while a run trains, ``done`` (outcome) when it is stored or
@@ -124,7 +136,10 @@ def run_sweep(name: str, runs: list[Run], out: Path, *, jobs: int = 1, force: bo
         path = run_dir(out, name, run)
         outcomes[run.id] = Outcome(run, path, "skipped", results.read_json(path / results.SUMMARY))
         notify("done", run, outcome=outcomes[run.id])
-    if jobs <= 1 or len(todo) <= 1:
+    if executor == "ray":
+        for outcome in _run_ray(name, todo, out, address, notify):
+            outcomes[outcome.run.id] = outcome
+    elif jobs <= 1 or len(todo) <= 1:
         for run in todo:
             payload = train_run(run, lambda s, n, run=run: notify("step", run, step=s, steps=n))
             outcomes[run.id] = store(run, run_dir(out, name, run), payload)
@@ -165,12 +180,47 @@ def _run_parallel(name, todo, out, jobs, notify):
                     try:
                         payload = f.result()
                     except Exception as e:  # the worker process itself died
-                        payload = {"summary": {"status": "failed", "error": f"worker died: {e}"}, "rows": [],
-                                   "profile": None,
-                                   "env": {}, "error": f"worker died: {e}", "traceback": traceback.format_exc()}
+                        payload = _lost(e)
                     outcome = store(run, run_dir(out, name, run), payload)
                     notify("done", run, outcome=outcome)
                     yield outcome
         finally:
             stop.set()
             relay_thread.join()
+
+
+def _lost(e: BaseException) -> dict:
+    """The payload of a run whose worker died before it could report."""
+    error = f"worker lost: {type(e).__name__}: {e}"
+    return {"summary": {"status": "failed", "error": error}, "rows": [], "env": {}, "profile": None,
+            "error": error, "traceback": traceback.format_exc()}
+
+
+RAY_RETRIES = 3  # re-submissions of a run whose worker process or node was lost
+
+
+def _run_ray(name, todo, out, address, notify):
+    try:
+        import ray
+    except ImportError:
+        raise ExecutorUnavailable("the ray executor needs Ray: pip install 'gradlab[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # max_retries re-runs a task whose worker died; exceptions inside training are caught
+    # by train_run and come back as a failed payload, so they are never retried
+    remote = ray.remote(max_retries=RAY_RETRIES, num_cpus=1)(train_run)
+    refs = {}
+    for run in todo:
+        gpus = 1 if run.config["device"].startswith("cuda") else 0
+        refs[remote.options(num_gpus=gpus).remote(run)] = run
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        run = refs[ready[0]]
+        try:
+            payload = ray.get(ready[0])
+        except Exception as e:  # lost beyond the retries
+            payload = _lost(e)
+        outcome = store(run, run_dir(out, name, run), payload)
+        notify("done", run, outcome=outcome)
+        yield outcome

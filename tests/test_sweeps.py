@@ -1,0 +1,146 @@
+"""Sweeps: parallel workers, resume after kill -9, sharding, the Ray executor."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from gradlab import results
+from gradlab.cli import app
+from gradlab.config import load
+from gradlab.sweeps import select
+
+runner = CliRunner()
+
+SWEEP = """\
+name: sweep
+task: {name: adding, length: 8, eval_size: 16}
+model: {hidden: 8}
+train: {steps: STEPS, batch_size: 8, eval_every: 10}
+seeds: [0, 1]
+grid:
+  model.cell: [vanilla, lstm, gru]
+"""
+
+
+def config(tmp_path, steps=20):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SWEEP.replace("STEPS", str(steps)))
+    return path
+
+
+def run_files(out: Path) -> dict[str, dict]:
+    """Every finished run's metrics and profile, by run id."""
+    found = {}
+    for d in results.find_runs(out):
+        found[d.name] = {"metrics": (d / "metrics.csv").read_text(), "profile": results.read_profile(d),
+                         "summary": results.read_json(d / "summary.json")}
+    return found
+
+
+def assert_same_results(a: dict, b: dict):
+    assert a.keys() == b.keys() and a
+    for run_id in a:
+        assert a[run_id]["metrics"] == b[run_id]["metrics"], run_id
+        np.testing.assert_array_equal(a[run_id]["profile"]["grad_norm"], b[run_id]["profile"]["grad_norm"])
+        assert a[run_id]["summary"]["final_loss"] == b[run_id]["summary"]["final_loss"]
+
+
+def test_jobs_2_gives_the_same_results_as_jobs_1(tmp_path):
+    path = config(tmp_path)
+    for jobs in ("1", "2"):
+        result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / jobs), "--jobs", jobs, "-q"])
+        assert result.exit_code == 0, result.output
+    assert len(run_files(tmp_path / "1")) == 6
+    assert_same_results(run_files(tmp_path / "1"), run_files(tmp_path / "2"))
+
+
+def test_shards_cover_every_run_exactly_once(tmp_path):
+    _, runs = load(config(tmp_path))
+    for n in (1, 2, 4, 7):
+        shards = [select(runs, (i, n)) for i in range(1, n + 1)]
+        ids = [r.id for shard in shards for r in shard]
+        assert sorted(ids) == sorted(r.id for r in runs)  # every run once, none twice
+    path = config(tmp_path, steps=2)
+    for i in (1, 2):
+        result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "shards" / f"shard-{i}"),
+                                     "--shard", f"{i}/2", "--jobs", "1", "-q"])
+        assert result.exit_code == 0
+    assert len(list((tmp_path / "shards" / "shard-1").rglob("summary.json"))) == 3
+    merged = json.loads(runner.invoke(app, ["compare", str(tmp_path / "shards"), "-f", "json"]).stdout)
+    assert sorted(r["cell"] for r in merged) == ["gru", "lstm", "vanilla"]
+    assert all(r["runs"] == 2 for r in merged)
+    bad = runner.invoke(app, ["run", str(path), "--shard", "3/2"])
+    assert bad.exit_code == 2 and "1 <= i <= n" in bad.output
+
+
+def test_dry_run_lists_what_would_run_and_what_is_done(tmp_path):
+    path = config(tmp_path, steps=2)
+    out = tmp_path / "out"
+    assert runner.invoke(app, ["run", str(path), "--out", str(out), "--jobs", "1", "-q",
+                               "--set", "grid.model.cell=[lstm]"]).exit_code == 0
+    result = runner.invoke(app, ["run", str(path), "--out", str(out), "--dry-run"])
+    assert result.exit_code == 0
+    assert "4 to run, 2 already done" in result.output
+    assert sum(line.startswith("done") for line in result.output.splitlines()) == 2
+    assert len(list(out.rglob("summary.json"))) == 2  # nothing was trained
+
+
+def sweep_process(path, out, *extra):
+    return subprocess.Popen([sys.executable, "-m", "gradlab", "run", str(path), "--out", str(out), "-q",
+                             *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def test_resume_after_kill_minus_9_of_the_whole_sweep(tmp_path):
+    path = config(tmp_path, steps=150)
+    out = tmp_path / "out"
+    proc = sweep_process(path, out, "--jobs", "2")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(out.rglob("summary.json"))) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers, mid-sweep
+    proc.wait()
+    finished_before = {d.name for d in results.find_runs(out)}
+    assert 2 <= len(finished_before) < 6, "the kill should land mid-sweep"
+    for d in (out / "sweep").iterdir():  # whatever looks finished is whole
+        if (d / "summary.json").exists():
+            assert results.read_json(d / "summary.json")["status"] == "ok"
+            assert len(pd.read_csv(d / "metrics.csv").query("kind == 'train'")) == 150
+            assert results.read_profile(d)["grad_norm"].shape[0] == 16
+    summaries = {d: (d / "summary.json").stat().st_mtime_ns for d in results.find_runs(out)}
+    result = subprocess.run([sys.executable, "-m", "gradlab", "run", str(path), "--out", str(out), "-q",
+                             "--jobs", "2"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    after = results.find_runs(out)
+    assert len(after) == 6 and len({d.name for d in after}) == 6  # all complete, none duplicated
+    assert all((d / "summary.json").stat().st_mtime_ns == t for d, t in summaries.items())  # not redone
+    assert not list(out.rglob(".*.tmp"))
+    for d in after:
+        assert len(pd.read_csv(d / "metrics.csv").query("kind == 'train'")) == 150
+
+
+def test_ray_executor_gives_the_local_results(tmp_path):
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'gradlab[ray]')")
+    path = config(tmp_path, steps=10)
+    local = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "local"), "--jobs", "1", "-q"])
+    assert local.exit_code == 0
+    result = subprocess.run([sys.executable, "-m", "gradlab", "run", str(path), "--out", str(tmp_path / "ray"),
+                             "--executor", "ray", "-q"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert_same_results(run_files(tmp_path / "local"), run_files(tmp_path / "ray"))
+
+
+def test_ray_missing_is_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    result = runner.invoke(app, ["run", str(config(tmp_path, steps=2)), "--out", str(tmp_path / "o"),
+                                 "--executor", "ray", "-q"])
+    assert result.exit_code == 2
+    assert "pip install 'gradlab[ray]'" in result.output and "Traceback" not in result.output
