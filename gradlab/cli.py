@@ -6,6 +6,7 @@ paths). User errors print one line per problem, never a traceback.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -272,6 +273,59 @@ def plot(
         fail(f"no finished runs to plot under {directory}")
     for path in written:
         out_console.print(str(path), markup=False, highlight=False)
+
+
+@app.command()
+def bench(
+    cells: str = typer.Option("vanilla,irnn,orthogonal,skip,lstm,gru", "--cells", help="Comma-separated cells."),
+    length: int = typer.Option(200, "--length", min=1, help="Sequence length T."),
+    batch: int = typer.Option(64, "--batch", min=1, help="Batch size B."),
+    hidden: int = typer.Option(128, "--hidden", min=1, help="Hidden units H."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    repeats: int = typer.Option(15, "--repeats", min=3, help="Timed steps per contender (median reported)."),
+    memory: str | None = typer.Option(None, "--memory", help="Also report the peak memory of one step at "
+                                      "these comma-separated lengths, e.g. 500,2000."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """Time one training step of every cell: gradlab's engine vs torch's fused module vs an autograd loop.
+
+    One thread, float32; the contenders alternate in one process and the medians are
+    compared, so the ratios hold on a noisy machine (> 1: gradlab is faster).
+
+    Example: gradlab bench --length 200 --batch 64 --hidden 128 --json
+    """
+    from gradlab.bench import bench as run_bench
+    from gradlab.bench import peak_memory
+    from gradlab.cells import CELLS
+
+    names = [c.strip() for c in cells.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CELLS]
+    if unknown:
+        fail(f"--cells: unknown cell(s) {', '.join(unknown)}; valid: {', '.join(CELLS)}")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            fail(f"--device {device}: torch sees no CUDA device")
+    rows = run_bench(names, length=length, batch=batch, hidden=hidden, device=device, repeats=repeats)
+    lengths = [int(x) for x in memory.split(",")] if memory else []
+    for row in rows:
+        for T in lengths:
+            for engine in ("scan", "fused", "autograd"):
+                if engine == "fused" and row["fused_ms"] is None:
+                    continue
+                row[f"peak_mib_{engine}_T{T}"] = round(peak_memory(row["cell"], T, batch, hidden, device,
+                                                                   engine=engine) / 2**20, 1)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    t = Table(title=f"one training step, T={length} B={batch} H={hidden}, {device}, 1 thread (median ms)",
+              header_style="bold")
+    for col in rows[0]:
+        t.add_column(col, justify="left" if col == "cell" else "right")
+    for row in rows:
+        t.add_row(*(("–" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)) for v in row.values()))
+    out_console.print(t)
 
 
 @app.command("ls")

@@ -4,12 +4,12 @@
 ``torch.autograd.Function`` whose forward loops over time *without* building an
 autograd graph and whose backward is BPTT written out (Werbos 1990,
 "Backpropagation through time: what it does and how to do it"; Williams &
-Zipser 1995): one backward sweep over t computes ∂L/∂h_t and the gradient of
-every pre-activation, then each weight gradient is a single large matmul over
-all T·B rows. The sweep holds the total ∂L/∂h_t of every step, so the per-step
-gradient norms (``cells.Probe``) and a per-step transform (recurrent-gradient
-clipping) cost next to nothing here, where a fused ``nn.RNN``/``nn.LSTM`` cannot
-expose them at all.
+Zipser 1995): a sweep from the last step to the first computes the total
+∂L/∂h_t and the gradient of every pre-activation, and the weight gradients are
+matmuls over many steps at once. The sweep holds ∂L/∂h_t of every step, so
+the per-step gradient norms (``cells.Probe``) and a per-step transform
+(recurrent-gradient clipping) cost next to nothing here, where a fused
+``nn.RNN``/``nn.LSTM`` cannot expose them at all.
 
 Semantics are exactly those of the autograd reference ``cells.unroll`` (tested
 against it and against torch's modules):
@@ -23,27 +23,30 @@ against it and against torch's modules):
 - ``grad_transform(t, g) -> g``: applied to the total ∂L/∂h_t (B, H) (direct
   gradient from hs[t] plus what comes back through the recurrence) before it
   flows into step t's pre-activation, hence into the weights, x_t and h_{t-1}.
-  It may modify g in place or return a new tensor.
+  It may modify g in place or return a new tensor; it is called once per
+  step, from t = T-1 down to 0.
 - ``probe``: after backward, ``probe.norms`` (T, B) holds ‖∂L/∂h_t‖, recorded
   *after* grad_transform, as ``cells.unroll``'s hooks record it.
 
-Performance notes (CPU, one thread; see REFERENCE §6). The input term W x_t + b
-of all steps is one matmul before the loop; each step then does the recurrent
-matmul in place on its slice (``addmm_``) and a few in-place element-wise ops
-on per-step views made once (``unbind``), so no step allocates. torch's tanh
-runs at about a third of sigmoid's speed here, so on CPU tanh(a) is computed
-as 2·sigmoid(2a) - 1 with the factor 2 folded into the matmuls (exact in
-floating point); LSTM does this for its g gate on every device, so one
-sigmoid serves all four gates. Local derivative factors that do not depend on
-the backward recursion (σ', tanh' and friends) are formed outside the sweep —
-for all steps at once (GRU) or at the end of each forward step while its data
-is in cache (LSTM) — so the sweep does one matmul and two to four fused
-element-wise ops per step. Weight and bias gradients are then one matmul each
-over all T·B rows (a ones column appended to x gives the bias).
+How it is made fast (CPU, one thread; REFERENCE §6). Forward: the input term
+W x_t + b of all steps is one matmul before the loop; each step then adds the
+recurrent matmul in place on its slice (``addmm_``) and applies a few in-place
+element-wise ops on per-step views made once (``unbind``): no step allocates.
+torch's tanh runs at a third of sigmoid's speed on this CPU, so there tanh(a)
+is computed as 2·sigmoid(2a) - 1 with the 2 folded into the matmuls (exact in
+floating point); LSTM does so for its g gate on every device, so that one
+sigmoid serves all four gates. Backward: the sweep runs over chunks of
+``CHUNK`` steps from the end. For each chunk, the local derivatives (σ',
+tanh' and the products that do not depend on the recursion) of all its steps
+are formed at once; the per-step recursion then needs one matmul and two to
+four fused element-wise ops; and the chunk's share of every weight, bias and
+input gradient is one matmul over its CHUNK·B rows while they are still in
+cache — as fast as one matmul over all T·B rows, and no (T, B, gates·H)
+gradient buffer is ever held.
 
-Memory is linear in T: the forward keeps hs and the per-step factors, about
-2 (rnn), 7 (LSTM) and 6 (GRU) tensors of size (T, B, H); the backward adds the
-∂L/∂h_t buffer and the pre-activation gradients.
+Memory is linear in T: the forward keeps hs and the activations the backward
+needs, 1 (rnn, skip), 7 (LSTM) and 6 (GRU) tensors of shape (T, B, H); the
+backward adds one more, ∂L/∂h_t (besides autograd's own ∂L/∂hs).
 """
 
 from __future__ import annotations
@@ -70,8 +73,7 @@ def scan(recurrence, nonlinearity, x, state, params, *, window=None, grad_transf
         raise ValueError(f"window must be a positive number of steps, or None/0 for full BPTT; got {window}")
     if x.shape[0] == 0:
         raise ValueError("x has no time steps")
-    train = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *_parts(state), *params))
-    opts = _Options(nonlinearity, window or None, grad_transform, probe, train)
+    opts = _Options(nonlinearity, window or None, grad_transform, probe)
     if recurrence == "rnn":
         hs = _ElmanScan.apply(x, state.unsqueeze(0), *params, None, opts)
         return hs, hs[-1]
@@ -93,11 +95,6 @@ class _Options:
     window: int | None
     grad_transform: Callable | None
     probe: object | None
-    train: bool  # can a backward pass follow? (else LSTM's forward skips its derivative factors)
-
-
-def _parts(state):
-    return state if isinstance(state, tuple) else (state,)
 
 
 def _cut(t: int, lag: int, window: int | None) -> bool:
@@ -173,20 +170,45 @@ def _act_backward(nonlinearity):
     return lambda g, h, out: aten.tanh_backward.grad_input(g, h, grad_input=out)  # g·(1 - h²)
 
 
-def _affine_grads(inp, dout, with_bias):
-    """(∂L/∂W, ∂L/∂b) of out = inp @ W.T + b, summed over all T·B rows, in one matmul.
+class _LinearGrads:
+    """∂L/∂inp, ∂L/∂W and ∂L/∂b of out = inp @ W.T + b, added up chunk by chunk of steps.
 
-    inp (N, I), dout (N, G), possibly a strided view. A ones column appended to
-    inp yields the bias gradient in the same pass over dout. inp.T @ dout is
-    never slower than dout.T @ inp here, and ten times faster when inp is
-    skinny (the input term, I = 2: MKL, one thread).
+    inp (T, B, I). The gradient of out for steps s:e arrives as (e - s, B, G),
+    possibly a strided view, while it is still in cache, and is folded in with
+    one matmul over its (e - s)·B rows (as fast as a single matmul over all T·B
+    rows from chunks of 16 steps on; no (T, B, G) buffer is needed).
+    inp.T @ dout is the orientation MKL runs fast when inp is skinny (the input
+    term, I = 2: ten times faster than dout.T @ inp) and never slower otherwise.
+    need = (inp, weight, bias) flags.
     """
-    if with_bias:
-        inp = torch.cat([inp, inp.new_ones(inp.shape[0], 1)], dim=1)
-    d = inp.t() @ dout  # (I [+ 1], G)
-    if with_bias:
-        return d[:-1].t().contiguous(), d[-1]
-    return d.t().contiguous(), None
+
+    def __init__(self, inp, weight, need):
+        self.inp, self.weight = inp, weight
+        self.d_inp = inp.new_empty(inp.shape) if need[0] else None
+        self.d_w_t = weight.new_zeros(weight.shape[1], weight.shape[0]) if need[1] else None  # (I, G)
+        self.d_b = weight.new_zeros(weight.shape[0]) if need[2] else None
+
+    def add(self, s, e, dout):
+        rows = dout.reshape(-1, dout.shape[-1])  # ((e - s)·B, G)
+        if self.d_inp is not None:
+            torch.mm(rows, self.weight, out=self.d_inp[s:e].view(-1, self.inp.shape[-1]))
+        if self.d_w_t is not None:
+            self.d_w_t.addmm_(self.inp[s:e].reshape(-1, self.inp.shape[-1]).t(), rows)
+        if self.d_b is not None:
+            self.d_b += rows.sum(0)
+
+    def result(self):
+        d_w = None if self.d_w_t is None else self.d_w_t.t().contiguous()
+        return self.d_inp, d_w, self.d_b
+
+
+CHUNK = 16  # steps per chunk of the backward sweep
+
+
+def _chunks(T):
+    """(start, end) of the sweep's chunks of CHUNK steps, the last chunk first."""
+    for s in range((T - 1) // CHUNK * CHUNK, -1, -CHUNK):
+        yield s, min(s + CHUNK, T)
 
 
 def _grad_buffer(d_hs, k):
@@ -234,29 +256,40 @@ class _ElmanScan(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, d_hs):
         x, w_ih, w_hh, w_skip, hbuf = ctx.saved_tensors
-        opts = ctx.opts
+        opts, need = ctx.opts, ctx.needs_input_grad
         T, B, H = d_hs.shape
         k = hbuf.shape[0] - T
-        hs = hbuf[k:]
+        h_ = hbuf[k:].unbind(0)
         dh = _grad_buffer(d_hs, k)  # dh[k + t] = ∂L/∂h_t; dh[:k] -> initial state
-        dpre = torch.empty_like(hs)  # (T, B, H) ∂L/∂(pre-activation)
-        dh_, dpre_, h_ = dh.unbind(0), dpre.unbind(0), hs.unbind(0)
+        dh_ = dh.unbind(0)
+        dpre = d_hs.new_empty(CHUNK, B, H)  # ∂L/∂(pre-activation) of a chunk's steps
+        dpre_ = dpre.unbind(0)
+        ih = _LinearGrads(x.contiguous(), w_ih, (need[0], need[2], need[4] or need[5]))
+        hh = _LinearGrads(hbuf[k - 1:k - 1 + T], w_hh, (False, need[3], False))
+        skip = _LinearGrads(hbuf[:T], w_skip, (False, need[6], False)) if w_skip is not None else None
         act_backward = _act_backward(opts.nonlinearity)
-        for t in range(T - 1, -1, -1):
-            g = _accept_total(dh_[k + t], t, opts.grad_transform)
-            act_backward(g, h_[t], dpre_[t])
-            if not _cut(t, 1, opts.window):
-                dh_[k + t - 1].addmm_(dpre_[t], w_hh)
-            if w_skip is not None and not _cut(t, k, opts.window):
-                dh_[t].addmm_(dpre_[t], w_skip)
+        for s, e in _chunks(T):
+            for t in range(e - 1, s - 1, -1):
+                g, d = _accept_total(dh_[k + t], t, opts.grad_transform), dpre_[t - s]
+                act_backward(g, h_[t], d)
+                if not _cut(t, 1, opts.window):
+                    dh_[k + t - 1].addmm_(d, w_hh)
+                if w_skip is not None and not _cut(t, k, opts.window):
+                    dh_[t].addmm_(d, w_skip)
+            for acc in (ih, hh, skip):
+                if acc is not None:
+                    acc.add(s, e, dpre[:e - s])
         _record(opts.probe, dh[k:])
-        need = ctx.needs_input_grad
-        dp = dpre.view(T * B, H)
-        d_x = (dp @ w_ih).view(x.shape) if need[0] else None
-        d_w_ih, d_b = _affine_grads(x.reshape(T * B, -1), dp, with_bias=need[4] or need[5])
-        d_w_hh, _ = _affine_grads(hbuf[k - 1:k - 1 + T].view(T * B, H), dp, with_bias=False)
-        d_w_skip = None if w_skip is None else _affine_grads(hbuf[:T].view(T * B, H), dp, False)[0]
-        return d_x, dh[:k], d_w_ih, d_w_hh, d_b, _clone(d_b), d_w_skip, None
+        d_x, d_w_ih, d_b = ih.result()
+        d_w_skip = skip.result()[1] if skip is not None else None
+        return d_x, dh[:k], d_w_ih, hh.result()[1], d_b, _clone(d_b), d_w_skip, None
+
+
+def _act_backward(nonlinearity):
+    """(grad, output, out) -> out = grad · act'(pre), computed from the activation's output."""
+    if nonlinearity == "relu":
+        return lambda g, h, out: aten.threshold_backward.grad_input(g, h, 0, grad_input=out)
+    return lambda g, h, out: aten.tanh_backward.grad_input(g, h, grad_input=out)  # g·(1 - h²)
 
 
 # ---------------------------------------------------------------------------
@@ -265,16 +298,6 @@ class _ElmanScan(torch.autograd.Function):
 #   c_t = f ⊙ c_{t-1} + i ⊙ g,   h_t = o ⊙ tanh(c_t)
 
 class _LSTMScan(torch.autograd.Function):
-    """The forward also turns each step's gates into the local derivatives the sweep needs.
-
-    Buffer ``fac`` (T, B, 5, H): blocks 1-4 first hold step t's pre-activations,
-    then its gates i, f, g, o; when gradients are needed the step ends by
-    rewriting the row, while it is still in cache, as
-    [f, g·σ'(i), c_{t-1}·σ'(f), i·tanh'(g), tanh(c_t)·σ'(o)]: times ∂L/∂c_t
-    these give ∂L/∂c_{t-1} through f and the pre-activation gradients of i, f,
-    g; the last, times ∂L/∂h_t, that of o. The backward leaves ``fac`` intact
-    (retain_graph works).
-    """
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, opts):
@@ -282,68 +305,60 @@ class _LSTMScan(torch.autograd.Function):
         H = w_hh.shape[1]
         # g's rows doubled, so that one sigmoid serves all four gates: tanh(a) = 2·σ(2a) - 1
         w_in, w_rec, bias = (_double_rows(p, 2 * H, 3 * H) for p in (w_ih, w_hh, b_ih + b_hh))
-        fac = x.new_empty(T, B, 5, H)
-        torch.addmm(bias, x.reshape(T * B, -1), w_in.t(), out=fac.view(T * B, 5 * H)[:, H:])
+        gates = torch.addmm(bias, x.reshape(T * B, -1), w_in.t()).view(T, B, 4 * H)
         hbuf = x.new_empty(T + 1, B, H)  # hbuf[t + 1] = h_t, hbuf[0] = h0
-        hbuf[0] = h0
-        dc_from_h = x.new_empty(T, B, H) if opts.train else None  # ∂h_t/∂c_t = o·tanh'(c_t)
-        c_prev, c, tc, tmp = c0.clone(), x.new_empty(B, H), x.new_empty(B, H), x.new_empty(B, H)
+        cbuf = x.new_empty(T + 1, B, H)  # cbuf[t + 1] = c_t, cbuf[0] = c0
+        tanh_c = x.new_empty(T, B, H)
+        hbuf[0], cbuf[0] = h0, c0
         tanh, minus_one = _Tanh(x), x.new_full((), -1.0)
-        a_, h_ = fac.view(T, B, 5 * H)[:, :, H:].unbind(0), hbuf.unbind(0)
-        f0_, i_, f_, g_, o_ = (fac[:, :, j].unbind(0) for j in range(5))
+        a_, h_, c_, tc_ = gates.unbind(0), hbuf.unbind(0), cbuf.unbind(0), tanh_c.unbind(0)
+        i_, f_, g_, o_ = (gates.view(T, B, 4, H)[:, :, j].unbind(0) for j in range(4))
         u = w_rec.t()
         for t in range(T):
-            i, f, g, o = i_[t], f_[t], g_[t], o_[t]
             a_[t].addmm_(h_[t], u).sigmoid_()  # (B, 4H)
-            _twice_minus_one_(g, minus_one)
-            torch.mul(f, c_prev, out=c).addcmul_(i, g)
-            tanh.into(c, tc)
-            torch.mul(o, tc, out=h_[t + 1])
-            if opts.train:  # the gates -> the local derivatives, in place
-                aten.sigmoid_backward.grad_input(g, i, grad_input=tmp)
-                aten.tanh_backward.grad_input(i, g, grad_input=g)
-                i.copy_(tmp)
-                f0_[t].copy_(f)
-                aten.sigmoid_backward.grad_input(c_prev, f, grad_input=f)
-                aten.tanh_backward.grad_input(o, tc, grad_input=dc_from_h[t])
-                aten.sigmoid_backward.grad_input(tc, o, grad_input=o)
-            c_prev, c = c, c_prev
-        ctx.save_for_backward(x, w_ih, w_hh, hbuf, fac, dc_from_h)
+            _twice_minus_one_(g_[t], minus_one)
+            torch.mul(f_[t], c_[t], out=c_[t + 1]).addcmul_(i_[t], g_[t])
+            tanh.into(c_[t + 1], tc_[t])
+            torch.mul(o_[t], tc_[t], out=h_[t + 1])
+        ctx.save_for_backward(x, w_ih, w_hh, hbuf, cbuf, tanh_c, gates)
         ctx.opts = opts
-        return hbuf[1:], c_prev
+        return hbuf[1:], cbuf[T].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_hs, d_c_last):
-        x, w_ih, w_hh, hbuf, fac, dc_from_h = ctx.saved_tensors
-        opts = ctx.opts
+        x, w_ih, w_hh, hbuf, cbuf, tanh_c, gates = ctx.saved_tensors
+        opts, need = ctx.opts, ctx.needs_input_grad
         T, B, H = d_hs.shape
         dh = _grad_buffer(d_hs, 1)  # dh[t + 1] = ∂L/∂h_t; dh[0] -> h0
-        dgates = d_hs.new_empty(T, B, 4, H)  # ∂L/∂(pre-activations i, f, g, o)
+        dh_ = dh.unbind(0)
         dc3 = d_hs.new_empty(B, 1, H)
         dc = dc3[:, 0]  # ∂L/∂c_t, (B, H)
         carry = d_c_last  # ∂L/∂c_t through c_{t+1} (autograd materialises unused outputs' grads as 0)
-        through_f = d_hs.new_empty(B, H)
-        dh_, dcfh_, f_ = dh.unbind(0), dc_from_h.unbind(0), fac[:, :, 0].unbind(0)
-        by_dc_, by_dh_ = fac[:, :, 1:4].unbind(0), fac[:, :, 4].unbind(0)
-        d_ifg_, d_o_, d_all_ = dgates[:, :, :3].unbind(0), dgates[:, :, 3].unbind(0), dgates.unbind(0)
-        for t in range(T - 1, -1, -1):
-            g = _accept_total(dh_[t + 1], t, opts.grad_transform)
-            torch.addcmul(carry, g, dcfh_[t], out=dc)
-            torch.mul(by_dc_[t], dc3, out=d_ifg_[t])
-            torch.mul(by_dh_[t], g, out=d_o_[t])
-            if _cut(t, 1, opts.window):
-                carry = d_hs.new_zeros(B, H)
-            else:
-                dh_[t].addmm_(d_all_[t].flatten(1), w_hh)
-                carry = torch.mul(f_[t], dc, out=through_f)
+        fac, dc_from_h = d_hs.new_empty(CHUNK, B, 5, H), d_hs.new_empty(CHUNK, B, H)
+        f_, by_dc_, by_dh_ = fac[:, :, 0].unbind(0), fac[:, :, :4].unbind(0), fac[:, :, 4].unbind(0)
+        dgates_, dcfh_ = fac[:, :, 1:].flatten(2).unbind(0), dc_from_h.unbind(0)
+        ih = _LinearGrads(x.contiguous(), w_ih, (need[0], need[3], need[5] or need[6]))
+        hh = _LinearGrads(hbuf[:-1], w_hh, (False, need[4], False))
+        for s, e in _chunks(T):
+            _lstm_factors(gates[s:e], cbuf[s:e], tanh_c[s:e], fac[:e - s], dc_from_h[:e - s])
+            for t in range(e - 1, s - 1, -1):
+                g, j = _accept_total(dh_[t + 1], t, opts.grad_transform), t - s
+                torch.addcmul(carry, g, dcfh_[j], out=dc)
+                by_dc_[j].mul_(dc3)  # -> [∂L/∂c_{t-1} through f, ∂i, ∂f, ∂g]
+                by_dh_[j].mul_(g)  # -> ∂o
+                if _cut(t, 1, opts.window):
+                    carry = d_hs.new_zeros(B, H)
+                else:
+                    dh_[t].addmm_(dgates_[j], w_hh)
+                    carry = f_[j]
+            carry = carry.clone()  # the next chunk reuses fac
+            dgates = fac[:e - s, :, 1:].flatten(2)  # (e - s, B, 4H) ∂L/∂(pre-activations i, f, g, o)
+            ih.add(s, e, dgates)
+            hh.add(s, e, dgates)
         _record(opts.probe, dh[1:])
-        need = ctx.needs_input_grad
-        dgates = dgates.view(T * B, 4 * H)
-        d_x = (dgates @ w_ih).view(x.shape) if need[0] else None
-        d_w_ih, d_b = _affine_grads(x.reshape(T * B, -1), dgates, with_bias=need[5] or need[6])
-        d_w_hh, _ = _affine_grads(hbuf[:-1].view(T * B, H), dgates, with_bias=False)
-        return d_x, dh[0], carry.clone(), d_w_ih, d_w_hh, d_b, _clone(d_b), None
+        d_x, d_w_ih, d_b = ih.result()
+        return d_x, dh[0], carry, d_w_ih, hh.result()[1], d_b, _clone(d_b), None
 
 
 def _double_rows(p, lo, hi):
@@ -351,6 +366,24 @@ def _double_rows(p, lo, hi):
     p = p.clone()
     p[lo:hi] *= 2
     return p
+
+
+def _lstm_factors(gates, c_prev, tanh_c, fac, dc_from_h):
+    """Local derivatives of a chunk of steps, laid out so the sweep needs two products per step.
+
+    fac (n, B, 5, H) <- [f, g·σ'(i), c_{t-1}·σ'(f), i·tanh'(g), tanh(c_t)·σ'(o)]:
+    times ∂L/∂c_t the first four give ∂L/∂c_{t-1} through f and the
+    pre-activation gradients of i, f, g, the last, times ∂L/∂h_t, that of o;
+    the four gate gradients end contiguous in each row, ready for the matmuls.
+    dc_from_h (n, B, H) <- o·tanh'(c_t) = ∂h_t/∂c_t.
+    """
+    i, f, g, o = gates.unflatten(2, (4, -1)).unbind(2)  # (n, B, H) each
+    fac[:, :, 0] = f
+    aten.sigmoid_backward.grad_input(g, i, grad_input=fac[:, :, 1])
+    aten.sigmoid_backward.grad_input(c_prev, f, grad_input=fac[:, :, 2])
+    aten.tanh_backward.grad_input(i, g, grad_input=fac[:, :, 3])
+    aten.sigmoid_backward.grad_input(tanh_c, o, grad_input=fac[:, :, 4])
+    aten.tanh_backward.grad_input(o, tanh_c, grad_input=dc_from_h)
 
 
 # ---------------------------------------------------------------------------
@@ -391,36 +424,43 @@ class _GRUScan(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, d_hs):
         x, w_ih, w_hh, hbuf, rz, n, hn, h_minus_n = ctx.saved_tensors
-        opts, hs = ctx.opts, hbuf[1:]
-        T, B, H = hs.shape
-        fac, d_npre = _gru_factors(rz, n, hn, h_minus_n, ctx.scale)
-        del n, hn, h_minus_n
+        opts, need = ctx.opts, ctx.needs_input_grad
+        T, B, H = d_hs.shape
         dh = _grad_buffer(d_hs, 1)  # dh[t + 1] = ∂L/∂h_t; dh[0] -> h0
-        dh_, dh3_ = dh.unbind(0), dh.unsqueeze(2).unbind(0)
-        fac_, d_gh_, z_ = fac.unbind(0), fac.view(T, B, 3 * H).unbind(0), rz[..., H:].unbind(0)
-        for t in range(T - 1, -1, -1):
-            g = _accept_total(dh_[t + 1], t, opts.grad_transform)
-            fac_[t].mul_(dh3_[t + 1])  # -> [∂r, ∂z pre-activations, ∂(U_n h + b_hn)]
-            if not _cut(t, 1, opts.window):
-                dh_[t].addcmul_(g, z_[t]).addmm_(d_gh_[t], w_hh)
+        dh_, dh3_, z_ = dh.unbind(0), dh.unsqueeze(2).unbind(0), rz[..., H:].unbind(0)
+        fac = d_hs.new_empty(CHUNK, B, 4, H)  # a chunk's [Dr, Dz, Dhn, Dn], see _gru_factors
+        d_gi = d_hs.new_empty(CHUNK, B, 3, H)  # a chunk's ∂L/∂(W x + b_ih), gates r, z, n
+        by_dh_, d_gh_ = fac.unbind(0), fac[:, :, :3].flatten(2).unbind(0)
+        ih = _LinearGrads(x.contiguous(), w_ih, (need[0], need[2], need[4]))
+        hh = _LinearGrads(hbuf[:-1], w_hh, (False, need[3], need[5]))
+        for s, e in _chunks(T):
+            _gru_factors(rz[s:e], n[s:e], hn[s:e], h_minus_n[s:e], ctx.scale, fac[:e - s])
+            for t in range(e - 1, s - 1, -1):
+                g = _accept_total(dh_[t + 1], t, opts.grad_transform)
+                by_dh_[t - s].mul_(dh3_[t + 1])  # -> [∂r, ∂z, ∂(U_n h + b_hn), ∂n pre-activations]
+                if not _cut(t, 1, opts.window):
+                    dh_[t].addcmul_(g, z_[t]).addmm_(d_gh_[t - s], w_hh)
+            m = e - s
+            d_gi[:m, :, :2] = fac[:m, :, :2]
+            d_gi[:m, :, 2] = fac[:m, :, 3]
+            ih.add(s, e, d_gi[:m].flatten(2))
+            hh.add(s, e, fac[:m, :, :3].flatten(2))  # ∂L/∂(U h + b_hh), gates r, z, n
         _record(opts.probe, dh[1:])
-        d_npre.mul_(dh[1:])  # ∂L/∂(n's pre-activation), (T, B, H)
-        d_x, d_w_ih, d_w_hh, d_b_ih, d_b_hh = _gru_weight_grads(ctx.needs_input_grad, x, w_ih, hbuf,
-                                                                fac, d_npre)
+        d_x, d_w_ih, d_b_ih = ih.result()
+        _, d_w_hh, d_b_hh = hh.result()
         return d_x, dh[0], d_w_ih, d_w_hh, d_b_ih, d_b_hh, None
 
 
-def _gru_factors(rz, n, hn, h_minus_n, scale):
-    """Local derivatives of every step: ∂L/∂(each pre-activation) = ∂L/∂h_t times these.
+def _gru_factors(rz, n, hn, h_minus_n, scale, fac):
+    """Local derivatives of a chunk of steps: ∂L/∂(each pre-activation) = ∂L/∂h_t times these.
 
-    Returns fac (T, B, 3, H) = [Dn·hn·σ'(r), (h_{t-1} - n)·σ'(z), Dn·r] for the
-    r, z pre-activations and U_n h + b_hn, and Dn (T, B, H) = (1 - z)·tanh'(n)
-    for n's pre-activation. hn arrives times ``scale``.
+    fac (n, B, 4, H) <- [Dn·hn·σ'(r), (h_{t-1} - n)·σ'(z), Dn·r, Dn] for the r
+    and z pre-activations, U_n h + b_hn and n's pre-activation, where
+    Dn = (1 - z)·tanh'(n). hn arrives times ``scale``.
     """
-    T, B, H2 = rz.shape
-    r, z = rz.view(T, B, 2, H2 // 2).unbind(2)
-    fac = rz.new_empty(T, B, 3, H2 // 2)
-    d_n = torch.neg(z).add_(1)
+    r, z = rz.unflatten(2, (2, -1)).unbind(2)
+    d_n = fac[:, :, 3]
+    torch.neg(z, out=d_n).add_(1)
     aten.tanh_backward.grad_input(d_n, n, grad_input=d_n)
     aten.sigmoid_backward.grad_input(h_minus_n, z, grad_input=fac[:, :, 1])
     torch.mul(d_n, r, out=fac[:, :, 2])
@@ -428,23 +468,3 @@ def _gru_factors(rz, n, hn, h_minus_n, scale):
     aten.sigmoid_backward.grad_input(fac[:, :, 0], r, grad_input=fac[:, :, 0])
     if scale != 1:
         fac[:, :, 0].mul_(1 / scale)
-    return fac, d_n
-
-
-def _gru_weight_grads(need, x, w_ih, hbuf, fac, d_npre):
-    """(d_x, d_w_ih, d_w_hh, d_b_ih, d_b_hh) from the swept pre-activation gradients."""
-    T, B, _, H = fac.shape
-    d_gh = fac.view(T * B, 3 * H)  # ∂L/∂(U h + b_hh), gates r, z, n
-    d_rz, d_n = d_gh[:, :2 * H], d_npre.view(T * B, H)  # ∂L/∂(W x + b_ih) is [d_rz, d_n]
-    x2 = x.reshape(T * B, -1)
-    d_x = torch.addmm(d_n @ w_ih[2 * H:], d_rz, w_ih[:2 * H]).view(x.shape) if need[0] else None
-    with_bias = need[4] or need[5]
-    d_w_rz, d_b_rz = _affine_grads(x2, d_rz, with_bias)
-    d_w_n, d_b_n = _affine_grads(x2, d_n, with_bias)
-    d_w_hh, _ = _affine_grads(hbuf[:-1].view(T * B, H), d_gh, with_bias=False)
-    d_w_ih = torch.cat([d_w_rz, d_w_n])
-    if not with_bias:
-        return d_x, d_w_ih, d_w_hh, None, None
-    d_b_ih = torch.cat([d_b_rz, d_b_n])
-    d_b_hh = torch.cat([d_b_rz, fac[:, :, 2].sum((0, 1))])
-    return d_x, d_w_ih, d_w_hh, d_b_ih, d_b_hh

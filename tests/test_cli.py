@@ -172,3 +172,17 @@ def test_bad_option_is_exit_code_2_without_traceback(tmp_path):
     assert result.exit_code == 2 and "Traceback" not in result.output
     result = runner.invoke(app, ["run"])
     assert result.exit_code == 2
+
+
+def test_bench_reports_ratios_as_json():
+    result = runner.invoke(app, ["bench", "--cells", "vanilla,skip", "--length", "6", "--batch", "2",
+                                 "--hidden", "4", "--repeats", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["cell"] for r in rows] == ["vanilla", "skip"]
+    for r in rows:
+        assert {"cell", "engine_ms", "fused_ms", "autograd_ms", "engine_vs_fused", "engine_vs_autograd"} <= set(r)
+        assert r["engine_ms"] > 0 and r["engine_vs_autograd"] == pytest.approx(r["autograd_ms"] / r["engine_ms"])
+    assert rows[1]["fused_ms"] is None  # torch has no skip cell
+    bad = runner.invoke(app, ["bench", "--cells", "lstn"])
+    assert bad.exit_code == 2 and "did you mean" not in bad.output and "unknown cell" in bad.output

@@ -22,9 +22,19 @@ CASES = {  # name: (recurrence, nonlinearity, skip length k)
     "lstm": ("lstm", None, None),
     "gru": ("gru", None, None),
 }
-SIZES = [(1, 2, 1, 3), (5, 3, 2, 4), (13, 2, 3, 6)]  # (T, B, inputs, H)
+SIZES = [(1, 2, 1, 3), (5, 3, 2, 4), (13, 2, 3, 6), (37, 2, 2, 5)]  # (T, B, inputs, H); 37 > 2 chunks
 LOSSES = ["last", "every", "final", "all"]
 SCAN, UNROLL = engine.scan, cells.unroll
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on a busy 2-core machine every parallel
+    BLAS call can wait milliseconds for the second core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make(case, T, B, n_in, H, seed=0):
@@ -117,7 +127,7 @@ def test_gradients_match_autograd_reference(case, size, loss):
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("T", [2, 7])
-def test_final_state_carries_gradient_across_chunks(case, T):
+def test_final_state_passes_gradient_on_to_the_next_call(case, T):
     """scan(x[:s]), then scan(x[s:]) from its final state (not detached) == scan(x).
 
     Checks the gradient with respect to the final state and the initial state.
@@ -126,13 +136,13 @@ def test_final_state_carries_gradient_across_chunks(case, T):
     rec, nl, _ = CASES[case]
     g_whole, *_ = run(SCAN, case, data)
 
-    def two_chunks(rec, nl, x, state, params, **kw):
+    def two_calls(rec, nl, x, state, params, **kw):
         s = T // 2
         hs1, mid = SCAN(rec, nl, x[:s], state, params)
         hs2, final = SCAN(rec, nl, x[s:], mid, params)
         return torch.cat([hs1, hs2]), final
-    g_chunks, *_ = run(two_chunks, case, data)
-    assert_all_close(g_chunks, g_whole)
+    g_calls, *_ = run(two_calls, case, data)
+    assert_all_close(g_calls, g_whole)
 
 
 # ---------------------------------------------------------------------------
@@ -218,6 +228,17 @@ def test_truncation_matches_reference(case, window, loss):
     torch.testing.assert_close(n, n_ref, **TOL)
     g_other, *_ = run(SCAN, case, data, loss, window=window + 1)
     assert not all(torch.allclose(a, b) for a, b in zip(g_other, g, strict=True))  # the window matters
+
+
+@pytest.mark.parametrize("window", [7, engine.CHUNK, 23])
+@pytest.mark.parametrize("case", CASES)
+def test_truncation_across_sweep_chunks(case, window):
+    """Windows that do and do not line up with the backward sweep's chunks of steps."""
+    data = make(case, 40, 2, 2, 3, seed=16)
+    g_ref, _, _, n_ref = run(UNROLL, case, data, "all", window=window, grad_transform=clamp)
+    g, _, _, n = run(SCAN, case, data, "all", window=window, grad_transform=clamp)
+    assert_all_close(g, g_ref)
+    torch.testing.assert_close(n, n_ref, **TOL)
 
 
 @pytest.mark.parametrize("case", TORCH_MODULES)
