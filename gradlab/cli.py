@@ -43,10 +43,10 @@ def fail(problems: list[str] | str, code: int = EXIT_BAD_INPUT):
 
 
 def load_config(path: Path, sets: list[str]):
-    from gradlab.config import ConfigError, load
+    from gradlab.config import ConfigError, load_experiment
 
     try:
-        return load(path, sets)
+        return load_experiment(path, sets)
     except ConfigError as e:
         fail(e.problems)
 
@@ -137,6 +137,7 @@ def run(
                                         "the i-th (1-based), to split a sweep across CI jobs."),
     fmt_name: str = typer.Option("table", "--format", "-f", help="Table format printed at the end: "
                                  + ", ".join(FORMATS) + "."),
+    check: bool = typer.Option(False, "--check", help="Evaluate the config's expect: list; exit 1 if one fails."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Train every run of an experiment's grid and print the comparison.
@@ -152,10 +153,12 @@ def run(
     if executor not in EXECUTORS:
         fail(f"--executor: unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
     shard_spec = parse_shard(shard)
-    name, runs = load_config(config, set_)
-    from gradlab.sweeps import plan, preflight, select
+    experiment = load_config(config, set_)
+    if check and not experiment.expect:
+        fail(f"--check: {config} has no expect: list")
+    from gradlab.sweeps import plan, preflight, record_experiment, select
 
-    runs = select(runs, shard_spec)
+    name, runs = experiment.name, select(experiment.runs, shard_spec)
     if dry_run:
         todo, done = plan(name, runs, out, force)
         for r in runs:
@@ -168,6 +171,7 @@ def run(
         fail(problems)
     from gradlab.sweeps import ExecutorUnavailable
 
+    record_experiment(out, experiment)
     try:
         outcomes = sweep_with_progress(name, runs, out, quiet or fmt_name != "table", jobs=jobs, force=force,
                                        executor=executor, address=address)
@@ -179,8 +183,14 @@ def run(
     for o in failed:
         err_console.print(f"failed: {o.run.id}: {o.error} (traceback in {o.dir / 'error.txt'})",
                           markup=False, highlight=False)
+    checks_failed = False
+    if check:
+        checks = evaluate_checks(out / name, None)
+        print_checks(checks)
+        checks_failed = not all(c["passed"] for c in checks)
     if failed:
         err_console.print(f"{len(failed)} of {len(runs)} runs failed", markup=False)
+    if failed or checks_failed:
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -215,23 +225,167 @@ def sweep_with_progress(name, runs, out, quiet, **options):
         return run_sweep(name, runs, out, on_event=on_event, **options)
 
 
+def evaluate_checks(directory: Path, expect: Path | None) -> list[dict]:
+    """Expectations from ``--expect CONFIG`` or those ``gradlab run`` stored with the results."""
+    from gradlab.expectations import check_results
+
+    entries = None
+    if expect is not None:
+        from gradlab.config import ConfigError, load_experiment
+
+        try:
+            entries = load_experiment(expect).expect
+        except ConfigError as e:
+            fail(e.problems)
+        if not entries:
+            fail(f"{expect}: the config has no expect: list")
+    try:
+        checks = check_results(directory, entries)
+    except ValueError as e:
+        fail(str(e))
+    if not checks:
+        fail(f"no expectations for the runs under {directory}: add an expect: list to the config "
+             "(gradlab run stores it with the results) or pass --expect CONFIG")
+    return checks
+
+
+def print_checks(checks: list[dict]) -> None:
+    from gradlab.reports import check_lines
+
+    for ok, text in check_lines(checks):
+        mark = "[green]PASS[/green]" if ok else "[red]FAIL[/red]"
+        err_console.print(f"{mark} ", end="")
+        err_console.print(text, markup=False, highlight=False, soft_wrap=True)
+    passed = sum(c["passed"] for c in checks)
+    err_console.print(f"expectations: {passed}/{len(checks)} passed", markup=False)
+
+
 @app.command()
 def compare(
-    directory: Path = typer.Argument(..., help="Results directory, searched recursively."),
+    directories: list[Path] = typer.Argument(..., help="A results directory (searched recursively), or two: "
+                                             "BASELINE CANDIDATE to diff."),
     by: str | None = typer.Option(None, "--by", help="Comma-separated grouping columns "
-                                     "(default: task,length,cell,clip,tbptt)."),
+                                  "(default: task,length,cell,clip,tbptt and every other key the grid varies)."),
     fmt_name: str = typer.Option("table", "--format", "-f", help="One of: " + ", ".join(FORMATS) + "."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+    check: bool = typer.Option(False, "--check", help="Exit 1 when an expectation fails (one directory) or "
+                               "the candidate regresses (two directories)."),
+    expect: Path | None = typer.Option(None, "--expect", help="Take the expectations from this config "
+                                       "instead of those stored with the results."),
 ):
-    """Aggregate the runs under DIRECTORY over seeds and print one comparison table.
+    """Aggregate the runs under a directory over seeds, or diff two result sets.
 
     Example: gradlab compare results/ --format markdown --by cell,clip
+    Example: gradlab compare results/quickstart --check
+    Example: gradlab compare baseline/ candidate/ --check --format markdown
     """
     if fmt_name not in FORMATS:
         fail(f"--format: unknown format {fmt_name!r}; valid: {', '.join(FORMATS)}")
+    if len(directories) > 2:
+        fail("compare takes one results directory, or two (BASELINE CANDIDATE) to diff")
+    for d in directories:
+        if not d.is_dir():
+            fail(f"{d}: no such directory")
+    if len(directories) == 2:
+        return compare_two(*directories, by, fmt_name, output, check)
+    table = comparison_table([directories[0]], by)
+    checks = evaluate_checks(directories[0], expect) if check or expect else None
+    if checks is None or fmt_name in ("table", "csv"):
+        emit(table, fmt_name, output)
+    else:
+        from gradlab.reports import json_document, markdown_report
+
+        text = (json.dumps(json_document(table, checks), indent=2) + "\n" if fmt_name == "json"
+                else markdown_report(table, checks))
+        write_or_print(text, output)
+    if checks is not None:
+        if fmt_name in ("table", "csv"):
+            print_checks(checks)
+        if check and not all(c["passed"] for c in checks):
+            raise typer.Exit(EXIT_FAILED)
+
+
+def write_or_print(text: str, output: Path | None) -> None:
+    if output:
+        from gradlab.results import write_atomic
+
+        write_atomic(output, text)
+    else:
+        sys.stdout.write(text)
+
+
+def compare_two(base_dir: Path, cand_dir: Path, by: str | None, fmt_name: str, output: Path | None, check: bool):
+    """The diff of two result sets, group by group."""
+    from gradlab.comparison import DEFAULT_BY, compare, diff, load_frame, varying_columns
+    from gradlab.reports import json_document, markdown_report
+
+    frames = [load_frame([d]) for d in (base_dir, cand_dir)]
+    for d, frame in zip((base_dir, cand_dir), frames):
+        if frame.empty:
+            fail(f"no finished runs under {d}")
+    # group by each set's own grid axes; a key that differs only between the sets is the change under test
+    axes = [c for f in frames for c in varying_columns(f)]
+    columns = [c.strip() for c in by.split(",")] if by else DEFAULT_BY + list(dict.fromkeys(axes))
+    try:
+        table = diff(compare(frames[0], columns), compare(frames[1], columns), columns)
+    except ValueError as e:
+        fail(str(e))
+    if fmt_name == "json":
+        write_or_print(json.dumps(json_document(None, None, table), indent=2) + "\n", output)
+    elif fmt_name == "markdown":
+        write_or_print(markdown_report(None, None, table, columns, title=f"{cand_dir} against {base_dir}"), output)
+    elif fmt_name == "csv":
+        write_or_print(table.to_csv(index=False), output)
+    else:
+        if output:
+            fail("--output needs --format markdown, csv or json")
+        out_console.print(diff_rich_table(table, columns, f"{cand_dir} against {base_dir}"))
+    bad = table[table["status"].isin(["regression", "missing"])]
+    for _, row in bad.iterrows():
+        group = ", ".join(f"{c}={row[c]}" for c in columns)
+        err_console.print(f"{row['status'].upper()}: {group}: {row['reasons']}", markup=False, highlight=False,
+                          soft_wrap=True)
+    if check and len(bad):
+        raise typer.Exit(EXIT_FAILED)
+
+
+def diff_rich_table(table, columns, title) -> Table:
+    from gradlab.comparison import cell_text, fmt, to_records
+
+    t = Table(title=title, header_style="bold")
+    for col in columns + ["status", "solved", "eval loss", "steps to solve", "verdict", "why"]:
+        t.add_column(col)
+    styles = {"regression": "red", "missing": "red", "new": "yellow", "ok": "green"}
+    for r in to_records(table):
+        pair = lambda m, r=r: f"{fmt(r[m + '_base'])} → {fmt(r[m + '_candidate'])}"  # noqa: E731
+        t.add_row(*(cell_text(c, r[c]) for c in columns), f"[{styles[r['status']]}]{r['status']}[/]",
+                  pair("solved_rate"), pair("final_loss_mean"), pair("steps_to_solve_median"), pair("verdict"),
+                  r["reasons"] or "")
+    return t
+
+
+@app.command()
+def report(
+    directory: Path = typer.Argument(..., help="Results directory, searched recursively."),
+    output: Path = typer.Option(Path("report.html"), "--output", "-o", help="The HTML file to write."),
+    check: bool = typer.Option(False, "--check", help="Include the expectations and exit 1 when one fails."),
+    expect: Path | None = typer.Option(None, "--expect", help="Take the expectations from this config."),
+):
+    """Write one self-contained HTML page: the comparison, the expectations and every diagnostic plot.
+
+    Example: gradlab report results/quickstart -o report.html
+    """
     if not directory.is_dir():
         fail(f"{directory}: no such directory")
-    emit(comparison_table([directory], by), fmt_name, output)
+    from gradlab.reports import html_report
+    from gradlab.results import write_atomic
+
+    table = comparison_table([directory], None)
+    checks = evaluate_checks(directory, expect) if check or expect else None
+    write_atomic(output, html_report(directory, table, checks, title=f"gradlab report: {directory}"))
+    out_console.print(str(output), markup=False, highlight=False)
+    if check and not all(c["passed"] for c in checks):
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()

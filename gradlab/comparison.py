@@ -23,15 +23,21 @@ METRICS = ["runs", "failed", "solved_rate", "final_loss_mean", "final_loss_std",
            "suggested_clip"]
 
 
-def flatten(record: dict) -> dict:
-    """One run record -> one flat row: config columns first, then summary columns."""
-    cfg, summary = record["config"], record["summary"]
+def config_columns(cfg: dict) -> dict:
+    """A resolved run config as flat grouping columns: task, length, cell, clip (a label), tbptt, lr, ..."""
     row = {"experiment": cfg.get("name"), "task": cfg["task"]["name"], "length": cfg["task"]["length"]}
     row.update({k: v for k, v in cfg["task"].items() if k not in ("name", "length")})
     row.update(cfg["model"])
     row.update({k: v for k, v in cfg["train"].items()})
     row["clip"] = results.clip_label(cfg["train"]["clip"])
     row.update({k: cfg[k] for k in ("seed", "device", "dtype", "threads") if k in cfg})
+    return row
+
+
+def flatten(record: dict) -> dict:
+    """One run record -> one flat row: config columns first, then summary columns."""
+    summary = record["summary"]
+    row = config_columns(record["config"])
     row.update({"status": summary.get("status"), "final_loss": summary.get("final_loss"),
                 "solved": bool(summary.get("solved", False)), "steps_to_solve": summary.get("steps_to_solve"),
                 "diverged": bool(summary.get("diverged", False)), "baseline_loss": summary.get("baseline_loss"),
@@ -182,3 +188,75 @@ def render(table: pd.DataFrame, fmt_name: str) -> str:
     if fmt_name == "markdown":
         return to_markdown(table)
     raise ValueError(f"unknown format {fmt_name!r}")
+
+
+# ---------------------------------------------------------------------------
+# Diff of two result sets.
+
+# Tolerances beyond which a candidate group counts as a regression (documented in the README).
+TOLERANCES = {
+    "solved_rate": 0.25,     # absolute drop in the fraction of seeds solved (one seed of 2-3 is 0.33-0.5)
+    "final_loss": 0.5,       # relative rise of the mean final loss ...
+    "final_loss_floor": 0.01,  # ... that is also larger than this fraction of the baseline loss
+    "steps_to_solve": 0.5,   # relative rise of the median steps to solve
+}
+DIFF_METRICS = ["solved_rate", "final_loss_mean", "steps_to_solve_median", "diverged", "verdict"]
+
+
+def _num(v):
+    v = _clean(v)
+    return None if v is None else float(v)
+
+
+def _regressions(base: dict, cand: dict, tol: dict) -> list[str]:
+    """Why a candidate group is worse than its baseline group, one reason each."""
+    why = []
+    if cand["solved_rate"] < base["solved_rate"] - tol["solved_rate"]:
+        why.append(f"solved_rate {base['solved_rate']:.2f} -> {cand['solved_rate']:.2f}")
+    b, c, ref = _num(base["final_loss_mean"]), _num(cand["final_loss_mean"]), _num(base["baseline_loss"]) or 0.0
+    if b is not None and (c is None or (c > b * (1 + tol["final_loss"]) and c - b > tol["final_loss_floor"] * ref)):
+        why.append(f"final_loss_mean {fmt(b)} -> {fmt(c)}")
+    b, c = _num(base["steps_to_solve_median"]), _num(cand["steps_to_solve_median"])
+    if b is not None and c is not None and c > b * (1 + tol["steps_to_solve"]):
+        why.append(f"steps_to_solve_median {fmt(b)} -> {fmt(c)}")
+    if (cand["diverged"] or 0) > (base["diverged"] or 0):
+        why.append(f"diverged {base['diverged']} -> {cand['diverged']}")
+    if base["verdict"] == "healthy" and cand["verdict"] in ("vanishing", "exploding"):
+        why.append(f"verdict healthy -> {cand['verdict']}")
+    if cand["failed"] > base["failed"]:
+        why.append(f"failed runs {base['failed']} -> {cand['failed']}")
+    return why
+
+
+def diff(base: pd.DataFrame, cand: pd.DataFrame, by: list[str], tolerances: dict | None = None) -> pd.DataFrame:
+    """Line up two comparison tables on ``by`` and mark regressions of the candidate.
+
+    One row per group in either table: the grouping columns, ``<metric>_base``,
+    ``<metric>_candidate`` and ``<metric>_delta`` for the numbers, ``status``
+    (``ok``, ``regression``, ``missing`` from the candidate, ``new`` in it) and
+    ``reasons``.
+    """
+    tol = {**TOLERANCES, **(tolerances or {})}
+    key = lambda rec: tuple(json.dumps(rec[c], default=str) for c in by)  # noqa: E731
+    base_rows = {key(r): r for r in to_records(base)}
+    cand_rows = {key(r): r for r in to_records(cand)}
+    rows = []
+    for k in list(base_rows) + [k for k in cand_rows if k not in base_rows]:
+        b, c = base_rows.get(k), cand_rows.get(k)
+        row = {col: (b or c)[col] for col in by}
+        for m in DIFF_METRICS:
+            row[f"{m}_base"] = b[m] if b else None
+            row[f"{m}_candidate"] = c[m] if c else None
+            if m != "verdict":
+                vb, vc = (_num(b[m]) if b else None), (_num(c[m]) if c else None)
+                row[f"{m}_delta"] = vc - vb if vb is not None and vc is not None else None
+        if b is None:
+            row["status"], reasons = "new", []
+        elif c is None:
+            row["status"], reasons = "missing", ["group missing from the candidate"]
+        else:
+            reasons = _regressions(b, c, tol)
+            row["status"] = "regression" if reasons else "ok"
+        row["reasons"] = "; ".join(reasons)
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from gradlab import expectations
 from gradlab.cells import CELLS
 from gradlab.diagnostics import Thresholds
 from gradlab.remedies import CLIPS
@@ -321,7 +322,7 @@ def _defaults() -> dict:
 
 def _check_keys(data: dict, where, problems: list[str]) -> None:
     """Unknown keys at the top level and in each section."""
-    top = [f.name for f in dataclasses.fields(Config)]
+    top = [f.name for f in dataclasses.fields(Config)] + ["expect"]
     for k in data:
         if k not in top:
             problems.append(f"{where(k)}: unknown key {k!r}{_did_you_mean(k, top)}")
@@ -424,6 +425,24 @@ def expand(data: dict, label_prefix: str = "") -> list[Run]:
     return runs
 
 
+def _check_expect(entries, runs: list[Run], where) -> list[str]:
+    """The ``expect:`` list: syntax, known columns, and every ``where`` matching some run."""
+    from gradlab.comparison import config_columns
+
+    rows = [config_columns(r.config) for r in runs]
+    columns = [c for c in rows[0] if c not in ("experiment", "device", "threads")] if rows else []
+    parsed, problems = expectations.parse(entries, columns)
+    # the syntax was checked with everything else; here only what needs the runs
+    out = [f"{where(path)}: {msg}" for path, msg in problems if ".where." in path]
+    for exp in parsed:
+        if any(k not in columns for k in exp.where):
+            continue  # already reported as an unknown column
+        if exp.where and not any(expectations.matches(row, exp.where) for row in rows):
+            out.append(f"{where(f'expect[{exp.index}].where')}: matches no run of this config: "
+                       + ", ".join(f"{k}={v!r}" for k, v in exp.where.items()))
+    return out
+
+
 def validate(data: dict, source: str = "<config>", lines: dict | None = None,
              set_paths: tuple = ()) -> list[Run]:
     """Check everything at once; return the expanded runs or raise ConfigError."""
@@ -438,17 +457,37 @@ def validate(data: dict, source: str = "<config>", lines: dict | None = None,
     problems: list[str] = []
     _check_keys(data, where, problems)
     _check_values(data, where, problems)
+    if "expect" in data:
+        problems += [f"{where(path)}: {msg}" for path, msg in expectations.parse(data["expect"])[1]]
     if "grid" in data:
         _check_grid(data["grid"], where, problems)
         if data["grid"] == {}:
             problems.append(f"{where('grid')}: the grid is empty; remove it or give it keys")
     if problems:
         raise ConfigError(problems)
-    return expand(data, label_prefix=f"{source}: ")
+    runs = expand(data, label_prefix=f"{source}: ")
+    if "expect" in data:
+        problems = _check_expect(data["expect"], runs, where)
+        if problems:
+            raise ConfigError(problems)
+    return runs
+
+
+@dataclass
+class Experiment:
+    name: str
+    runs: list[Run]
+    expect: list          # the validated ``expect:`` entries, as written
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> tuple[str, list[Run]]:
     """Read a config file, apply ``--set`` overrides, validate, expand. Returns (name, runs)."""
+    experiment = load_experiment(path, overrides)
+    return experiment.name, experiment.runs
+
+
+def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
+    """Read a config file, apply ``--set`` overrides, validate, expand."""
     path = Path(path)
     source = str(path)
     try:
@@ -462,4 +501,4 @@ def load(path: str | Path, overrides: list[str] = ()) -> tuple[str, list[Run]]:
         _set_path(data, key, value)
         set_paths.append(key)
     runs = validate(data, source, _line_map(text), tuple(set_paths))
-    return data.get("name", Config.name), runs
+    return Experiment(data.get("name", Config.name), runs, data.get("expect", []))

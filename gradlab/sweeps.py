@@ -48,6 +48,14 @@ def preflight(runs: list[Run]) -> list[str]:
     return problems
 
 
+def record_experiment(out: Path, experiment) -> None:
+    """``<out>/<name>/experiment.json``: the experiment's name and expectations, for ``compare --check``."""
+    from gradlab.expectations import EXPERIMENT_FILE
+
+    results.write_json(Path(out) / experiment.name / EXPERIMENT_FILE,
+                       {"name": experiment.name, "expect": experiment.expect})
+
+
 def run_dir(out: Path, name: str, run: Run) -> Path:
     return Path(out) / name / run.id
 

@@ -1,0 +1,234 @@
+"""Expectations: claims about a comparison table that gate a CI pipeline.
+
+A config may carry an ``expect:`` list. Each entry selects groups with
+``where:`` (equality on grouping columns) and asserts on aggregated columns::
+
+    expect:
+      - where: {task: adding, cell: lstm}
+        solved_rate: ">= 0.66"
+        final_loss_mean: "< 0.5 * baseline_loss"
+      - where: {cell: vanilla}
+        verdict: vanishing
+
+A comparison is ``OP EXPR`` with OP one of ``< <= > >= == !=`` and EXPR
+arithmetic (``+ - * /``, parentheses) over numbers and the group's columns; a
+bare value means ``==``. An expectation passes when every group it selects
+satisfies every comparison. This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import math
+import operator
+import re
+from dataclasses import dataclass, field
+
+# The aggregated columns an expectation may assert on (see gradlab.comparison.METRICS).
+COLUMNS = ("runs", "failed", "solved_rate", "final_loss_mean", "final_loss_std", "baseline_loss",
+           "steps_to_solve_median", "diverged", "verdict", "horizon_median", "grad_norm_max", "suggested_clip")
+TEXT_COLUMNS = ("verdict",)
+OPS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt}
+_ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+_COMPARISON = re.compile(r"^\s*(<=|>=|==|!=|<|>)\s*(.+?)\s*$")
+
+
+@dataclass
+class Check:
+    column: str
+    op: str
+    expr: str             # the right-hand side as written
+    tree: ast.AST | None  # parsed arithmetic; None for a text comparison
+
+
+@dataclass
+class Expectation:
+    index: int
+    where: dict
+    checks: list[Check] = field(default_factory=list)
+
+    def label(self) -> str:
+        where = ", ".join(f"{k}={v}" for k, v in self.where.items()) or "all groups"
+        return f"[{where}] " + " and ".join(f"{c.column} {c.op} {c.expr}" for c in self.checks)
+
+
+def _did_you_mean(word, choices) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _parse_expr(text: str) -> ast.AST:
+    """Arithmetic over numbers and column names; anything else is a ValueError."""
+    try:
+        tree = ast.parse(text, mode="eval").body
+    except SyntaxError:
+        raise ValueError(f"cannot read {text!r} as arithmetic (numbers, columns, + - * / and parentheses)") from None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            if node.id not in COLUMNS or node.id in TEXT_COLUMNS:
+                numeric = [c for c in COLUMNS if c not in TEXT_COLUMNS]
+                raise ValueError(f"unknown column {node.id!r} in {text!r}{_did_you_mean(node.id, numeric)}")
+        elif isinstance(node, ast.Constant):
+            if not isinstance(node.value, (int, float)) or isinstance(node.value, bool):
+                raise ValueError(f"only numbers and columns may appear in {text!r}")
+        elif not isinstance(node, (ast.BinOp, ast.UnaryOp, ast.USub, ast.UAdd, ast.expr_context, *_ARITH)):
+            raise ValueError(f"only + - * / ( ) may appear in {text!r}")
+    return tree
+
+
+def parse_check(column: str, spec) -> Check:
+    """``("solved_rate", ">= 0.66")`` -> Check; raises ValueError with the reason."""
+    if column not in COLUMNS:
+        raise ValueError(f"unknown column {column!r}{_did_you_mean(column, COLUMNS)}; valid: {', '.join(COLUMNS)}")
+    if column in TEXT_COLUMNS:
+        text = str(spec).strip()
+        m = re.match(r"^(==|!=)\s*(\S+)$", text)
+        op, value = (m.group(1), m.group(2)) if m else ("==", text)
+        if column == "verdict" and value not in ("healthy", "exploding", "vanishing"):
+            raise ValueError(f"verdict must be healthy, exploding or vanishing, got {value!r}")
+        return Check(column, op, value, None)
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        return Check(column, "==", repr(spec), _parse_expr(repr(spec)))
+    if not isinstance(spec, str):
+        raise ValueError(f"expected a comparison such as '>= 0.5', got {spec!r}")
+    m = _COMPARISON.match(spec)
+    if not m:
+        raise ValueError(f"expected a comparison such as '>= 0.5' or '< 0.5 * baseline_loss', got {spec!r}")
+    return Check(column, m.group(1), m.group(2), _parse_expr(m.group(2)))
+
+
+def parse(entries, where_columns=None) -> tuple[list[Expectation], list[tuple[str, str]]]:
+    """Read an ``expect:`` list. Returns (expectations, problems as (key path, message))."""
+    problems: list[tuple[str, str]] = []
+    if not isinstance(entries, list):
+        return [], [("expect", f"expected a list of expectations, got {entries!r}")]
+    out = []
+    for i, entry in enumerate(entries):
+        path = f"expect[{i}]"
+        if not isinstance(entry, dict):
+            problems.append((path, f"expected a mapping of where: and column: comparison, got {entry!r}"))
+            continue
+        where = entry.get("where", {})
+        if not isinstance(where, dict):
+            problems.append((f"{path}.where", f"expected a mapping of column: value, got {where!r}"))
+            where = {}
+        if where_columns is not None:
+            for k in where:
+                if k not in where_columns:
+                    problems.append((f"{path}.where.{k}", f"unknown grouping column {k!r}"
+                                     f"{_did_you_mean(k, where_columns)}; valid: {', '.join(where_columns)}"))
+        exp = Expectation(i, dict(where))
+        for column, spec in entry.items():
+            if column == "where":
+                continue
+            try:
+                exp.checks.append(parse_check(column, spec))
+            except ValueError as e:
+                problems.append((f"{path}.{column}", str(e)))
+        if not exp.checks and not any(p[0].startswith(path) for p in problems):
+            problems.append((path, "asserts nothing: add at least one column: comparison"))
+        out.append(exp)
+    return out, problems
+
+
+def matches(row: dict, where: dict) -> bool:
+    """Equality on grouping columns; numbers compare as numbers, None matches null."""
+    for k, want in where.items():
+        have = row.get(k)
+        if isinstance(want, (int, float)) and isinstance(have, (int, float)):
+            if not math.isclose(float(want), float(have)):
+                return False
+        elif (want is None) != (have is None) or (want is not None and str(want) != str(have)):
+            return False
+    return True
+
+
+def _value(tree, row: dict):
+    if isinstance(tree, ast.Constant):
+        return tree.value
+    if isinstance(tree, ast.Name):
+        v = row.get(tree.id)
+        if v is None:
+            raise ValueError(f"{tree.id} is missing for this group")
+        return float(v)
+    if isinstance(tree, ast.UnaryOp):
+        v = _value(tree.operand, row)
+        return -v if isinstance(tree.op, ast.USub) else v
+    return _ARITH[type(tree.op)](_value(tree.left, row), _value(tree.right, row))
+
+
+def evaluate_check(check: Check, row: dict) -> tuple[bool, object, object]:
+    """(passed, observed, expected value) for one group row."""
+    observed = row.get(check.column)
+    if check.tree is None:
+        return OPS[check.op](observed, check.expr), observed, check.expr
+    try:
+        expected = _value(check.tree, row)
+    except (ValueError, ZeroDivisionError) as e:
+        return False, observed, f"({e})"
+    if observed is None or (isinstance(observed, float) and math.isnan(observed)):
+        return False, None, expected
+    return bool(OPS[check.op](float(observed), expected)), observed, expected
+
+
+def evaluate(expectations: list[Expectation], rows: list[dict], group_columns: list[str]) -> list[dict]:
+    """Every expectation against the comparison rows: one result dict each.
+
+    {"expectation", "passed", "groups": [{"group", "checks": [{column, op, expr, observed,
+    expected, passed}]}]}; an expectation whose where matches no group fails.
+    """
+    report = []
+    for exp in expectations:
+        selected = [r for r in rows if matches(r, exp.where)]
+        groups = []
+        for row in selected:
+            checks = []
+            for check in exp.checks:
+                ok, observed, expected = evaluate_check(check, row)
+                checks.append({"column": check.column, "op": check.op, "expr": check.expr,
+                               "observed": observed, "expected": expected, "passed": ok})
+            groups.append({"group": {c: row.get(c) for c in group_columns}, "checks": checks,
+                           "passed": all(c["passed"] for c in checks)})
+        report.append({"expectation": exp.label(), "index": exp.index, "where": exp.where,
+                       "passed": bool(groups) and all(g["passed"] for g in groups),
+                       "groups": groups, "matched": len(groups)})
+    return report
+
+
+EXPERIMENT_FILE = "experiment.json"  # written by `gradlab run` next to its runs: name and expect list
+
+
+def check_results(root, entries: list | None = None) -> list[dict]:
+    """Evaluate expectations against the runs on disk under ``root``.
+
+    With ``entries`` (an ``expect:`` list, e.g. from ``--expect CONFIG``) they are
+    evaluated against every run under root together; without, each experiment
+    directory's stored ``experiment.json`` expectations against its own runs.
+    Returns evaluate()'s result dicts, each with "experiment" added.
+    """
+    from pathlib import Path
+
+    from gradlab import comparison, results
+
+    root = Path(root)
+    if entries is not None:
+        sources = [(root, entries, None)]
+    else:
+        sources = [(p.parent, results.read_json(p).get("expect") or [], results.read_json(p).get("name"))
+                   for p in sorted(root.rglob(EXPERIMENT_FILE))]
+    report = []
+    for directory, raw, name in sources:
+        parsed, problems = parse(raw)
+        if problems:
+            raise ValueError("; ".join(f"{path}: {msg}" for path, msg in problems))
+        frame = comparison.load_frame([directory])
+        if frame.empty:
+            continue
+        for exp in parsed:
+            by = comparison.DEFAULT_BY + comparison.varying_columns(frame)
+            by += [k for k in exp.where if k not in by and k in frame.columns]
+            rows = comparison.to_records(comparison.compare(frame, by))
+            for result in evaluate([exp], rows, by):
+                report.append({"experiment": name or str(directory), **result})
+    return report

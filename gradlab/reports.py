@@ -1,0 +1,144 @@
+"""Reports a reviewer reads: Markdown for ``$GITHUB_STEP_SUMMARY``, versioned JSON, one HTML page.
+
+Everything here renders what ``comparison`` and ``expectations`` computed from
+the results on disk; nothing is recomputed and torch is never imported.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from gradlab import comparison
+from gradlab.comparison import cell_text, fmt, to_markdown, to_records
+
+SCHEMA = "gradlab.compare/1"  # bump when a key changes meaning or disappears; new keys do not bump it
+
+
+def json_document(table: pd.DataFrame | None, checks: list[dict] | None = None,
+                  diff_table: pd.DataFrame | None = None) -> dict:
+    """The JSON of ``compare --check`` and of a diff (plain ``compare`` prints only the group list)."""
+    doc = {"schema": SCHEMA}
+    if table is not None:
+        doc["groups"] = to_records(table)
+    if checks is not None:
+        doc["expectations"] = checks
+        doc["passed"] = all(c["passed"] for c in checks)
+    if diff_table is not None:
+        doc["diff"] = to_records(diff_table)
+        doc["regressions"] = int(diff_table["status"].isin(["regression", "missing"]).sum())
+    return doc
+
+
+def _observed(check: dict) -> str:
+    """``solved_rate = 0.5 (want >= 0.66)``; an expression shows its value: ``(want < 0.5 * baseline_loss = 0.083)``."""
+    want = f"{check['op']} {check['expr']}"
+    if isinstance(check["expected"], (int, float)) and fmt(check["expected"]) != check["expr"]:
+        want += f" = {fmt(check['expected'])}"
+    elif isinstance(check["expected"], str) and check["expected"] != check["expr"]:
+        want += f" {check['expected']}"
+    return f"{check['column']} = {fmt(check['observed'])} (want {want})"
+
+
+def check_lines(checks: list[dict]) -> list[tuple[bool, str]]:
+    """One (passed, text) line per expectation and failing group, for terminals and Markdown."""
+    lines = []
+    for c in checks:
+        head = f"{c['experiment']}: {c['expectation']}"
+        if not c["matched"]:
+            lines.append((False, f"{head}: no group matches"))
+            continue
+        lines.append((c["passed"], head))
+        for g in c["groups"]:
+            group = ", ".join(f"{k}={cell_text(k, v)}" for k, v in g["group"].items())
+            lines.append((g["passed"], f"  {group}: " + "; ".join(_observed(x) for x in g["checks"])))
+    return lines
+
+
+def _diff_markdown(diff_table: pd.DataFrame, by: list[str]) -> str:
+    cols = by + ["status", "solved_rate_base", "solved_rate_candidate", "final_loss_mean_base",
+                 "final_loss_mean_candidate", "steps_to_solve_median_base", "steps_to_solve_median_candidate",
+                 "verdict_base", "verdict_candidate", "reasons"]
+    view = diff_table[cols].copy()
+    view["status"] = view["status"].map(lambda s: f"**{s.upper()}**" if s in ("regression", "missing") else s)
+    return to_markdown(view)
+
+
+def markdown_report(table: pd.DataFrame | None, checks: list[dict] | None = None,
+                    diff_table: pd.DataFrame | None = None, by: list[str] | None = None,
+                    title: str = "gradlab comparison") -> str:
+    """A Markdown page that fits $GITHUB_STEP_SUMMARY: expectations first, then the tables."""
+    parts = [f"## {title}\n"]
+    if checks is not None:
+        passed = sum(c["passed"] for c in checks)
+        parts.append(f"**Expectations: {passed}/{len(checks)} passed**\n")
+        for ok, text in check_lines(checks):
+            indent = text.startswith("  ")
+            mark = "PASS" if ok else "FAIL"
+            parts.append(("  - " if indent else "- ") + f"{'✅' if ok else '❌'} {mark} {text.strip()}")
+        parts.append("")
+    if diff_table is not None:
+        bad = int(diff_table["status"].isin(["regression", "missing"]).sum())
+        parts.append(f"**Diff against the baseline: {bad} regression(s)**\n")
+        parts.append(_diff_markdown(diff_table, by or comparison.DEFAULT_BY))
+    if table is not None:
+        parts.append(to_markdown(table))
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------
+# One self-contained HTML page.
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+th { background: #f3f3f3; } td.text { text-align: left; }
+.pass { color: #1a7f37; font-weight: bold; } .fail { color: #cf222e; font-weight: bold; }
+figure { margin: 1.5em 0; } img { max-width: 100%; border: 1px solid #ddd; }
+"""
+
+
+def _html_table(table: pd.DataFrame) -> str:
+    cols = list(table.columns)
+    text_cols = {"task", "cell", "clip", "verdict", "verdicts", "experiment"}
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = []
+    for rec in to_records(table):
+        cells = "".join(f"<td class=\"{'text' if c in text_cols else 'num'}\">{html.escape(cell_text(c, rec[c]))}</td>"
+                        for c in cols)
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table class=\"comparison\"><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def html_report(root: Path, table: pd.DataFrame, checks: list[dict] | None = None,
+                title: str = "gradlab report") -> str:
+    """Tables, expectations and every diagnostic plot of ``root`` in one page; PNGs inlined as data URIs."""
+    from gradlab.plots import plot
+
+    parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
+             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+             f"<p>Results under <code>{html.escape(str(root))}</code>.</p>"]
+    if checks is not None:
+        passed = sum(c["passed"] for c in checks)
+        parts.append(f"<h2>Expectations: {passed}/{len(checks)} passed</h2><ul class=\"expectations\">")
+        for ok, text in check_lines(checks):
+            cls, mark = ("pass", "PASS") if ok else ("fail", "FAIL")
+            parts.append(f"<li><span class=\"{cls}\">{mark}</span> {html.escape(text.strip())}</li>")
+        parts.append("</ul>")
+    parts.append("<h2>Comparison (aggregated over seeds)</h2>" + _html_table(table))
+    with tempfile.TemporaryDirectory() as tmp:
+        images = plot(root, Path(tmp))
+        if images:
+            parts.append("<h2>Diagnostics</h2>")
+        for path in images:
+            data = base64.b64encode(path.read_bytes()).decode()
+            name = html.escape(path.stem.replace("_", " "))
+            parts.append(f"<figure><img alt=\"{name}\" src=\"data:image/png;base64,{data}\">"
+                         f"<figcaption>{name}</figcaption></figure>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
