@@ -490,10 +490,12 @@ def list_catalogue():
     """
     from gradlab.cells import CELLS
     from gradlab.remedies import CLIPS
-    from gradlab.tasks import TASKS
+    from gradlab.tasks import catalogue
 
-    for title, registry in (("task", TASKS), ("cell", CELLS), ("clip", CLIPS)):
-        t = Table(title=f"{title}s", header_style="bold", title_justify="left")
+    for title, registry in (("task", catalogue()), ("cell", CELLS), ("clip", CLIPS)):
+        caption = "name[variant]: set task.name and task.variant" if title == "task" else None
+        t = Table(title=f"{title}s", header_style="bold", title_justify="left", caption=caption,
+                  caption_justify="left")
         t.add_column(title)
         t.add_column("parameters" if title == "clip" else "")
         t.add_column("description")

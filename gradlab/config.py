@@ -24,7 +24,7 @@ from gradlab.cells import CELLS
 from gradlab.diagnostics import Thresholds
 from gradlab.remedies import CLIPS
 from gradlab.results import clip_label
-from gradlab.tasks import TASKS
+from gradlab.tasks import TASKS, resolve
 
 # ---------------------------------------------------------------------------
 # Defaults: one dataclass per component; a config overrides only what differs.
@@ -35,6 +35,7 @@ class TaskConfig:
     name: str = "adding"        # a key of gradlab.tasks.TASKS
     length: int = 50            # T: the dependency length (copy: the delay)
     eval_size: int = 1000       # sequences in the fixed held-out evaluation set
+    variant: str | None = None  # a source variant, a key of gradlab.tasks.VARIANTS[name]; None = the task itself
 
 
 @dataclass
@@ -145,6 +146,11 @@ def _above_one(v):
         return f"must be greater than 1, got {v}"
 
 
+def _string(v):
+    if not isinstance(v, str):
+        return f"expected a string, got {v!r}"
+
+
 def _optional(check):
     return lambda v: None if v is None else check(v)
 
@@ -182,6 +188,7 @@ CHECKS = {
     "task.name": _choice(TASKS, "task"),
     "task.length": _int_at_least(2),
     "task.eval_size": _int_at_least(1),
+    "task.variant": _optional(_string),
     "model.cell": _choice(CELLS, "cell"),
     "model.hidden": _int_at_least(1),
     "model.nonlinearity": _optional(_choice({"tanh": 0, "relu": 0}, "nonlinearity")),
@@ -372,9 +379,13 @@ def _check_grid(grid, where, problems: list[str]) -> None:
 
 def _check_run(cfg: dict, label: str, problems: list[str]) -> None:
     """Constraints between keys, checked on each expanded run."""
-    task = TASKS[cfg["task"]["name"]]
-    if cfg["task"]["length"] < task.min_length:
-        problems.append(f"{label}task.length: {cfg['task']['name']} needs length >= {task.min_length}, "
+    try:
+        task = resolve(cfg["task"])  # the variant exists for this task
+    except ValueError as e:
+        problems.append(f"{label}task.variant: {e}")
+        task = None
+    if task is not None and cfg["task"]["length"] < task.min_length:
+        problems.append(f"{label}task.length: {task.label} needs length >= {task.min_length}, "
                         f"got {cfg['task']['length']}")
     if cfg["model"]["nonlinearity"] is not None and cfg["model"]["cell"] != "orthogonal":
         problems.append(f"{label}model.nonlinearity: only the orthogonal cell takes a nonlinearity "

@@ -202,7 +202,7 @@ class _LinearGrads:
         return self.d_inp, d_w, self.d_b
 
 
-CHUNK = 16  # steps per chunk of the backward sweep
+CHUNK = 16  # steps per chunk of the backward sweep (of 8, 16, 32, 64: best or tied, B=64 H=128)
 
 
 def _chunks(T):

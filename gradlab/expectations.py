@@ -203,8 +203,10 @@ def check_results(root, entries: list | None = None) -> list[dict]:
     """Evaluate expectations against the runs on disk under ``root``.
 
     With ``entries`` (an ``expect:`` list, e.g. from ``--expect CONFIG``) they are
-    evaluated against every run under root together; without, each experiment
-    directory's stored ``experiment.json`` expectations against its own runs.
+    evaluated against every run under root together. Without, each experiment's
+    stored expectations (``experiment.json``, written by ``gradlab run``) are
+    evaluated against all runs of that experiment under root, so the shards of
+    one sweep, each with its own copy, are checked as one result set.
     Returns evaluate()'s result dicts, each with "experiment" added.
     """
     from pathlib import Path
@@ -212,23 +214,28 @@ def check_results(root, entries: list | None = None) -> list[dict]:
     from gradlab import comparison, results
 
     root = Path(root)
+    frame = comparison.load_frame([root])
+    if frame.empty:
+        return []
     if entries is not None:
-        sources = [(root, entries, None)]
+        sources = {None: entries}
     else:
-        sources = [(p.parent, results.read_json(p).get("expect") or [], results.read_json(p).get("name"))
-                   for p in sorted(root.rglob(EXPERIMENT_FILE))]
+        sources = {}
+        for path in sorted(root.rglob(EXPERIMENT_FILE)):
+            stored = results.read_json(path)
+            sources.setdefault(stored.get("name"), stored.get("expect") or [])
     report = []
-    for directory, raw, name in sources:
+    for name, raw in sources.items():
         parsed, problems = parse(raw)
         if problems:
             raise ValueError("; ".join(f"{path}: {msg}" for path, msg in problems))
-        frame = comparison.load_frame([directory])
-        if frame.empty:
+        runs = frame if name is None else frame[frame["experiment"] == name]
+        if runs.empty:
             continue
         for exp in parsed:
-            by = comparison.DEFAULT_BY + comparison.varying_columns(frame)
-            by += [k for k in exp.where if k not in by and k in frame.columns]
-            rows = comparison.to_records(comparison.compare(frame, by))
+            by = comparison.DEFAULT_BY + comparison.varying_columns(runs)
+            by += [k for k in exp.where if k not in by and k in runs.columns]
+            rows = comparison.to_records(comparison.compare(runs, by))
             for result in evaluate([exp], rows, by):
-                report.append({"experiment": name or str(directory), **result})
+                report.append({"experiment": name or str(root), **result})
     return report

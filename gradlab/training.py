@@ -21,7 +21,7 @@ from gradlab import diagnostics
 from gradlab.cells import GATES, Probe, RecurrentNet
 from gradlab.diagnostics import Thresholds
 from gradlab.remedies import clip_gradients, global_norm
-from gradlab.tasks import TASKS, Batch
+from gradlab.tasks import Batch, resolve
 
 EVAL_SEED_OFFSET = 1_000_003  # the evaluation set's generator seed is seed + this: never a training batch
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
@@ -169,7 +169,7 @@ def train(cfg: dict, progress=None, rows: list | None = None) -> dict:
     """
     device, dtype = torch.device(cfg["device"]), DTYPES[cfg["dtype"]]
     setup_torch(device, cfg["threads"])
-    task, tc, length = TASKS[cfg["task"]["name"]], cfg["train"], cfg["task"]["length"]
+    task, tc, length = resolve(cfg["task"]), cfg["train"], cfg["task"]["length"]  # no "variant" key = None
     thresholds, seed = Thresholds(**cfg["diagnostics"]), cfg["seed"]
     dependency = task.dependency(length)
 
