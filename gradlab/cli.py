@@ -13,6 +13,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -493,7 +494,7 @@ def list_catalogue():
     from gradlab.tasks import catalogue
 
     for title, registry in (("task", catalogue()), ("cell", CELLS), ("clip", CLIPS)):
-        caption = "name[variant]: set task.name and task.variant" if title == "task" else None
+        caption = escape("name[variant]: set task.name and task.variant") if title == "task" else None
         t = Table(title=f"{title}s", header_style="bold", title_justify="left", caption=caption,
                   caption_justify="left")
         t.add_column(title)
@@ -507,6 +508,6 @@ def list_catalogue():
                 extra = entry.kind
             elif title == "cell":
                 extra = entry.recurrence
-            t.add_row(key, extra, entry.description)
+            t.add_row(escape(key), extra, escape(entry.description))  # literal brackets: adding[tcn], h[t-k]
         out_console.print(t)
 

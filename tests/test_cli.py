@@ -42,7 +42,7 @@ def tiny_results(tmp_path_factory):
 
 def test_run_writes_a_directory_per_run(tiny_results):
     _, out, result = tiny_results
-    runs = sorted((out / "tiny").iterdir())
+    runs = sorted(d for d in (out / "tiny").iterdir() if d.is_dir())
     assert len(runs) == 8
     for d in runs:
         assert {p.name for p in d.iterdir()} >= {"config.json", "env.json", "metrics.csv", "summary.json",

@@ -1,12 +1,18 @@
 """Tasks: layouts recomputed by hand from x, baselines against Monte-Carlo, evaluate() at both ends."""
 
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from gradlab.tasks import TASKS, Batch
+from gradlab.tasks import TASKS, VARIANTS, Batch, Task, catalogue, resolve
+
+ALL = catalogue()  # every task and variant by label: adding, adding[hochreiter], ...
+VARIABLE_LENGTH = {"adding[hochreiter]", "adding[pascanu]"}  # one S per batch, drawn in a range
+# regression tasks whose accuracy is the fraction of sequences within a tolerance
+TOLERANCE = {"multiplication", "adding[hochreiter]", "adding[pascanu]"}
 
 
 def gen(seed=0):
@@ -24,21 +30,25 @@ def perfect_output(task, batch):
 # Registry, shapes, validation
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_registry_entry_is_complete(name):
-    task = TASKS[name]
-    assert task.name == name
+    task = ALL[name]
+    assert task.label == name and (task.variant is None) == (name in TASKS)
     assert task.description and "\n" not in task.description
     assert task.kind in ("regression", "classification")
     assert task.output_size == 1 if task.kind == "regression" else task.output_size > 1
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_shapes_and_dtypes(name):
-    task = TASKS[name]
+    task = ALL[name]
     length, B = 30, 5
     b = task.generate(B, length, gen())
-    S = task.sequence_length(length)
+    S = b.x.shape[0]
+    if name in VARIABLE_LENGTH:
+        assert length <= S <= task.sequence_length(length)  # the longest S
+    else:
+        assert S == task.sequence_length(length)
     assert b.x.shape == (S, B, task.input_size) and b.x.dtype == torch.float32
     assert b.y.shape == b.loss_mask.shape == b.score_mask.shape == (S, B)
     assert b.y.dtype == (torch.float32 if task.kind == "regression" else torch.int64)
@@ -48,12 +58,13 @@ def test_shapes_and_dtypes(name):
         assert int(b.y.max()) < task.output_size
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_length_below_minimum_is_rejected(name):
-    task = TASKS[name]
-    b = task.generate(3, task.min_length, gen())  # the minimum itself works
-    assert b.x.shape[0] == task.sequence_length(task.min_length)
-    with pytest.raises(ValueError, match=f"length >= {task.min_length}"):
+    task = ALL[name]
+    for seed in range(5):
+        b = task.generate(3, task.min_length, gen(seed))  # the minimum itself works
+        assert task.min_length <= b.x.shape[0] <= task.sequence_length(task.min_length)
+    with pytest.raises(ValueError, match=rf"{re.escape(name)}' needs length >= {task.min_length}"):
         task.generate(3, task.min_length - 1, gen())
 
 
@@ -141,13 +152,175 @@ def test_temporal_order_positions_cover_their_ranges():
     assert set(b.x.argmax(-1).flatten().tolist()) == set(range(6))
 
 
+def test_temporal_order_3bit_labels():
+    task, L, B = TASKS["temporal_order_3bit"], 40, 300
+    b = task.generate(B, L, gen(30))
+    sym = b.x.argmax(-1)
+    ranges = [range(4, 8), range(12, 16), range(24, 28)]  # [0.1L, 0.2L), [0.3L, 0.4L), [0.6L, 0.7L)
+    for i in range(B):
+        seq = [sym[t, i].item() for t in range(L)]
+        marked = [t for t in range(L) if seq[t] in (0, 1)]
+        assert len(marked) == 3 and all(t in r for t, r in zip(marked, ranges))
+        assert all(2 <= s <= 5 for t, s in enumerate(seq) if t not in marked)
+        word = "".join("AB"[seq[t]] for t in marked)  # e.g. "BAB"
+        assert b.y[-1, i].item() == int(word.replace("A", "0").replace("B", "1"), 2)
+        assert all(b.y[t, i].item() == 0 for t in range(L - 1))
+    assert b.loss_mask[-1].all() and not b.loss_mask[:-1].any()
+    assert torch.equal(b.loss_mask, b.score_mask)
+
+
+def test_temporal_order_3bit_positions_cover_their_ranges():
+    L = 40
+    b = TASKS["temporal_order_3bit"].generate(3000, L, gen(31))
+    ab = b.x[:, :, :2].sum(-1)  # (L, B): 1 where A or B
+    for lo, hi in [(4, 8), (12, 16), (24, 28)]:
+        assert set((ab[lo:hi].argmax(0) + lo).tolist()) == set(range(lo, hi))
+        assert (ab[lo:hi].sum(0) == 1).all()
+    assert int(ab.sum(0).max()) == 3
+
+
+def test_multiplication_labels():
+    task, T, B = TASKS["multiplication"], 9, 200
+    b = task.generate(B, T, gen(32))
+    for i in range(B):
+        marks = [t for t in range(T) if b.x[t, i, 1].item() == 1.0]
+        assert len(marks) == 2 and all(b.x[t, i, 1].item() in (0.0, 1.0) for t in range(T))
+        assert 0 <= marks[0] < T // 2 <= marks[1] < T
+        target = b.x[marks[0], i, 0].item() * b.x[marks[1], i, 0].item()
+        assert b.y[-1, i].item() == pytest.approx(target, abs=1e-6)
+        assert all(b.y[t, i].item() == 0.0 for t in range(T - 1))
+    assert b.loss_mask[-1].all() and not b.loss_mask[:-1].any()
+
+
+def test_permutation_labels():
+    task, L, B = TASKS["permutation"], 12, 300
+    b = task.generate(B, L, gen(33))
+    sym = b.x.argmax(-1)
+    for i in range(B):
+        seq = [sym[t, i].item() for t in range(L)]
+        assert seq[0] in (0, 1) and all(2 <= s <= 99 for s in seq[1:])
+        assert b.y[-1, i].item() == seq[0]
+        assert all(b.y[t, i].item() == 0 for t in range(L - 1))
+    assert b.loss_mask[-1].all() and not b.loss_mask[:-1].any()
+    big = task.generate(2000, L, gen(34)).x.argmax(-1)
+    assert set(big[1:].flatten().tolist()) == set(range(2, 100))
+
+
+def test_memorization_layout_follows_pascanu():
+    task, T, B = TASKS["memorization"], 6, 50
+    b = task.generate(B, T, gen(35))
+    S = T + 20
+    assert task.sequence_length(T) == S and b.x.shape[-1] == 7 and task.output_size == 6
+    sym = b.x.argmax(-1)
+    blank, go = 5, 6
+    for i in range(B):
+        inputs = [sym[t, i].item() for t in range(S)]
+        targets = [b.y[t, i].item() for t in range(S)]
+        assert all(0 <= s <= 4 for s in inputs[:10])
+        assert inputs[10 : T + 10] == [blank] * T
+        assert inputs[T + 10] == go  # the go marker sits on the first recall step
+        assert inputs[T + 11 :] == [blank] * 9
+        assert targets[: T + 10] == [blank] * (T + 10)
+        assert targets[T + 10 :] == inputs[:10]
+    assert b.loss_mask.all()
+    assert b.score_mask[T + 10 :].all() and not b.score_mask[: T + 10].any()
+    assert set(task.generate(500, 3, gen(36)).y[-10:].flatten().tolist()) == set(range(5))
+
+
+def hochreiter_marks(x, i, T):
+    """(X1 position, X2 position) that explain the two marks of sequence i under Hochreiter's rule."""
+    S = x.shape[0]
+    marks = [t for t in range(S) if x[t, i, 1].item() == 1.0]
+    assert len(marks) == 2
+    for p1, p2 in (marks, marks[::-1]):
+        unmarked = [t for t in range(S) if t != p1][: T // 2 - 1]  # the first T/2 - 1 still unmarked
+        if p1 < 10 and p2 in unmarked:
+            return p1, p2
+    raise AssertionError(f"marks {marks} do not follow Hochreiter's rule")
+
+
+@pytest.mark.parametrize("T", [11, 24, 60])
+def test_adding_hochreiter_labels(T):
+    task, B = VARIANTS["adding"]["hochreiter"], 300
+    b = task.generate(B, T, gen(37 + T))
+    S = b.x.shape[0]
+    assert T <= S <= T + T // 10
+    for i in range(B):
+        p1, p2 = hochreiter_marks(b.x, i, T)
+        markers = [b.x[t, i, 1].item() for t in range(S)]
+        expected = [1.0 if t in (p1, p2) else -1.0 if t in (0, S - 1) else 0.0 for t in range(S)]
+        assert markers == expected
+        values = b.x[:, i, 0]
+        assert -1.0 <= values.min() and values.max() <= 1.0
+        if 0 in (p1, p2):
+            assert values[0].item() == 0.0  # "X1 is set to zero" where the first pair is marked
+        target = 0.5 + (values[p1].item() + values[p2].item()) / 4
+        assert b.y[-1, i].item() == pytest.approx(target, abs=1e-6)
+        assert all(b.y[t, i].item() == 0.0 for t in range(S - 1))
+    assert b.loss_mask[-1].all() and not b.loss_mask[:-1].any()
+
+
+def test_adding_hochreiter_marks_cover_their_ranges_and_zero_the_first_pair():
+    T = 30
+    b = VARIANTS["adding"]["hochreiter"].generate(4000, T, gen(38))
+    marked = b.x[:, :, 1] == 1.0  # (S, B)
+    first = marked.float().argmax(0)
+    last = b.x.shape[0] - 1 - marked.flip(0).float().argmax(0)
+    assert set(first.tolist()) == set(range(10))  # the earlier mark: X1's range, or X2 before it
+    assert set(last.tolist()) == set(range(1, T // 2))  # at most the (T/2 - 1)-th unmarked step
+    at_zero = marked[0]
+    assert 0 < at_zero.sum() and (b.x[0, at_zero, 0] == 0.0).all() and (b.x[0, ~at_zero, 0] != 0.0).all()
+
+
+@pytest.mark.parametrize("name, extra", [("hochreiter", 10), ("pascanu", 9)])
+def test_variable_length_variants_draw_one_length_per_batch_over_the_whole_range(name, extra):
+    task, T = VARIANTS["adding"][name], 100
+    lengths = {task.generate(2, T, gen(seed)).x.shape[0] for seed in range(300)}
+    assert lengths == set(range(T, T + extra + 1))  # Hochreiter: [T, T + T/10]; Pascanu: T + randint(T/10)
+    assert task.sequence_length(T) == T + extra
+
+
+def test_adding_pascanu_labels():
+    task, T, B = VARIANTS["adding"]["pascanu"], 30, 300
+    b = task.generate(B, T, gen(39))
+    S = b.x.shape[0]
+    w = S // 10
+    assert T <= S < T + T // 10
+    for i in range(B):
+        marks = [t for t in range(S) if b.x[t, i, 1].item() == 1.0]
+        assert len(marks) == 2 and all(b.x[t, i, 1].item() in (0.0, 1.0) for t in range(S))
+        assert 0 <= marks[0] < w <= marks[1] < w + 4 * S // 10  # Pascanu: [0, .1l), [.1l, .5l)
+        target = (b.x[marks[0], i, 0].item() + b.x[marks[1], i, 0].item()) / 2
+        assert b.y[-1, i].item() == pytest.approx(target, abs=1e-6)
+        assert all(b.y[t, i].item() == 0.0 for t in range(S - 1))
+    assert b.loss_mask[-1].all() and not b.loss_mask[:-1].any()
+
+
+def test_adding_tcn_marks_anywhere():
+    task, T = VARIANTS["adding"]["tcn"], 8
+    b = task.generate(20000, T, gen(40))
+    marked = b.x[:, :, 1]
+    assert (marked.sum(0) == 2).all() and set(marked.flatten().tolist()) == {0.0, 1.0}
+    ts = torch.arange(T).unsqueeze(1).float()
+    first = (marked * ts + (1 - marked) * T).min(0).values  # the earlier mark, per sequence
+    second = (marked * ts).max(0).values
+    assert set(first.long().tolist()) == set(range(T - 1)) and set(second.long().tolist()) == set(range(1, T))
+    pair = torch.stack([first, second]).long()
+    counts = torch.bincount(pair[0] * T + pair[1], minlength=T * T).view(T, T)
+    expected = 20000 / (T * (T - 1) / 2)  # every unordered pair of distinct steps equally likely
+    assert counts.triu(1).sum() == 20000
+    assert (counts.triu(1)[torch.ones(T, T).triu(1).bool()] - expected).abs().max() < 5 * math.sqrt(expected)
+    values = torch.stack([b.x[pair[0], torch.arange(20000), 0], b.x[pair[1], torch.arange(20000), 0]])
+    torch.testing.assert_close(b.y[-1], values.sum(0))
+
+
 # ---------------------------------------------------------------------------
 # Determinism
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_same_seed_same_batch_other_seed_other_batch(name):
-    task = TASKS[name]
+    task = ALL[name]
     a, b, c = (task.generate(8, 20, gen(s)) for s in (7, 7, 8))
     for f in ("x", "y", "loss_mask", "score_mask"):
         assert torch.equal(getattr(a, f), getattr(b, f))
@@ -210,14 +383,14 @@ def test_temporal_order_baseline_matches_monte_carlo():
 # evaluate() and step_loss()
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_perfect_predictor_is_solved(name):
-    task = TASKS[name]
+    task = ALL[name]
     b = task.generate(32, 20, gen(12))
     result = task.evaluate(perfect_output(task, b), b)
     assert result["loss"] == pytest.approx(0.0, abs=1e-6)
     assert result["solved"] is True
-    assert result["accuracy"] == (None if task.kind == "regression" else 1.0)
+    assert result["accuracy"] == (None if task.kind == "regression" and name not in TOLERANCE else 1.0)
 
 
 def test_adding_solved_threshold():
@@ -238,9 +411,9 @@ def test_copy_accuracy_counts_only_the_recall_steps():
     assert result["accuracy"] == 0.0 and not result["solved"]
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_step_loss_matches_torch_losses_and_is_differentiable(name):
-    task = TASKS[name]
+    task = ALL[name]
     b = task.generate(6, 12, gen(15))
     out = torch.randn(*b.y.shape, task.output_size, generator=gen(16), requires_grad=True)
     losses = task.step_loss(out, b.y)
