@@ -6,6 +6,7 @@ paths). User errors print one line per problem, never a traceback.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -43,6 +44,19 @@ def fail(problems: list[str] | str, code: int = EXIT_BAD_INPUT):
     raise typer.Exit(code)
 
 
+def user_errors(command):
+    """Errors of the user's environment (unwritable --out, full disk, Ctrl-C) as one line, not a traceback."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except OSError as e:
+            fail(f"{e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}")
+        except KeyboardInterrupt:
+            fail("interrupted: finished runs are kept; the same command finishes the rest", code=130)
+    return wrapper
+
+
 def load_config(path: Path, sets: list[str]):
     from gradlab.config import ConfigError, load_experiment
 
@@ -68,14 +82,15 @@ def rich_table(table, title: str | None = None) -> Table:
         t.add_column(col)
     show_failed = any(r["failed"] for r in records)
     for col in ["runs"] + (["failed"] if show_failed else []) + ["solved", "eval loss", "± std", "baseline",
-                                                                 "steps to solve", "diverged", "horizon"]:
+                                                                 "steps to solve", "diverged", "horizon",
+                                                                 "clip≈"]:
         t.add_column(col, justify="right")
     t.add_column("verdicts")
     for r in records:
         t.add_row(*(cell_text(c, r[c]) for c in shown), str(r["runs"]), *([str(r["failed"])] if show_failed else []),
                   f"{r['solved_rate']:.0%}", fmt(r["final_loss_mean"]), fmt(r["final_loss_std"]),
                   fmt(r["baseline_loss"]), fmt(r["steps_to_solve_median"]), str(r["diverged"]),
-                  fmt(r["horizon_median"]), fmt(r["verdicts"]))
+                  fmt(r["horizon_median"]), fmt(r["suggested_clip"]), fmt(r["verdicts"]))
     return t
 
 
@@ -122,6 +137,7 @@ def parse_shard(text: str | None):
 
 
 @app.command()
+@user_errors
 def run(
     config: Path = typer.Argument(..., help="Experiment YAML file."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Results directory."),
@@ -262,6 +278,7 @@ def print_checks(checks: list[dict]) -> None:
 
 
 @app.command()
+@user_errors
 def compare(
     directories: list[Path] = typer.Argument(..., help="A results directory (searched recursively), or two: "
                                              "BASELINE CANDIDATE to diff."),
@@ -366,6 +383,7 @@ def diff_rich_table(table, columns, title) -> Table:
 
 
 @app.command()
+@user_errors
 def report(
     directory: Path = typer.Argument(..., help="Results directory, searched recursively."),
     output: Path = typer.Option(Path("report.html"), "--output", "-o", help="The HTML file to write."),
@@ -390,6 +408,7 @@ def report(
 
 
 @app.command()
+@user_errors
 def validate(configs: list[Path] = typer.Argument(..., help="Experiment YAML files."),
              set_: list[str] = typer.Option([], "--set", help="Override a key: dotted.path=value.")):
     """Check configs without training: every problem, located, at once.
@@ -410,6 +429,7 @@ def validate(configs: list[Path] = typer.Argument(..., help="Experiment YAML fil
 
 
 @app.command()
+@user_errors
 def plot(
     directory: Path = typer.Argument(..., help="Results directory, searched recursively."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Folder for the PNGs "
@@ -431,6 +451,7 @@ def plot(
 
 
 @app.command()
+@user_errors
 def bench(
     cells: str = typer.Option("vanilla,irnn,orthogonal,skip,lstm,gru", "--cells", help="Comma-separated cells."),
     length: int = typer.Option(200, "--length", min=1, help="Sequence length T."),

@@ -285,13 +285,6 @@ class _ElmanScan(torch.autograd.Function):
         return d_x, dh[:k], d_w_ih, hh.result()[1], d_b, _clone(d_b), d_w_skip, None
 
 
-def _act_backward(nonlinearity):
-    """(grad, output, out) -> out = grad · act'(pre), computed from the activation's output."""
-    if nonlinearity == "relu":
-        return lambda g, h, out: aten.threshold_backward.grad_input(g, h, 0, grad_input=out)
-    return lambda g, h, out: aten.tanh_backward.grad_input(g, h, grad_input=out)  # g·(1 - h²)
-
-
 # ---------------------------------------------------------------------------
 # LSTM, torch.nn.LSTM's equations (gates i, f, g, o):
 #   i, f, o = σ(·), g = tanh(·) of W x_t + b_ih + U h_{t-1} + b_hh

@@ -522,7 +522,7 @@ class Memorization(Task):
         symbols = torch.randint(0, MEMO_VALUES, (K, B), generator=generator, device=dev)  # (K, B)
         seq = torch.full((S, B), MEMO_BLANK, dtype=torch.long, device=dev)
         seq[:K] = symbols
-        seq[T + K] = MEMO_GO
+        seq[T + K - 1] = MEMO_GO
         y = torch.full((S, B), MEMO_BLANK, dtype=torch.long, device=dev)
         y[T + K:] = symbols
         score_mask = torch.zeros(S, B, dtype=torch.bool, device=dev)
@@ -587,7 +587,7 @@ VARIANTS: dict[str, dict[str, Task]] = {
         "hochreiter": AddingHochreiter(
             name="adding", variant="hochreiter", kind="regression", input_size=2, output_size=1, min_length=11,
             description="values U[-1,1], X1 in the first ten steps, target 0.5+(X1+X2)/4, length "
-                        "T..1.1T, right if |error| < 0.04 (Hochreiter 1997 Exp. 4)"),
+                        "T..1.1T, |error| < 0.04 (Hochreiter 1997 Exp. 4)"),
         "pascanu": AddingPascanu(
             name="adding", variant="pascanu", kind="regression", input_size=2, output_size=1, min_length=10,
             description="mean of two marked values in the first half, length T..1.1T, right if "

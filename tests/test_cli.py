@@ -186,3 +186,17 @@ def test_bench_reports_ratios_as_json():
     assert rows[1]["fused_ms"] is None  # torch has no skip cell
     bad = runner.invoke(app, ["bench", "--cells", "lstn"])
     assert bad.exit_code == 2 and "did you mean" not in bad.output and "unknown cell" in bad.output
+
+
+def test_plot_on_a_real_results_tree_writes_the_pngs(tiny_results, tmp_path):
+    _, out, _ = tiny_results
+    result = runner.invoke(app, ["plot", str(out), "-o", str(tmp_path / "plots")])
+    assert result.exit_code == 0, result.output
+    names = {p.name for p in (tmp_path / "plots").iterdir()}
+    assert {"learning_curves.png", "grad_norm.png", "grad_profile.png"} <= names
+    assert any(n.startswith("profile_heatmap_") for n in names)
+    for p in (tmp_path / "plots").iterdir():
+        data = p.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    empty = runner.invoke(app, ["plot", str(tmp_path / "plots")])
+    assert empty.exit_code == 2 and "no finished runs" in empty.output

@@ -284,3 +284,33 @@ def test_thresholds_are_configurable():
     assert verdict(spiky(), 0, REACHING, 10, Thresholds(spike_factor=2000.0))[0] == "healthy"
     fig = verdict(STEADY, 0, VANISHED, 10, Thresholds(horizon_fraction=0.5))[1]
     assert fig["horizon"] == 1
+
+
+@pytest.mark.parametrize("a", [0.9, 1.1])
+def test_engine_probe_of_a_linear_rnn_decays_as_a_to_the_lag(a):
+    """The training path end to end: gradlab's engine, Probe and gradient_profile.
+
+    A ReLU RNN with U = a·I, zero bias and positive states is linear: h_t = a·h_{t-1}
+    + W x_t, so with the loss at the last step ∂L/∂h_{T-1-k} = a^k ∂L/∂h_{T-1} exactly.
+    """
+    import torch
+
+    from gradlab.cells import RecurrentNet
+    from gradlab.tasks import TASKS, Batch
+    from gradlab.training import gradient_profile
+
+    S, B, H = 30, 4, 6
+    net = RecurrentNet("irnn", 2, H, 1, seed=0).double()
+    with torch.no_grad():
+        net.weight_hh.copy_(a * torch.eye(H, dtype=torch.float64))
+        net.weight_ih.fill_(0.5)  # positive inputs keep every state positive: ReLU is the identity
+    x = torch.zeros(S, B, 2, dtype=torch.float64)
+    x[0] = 1.0
+    mask = torch.zeros(S, B, dtype=torch.bool)
+    mask[-1] = True
+    batch = Batch(x, torch.ones(S, B, dtype=torch.float64), mask, mask)
+    profile = gradient_profile(net, TASKS["adding"], batch, None).numpy()
+    lags = np.arange(S)[::-1]
+    np.testing.assert_allclose(profile / profile[-1], a ** lags, rtol=1e-10)
+    summary = profile_summary(profile, dependency=0, horizon_fraction=0.01)
+    assert summary["decay_rate"] == pytest.approx(np.log(a), rel=1e-9)

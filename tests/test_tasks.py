@@ -379,6 +379,84 @@ def test_temporal_order_baseline_matches_monte_carlo():
     assert result["accuracy"] < 0.3 and not result["solved"]
 
 
+@pytest.mark.parametrize("name, n, L, classes", [("temporal_order_3bit", 200_000, 10, range(8)),
+                                                ("permutation", 50_000, 2, range(2))])
+def test_class_baselines_match_monte_carlo(name, n, L, classes):
+    """The classes are uniform, and the best constant predictor's cross-entropy is the baseline."""
+    task, k = TASKS[name], len(classes)
+    b = task.generate(n, L, gen(41))
+    freq = torch.bincount(b.y[-1], minlength=task.output_size).double() / n
+    assert freq[k:].sum() == 0  # no other class is ever the target
+    se = math.sqrt((1 / k) * (1 - 1 / k) / n)
+    assert (freq[:k] - 1 / k).abs().max().item() < 4 * se
+    entropy = -(freq[:k] * freq[:k].log()).sum().item()
+    assert entropy == pytest.approx(task.baseline(L), abs=2e-3) and task.baseline(L) == pytest.approx(math.log(k))
+    logits = freq.clamp_min(1e-30).log().float()  # (O,) the constant predictor
+    result = task.evaluate(logits.expand(L, n, task.output_size), b)
+    assert result["loss"] == pytest.approx(entropy, rel=1e-4)
+    assert result["accuracy"] < 1.5 / k and not result["solved"]
+
+
+def product_cdf(t):
+    """P(U1 U2 <= t) for independent U[0, 1]: t - t ln t."""
+    return t - t * math.log(t)
+
+
+@pytest.mark.parametrize("name, T, mean, expected_baseline, constant_accuracy", [
+    ("multiplication", 10, 1 / 4, 7 / 144, product_cdf(0.45) - product_cdf(0.05)),  # |U1U2 - 1/4| <= 0.2
+    ("adding[pascanu]", 30, 1 / 2, 1 / 24, 1 - 2 * 2 * 0.3**2),  # triangular mean on [0, 1]: |y - 1/2| <= 0.2
+    ("adding[tcn]", 10, 1, 1 / 6, None),
+    ("adding[hochreiter]", 100, 1 / 2, (1 / 3) * (2 - 0.1 - 0.9 / 49) / 16, None),
+])
+def test_regression_baselines_match_monte_carlo(name, T, mean, expected_baseline, constant_accuracy):
+    """The best constant predictor is E[y]; its MSE, Var(y), is the baseline (within 4 standard errors)."""
+    task, n = ALL[name], 200_000
+    b = task.generate(n, T, gen(42))
+    y = b.y[-1].double()
+    assert abs(y.mean().item() - mean) < 4 * y.std().item() / math.sqrt(n)
+    sq = (y - mean) ** 2
+    assert abs(sq.mean().item() - task.baseline(T)) < 4 * sq.std().item() / math.sqrt(n)
+    assert task.baseline(T) == pytest.approx(expected_baseline)
+    result = task.evaluate(torch.full((b.x.shape[0], n, 1), float(mean)), b)
+    assert result["loss"] == pytest.approx(sq.mean().item(), rel=1e-4) and not result["solved"]
+    if constant_accuracy is not None:  # Pascanu's criterion: right when the squared error is <= 0.04
+        p = constant_accuracy
+        assert abs(result["accuracy"] - p) < 4 * math.sqrt(p * (1 - p) / n)
+
+
+def test_hochreiter_baseline_counts_the_zeroed_first_pair():
+    """At T = 12, X2 lands on the first pair with probability 0.9/5: the variance is well under 1/24."""
+    task, n, T = VARIANTS["adding"]["hochreiter"], 200_000, 12
+    b = task.generate(n, T, gen(43))
+    sq = (b.y[-1].double() - 0.5) ** 2
+    se = sq.std().item() / math.sqrt(n)
+    assert task.baseline(T) == pytest.approx((1 / 3) * (2 - 0.1 - 0.18) / 16)
+    assert abs(sq.mean().item() - task.baseline(T)) < 4 * se
+    assert abs(sq.mean().item() - 1 / 24) > 20 * se
+    marked_first = (b.x[0, :, 1] == 1.0).double().mean().item()
+    assert marked_first == pytest.approx(0.1 + 0.9 / 5, abs=4 * math.sqrt(0.28 * 0.72 / n))
+
+
+@pytest.mark.parametrize("T", [1, 10, 100])
+def test_memorization_baseline_is_the_memoryless_cross_entropy(T):
+    task, n = TASKS["memorization"], 20_000
+    b = task.generate(n, T, gen(44))
+    S = T + 20
+    recall = b.y[T + 10 :]  # (10, n)
+    freq = torch.bincount(recall.flatten(), minlength=6).double() / recall.numel()
+    assert freq[5] == 0 and (freq[:5] - 0.2).abs().max() < 4 * math.sqrt(0.16 / recall.numel())
+    # The best memoryless predictor: blank for sure before the recall, the symbol frequencies on it.
+    out = torch.full((S, n, 6), -1e4)
+    out[: T + 10, :, 5] = 0.0
+    out[T + 10 :, :, :5] = freq[:5].log().float()
+    result = task.evaluate(out, b)
+    entropy = -(freq[:5] * freq[:5].log()).sum().item()
+    assert result["loss"] == pytest.approx(10 * entropy / S, rel=1e-4)
+    assert result["loss"] == pytest.approx(task.baseline(T), rel=1e-3)
+    assert task.baseline(T) == pytest.approx(10 * math.log(5) / (T + 20))
+    assert result["accuracy"] < 0.01 and not result["solved"]  # all 10 right by luck: (1/5)^10
+
+
 # ---------------------------------------------------------------------------
 # evaluate() and step_loss()
 
@@ -409,6 +487,54 @@ def test_copy_accuracy_counts_only_the_recall_steps():
     out[T + 10 :] = 50.0 * F.one_hot(blanks, 10).float()  # blanks where the symbols are due
     result = task.evaluate(out, b)
     assert result["accuracy"] == 0.0 and not result["solved"]
+
+
+@pytest.mark.parametrize("name", ["multiplication", "adding[pascanu]"])
+def test_pascanu_criterion_squared_error_at_most_004_on_99_percent(name):
+    task, B = ALL[name], 1000
+    b = task.generate(B, 20, gen(45))
+    close = perfect_output(task, b) + 0.19  # squared error 0.0361 <= 0.04: every sequence right
+    result = task.evaluate(close, b)
+    assert result["accuracy"] == 1.0 and result["solved"]
+    assert result["loss"] > 0.01  # an MSE the adding rule (< 0.01) would not call solved
+    far = perfect_output(task, b) + 0.21  # 0.0441 > 0.04
+    assert task.evaluate(far, b)["accuracy"] == 0.0
+    for wrong, solved in [(5, True), (15, False)]:  # 99.5% and 98.5% of the sequences right
+        out = perfect_output(task, b)
+        out[-1, :wrong] += 0.5
+        result = task.evaluate(out, b)
+        assert result["accuracy"] == pytest.approx(1 - wrong / B) and result["solved"] is solved
+
+
+def test_hochreiter_criterion_every_sequence_within_004():
+    task, B = VARIANTS["adding"]["hochreiter"], 1000
+    b = task.generate(B, 20, gen(46))
+    result = task.evaluate(perfect_output(task, b) + 0.039, b)
+    assert result["accuracy"] == 1.0 and result["solved"]
+    assert task.evaluate(perfect_output(task, b) + 0.041, b)["accuracy"] == 0.0
+    out = perfect_output(task, b)
+    out[-1, 0] -= 0.05  # one sequence in a thousand wrong
+    result = task.evaluate(out, b)
+    assert result["accuracy"] == pytest.approx(0.999) and not result["solved"]
+
+
+def test_memorization_accuracy_is_per_sequence_over_the_recall_steps():
+    task, T, B = TASKS["memorization"], 4, 200
+    b = task.generate(B, T, gen(47))
+    out = perfect_output(task, b)
+    out[: T + 10] = 50.0 * F.one_hot(torch.zeros_like(b.y[: T + 10]), 6).float()  # wrong blanks: not scored
+    assert task.evaluate(out, b)["accuracy"] == 1.0
+    out = perfect_output(task, b)
+    wrong = (b.y[-1] + 1) % 5  # the last recall step wrong in every sequence: 9 of 10 steps right
+    out[-1] = 50.0 * F.one_hot(wrong, 6).float()
+    result = task.evaluate(out, b)
+    assert result["accuracy"] == 0.0 and not result["solved"]
+    out = perfect_output(task, b)
+    out[-1, :1] = 50.0 * F.one_hot(wrong[:1], 6).float()  # one sequence in 200 wrong: 99.5% right
+    result = task.evaluate(out, b)
+    assert result["accuracy"] == pytest.approx(0.995) and result["solved"]
+    out[-1, :3] = 50.0 * F.one_hot(wrong[:3], 6).float()  # 98.5%
+    assert not task.evaluate(out, b)["solved"]
 
 
 @pytest.mark.parametrize("name", sorted(ALL))
@@ -463,6 +589,51 @@ def test_lag_and_dependency_temporal_order():
     assert task.dependency(100) == 15
 
 
+def test_lag_and_dependency_temporal_order_3bit():
+    task, L = TASKS["temporal_order_3bit"], 50
+    b = task.generate(2000, L, gen(48))
+    p0 = b.x[: 3 * L // 10, :, :2].sum(-1).argmax(0)  # the first A/B symbol
+    assert int((L - 1 - p0).max()) == task.lag(L)
+    assert p0.min() <= task.dependency(L) <= p0.max()
+    assert task.dependency(100) == 15
+
+
+def test_lag_and_dependency_permutation_and_memorization():
+    perm, L = TASKS["permutation"], 30
+    b = perm.generate(50, L, gen(49))
+    assert torch.equal(b.y[perm.dependency(L) + perm.lag(L)], b.x[0].argmax(-1)) and perm.lag(L) == L - 1
+    memo, T = TASKS["memorization"], 7
+    b = memo.generate(20, T, gen(50))
+    sym = b.x.argmax(-1)
+    for i in range(10):  # symbol i, shown at step i, is the target at step i + lag
+        assert torch.equal(b.y[i + memo.lag(T)], sym[i])
+    assert memo.lag(T) == T + 10 and memo.dependency(T) == 0
+
+
+def earliest_marks(batches):
+    """(S - 1 - earliest marker step, earliest marker step) of every sequence of the adding-family batches."""
+    lags, firsts = [], []
+    for b in batches:
+        first = (b.x[:, :, 1] == 1.0).float().argmax(0)
+        lags.append(b.x.shape[0] - 1 - first)
+        firsts.append(first)
+    return torch.cat(lags), torch.cat(firsts)
+
+
+@pytest.mark.parametrize("name, T, lag, dependency", [
+    ("multiplication", 8, 7, 2), ("adding[hochreiter]", 20, 21, 5), ("adding[pascanu]", 30, 31, 1),
+    ("adding[tcn]", 30, 29, 9)])
+def test_lag_and_dependency_adding_family(name, T, lag, dependency):
+    task = ALL[name]
+    lags, firsts = earliest_marks(task.generate(200, T, gen(seed)) for seed in range(60))
+    assert task.lag(T) == lag == int(lags.max())  # the longest sequence with a marker on step 0
+    assert task.dependency(T) == dependency
+    assert firsts.min() <= dependency <= firsts.max()
+    if name == "adding[tcn]":  # the earlier of two distinct uniform steps: mean (T - 2) / 3
+        se = firsts.double().std().item() / math.sqrt(firsts.numel())
+        assert abs(firsts.double().mean().item() - (T - 2) / 3) < 4 * se
+
+
 # ---------------------------------------------------------------------------
 # Batch
 
@@ -486,3 +657,101 @@ def test_batch_to_casts_x_and_float_targets_only(name):
     assert d.loss_mask.dtype == d.score_mask.dtype == torch.bool
     assert torch.equal(d.loss_mask, b.loss_mask) and torch.equal(d.score_mask, b.score_mask)
     assert d.x.device.type == "cpu"
+
+
+# ---------------------------------------------------------------------------
+# Variants: resolve(), config validation, `gradlab ls`, and each new task through training
+
+
+def test_resolve_finds_tasks_and_variants():
+    assert resolve({"name": "copy", "length": 5}) is TASKS["copy"]  # results written before variants
+    assert resolve({"name": "adding", "variant": None}) is TASKS["adding"]
+    for variant, task in VARIANTS["adding"].items():
+        assert resolve({"name": "adding", "variant": variant}) is task
+        assert task.name == "adding" and task.variant == variant and isinstance(task, Task)
+    assert list(VARIANTS["adding"]) == ["hochreiter", "pascanu", "tcn"]
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"name": "adding", "variant": "x"}, "unknown variant 'x' for adding; valid: hochreiter, pascanu, tcn"),
+    ({"name": "adding", "variant": "pascnu"}, "unknown variant 'pascnu' for adding (did you mean 'pascanu'?)"),
+    ({"name": "copy", "variant": "tcn"}, "task copy has no variants, got 'tcn'"),
+    ({"name": "addng"}, "unknown task 'addng' (did you mean 'adding'?)"),
+])
+def test_resolve_rejects_unknown_names_with_the_choices(cfg, message):
+    with pytest.raises(ValueError) as e:
+        resolve(cfg)
+    assert message in str(e.value)
+
+
+def load_config(tmp_path, text, *overrides):
+    from gradlab.config import load
+
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return load(path, list(overrides))
+
+
+@pytest.mark.parametrize("task, needles", [
+    ("{name: adding, variant: x}", ["task.variant: unknown variant 'x' for adding; valid: hochreiter, pascanu, tcn"]),
+    ("{name: temporal_order, variant: hochreiter}", ["task.variant: task temporal_order has no variants"]),
+    ("{name: adding, variant: 3}", ["task.variant: expected a string, got 3"]),
+    ("{name: adding, variant: hochreiter, length: 5}",
+     ["task.length: adding[hochreiter] needs length >= 11, got 5"]),
+])
+def test_config_validates_the_variant(tmp_path, task, needles):
+    from gradlab.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path, f"task: {task}\n")
+    for needle in needles:
+        assert needle in str(e.value)
+
+
+def test_config_grids_over_variants(tmp_path):
+    _, runs = load_config(tmp_path, "task: {name: adding, length: 20}\ngrid: {task.variant: [null, hochreiter, tcn]}\n")
+    assert [r.config["task"]["variant"] for r in runs] == [None, "hochreiter", "tcn"]
+    assert [resolve(r.config["task"]).label for r in runs] == ["adding", "adding[hochreiter]", "adding[tcn]"]
+    _, (run,) = load_config(tmp_path, "task: {name: copy}\n")
+    assert run.config["task"]["variant"] is None  # the default
+    _, (run,) = load_config(tmp_path, "task: {name: adding}\n", "task.variant=pascanu")
+    assert resolve(run.config["task"]) is VARIANTS["adding"]["pascanu"]
+
+
+def test_ls_lists_every_task_and_variant():
+    from typer.testing import CliRunner
+
+    from gradlab.cli import app
+
+    result = CliRunner().invoke(app, ["ls"])
+    assert result.exit_code == 0
+    for label in ALL:
+        assert re.search(rf"│ {re.escape(label)} +│", result.output), label  # brackets not eaten as markup
+    assert "U[-1,1]" in result.output
+
+
+NEW = ["multiplication", "temporal_order_3bit", "permutation", "memorization",
+       "adding[hochreiter]", "adding[pascanu]", "adding[tcn]"]
+
+
+@pytest.mark.parametrize("label", NEW)
+def test_new_tasks_train_end_to_end(label):
+    from gradlab.training import train
+
+    task = ALL[label]
+    length = max(task.min_length, 12)
+    cfg = {"name": "t", "task": {"name": task.name, "length": length, "eval_size": 16, "variant": task.variant},
+           "model": {"cell": "gru", "hidden": 8, "nonlinearity": None, "skip": 2, "engine": "scan"},
+           "train": {"steps": 6, "batch_size": 4, "optimizer": "adam", "lr": 0.01, "clip": {"kind": "none"},
+                     "tbptt": 5 if label in VARIABLE_LENGTH else None, "eval_every": 3, "on_nonfinite": "skip"},
+           "diagnostics": {}, "seed": 0, "device": "cpu", "dtype": "float32", "threads": 1}
+    out = train(cfg)
+    summary = out["summary"]
+    assert summary["baseline_loss"] == task.baseline(length) and summary["steps_done"] == 6
+    assert math.isfinite(summary["final_loss"]) and not summary["diverged"]
+    evals = [r for r in out["rows"] if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 3, 6]
+    expects_accuracy = task.kind == "classification" or label in TOLERANCE
+    assert all((r["eval_accuracy"] is not None) == expects_accuracy for r in evals)
+    S = out["profile"]["grad_norm"].shape[1]  # the evaluation set's one length
+    assert length <= S <= task.sequence_length(length)
