@@ -392,9 +392,26 @@ def _check_run(cfg: dict, label: str, problems: list[str]) -> None:
                         f"({cfg['model']['cell']} has its own)")
 
 
+def _identity(cfg: dict) -> dict:
+    """What makes a run what it is: the resolved config minus NOT_IN_RUN_ID and minus every value
+    equal to its default, so a key added to gradlab later (at its default) keeps existing ids."""
+    defaults = _defaults()
+    defaults["train"]["clip"] = resolve_clip(defaults["train"]["clip"])
+    identity = {}
+    for k, v in cfg.items():
+        if k in NOT_IN_RUN_ID:
+            continue
+        if isinstance(v, dict) and isinstance(defaults.get(k), dict):
+            v = {kk: vv for kk, vv in v.items() if defaults[k].get(kk, object()) != vv}
+        elif defaults.get(k, object()) == v:
+            continue
+        identity[k] = v
+    return identity
+
+
 def run_id(cfg: dict, overrides: dict) -> str:
-    """Stable id: readable grid values and seed, then a hash of the resolved config."""
-    identity = {k: v for k, v in cfg.items() if k not in NOT_IN_RUN_ID}
+    """Stable id: readable grid values and seed, then a hash of what differs from the defaults."""
+    identity = _identity(cfg)
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     parts = []
     for path, value in overrides.items():

@@ -522,7 +522,7 @@ class Memorization(Task):
         symbols = torch.randint(0, MEMO_VALUES, (K, B), generator=generator, device=dev)  # (K, B)
         seq = torch.full((S, B), MEMO_BLANK, dtype=torch.long, device=dev)
         seq[:K] = symbols
-        seq[T + K - 1] = MEMO_GO
+        seq[T + K] = MEMO_GO
         y = torch.full((S, B), MEMO_BLANK, dtype=torch.long, device=dev)
         y[T + K:] = symbols
         score_mask = torch.zeros(S, B, dtype=torch.bool, device=dev)

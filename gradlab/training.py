@@ -20,7 +20,8 @@ import gradlab
 from gradlab import diagnostics
 from gradlab.cells import GATES, Probe, RecurrentNet
 from gradlab.diagnostics import Thresholds
-from gradlab.remedies import clip_gradients, global_norm
+from gradlab import remedies
+from gradlab.remedies import Clipper, clip_gradients, global_norm, make_clipper
 from gradlab.tasks import Batch, resolve
 
 EVAL_SEED_OFFSET = 1_000_003  # the evaluation set's generator seed is seed + this: never a training batch
@@ -62,13 +63,14 @@ def detach(state):
     return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
 
 
-def chunk_losses(model, task, batch, window: int | None, probe: bool = False):
-    """Yield (t0, loss, probe) for every chunk of ``window`` steps that carries a loss.
+def chunk_losses(model, task, batch, window: int | None, probe: bool = False, grad_transform=None):
+    """Yield (t0, loss, probe, hs) for every chunk of ``window`` steps that carries a loss.
 
     Truncated BPTT (Williams & Peng 1990, k1 = k2 = window): the state is carried
     across chunks but detached, so no gradient crosses a chunk boundary. Each
     chunk's loss is normalised by the whole sequence's loss count, so the chunk
     losses add up to the full-sequence loss. ``window=None`` is full BPTT: one chunk.
+    grad_transform goes to the forward (recurrent clipping, Ω's record of ∂L/∂h_t).
     """
     S, B = batch.x.shape[:2]  # batch.x: (S, B, I)
     window = window or S
@@ -79,11 +81,11 @@ def chunk_losses(model, task, batch, window: int | None, probe: bool = False):
         has_loss = bool(chunk.loss_mask.any())
         p = Probe() if probe and has_loss else None
         with torch.set_grad_enabled(has_loss):
-            hs, state = model(chunk.x, state, probe=p)  # hs: (k, B, H)
+            hs, state = model(chunk.x, state, probe=p, grad_transform=grad_transform)  # hs: (k, B, H)
         state = detach(state)
         if has_loss:
             out = model.readout(hs)  # (k, B, O)
-            yield t0, (task.step_loss(out, chunk.y) * chunk.loss_mask).sum() / n_loss, p
+            yield t0, (task.step_loss(out, chunk.y) * chunk.loss_mask).sum() / n_loss, p, hs
 
 
 def train_step(model, task, batch, optimizer, clip: dict, window: int | None, on_nonfinite: str) -> dict:

@@ -83,7 +83,7 @@ def test_defaults_fill_what_the_config_omits(tmp_path):
     name, runs = load(write(tmp_path, "name: x\ntask: {length: 7}\n"))
     assert name == "x" and len(runs) == 1
     cfg = runs[0].config
-    assert cfg["task"] == {"name": "adding", "length": 7, "eval_size": 1000}
+    assert cfg["task"] == {"name": "adding", "length": 7, "eval_size": 1000, "variant": None}
     assert cfg["train"]["clip"] == {"kind": "none"}
     assert cfg["train"]["tbptt"] is None and cfg["seed"] == 0
 
@@ -131,3 +131,12 @@ def test_run_id_is_stable_and_ignores_where_it_runs(tmp_path):
 def test_missing_file_is_a_clean_error(tmp_path):
     result = runner.invoke(app, ["validate", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 2 and "cannot read the config" in result.output
+
+
+def test_run_id_ignores_keys_at_their_default(tmp_path):
+    """A key gradlab adds later, at its default, must not change existing run ids (resume across versions)."""
+    path = write(tmp_path, "model: {cell: lstm}\n")
+    plain = load(path)[1][0]
+    explicit = load(path, ["train.on_nonfinite=skip", "model.skip=10", "train.clip=none"])[1][0]
+    assert plain.id == explicit.id
+    assert plain.id != load(path, ["model.skip=3"])[1][0].id
