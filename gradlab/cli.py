@@ -506,7 +506,7 @@ def bench(
 
 @app.command("ls")
 def list_catalogue():
-    """List the tasks, cells and clipping rules a config can name.
+    """List the tasks, cells, clipping rules and remedy options a config can name.
 
     Example: gradlab ls
     """
@@ -531,4 +531,12 @@ def list_catalogue():
                 extra = entry.recurrence
             t.add_row(escape(key), extra, escape(entry.description))  # literal brackets: adding[tcn], h[t-k]
         out_console.print(t)
+    from gradlab.config import OPTIONS
+
+    t = Table(title="options (remedies set by a config key)", header_style="bold", title_justify="left")
+    for col in ("key", "values", "description"):
+        t.add_column(col)
+    for key, (values, description) in OPTIONS.items():
+        t.add_row(key, escape(values), escape(description))
+    out_console.print(t)
 

@@ -30,6 +30,7 @@ def config_columns(cfg: dict) -> dict:
     row.update(cfg["model"])
     row.update({k: v for k, v in cfg["train"].items()})
     row["clip"] = results.clip_label(cfg["train"]["clip"])
+    row["tbptt"] = results.tbptt_label(cfg["train"].get("tbptt"))  # null, the window k, or "k1/k2"
     row.update({k: cfg[k] for k in ("seed", "device", "dtype", "threads") if k in cfg})
     return row
 
@@ -146,7 +147,7 @@ def to_records(table: pd.DataFrame) -> list[dict]:
         for k in ("runs", "failed", "diverged"):
             if rec.get(k) is not None:
                 rec[k] = int(rec[k])
-        if rec.get("tbptt") is not None:
+        if isinstance(rec.get("tbptt"), (int, float)):  # a window k; TBPTT(k1, k2) stays "k1/k2"
             rec["tbptt"] = int(rec["tbptt"])
         out.append(rec)
     return out

@@ -20,10 +20,10 @@ from pathlib import Path
 import yaml
 
 from gradlab import expectations
-from gradlab.cells import CELLS
+from gradlab.cells import CELLS, FORGET_GATE, INITS
 from gradlab.diagnostics import Thresholds
 from gradlab.remedies import CLIPS
-from gradlab.results import clip_label
+from gradlab.results import clip_label, tbptt_label
 from gradlab.tasks import TASKS, resolve
 
 # ---------------------------------------------------------------------------
@@ -45,6 +45,10 @@ class ModelConfig:
     nonlinearity: str | None = None  # orthogonal cell only: tanh | relu (default tanh)
     skip: int = 10              # skip cell: h_t also reads h[t-skip]
     engine: str = "scan"        # scan (hand-written BPTT) | autograd (unrolled reference)
+    layers: int = 1             # recurrent layers of the cell, stacked: layer l's states are layer l+1's inputs
+    init: str | None = None     # None = the cell's own; henaff (orthogonal cell): 2x2 rotation blocks
+    constrain: bool = False     # orthogonal cell: keep U orthogonal through training (U = B·exp(A))
+    forget_bias: float | str | None = None  # lstm, gru: None = torch's init; a number; chrono
 
 
 @dataclass
@@ -53,10 +57,13 @@ class TrainConfig:
     batch_size: int = 32
     optimizer: str = "adam"
     lr: float = 1e-3
-    clip: str | dict = "none"   # none | norm | value, or {kind: norm, max_norm: 1.0}
-    tbptt: int | None = None    # None = full BPTT; k = detach every k steps, update per chunk
+    clip: str | dict = "none"   # a key of gradlab.remedies.CLIPS, or {kind: norm, max_norm: 1.0}
+    tbptt: int | dict | None = None  # None = full BPTT; k = detach every k steps, update per chunk;
+    #                                  {k1, k2}: update every k1 steps, back-propagating k2 >= k1 steps
     eval_every: int = 100
     on_nonfinite: str = "skip"  # skip the update | stop the run, marked diverged
+    omega: float = 0.0          # α of Pascanu's Ω regulariser (Pascanu et al. 2013 suggest 2-4); 0 = off
+    weight_decay: float = 0.0   # λ of L2 on the input and recurrent weight matrices; 0 = off
 
 
 @dataclass
@@ -132,6 +139,20 @@ def _positive_number(v):
         return f"must be positive, got {v}"
 
 
+def _non_negative_number(v):
+    if not _is_number(v):
+        return f"expected a number, got {v!r}"
+    if not v >= 0:
+        return f"must be zero or positive, got {v}"
+
+
+def _percentile(v):
+    if not _is_number(v):
+        return f"expected a number, got {v!r}"
+    if not 0 < v <= 100:
+        return f"must be in (0, 100], got {v}"
+
+
 def _fraction(v):
     if not _is_number(v):
         return f"expected a number, got {v!r}"
@@ -183,6 +204,23 @@ def _clip(v):
         return str(e)
 
 
+def _bool(v):
+    if not isinstance(v, bool):
+        return f"expected true or false, got {v!r}"
+
+
+def _forget_bias(v):
+    if not (_is_number(v) or v == "chrono"):
+        return f"expected a number or chrono, got {v!r}"
+
+
+def _tbptt(v):
+    try:
+        resolve_tbptt(v)
+    except ValueError as e:
+        return str(e)
+
+
 CHECKS = {
     "name": _name,
     "task.name": _choice(TASKS, "task"),
@@ -194,14 +232,20 @@ CHECKS = {
     "model.nonlinearity": _optional(_choice({"tanh": 0, "relu": 0}, "nonlinearity")),
     "model.skip": _int_at_least(1),
     "model.engine": _choice({"scan": 0, "autograd": 0}, "engine"),
+    "model.layers": _int_at_least(1),
+    "model.init": _optional(_choice(INITS, "init")),
+    "model.constrain": _bool,
+    "model.forget_bias": _optional(_forget_bias),
     "train.steps": _int_at_least(1),
     "train.batch_size": _int_at_least(1),
     "train.optimizer": _choice(dict.fromkeys(OPTIMIZERS), "optimizer"),
     "train.lr": _positive_number,
     "train.clip": _clip,
-    "train.tbptt": _optional(_int_at_least(1)),
+    "train.tbptt": _tbptt,
     "train.eval_every": _int_at_least(1),
     "train.on_nonfinite": _choice({"skip": 0, "stop": 0}, "on_nonfinite policy"),
+    "train.omega": _non_negative_number,
+    "train.weight_decay": _non_negative_number,
     "diagnostics.horizon_fraction": _fraction,
     "diagnostics.vanishing_ratio": _fraction,
     "diagnostics.spike_factor": _above_one,
@@ -213,14 +257,73 @@ CHECKS = {
 }
 KEYS = list(CHECKS)  # every settable dotted path
 
+# Remedies a config sets by key (the others are named in a registry), for `gradlab ls`:
+# dotted key -> (its values, one line with the source).
+OPTIONS = {
+    "model.layers": ("N >= 1", "N layers of the cell stacked, layer l's states are layer l+1's inputs; "
+                               "profiles per layer (Graves et al. 2013; Pascanu et al. 2014)"),
+    "model.init": ("null | henaff", "orthogonal cell: U = exp(A), A block-diagonal skew-symmetric with 2x2 "
+                                    "blocks, angles ~ U[-pi, pi] (Henaff, Szlam & LeCun 2016)"),
+    "model.constrain": ("false | true", "orthogonal cell: U kept orthogonal through training, U = B·exp(A) "
+                                        "(Lezcano-Casado & Martinez-Rubio 2019)"),
+    "model.forget_bias": ("null | number | chrono", "lstm, gru: forget-gate bias, a constant (Gers et al. 2000) "
+                                                     "or log U[1, T_max-1] (chrono: Tallec & Ollivier 2018)"),
+    "train.tbptt": ("null | k | {k1, k2}", "truncated BPTT: update every k1 steps, back-propagating k2 >= k1 "
+                                           "steps (Williams & Peng 1990)"),
+    "train.omega": ("alpha >= 0", "Pascanu's regulariser: keeps ‖δ_t ∂h_t/∂h_(t-1)‖ near ‖δ_t‖, weight alpha "
+                                  "(Pascanu, Mikolov & Bengio 2013, eq. 9); vanilla, irnn, orthogonal"),
+    "train.weight_decay": ("lambda >= 0", "L2 on the input and recurrent weight matrices, not biases or the "
+                                          "readout (Krogh & Hertz 1992)"),
+}
+
+# The parameters of the clipping rules in gradlab.remedies.CLIPS, by name.
+CLIP_PARAM_CHECKS = {
+    "max_norm": _positive_number,        # norm, param_norm
+    "clip_value": _positive_number,      # value
+    "percentile": _percentile,           # autoclip
+    "clipping": _positive_number,        # agc: λ
+    "alpha": _fraction,                  # zclip: the EMA's factor
+    "z_thresh": _positive_number,        # zclip
+    "warmup": _int_at_least(1),          # zclip: the statistics need one norm (the code treats 0 as 1)
+    "threshold": _positive_number,       # recurrent
+    "mode": _choice({"value": 0, "norm": 0}, "recurrent clip mode"),  # recurrent
+}
+
 
 def _did_you_mean(word, choices):
     close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def resolve_tbptt(v) -> int | dict | None:
+    """``null`` | ``k`` | ``{k1: 5, k2: 10}`` -> None | k | {"k1": 5, "k2": 10}; {k1: k, k2: k} -> k.
+
+    TBPTT(k1, k2) (Williams & Peng 1990): update every k1 steps, back-propagating
+    k2 >= k1 steps; the plain window k is k1 = k2 = k, written as the integer.
+    """
+    if v is None or (_is_int(v) and v >= 1):
+        return v
+    if _is_int(v):
+        raise ValueError(f"a window must be at least 1 step, got {v}")
+    if not isinstance(v, dict):
+        raise ValueError(f"expected null, a window length (integer) or {{k1: ..., k2: ...}}, got {v!r}")
+    problems = [f"tbptt has no key {k!r}{_did_you_mean(k, ('k1', 'k2'))}; valid: k1, k2"
+                for k in v if k not in ("k1", "k2")]
+    problems += [f"tbptt.{k}: missing" for k in ("k1", "k2") if k not in v]
+    problems += [f"tbptt.{k}: {msg}" for k in ("k1", "k2") if k in v and (msg := _int_at_least(1)(v[k]))]
+    if not problems and v["k2"] < v["k1"]:
+        problems.append(f"tbptt: k2 (steps back-propagated) must be at least k1 (steps per update), "
+                        f"got k1={v['k1']}, k2={v['k2']}")
+    if problems:
+        raise ValueError("\n".join(problems))
+    return v["k1"] if v["k1"] == v["k2"] else {"k1": v["k1"], "k2": v["k2"]}
+
+
 def resolve_clip(v) -> dict:
-    """``none`` | ``norm`` | ``{kind: norm, max_norm: 2}`` -> ``{"kind": "norm", "max_norm": 2.0}``."""
+    """``none`` | ``norm`` | ``{kind: norm, max_norm: 2}`` -> ``{"kind": "norm", "max_norm": 2.0}``.
+
+    Every parameter is checked; a ValueError lists each problem on its own line.
+    """
     if isinstance(v, str):
         v = {"kind": v}
     if not isinstance(v, dict):
@@ -229,17 +332,21 @@ def resolve_clip(v) -> dict:
     if kind not in CLIPS:
         raise ValueError(f"unknown clip kind {kind!r}{_did_you_mean(kind, CLIPS)}; valid: {', '.join(CLIPS)}")
     rule = CLIPS[kind]
-    resolved = {"kind": kind}
+    resolved, problems = {"kind": kind}, []
     for k in v:
         if k != "kind" and k not in rule.params:
             valid = ", ".join(rule.params) or "none"
-            raise ValueError(f"clip {kind!r} has no parameter {k!r}{_did_you_mean(k, rule.params)}; "
-                             f"valid: {valid}")
+            problems.append(f"clip {kind!r} has no parameter {k!r}{_did_you_mean(k, rule.params)}; "
+                            f"valid: {valid}")
     for k, default in rule.params.items():
         val = v.get(k, default)
-        if not _is_number(val) or not val > 0:
-            raise ValueError(f"clip {kind}.{k} must be a positive number, got {val!r}")
-        resolved[k] = float(val)
+        msg = CLIP_PARAM_CHECKS[k](val)
+        if msg:
+            problems.append(f"clip {kind}.{k}: {msg}")
+        else:  # 1 -> 1.0 where the parameter is a float, so equal specs resolve (and hash) alike
+            resolved[k] = float(val) if isinstance(default, float) else val
+    if problems:
+        raise ValueError("\n".join(problems))
     return resolved
 
 
@@ -354,8 +461,8 @@ def _check_values(data: dict, where, problems: list[str]) -> None:
         except (KeyError, TypeError):
             continue  # absent: the default applies
         msg = check(value)
-        if msg:
-            problems.append(f"{where(path)}: {msg}")
+        if msg:  # one line per problem (a clip spec may have several)
+            problems += [f"{where(path)}: {line}" for line in msg.splitlines()]
 
 
 def _check_grid(grid, where, problems: list[str]) -> None:
@@ -374,7 +481,7 @@ def _check_grid(grid, where, problems: list[str]) -> None:
         for i, v in enumerate(values):
             msg = CHECKS[path](v)
             if msg:
-                problems.append(f"{where(f'grid.{path}[{i}]')}: {msg}")
+                problems += [f"{where(f'grid.{path}[{i}]')}: {line}" for line in msg.splitlines()]
 
 
 def _check_run(cfg: dict, label: str, problems: list[str]) -> None:
@@ -390,6 +497,19 @@ def _check_run(cfg: dict, label: str, problems: list[str]) -> None:
     if cfg["model"]["nonlinearity"] is not None and cfg["model"]["cell"] != "orthogonal":
         problems.append(f"{label}model.nonlinearity: only the orthogonal cell takes a nonlinearity "
                         f"({cfg['model']['cell']} has its own)")
+    cell, layers = cfg["model"]["cell"], cfg["model"].get("layers", 1)
+    if cfg["model"]["init"] is not None and cell != "orthogonal":
+        problems.append(f"{label}model.init: only the orthogonal cell takes an init option, not {cell}")
+    if cfg["model"]["constrain"] and cell != "orthogonal":
+        problems.append(f"{label}model.constrain: only the orthogonal cell can be kept orthogonal, not {cell}")
+    if cfg["model"]["forget_bias"] is not None and CELLS[cell].recurrence not in FORGET_GATE:
+        problems.append(f"{label}model.forget_bias: only {' and '.join(FORGET_GATE)} have a forget gate, "
+                        f"not {cell}")
+    if cfg["train"]["omega"] and (CELLS[cell].recurrence != "rnn" or layers != 1):
+        omega_cells = ", ".join(k for k, c in CELLS.items() if c.recurrence == "rnn")
+        got = cell if layers == 1 else f"{layers} layers"
+        problems.append(f"{label}train.omega: only for one layer of the {omega_cells} cells "
+                        f"(Pascanu's Ω is defined for h_t = act(W x_t + U h_(t-1) + b)), got {got}")
 
 
 def _identity(cfg: dict) -> dict:
@@ -417,8 +537,8 @@ def run_id(cfg: dict, overrides: dict) -> str:
     for path, value in overrides.items():
         if path == "train.clip":
             value = clip_label(resolve_clip(value))
-        elif path == "train.tbptt" and value is None:
-            value = "full"
+        elif path == "train.tbptt":
+            value = "full" if value is None else tbptt_label(resolve_tbptt(value))  # 5/10 -> 5-10 below
         parts.append(f"{path.split('.')[-1]}={value}")
     slug = "_".join(parts + [f"seed={cfg['seed']}"])
     slug = "".join(c if c.isalnum() or c in "=._-()" else "-" for c in slug)
@@ -445,6 +565,7 @@ def expand(data: dict, label_prefix: str = "") -> list[Run]:
             cfg.pop("seeds")
             cfg["seed"] = seed
             cfg["train"]["clip"] = resolve_clip(cfg["train"]["clip"])
+            cfg["train"]["tbptt"] = resolve_tbptt(cfg["train"]["tbptt"])
             label = ", ".join(f"{k}={v}" for k, v in overrides.items())
             _check_run(cfg, f"{label_prefix}run [{label or 'base'}]: ", problems)
             runs.append(Run(run_id(cfg, overrides), cfg, overrides))

@@ -107,6 +107,22 @@ def profile_summary(profile, dependency: int, horizon_fraction: float = DEFAULTS
     return {"peak": peak, "decay_rate": decay_rate, "dependency_ratio": dependency_ratio, "horizon": horizon}
 
 
+def depth_ratio(profiles) -> float | None:
+    """The gradient through depth: Σ_t p^(0)[t] / Σ_t p^(L-1)[t] for the profiles (L, S) of a stack.
+
+    p^(l)[t] = Σ_b ‖∂L/∂h_t^(l,b)‖ at layer l (bottom first). The loss reads the top
+    layer; reaching layer 0 multiplies by L-1 more Jacobians ∂h^(l+1)/∂h^(l), so
+    like the profile through time the ratio shrinks or grows geometrically with
+    depth: below 1 the gradient fades on its way down to the input (vanishing
+    through depth), above 1 it grows. None if the top's sum is 0 or not finite.
+    """
+    p = np.asarray(profiles, dtype=np.float64)  # (L, S)
+    bottom, top = p[0].sum(), p[-1].sum()
+    if not (math.isfinite(top) and top > 0 and math.isfinite(bottom)):
+        return None
+    return float(bottom / top)
+
+
 def _slope(x: np.ndarray, y: np.ndarray) -> float:
     """Least-squares slope of y against x (both (n,), n ≥ 2 distinct x)."""
     xc = x - x.mean()

@@ -96,7 +96,7 @@ def flat_params(cfg: dict) -> dict:
     flat.update({k: v for k, v in cfg["task"].items() if k not in ("name", "length")})
     for section in ("model", "train"):
         for k, v in cfg.get(section, {}).items():
-            flat[k] = results.clip_label(v) if k == "clip" else v
+            flat[k] = results.clip_label(v) if k == "clip" else results.tbptt_label(v) if k == "tbptt" else v
     flat.update({k: cfg[k] for k in ("dtype", "seed") if k in cfg})
     return {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in flat.items()}
 
@@ -156,6 +156,8 @@ def describe(key: str, value) -> str:
     if key == "clip":
         return "no clipping" if value == "none" else f"clip {value}"
     if key == "tbptt":
+        if isinstance(value, str) and "/" in value:  # TBPTT(k1, k2)
+            return "TBPTT k1/k2 = " + value
         return "full BPTT" if value is None else f"TBPTT window {value}"
     return f"{key}={value}"
 

@@ -162,7 +162,7 @@ CLIPS: dict[str, ClipRule] = {
     "value": ClipRule({"clip_value": 0.5}, clip_value,
                       "clamp every gradient element to [-clip_value, clip_value] (Mikolov 2012)"),
     "param_norm": ClipRule({"max_norm": 1.0}, clip_param_norm,
-                           "rescale each parameter tensor's gradient to norm <= max_norm (tf.keras clipnorm)"),
+                           "rescale each parameter's gradient to norm <= max_norm (Keras clipnorm, Chollet 2015)"),
     "autoclip": ClipRule({"percentile": 10.0}, clip_autoclip,
                          "clip the global norm to the percentile of all norms so far (Seetharaman et al. 2020)"),
     "agc": ClipRule({"clipping": 0.01}, clip_agc,
@@ -171,8 +171,7 @@ CLIPS: dict[str, ClipRule] = {
     "zclip": ClipRule({"alpha": 0.97, "z_thresh": 2.5, "warmup": 25}, clip_zclip,
                       "clip norm spikes by their z-score against an EMA of the norm (Kumar et al. 2025)"),
     "recurrent": ClipRule({"threshold": 1.0, "mode": "value"}, clip_in_backward,
-                          "clip ∂L/∂h_t at every backward step, element-wise (value) or per sample (norm) "
-                          "(Mikolov 2012; Pascanu et al. 2013)"),
+                          "clip ∂L/∂h_t at every backward step: element-wise or per-sample norm (Mikolov 2012)"),
 }
 
 
@@ -285,7 +284,9 @@ def omega(hs: torch.Tensor, deltas: torch.Tensor, weight_hh: torch.Tensor, nonli
 
 def decay_groups(model, weight_decay: float) -> list[dict]:
     """Optimizer parameter groups: L2 weight decay λ on the recurrent and input weight
-    matrices (every ``weight_*`` outside the readout), none on biases and the readout.
+    matrices (every ``weight_*`` outside the readout), none on biases and the readout,
+    nor on a U kept orthogonal (``constrain``): its norm is fixed, and decaying the
+    parametrization's free matrix would pull U somewhere arbitrary instead.
 
     torch's SGD/Adam/RMSprop ``weight_decay`` adds λ·W to W's gradient before the
     update: the gradient of (λ/2)‖W‖² (coupled L2, not AdamW's decoupled decay),
@@ -294,6 +295,8 @@ def decay_groups(model, weight_decay: float) -> list[dict]:
     """
     decayed, rest = [], []
     for name, p in model.named_parameters():
-        is_weight = not name.startswith("readout.") and any(n.startswith("weight") for n in name.split("."))
+        parts = name.split(".")
+        is_weight = parts[0] != "readout" and "parametrizations" not in parts and any(
+            n.startswith("weight") for n in parts)
         (decayed if is_weight else rest).append(p)
     return [{"params": decayed, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]

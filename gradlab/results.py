@@ -123,6 +123,15 @@ def clip_label(clip: dict) -> str:
     return clip["kind"] + (f"({', '.join(args)})" if args else "")
 
 
+def tbptt_label(tbptt):
+    """``train.tbptt`` as the comparison shows it: None (full BPTT), the window k (an int, k1 = k2 = k),
+    or ``"k1/k2"`` for TBPTT(k1, k2) with k2 > k1."""
+    if isinstance(tbptt, dict):
+        k1, k2 = tbptt["k1"], tbptt["k2"]
+        return k1 if k1 == k2 else f"{k1}/{k2}"
+    return tbptt
+
+
 def is_finished(run_dir: Path) -> bool:
     return (Path(run_dir) / SUMMARY).is_file()
 

@@ -17,10 +17,9 @@ import numpy as np
 import torch
 
 import gradlab
-from gradlab import diagnostics
+from gradlab import diagnostics, remedies
 from gradlab.cells import GATES, Probe, RecurrentNet
 from gradlab.diagnostics import Thresholds
-from gradlab import remedies
 from gradlab.remedies import Clipper, clip_gradients, global_norm, make_clipper
 from gradlab.tasks import Batch, resolve
 
@@ -54,55 +53,104 @@ def environment(cfg: dict) -> dict:
 
 def build_model(cfg: dict, task, device, dtype) -> RecurrentNet:
     m = cfg["model"]
+    # .get: hand-written and older configs may lack the later keys; their defaults switch the option off
     net = RecurrentNet(m["cell"], task.input_size, m["hidden"], task.output_size,
-                       nonlinearity=m["nonlinearity"], skip=m["skip"], engine=m["engine"], seed=cfg["seed"])
+                       nonlinearity=m["nonlinearity"], skip=m["skip"], engine=m["engine"], seed=cfg["seed"],
+                       layers=m.get("layers", 1), init=m.get("init"), constrain=m.get("constrain", False),
+                       forget_bias=m.get("forget_bias"), t_max=task.lag(cfg["task"]["length"]), dtype=dtype)
     return net.to(device=device, dtype=dtype)
 
 
 def detach(state):
-    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+    """A state (a tensor, an LSTM's (h, c), a stack's list of them) cut from the graph."""
+    if isinstance(state, (tuple, list)):
+        return type(state)(detach(s) for s in state)
+    return state.detach()
 
 
-def chunk_losses(model, task, batch, window: int | None, probe: bool = False, grad_transform=None):
-    """Yield (t0, loss, probe, hs) for every chunk of ``window`` steps that carries a loss.
+def tbptt_steps(tbptt, S: int) -> tuple[int, int]:
+    """``train.tbptt`` as (k1, k2): None -> (S, S), full BPTT; k -> (k, k); {k1, k2} -> (k1, k2)."""
+    if not tbptt:
+        return S, S
+    if isinstance(tbptt, dict):
+        return tbptt["k1"], tbptt["k2"]
+    return tbptt, tbptt
 
-    Truncated BPTT (Williams & Peng 1990, k1 = k2 = window): the state is carried
-    across chunks but detached, so no gradient crosses a chunk boundary. Each
-    chunk's loss is normalised by the whole sequence's loss count, so the chunk
-    losses add up to the full-sequence loss. ``window=None`` is full BPTT: one chunk.
+
+def chunk_losses(model, task, batch, window, probe: bool = False, grad_transform=None):
+    """Yield (t0, loss, probes, hs) for every update of truncated BPTT that carries a loss.
+
+    TBPTT(k1, k2) (Williams & Peng 1990, their BPTT(h; h') with h = k2, h' = k1;
+    Sutskever 2013, PhD thesis: every k1 steps, back-propagate k2 steps), from
+    ``window`` = ``train.tbptt`` (see ``tbptt_steps``). Update j takes the losses of
+    the new steps [a, b) = [j·k1, min((j+1)·k1, S)), so every step's loss is in
+    exactly one update, and back-propagates through [t0, b), t0 = max(0, a - (k2 - k1)):
+    the model runs over those steps from the state at t0, detached (recomputing the
+    k2 - k1 steps the windows overlap by). So the gradient of the loss at step t
+    reaches the steps t0..t and no earlier: in an update that spans k2 steps
+    (b - t0 = k2), exactly k2 for its last step (the inputs x_{t-k2+1..t}) and
+    k2 - (b-1-t) for the others. The first updates, while a < k2 - k1, start at
+    step 0 from the initial state and span fewer steps; when k1 does not divide S
+    the last one has fewer new steps, and so spans fewer than k2.
+    k1 = k2 = k is the plain window: the chunks [jk, (j+1)k), the state carried
+    across them but detached. ``window=None`` is full BPTT: one update over all S.
+
+    An update whose new steps carry no loss is skipped. Each loss is normalised by
+    the whole sequence's loss count, so the updates' losses add up to the
+    full-sequence loss. hs (b - t0, B, H) are the top layer's states of the window
+    and ``probes`` (one ``Probe`` per layer, or None) cover the same steps from t0.
     grad_transform goes to the forward (recurrent clipping, Ω's record of ∂L/∂h_t).
     """
     S, B = batch.x.shape[:2]  # batch.x: (S, B, I)
-    window = window or S
+    k1, k2 = tbptt_steps(window, S)
     n_loss = batch.loss_mask.sum()
-    state = model.initial_state(B, device=batch.x.device, dtype=batch.x.dtype)
-    for t0 in range(0, S, window):
-        chunk = batch.slice(t0, min(t0 + window, S))
-        has_loss = bool(chunk.loss_mask.any())
-        p = Probe() if probe and has_loss else None
-        with torch.set_grad_enabled(has_loss):
-            hs, state = model(chunk.x, state, probe=p, grad_transform=grad_transform)  # hs: (k, B, H)
-        state = detach(state)
-        if has_loss:
-            out = model.readout(hs)  # (k, B, O)
-            yield t0, (task.step_loss(out, chunk.y) * chunk.loss_mask).sum() / n_loss, p, hs
+    state, at = model.initial_state(B, device=batch.x.device, dtype=batch.x.dtype), 0  # the state before step at
+    for a in range(0, S, k1):
+        b, t0 = min(a + k1, S), max(0, a - (k2 - k1))
+        chunk = batch.slice(a, b)
+        if not chunk.loss_mask.any():
+            continue
+        if at < t0:
+            with torch.no_grad():  # carry the state to t0 without a graph
+                _, state = model(batch.x[at:t0], state)
+            at = t0
+        p = [Probe() for _ in model.layers] if probe else None
+        hs, final = model(batch.x[t0:b], state, probe=p, grad_transform=grad_transform)  # hs: (b - t0, B, H)
+        if k1 == k2:  # no overlap: the next window starts where this one ends
+            state, at = detach(final), b
+        out = model.readout(hs[a - t0:])  # (b - a, B, O): the new steps only
+        yield t0, (task.step_loss(out, chunk.y) * chunk.loss_mask).sum() / n_loss, p, hs
 
 
-def train_step(model, task, batch, optimizer, clip: dict, window: int | None, on_nonfinite: str) -> dict:
+def train_step(model, task, batch, optimizer, clip: dict | Clipper, window: int | None, on_nonfinite: str,
+               omega: float = 0.0) -> dict:
     """One batch: one optimizer update per chunk that carries a loss.
 
+    clip: the run's ``Clipper`` (it keeps AutoClip's and ZClip's state across
+    steps), or a resolved spec (a fresh one). omega: the weight α of Pascanu's Ω
+    (0 = off); α·∂Ω/∂U joins U's gradient before clipping, as in Pascanu's code.
     Records the norms *before* clipping (global and per parameter group) and
-    after; with several updates per batch (truncated BPTT) the largest of each.
+    after; with several updates per batch (truncated BPTT) the largest of each,
+    and Ω's mean.
     """
+    clipper = clip if isinstance(clip, Clipper) else make_clipper(clip, model)
+    hidden = remedies.HiddenGradients(clipper.grad_transform) if omega else None  # Ω needs every ∂L/∂h_t
+    transform = hidden if omega else clipper.grad_transform
     groups = model.parameter_groups()
     row = {"loss": 0.0, "grad_norm": 0.0, "grad_norm_clipped": 0.0, "clip_active": 0, "nonfinite": 0,
-           "updates": 0, **{f"grad_norm_{g}": 0.0 for g in groups}}
-    for _, loss, _ in chunk_losses(model, task, batch, window):
+           "updates": 0, **{f"grad_norm_{g}": 0.0 for g in groups}, **({"omega": 0.0} if omega else {})}
+    for _, loss, _, hs in chunk_losses(model, task, batch, window, grad_transform=transform):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        extra = []
+        if omega:
+            reg = remedies.omega(hs.detach(), hidden.pop(hs), model.weight_hh, model.nonlinearity)
+            (omega * reg).backward()
+            extra = [reg.detach()]
         group_norms = [global_norm([p.grad for p in ps if p.grad is not None]) for ps in groups.values()]
-        norm, after = clip_gradients(model.parameters(), clip)
-        loss_v, norm_v, after_v, *group_v = torch.stack([loss.detach(), norm, after, *group_norms]).tolist()
+        norm, after = clip_gradients(model.parameters(), clipper)
+        loss_v, norm_v, after_v, *group_v = torch.stack([loss.detach(), norm, after, *group_norms, *extra]).tolist()
+        omega_v = group_v.pop() if omega else None
         if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
             row["nonfinite"] = 1
             if on_nonfinite == "stop":
@@ -116,23 +164,38 @@ def train_step(model, task, batch, optimizer, clip: dict, window: int | None, on
         row["clip_active"] |= int(after_v < norm_v * (1 - 1e-6))
         for g, v in zip(groups, group_v):
             row[f"grad_norm_{g}"] = max(row[f"grad_norm_{g}"], v)
+        if omega:
+            row["omega"] += omega_v
+    if omega and row["updates"]:
+        row["omega"] /= row["updates"]
     if row["nonfinite"]:
         row["loss"] = float("nan")
     return row
 
 
-def gradient_profile(model, task, batch, window: int | None) -> torch.Tensor:
+def gradient_profile(model, task, batch, window, grad_transform=None) -> torch.Tensor:
     """The gradient through time: (S,) Σ_b ‖∂L/∂h_t^(b)‖ over ``batch``, with the run's truncation.
 
-    Computed like a training step (same chunks, same loss) but without an
-    update; the parameters' .grad are cleared afterwards.
+    Layer 0's row of ``gradient_profiles``: for a stack, the layer that reads the input.
     """
-    S = batch.x.shape[0]
-    profile = torch.zeros(S, dtype=torch.float64)
-    for t0, loss, probe in chunk_losses(model, task, batch, window, probe=True):
+    return gradient_profiles(model, task, batch, window, grad_transform)[0]
+
+
+def gradient_profiles(model, task, batch, window, grad_transform=None) -> torch.Tensor:
+    """The gradient through time and depth: (L, S), row l = Σ_b ‖∂L/∂h_t^(l,b)‖ of layer l.
+
+    Computed like a training step (same updates, same loss, the run's recurrent
+    clip ``grad_transform``: the profile is the ∂L/∂h_t the updates receive) but
+    without an update; the parameters' .grad are cleared afterwards. Where the
+    windows of TBPTT(k1, k2 > k1) overlap, p[t] adds the norms from every update
+    whose window holds step t (with k1 = k2 each step is in one window).
+    """
+    profile = torch.zeros(len(model.layers), batch.x.shape[0], dtype=torch.float64)  # (L, S)
+    for t0, loss, probes, _ in chunk_losses(model, task, batch, window, probe=True, grad_transform=grad_transform):
         loss.backward()
-        norms = probe.norms.sum(dim=1)  # (k,)
-        profile[t0:t0 + norms.shape[0]] = norms.double().cpu()
+        for row, probe in zip(profile, probes):
+            norms = probe.norms.sum(dim=1)  # (b - t0,)
+            row[t0:t0 + norms.shape[0]] += norms.double().cpu()
     model.zero_grad(set_to_none=True)
     return profile
 
@@ -152,20 +215,30 @@ def probe_batch(task, eval_batch: Batch) -> Batch:
     return Batch(b.x[:, :n], b.y[:, :n], b.score_mask[:, :n], b.score_mask[:, :n])
 
 
-def diagnose(model, task, probe: Batch, window, dependency: int, thresholds: Thresholds):
-    """Gradient diagnostics at an evaluation: (row entries, profile (S,) as numpy)."""
-    profile = gradient_profile(model, task, probe, window).numpy()
-    summary = diagnostics.profile_summary(profile, dependency, thresholds.horizon_fraction)
+def diagnose(model, task, probe: Batch, window, dependency: int, thresholds: Thresholds, grad_transform=None):
+    """Gradient diagnostics at an evaluation: (row entries, profiles (L, S) as numpy).
+
+    The summary figures are of layer 0's profile (the one through which the
+    gradient reaches the input); a stack adds ``depth_ratio`` and each layer l > 0's
+    spectrum, keys suffixed ``_l<l>``.
+    """
+    profiles = gradient_profiles(model, task, probe, window, grad_transform).numpy()  # (L, S)
+    summary = diagnostics.profile_summary(profiles[0], dependency, thresholds.horizon_fraction)
     summary["grad_peak"] = summary.pop("peak")
-    spectrum = diagnostics.recurrent_spectrum(model.weight_hh.detach(), GATES[model.recurrence])
-    return {**summary, **spectrum}, profile
+    if len(profiles) > 1:
+        summary["depth_ratio"] = diagnostics.depth_ratio(profiles)
+    for i, layer in enumerate(model.layers):
+        spectrum = diagnostics.recurrent_spectrum(layer.weight_hh.detach(), GATES[model.recurrence])
+        summary.update({k if i == 0 else f"{k}_l{i}": v for k, v in spectrum.items()})
+    return summary, profiles
 
 
 def train(cfg: dict, progress=None, rows: list | None = None) -> dict:
     """Train one run. Returns {"summary", "rows", "env", "profile"}.
 
     profile: {"step": (E,) eval steps, "grad_norm": (E, S) the gradient-through-time
-    profile at each evaluation}. progress(step, steps), if given, is called after
+    profile at each evaluation (layer 0's), and for a stack "grad_norm_layers"
+    (E, L, S) every layer's, bottom first}. progress(step, steps), if given, is called after
     every training step. rows, if given, receives the metric rows as they are
     made, so a caller keeps them when training raises.
     """
@@ -180,7 +253,10 @@ def train(cfg: dict, progress=None, rows: list | None = None) -> dict:
     probe = probe_batch(task, eval_batch)
     train_gen = torch.Generator().manual_seed(seed)
     model = build_model(cfg, task, device, dtype)
-    optimizer = OPTIMIZERS[tc["optimizer"]](model.parameters(), lr=tc["lr"])
+    # hand-written configs may lack the later keys: their defaults switch the remedy off
+    omega, weight_decay = tc.get("omega", 0.0), tc.get("weight_decay", 0.0)
+    optimizer = OPTIMIZERS[tc["optimizer"]](remedies.decay_groups(model, weight_decay), lr=tc["lr"])
+    clipper = make_clipper(tc["clip"], model)  # one per run: AutoClip's history, ZClip's statistics
 
     rows = [] if rows is None else rows
     profiles, profile_steps = [], []
@@ -190,15 +266,16 @@ def train(cfg: dict, progress=None, rows: list | None = None) -> dict:
         stop = False
         if step > 0:
             batch = task.generate(tc["batch_size"], length, train_gen).to(device, dtype)
-            row = train_step(model, task, batch, optimizer, tc["clip"], tc["tbptt"], tc["on_nonfinite"])
+            row = train_step(model, task, batch, optimizer, clipper, tc["tbptt"], tc["on_nonfinite"], omega)
             rows.append({"kind": "train", "step": step, **row})
             nonfinite_steps += row["nonfinite"]
             stop = bool(row["nonfinite"]) and tc["on_nonfinite"] == "stop"
             diverged_step = step if stop else None
         if stop or step % tc["eval_every"] == 0 or step == tc["steps"]:  # step 0: the initialisation
             last_eval = evaluate(model, task, eval_batch)
-            figures, profile = diagnose(model, task, probe, tc["tbptt"], dependency, thresholds)
-            profiles.append(profile)
+            figures, profile = diagnose(model, task, probe, tc["tbptt"], dependency, thresholds,
+                                        clipper.grad_transform)
+            profiles.append(profile)  # (L, S)
             profile_steps.append(step)
             rows.append({"kind": "eval", "step": step, "eval_loss": last_eval["loss"],
                          "eval_accuracy": last_eval["accuracy"], "solved": int(last_eval["solved"]), **figures})
@@ -213,7 +290,7 @@ def train(cfg: dict, progress=None, rows: list | None = None) -> dict:
     train_rows = [r for r in rows if r["kind"] == "train"]
     # a skipped (non-finite) step has no norm: NaN, so it cannot pull the running medians
     norms = [r["grad_norm"] if r["updates"] else float("nan") for r in train_rows]
-    verdict, figures = diagnostics.verdict(norms, nonfinite_steps, profiles[-1], dependency, thresholds)
+    verdict, figures = diagnostics.verdict(norms, nonfinite_steps, profiles[-1][0], dependency, thresholds)
     final_loss = last_eval["loss"]
     summary = {
         "status": "ok",
@@ -231,10 +308,12 @@ def train(cfg: dict, progress=None, rows: list | None = None) -> dict:
         "grad_norm_max": max((n for n in norms if math.isfinite(n)), default=None),
         "suggested_clip": diagnostics.suggest_clip(norms),
         "clip_rate": sum(r["clip_active"] for r in train_rows) / max(len(train_rows), 1),
-        **{k: v for k, v in rows[-1].items() if k.startswith(("spectral_radius", "sigma_max"))},
+        **{k: v for k, v in rows[-1].items() if k.startswith(("spectral_radius", "sigma_max", "depth_ratio"))},
         "wall_seconds": wall,
         "steps_per_second": len(train_rows) / wall if wall > 0 else None,
     }
-    profile = {"step": np.asarray(profile_steps, dtype=np.int64),
-               "grad_norm": np.stack(profiles).astype(np.float32)}
+    by_layer = np.stack(profiles).astype(np.float32)  # (E, L, S)
+    profile = {"step": np.asarray(profile_steps, dtype=np.int64), "grad_norm": by_layer[:, 0]}
+    if by_layer.shape[1] > 1:
+        profile["grad_norm_layers"] = by_layer
     return {"summary": summary, "rows": rows, "env": environment(cfg), "profile": profile}
