@@ -82,7 +82,8 @@ def rich_table(table, title: str | None = None) -> Table:
         t.add_column(col)
     show_failed = any(r["failed"] for r in records)
     for col in ["runs"] + (["failed"] if show_failed else []) + ["solved", "eval loss", "± std", "baseline",
-                                                                 "steps to solve", "diverged", "horizon",
+                                                                 "steps to solve", "diverged", "horizon@init",
+                                                                 "horizon",
                                                                  "clip≈"]:
         t.add_column(col, justify="right")
     t.add_column("verdicts")
@@ -90,7 +91,7 @@ def rich_table(table, title: str | None = None) -> Table:
         t.add_row(*(cell_text(c, r[c]) for c in shown), str(r["runs"]), *([str(r["failed"])] if show_failed else []),
                   f"{r['solved_rate']:.0%}", fmt(r["final_loss_mean"]), fmt(r["final_loss_std"]),
                   fmt(r["baseline_loss"]), fmt(r["steps_to_solve_median"]), str(r["diverged"]),
-                  fmt(r["horizon_median"]), fmt(r["suggested_clip"]), fmt(r["verdicts"]))
+                  fmt(r["horizon_init_median"]), fmt(r["horizon_median"]), fmt(r["suggested_clip"]), fmt(r["verdicts"]))
     return t
 
 
@@ -386,18 +387,41 @@ def diff_rich_table(table, columns, title) -> Table:
 @user_errors
 def report(
     directory: Path = typer.Argument(..., help="Results directory, searched recursively."),
-    output: Path = typer.Option(Path("report.html"), "--output", "-o", help="The HTML file to write."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="The file to write "
+                                       "(default: report.html, or DIRECTORY/README.md for markdown)."),
+    fmt_name: str = typer.Option("html", "--format", "-f", help="html: one self-contained page; markdown: "
+                                 "a section per experiment with its claims, table, plots, machine and time."),
     check: bool = typer.Option(False, "--check", help="Include the expectations and exit 1 when one fails."),
-    expect: Path | None = typer.Option(None, "--expect", help="Take the expectations from this config."),
+    expect: Path | None = typer.Option(None, "--expect", help="Take the expectations from this config "
+                                       "(html only; markdown uses each experiment's own)."),
 ):
-    """Write one self-contained HTML page: the comparison, the expectations and every diagnostic plot.
+    """Write a report: one self-contained HTML page, or a Markdown results book.
 
     Example: gradlab report results/quickstart -o report.html
+
+    Example: gradlab report results/ --format markdown   (results/README.md; plots beside the runs)
     """
     if not directory.is_dir():
         fail(f"{directory}: no such directory")
-    from gradlab.reports import html_report
+    if fmt_name not in ("html", "markdown"):
+        fail(f"--format: unknown format {fmt_name!r}; valid: html, markdown")
+    from gradlab.reports import html_report, markdown_book
     from gradlab.results import write_atomic
+
+    if fmt_name == "markdown":
+        output = output or directory / "README.md"
+        text = markdown_book(directory, output)
+        if text is None:
+            fail(f"no experiments (folders with experiment.json written by gradlab run) under {directory}")
+        write_atomic(output, text)
+        out_console.print(str(output), markup=False, highlight=False)
+        if check:
+            from gradlab.expectations import check_results
+
+            if not all(c["passed"] for c in check_results(directory)):
+                raise typer.Exit(EXIT_FAILED)
+        return
+    output = output or Path("report.html")
 
     table = comparison_table([directory], None)
     checks = evaluate_checks(directory, expect) if check or expect else None

@@ -19,8 +19,8 @@ from gradlab import results
 DEFAULT_BY = ["task", "length", "cell", "clip", "tbptt"]
 # Metric columns of the comparison table, in order; ``runs`` counts every run of the group.
 METRICS = ["runs", "failed", "solved_rate", "final_loss_mean", "final_loss_std", "baseline_loss",
-           "steps_to_solve_median", "diverged", "verdict", "verdicts", "horizon_median", "grad_norm_max",
-           "suggested_clip"]
+           "steps_to_solve_median", "diverged", "verdict", "verdicts", "horizon_init_median", "horizon_median",
+           "grad_norm_max", "suggested_clip"]
 
 
 def config_columns(cfg: dict) -> dict:
@@ -42,14 +42,15 @@ def flatten(record: dict) -> dict:
     row.update({"status": summary.get("status"), "final_loss": summary.get("final_loss"),
                 "solved": bool(summary.get("solved", False)), "steps_to_solve": summary.get("steps_to_solve"),
                 "diverged": bool(summary.get("diverged", False)), "baseline_loss": summary.get("baseline_loss"),
-                "verdict": summary.get("verdict"), "horizon": summary.get("horizon"),
+                "verdict": summary.get("verdict"), "horizon_init": summary.get("horizon_init"),
+                "horizon": summary.get("horizon"),
                 "grad_norm_max": summary.get("grad_norm_max"), "suggested_clip": summary.get("suggested_clip"),
                 "wall_seconds": summary.get("wall_seconds"), "run_dir": record["dir"]})
     return row
 
 
 SUMMARY_COLUMNS = ["status", "final_loss", "solved", "steps_to_solve", "diverged", "baseline_loss", "verdict",
-                   "horizon", "grad_norm_max", "suggested_clip", "wall_seconds", "run_dir"]
+                   "horizon_init", "horizon", "grad_norm_max", "suggested_clip", "wall_seconds", "run_dir"]
 
 
 def load_frame(roots: list[Path]) -> pd.DataFrame:
@@ -81,6 +82,8 @@ def _aggregate(g: pd.DataFrame) -> pd.Series:
         "steps_to_solve_median": solved_steps.median() if len(solved_steps) else None,
         "diverged": int(ok["diverged"].sum()),
         **_verdicts(ok),
+        # .get: frames from before the column existed (or built by hand) lack it
+        "horizon_init_median": _median(ok.get("horizon_init", pd.Series(dtype=float))),
         "horizon_median": _median(ok["horizon"]),
         "grad_norm_max": pd.to_numeric(ok["grad_norm_max"], errors="coerce").max() if len(ok) else None,
         "suggested_clip": _median(ok["suggested_clip"]),

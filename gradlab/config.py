@@ -61,6 +61,7 @@ class TrainConfig:
     tbptt: int | dict | None = None  # None = full BPTT; k = detach every k steps, update per chunk;
     #                                  {k1, k2}: update every k1 steps, back-propagating k2 >= k1 steps
     eval_every: int = 100
+    log_every: int = 1          # metrics.csv keeps every k-th training step (and every evaluation)
     on_nonfinite: str = "skip"  # skip the update | stop the run, marked diverged
     omega: float = 0.0          # α of Pascanu's Ω regulariser (Pascanu et al. 2013 suggest 2-4); 0 = off
     weight_decay: float = 0.0   # λ of L2 on the input and recurrent weight matrices; 0 = off
@@ -243,6 +244,7 @@ CHECKS = {
     "train.clip": _clip,
     "train.tbptt": _tbptt,
     "train.eval_every": _int_at_least(1),
+    "train.log_every": _int_at_least(1),
     "train.on_nonfinite": _choice({"skip": 0, "stop": 0}, "on_nonfinite policy"),
     "train.omega": _non_negative_number,
     "train.weight_decay": _non_negative_number,
@@ -471,6 +473,25 @@ def _check_grid(grid, where, problems: list[str]) -> None:
         return
     for path, values in grid.items():
         loc = where(f"grid.{path}")
+        if path in SECTIONS and path != "diagnostics":  # a list of partial sections, e.g. model variants
+            if not isinstance(values, list) or not values:
+                problems.append(f"{loc}: expected a non-empty list of {path} mappings, got {values!r}")
+                continue
+            for i, variant in enumerate(values):
+                at = f"grid.{path}[{i}]"
+                if not isinstance(variant, dict) or not variant:
+                    problems.append(f"{where(at)}: expected a mapping of {path} keys, got {variant!r}")
+                    continue
+                for k, v in variant.items():
+                    key = f"{path}.{k}"
+                    if key not in CHECKS:
+                        valid = [c.split(".", 1)[1] for c in CHECKS if c.startswith(path + ".")]
+                        problems.append(f"{where(at)}: unknown {path} key {k!r}{_did_you_mean(k, valid)}")
+                        continue
+                    msg = CHECKS[key](v)
+                    if msg:
+                        problems += [f"{where(at)}.{k}: {line}" for line in msg.splitlines()]
+            continue
         if path not in CHECKS or path in ("seeds", "name"):
             settable = [k for k in KEYS if k not in ("seeds", "name")]
             problems.append(f"{loc}: grid over unknown key {path!r}{_did_you_mean(path, settable)}")
@@ -539,6 +560,9 @@ def run_id(cfg: dict, overrides: dict) -> str:
             value = clip_label(resolve_clip(value))
         elif path == "train.tbptt":
             value = "full" if value is None else tbptt_label(resolve_tbptt(value))  # 5/10 -> 5-10 below
+        elif path in SECTIONS:
+            parts.append(",".join(f"{k}={v}" for k, v in value.items()))
+            continue
         parts.append(f"{path.split('.')[-1]}={value}")
     slug = "_".join(parts + [f"seed={cfg['seed']}"])
     slug = "".join(c if c.isalnum() or c in "=._-()" else "-" for c in slug)
@@ -560,7 +584,10 @@ def expand(data: dict, label_prefix: str = "") -> list[Run]:
         for seed in base["seeds"]:
             cfg = copy.deepcopy(base)
             for path, value in overrides.items():
-                _set_path(cfg, path, copy.deepcopy(value))
+                if path in SECTIONS:  # a section variant: its keys over the section
+                    cfg[path].update(copy.deepcopy(value))
+                else:
+                    _set_path(cfg, path, copy.deepcopy(value))
             cfg.pop("grid")
             cfg.pop("seeds")
             cfg["seed"] = seed
@@ -582,13 +609,14 @@ def _check_expect(entries, runs: list[Run], where) -> list[str]:
     columns = [c for c in rows[0] if c not in ("experiment", "device", "threads")] if rows else []
     parsed, problems = expectations.parse(entries, columns)
     # the syntax was checked with everything else; here only what needs the runs
-    out = [f"{where(path)}: {msg}" for path, msg in problems if ".where." in path]
+    out = [f"{where(path)}: {msg}" for path, msg in problems if ".where." in path or ".versus." in path]
     for exp in parsed:
-        if any(k not in columns for k in exp.where):
-            continue  # already reported as an unknown column
-        if exp.where and not any(expectations.matches(row, exp.where) for row in rows):
-            out.append(f"{where(f'expect[{exp.index}].where')}: matches no run of this config: "
-                       + ", ".join(f"{k}={v!r}" for k, v in exp.where.items()))
+        for key, selector in (("where", exp.where), ("versus", exp.versus or {})):
+            if any(k not in columns for k in selector):
+                continue  # already reported as an unknown column
+            if selector and not any(expectations.matches(row, selector) for row in rows):
+                out.append(f"{where(f'expect[{exp.index}].{key}')}: matches no run of this config: "
+                           + ", ".join(f"{k}={v!r}" for k, v in selector.items()))
     return out
 
 
@@ -627,6 +655,18 @@ class Experiment:
     name: str
     runs: list[Run]
     expect: list          # the validated ``expect:`` entries, as written
+    about: str = ""       # the file's leading comment block: what it shows, which paper it follows
+    source: str = ""      # the config file's path
+
+
+def header_comment(text: str) -> str:
+    """The comment lines at the top of a YAML file, without their ``#``; a blank line or a key ends it."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[1:].removeprefix(" "))
+    return "\n".join(lines).strip()
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> tuple[str, list[Run]]:
@@ -650,4 +690,4 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         _set_path(data, key, value)
         set_paths.append(key)
     runs = validate(data, source, _line_map(text), tuple(set_paths))
-    return Experiment(data.get("name", Config.name), runs, data.get("expect", []))
+    return Experiment(data.get("name", Config.name), runs, data.get("expect", []), header_comment(text), source)

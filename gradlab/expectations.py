@@ -9,10 +9,18 @@ A config may carry an ``expect:`` list. Each entry selects groups with
         final_loss_mean: "< 0.5 * baseline_loss"
       - where: {cell: vanilla}
         verdict: vanishing
+      - claim: clipping makes runs fail less often, never more
+        where: {clip: "norm(1)"}
+        versus: {clip: none}
+        solved_rate: ">= versus.solved_rate"
+
 
 A comparison is ``OP EXPR`` with OP one of ``< <= > >= == !=`` and EXPR
 arithmetic (``+ - * /``, parentheses) over numbers and the group's columns; a
-bare value means ``==``. An expectation passes when every group it selects
+bare value means ``==``. With ``versus:`` an EXPR may name ``versus.COLUMN``:
+that column of the partner group, the one equal to the selected group in every
+grouping column except those ``versus`` sets. ``claim:`` is the sentence the
+entry checks, shown in reports. An expectation passes when every group it selects
 satisfies every comparison. This module does not import torch.
 """
 
@@ -27,7 +35,8 @@ from dataclasses import dataclass, field
 
 # The aggregated columns an expectation may assert on (see gradlab.comparison.METRICS).
 COLUMNS = ("runs", "failed", "solved_rate", "final_loss_mean", "final_loss_std", "baseline_loss",
-           "steps_to_solve_median", "diverged", "verdict", "horizon_median", "grad_norm_max", "suggested_clip")
+           "steps_to_solve_median", "diverged", "verdict", "horizon_init_median", "horizon_median",
+           "grad_norm_max", "suggested_clip")
 TEXT_COLUMNS = ("verdict",)
 OPS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt}
 _ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
@@ -47,9 +56,13 @@ class Expectation:
     index: int
     where: dict
     checks: list[Check] = field(default_factory=list)
+    versus: dict | None = None  # the partner group's differing columns, for versus.COLUMN
+    claim: str | None = None
 
     def label(self) -> str:
         where = ", ".join(f"{k}={v}" for k, v in self.where.items()) or "all groups"
+        if self.versus:
+            where += " versus " + ", ".join(f"{k}={v}" for k, v in self.versus.items())
         return f"[{where}] " + " and ".join(f"{c.column} {c.op} {c.expr}" for c in self.checks)
 
 
@@ -58,14 +71,30 @@ def _did_you_mean(word, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+VERSUS = "versus"
+
+
+def _uses_versus(tree: ast.AST | None) -> bool:
+    return tree is not None and any(isinstance(n, ast.Attribute) for n in ast.walk(tree))
+
+
 def _parse_expr(text: str) -> ast.AST:
     """Arithmetic over numbers and column names; anything else is a ValueError."""
     try:
         tree = ast.parse(text, mode="eval").body
     except SyntaxError:
         raise ValueError(f"cannot read {text!r} as arithmetic (numbers, columns, + - * / and parentheses)") from None
+    dotted = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Name):
+        if isinstance(node, ast.Attribute):
+            if not (isinstance(node.value, ast.Name) and node.value.id == VERSUS):
+                raise ValueError(f"only versus.COLUMN may be dotted in {text!r}")
+            if node.attr not in COLUMNS or node.attr in TEXT_COLUMNS:
+                numeric = [c for c in COLUMNS if c not in TEXT_COLUMNS]
+                raise ValueError(f"unknown column versus.{node.attr} in {text!r}{_did_you_mean(node.attr, numeric)}")
+        elif id(node) in dotted:  # the versus of versus.COLUMN, checked above
+            continue
+        elif isinstance(node, ast.Name):
             if node.id not in COLUMNS or node.id in TEXT_COLUMNS:
                 numeric = [c for c in COLUMNS if c not in TEXT_COLUMNS]
                 raise ValueError(f"unknown column {node.id!r} in {text!r}{_did_you_mean(node.id, numeric)}")
@@ -118,14 +147,31 @@ def parse(entries, where_columns=None) -> tuple[list[Expectation], list[tuple[st
                 if k not in where_columns:
                     problems.append((f"{path}.where.{k}", f"unknown grouping column {k!r}"
                                      f"{_did_you_mean(k, where_columns)}; valid: {', '.join(where_columns)}"))
-        exp = Expectation(i, dict(where))
+        versus = entry.get("versus")
+        if versus is not None and (not isinstance(versus, dict) or not versus):
+            problems.append((f"{path}.versus", f"expected a mapping of column: value, got {versus!r}"))
+            versus = None
+        if where_columns is not None and versus:
+            for k in versus:
+                if k not in where_columns:
+                    problems.append((f"{path}.versus.{k}", f"unknown grouping column {k!r}"
+                                     f"{_did_you_mean(k, where_columns)}; valid: {', '.join(where_columns)}"))
+        claim = entry.get("claim")
+        if claim is not None and not isinstance(claim, str):
+            problems.append((f"{path}.claim", f"expected a sentence, got {claim!r}"))
+            claim = None
+        exp = Expectation(i, dict(where), versus=versus, claim=claim)
         for column, spec in entry.items():
-            if column == "where":
+            if column in ("where", "versus", "claim"):
                 continue
             try:
                 exp.checks.append(parse_check(column, spec))
             except ValueError as e:
                 problems.append((f"{path}.{column}", str(e)))
+        for check in exp.checks:
+            if _uses_versus(check.tree) and versus is None:
+                problems.append((f"{path}.{check.column}", f"{check.expr!r} names versus.COLUMN but the entry "
+                                 "has no versus: mapping"))
         if not exp.checks and not any(p[0].startswith(path) for p in problems):
             problems.append((path, "asserts nothing: add at least one column: comparison"))
         out.append(exp)
@@ -144,27 +190,41 @@ def matches(row: dict, where: dict) -> bool:
     return True
 
 
-def _value(tree, row: dict):
+def _value(tree, row: dict, partner: dict | None = None):
     if isinstance(tree, ast.Constant):
         return tree.value
+    if isinstance(tree, ast.Attribute):  # versus.COLUMN
+        if partner is None:
+            raise ValueError("no versus group matches")
+        v = partner.get(tree.attr)
+        if v is None:
+            raise ValueError(f"versus.{tree.attr} is missing")
+        return float(v)
     if isinstance(tree, ast.Name):
         v = row.get(tree.id)
         if v is None:
             raise ValueError(f"{tree.id} is missing for this group")
         return float(v)
     if isinstance(tree, ast.UnaryOp):
-        v = _value(tree.operand, row)
+        v = _value(tree.operand, row, partner)
         return -v if isinstance(tree.op, ast.USub) else v
-    return _ARITH[type(tree.op)](_value(tree.left, row), _value(tree.right, row))
+    return _ARITH[type(tree.op)](_value(tree.left, row, partner), _value(tree.right, row, partner))
 
 
-def evaluate_check(check: Check, row: dict) -> tuple[bool, object, object]:
-    """(passed, observed, expected value) for one group row."""
+def partner_of(row: dict, versus: dict, rows: list[dict], group_columns: list[str]) -> dict | None:
+    """The row equal to ``row`` in every grouping column but those of ``versus``, which it matches."""
+    same = {c: row.get(c) for c in group_columns if c not in versus}
+    found = [r for r in rows if matches(r, versus) and matches(r, same)]
+    return found[0] if len(found) == 1 else None
+
+
+def evaluate_check(check: Check, row: dict, partner: dict | None = None) -> tuple[bool, object, object]:
+    """(passed, observed, expected value) for one group row (and its versus partner)."""
     observed = row.get(check.column)
     if check.tree is None:
         return OPS[check.op](observed, check.expr), observed, check.expr
     try:
-        expected = _value(check.tree, row)
+        expected = _value(check.tree, row, partner)
     except (ValueError, ZeroDivisionError) as e:
         return False, observed, f"({e})"
     if observed is None or (isinstance(observed, float) and math.isnan(observed)):
@@ -184,13 +244,14 @@ def evaluate(expectations: list[Expectation], rows: list[dict], group_columns: l
         groups = []
         for row in selected:
             checks = []
+            partner = partner_of(row, exp.versus, rows, group_columns) if exp.versus else None
             for check in exp.checks:
-                ok, observed, expected = evaluate_check(check, row)
+                ok, observed, expected = evaluate_check(check, row, partner)
                 checks.append({"column": check.column, "op": check.op, "expr": check.expr,
                                "observed": observed, "expected": expected, "passed": ok})
             groups.append({"group": {c: row.get(c) for c in group_columns}, "checks": checks,
                            "passed": all(c["passed"] for c in checks)})
-        report.append({"expectation": exp.label(), "index": exp.index, "where": exp.where,
+        report.append({"expectation": exp.label(), "claim": exp.claim, "index": exp.index, "where": exp.where,
                        "passed": bool(groups) and all(g["passed"] for g in groups),
                        "groups": groups, "matched": len(groups)})
     return report
@@ -234,7 +295,7 @@ def check_results(root, entries: list | None = None) -> list[dict]:
             continue
         for exp in parsed:
             by = comparison.DEFAULT_BY + comparison.varying_columns(runs)
-            by += [k for k in exp.where if k not in by and k in runs.columns]
+            by += [k for k in {**exp.where, **(exp.versus or {})} if k not in by and k in runs.columns]
             rows = comparison.to_records(comparison.compare(runs, by))
             for result in evaluate([exp], rows, by):
                 report.append({"experiment": name or str(root), **result})

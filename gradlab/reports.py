@@ -142,3 +142,101 @@ def html_report(root: Path, table: pd.DataFrame, checks: list[dict] | None = Non
                          f"<figcaption>{name}</figcaption></figure>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------
+# A results book: one Markdown page over many experiments (results/README.md).
+
+BOOK_COLUMNS = ["runs", "failed", "solved_rate", "final_loss_mean", "final_loss_std", "baseline_loss",
+                "steps_to_solve_median", "diverged", "verdicts", "horizon_init_median", "horizon_median"]
+MAIN_PLOTS = ("learning_curves.png", "grad_norm.png", "grad_profile.png")
+
+
+def _machine(frame: pd.DataFrame, sweeps: list[dict]) -> str:
+    """``2 CPUs (x86_64), torch 2.13.0+cpu, 1 thread per run; 12 min 3 s wall-clock with --jobs 2``."""
+    from gradlab import results
+
+    env = results.read_json(Path(frame["run_dir"].iloc[0]) / results.ENV) if len(frame) else {}
+    wall = sum(s.get("seconds", 0) for s in sweeps)
+    train = pd.to_numeric(frame.get("wall_seconds"), errors="coerce").sum()
+    jobs = sorted({s.get("jobs") for s in sweeps if s.get("jobs")})
+    machine = sweeps[-1].get("machine", "?") if sweeps else "?"
+    device = env.get("cuda_device") or f"{env.get('cpu_count', '?')}-core {machine} CPU"
+    text = (f"{device}, {env.get('platform', '?')}, torch {env.get('torch', '?')}, "
+            f"{env.get('threads', '?')} thread(s) per run; ")
+    if sweeps:
+        text += (f"{_duration(wall)} wall-clock in {len(sweeps)} sweep(s) with --jobs "
+                 f"{'/'.join(map(str, jobs))}; ")
+    return text + f"{_duration(train)} of training summed over runs"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
+
+
+def markdown_book(root: Path, out_file: Path, title: str = "gradlab results") -> str | None:
+    """Every experiment under ``root`` (a folder with ``experiment.json``) as one section:
+    what it shows (its config's header comment), its claims PASS/FAIL, the comparison
+    aggregated over seeds, its plots (written to ``<experiment>/plots/``), a
+    hand-written ``NOTES.md`` if the folder has one, and the machine and time it took.
+    Image links are relative to ``out_file``'s folder. None when no experiment has runs."""
+    import os
+
+    from gradlab import results
+    from gradlab.expectations import EXPERIMENT_FILE, check_results
+    from gradlab.plots import plot
+
+    root = Path(root)
+    studies = sorted({p.parent for p in root.rglob(EXPERIMENT_FILE)})
+    summary, sections = [], []
+    for study in studies:
+        doc = results.read_json(study / EXPERIMENT_FILE)
+        name = doc.get("name") or study.name
+        frame = comparison.load_frame([study])
+        if frame.empty:
+            continue
+        table = comparison.compare(frame)
+        checks = check_results(study)
+        passed = sum(c["passed"] for c in checks)
+        anchor = name.lower().replace(" ", "-")
+        verdict = "no claims" if not checks else ("PASS" if passed == len(checks) else "FAIL")
+        summary.append(f"| [{name}](#{anchor}) | {verdict} ({passed}/{len(checks)}) | {len(frame)} | "
+                       f"{_duration(sum(s.get('seconds', 0) for s in doc.get('sweeps', [])))} |")
+        parts = [f"## {name}\n"]
+        about = (doc.get("about") or "").splitlines()
+        command = about.pop(0) if about and about[0].startswith("gradlab ") else None  # the config's first line
+        if about:
+            parts.append("\n".join(about) + "\n")
+        if doc.get("source"):
+            parts.append(f"Config: `{doc['source']}` · results: `{study.as_posix()}`"
+                         + (f" · re-run: `{command}`" if command else "") + "\n")
+        if checks:
+            parts.append(f"**Claims: {passed}/{len(checks)} PASS**\n")
+            for c in checks:
+                mark = "PASS" if c["passed"] else "FAIL"
+                parts.append(f"- {'✅' if c['passed'] else '❌'} **{mark}** {c.get('claim') or ''} "
+                             f"`{c['expectation']}`".replace("  ", " "))
+                for ok, text in check_lines([c])[1:]:
+                    parts.append(f"  - {'PASS' if ok else 'FAIL'} {text.strip()}")
+            parts.append("")
+        shown = [c for c in table.columns if c not in comparison.METRICS] + BOOK_COLUMNS
+        parts.append(to_markdown(table[shown]))
+        notes = study / "NOTES.md"
+        if notes.exists():
+            parts.append(notes.read_text().strip() + "\n")
+        images = plot(study, study / "plots")
+        rel = {p.name: os.path.relpath(p, Path(out_file).parent) for p in images}
+        parts += [f"![{n[:-4].replace('_', ' ')}]({rel[n]})\n" for n in MAIN_PLOTS if n in rel]
+        others = [n for n in rel if n not in MAIN_PLOTS]
+        if others:
+            parts.append("Gradient heatmaps: " + ", ".join(f"[{n[:-4]}]({rel[n]})" for n in others) + "\n")
+        parts.append(f"*Machine and time:* {_machine(frame, doc.get('sweeps', []))}.\n")
+        sections.append("\n".join(parts))
+    head = [f"# {title}\n", "Generated by `gradlab report " + root.as_posix() + " --format markdown -o "
+            + Path(out_file).as_posix() + "` from the result sets below; do not edit by hand "
+            "(findings go in each study's `NOTES.md`).\n",
+            "| study | claims | runs | wall-clock |", "|---|---|---|---|", *summary, ""]
+    if not sections:
+        return None
+    return "\n".join(head + sections)

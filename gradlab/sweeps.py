@@ -49,11 +49,31 @@ def preflight(runs: list[Run]) -> list[str]:
 
 
 def record_experiment(out: Path, experiment) -> None:
-    """``<out>/<name>/experiment.json``: the experiment's name and expectations, for ``compare --check``."""
+    """``<out>/<name>/experiment.json``: the experiment's name, expectations (for ``compare
+    --check``), config file and header comment (for ``report``); earlier sweeps' timings are kept."""
     from gradlab.expectations import EXPERIMENT_FILE
 
-    results.write_json(Path(out) / experiment.name / EXPERIMENT_FILE,
-                       {"name": experiment.name, "expect": experiment.expect})
+    path = Path(out) / experiment.name / EXPERIMENT_FILE
+    old = results.read_json(path) if path.exists() else {}
+    results.write_json(path, {"name": experiment.name, "expect": experiment.expect, "source": experiment.source,
+                              "about": experiment.about, "sweeps": old.get("sweeps", [])})
+
+
+def record_sweep(out: Path, name: str, outcomes: list[Outcome], seconds: float, jobs: int, executor: str) -> None:
+    """Append one sweep's wall-clock time and machine to ``experiment.json``, for the report."""
+    import os
+    import platform
+
+    from gradlab.expectations import EXPERIMENT_FILE
+
+    path = Path(out) / name / EXPERIMENT_FILE
+    doc = results.read_json(path) if path.exists() else {"name": name}
+    doc.setdefault("sweeps", []).append({
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(seconds, 1),
+        "trained": sum(o.status != "skipped" for o in outcomes), "failed": sum(o.status == "failed" for o in outcomes),
+        "jobs": jobs, "executor": executor, "host": platform.node(), "machine": platform.machine(),
+        "cpu_count": os.cpu_count()})
+    results.write_json(path, doc)
 
 
 def run_dir(out: Path, name: str, run: Run) -> Path:
@@ -138,6 +158,7 @@ def run_sweep(name: str, runs: list[Run], out: Path, *, jobs: int = 1, force: bo
     found already done. Training itself never prints.
     """
     notify = on_event or (lambda *a, **k: None)
+    started = time.monotonic()
     todo, done = plan(name, runs, out, force)
     outcomes = {}
     for run in done:
@@ -155,6 +176,8 @@ def run_sweep(name: str, runs: list[Run], out: Path, *, jobs: int = 1, force: bo
     else:
         for outcome in _run_parallel(name, todo, out, jobs, notify):
             outcomes[outcome.run.id] = outcome
+    if todo:
+        record_sweep(out, name, [outcomes[r.id] for r in todo], time.monotonic() - started, jobs, executor)
     return [outcomes[r.id] for r in runs]
 
 

@@ -305,6 +305,9 @@ def train(cfg: dict, progress=None, rows: list | None = None) -> dict:
         "steps_done": len(train_rows),
         "verdict": verdict,
         **figures,
+        # the horizon of the untrained model: how far back the initialisation alone lets a gradient reach
+        "horizon_init": diagnostics.profile_summary(profiles[0][0], dependency,
+                                                    thresholds.horizon_fraction)["horizon"],
         "grad_norm_max": max((n for n in norms if math.isfinite(n)), default=None),
         "suggested_clip": diagnostics.suggest_clip(norms),
         "clip_rate": sum(r["clip_active"] for r in train_rows) / max(len(train_rows), 1),
@@ -312,6 +315,10 @@ def train(cfg: dict, progress=None, rows: list | None = None) -> dict:
         "wall_seconds": wall,
         "steps_per_second": len(train_rows) / wall if wall > 0 else None,
     }
+    # the diagnostics above saw every step; the stored metrics may keep every k-th (lean result sets)
+    log_every = tc.get("log_every", 1)
+    if log_every > 1:
+        rows[:] = [r for r in rows if r["kind"] == "eval" or r["step"] % log_every == 0 or r["nonfinite"]]
     by_layer = np.stack(profiles).astype(np.float32)  # (E, L, S)
     profile = {"step": np.asarray(profile_steps, dtype=np.int64), "grad_norm": by_layer[:, 0]}
     if by_layer.shape[1] > 1:

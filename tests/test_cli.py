@@ -163,6 +163,9 @@ def test_readme_and_configs_agree():
     for config in (ROOT / "configs").glob("*.yaml"):
         assert f"configs/{config.name}" in readme, config.name
         assert config.read_text().startswith(f"# gradlab run configs/{config.name}"), config.name
+    for config in (ROOT / "configs" / "papers").glob("*.yaml"):
+        assert f"`{config.stem}`" in readme, config.name
+        assert config.read_text().startswith(f"# gradlab run configs/papers/{config.name}"), config.name
     assert "make demo" in readme and "make test" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
