@@ -16,8 +16,8 @@ A config may carry an ``expect:`` list. Each entry selects groups with
 
 
 A comparison is ``OP EXPR`` with OP one of ``< <= > >= == !=`` and EXPR
-arithmetic (``+ - * /``, parentheses) over numbers and the group's columns; a
-bare value means ``==``. With ``versus:`` an EXPR may name ``versus.COLUMN``:
+arithmetic (``+ - * /``, parentheses) over numbers, the group's aggregated columns
+and its ``length``; a bare value means ``==``. With ``versus:`` an EXPR may name ``versus.COLUMN``:
 that column of the partner group, the one equal to the selected group in every
 grouping column except those ``versus`` sets. ``claim:`` is the sentence the
 entry checks, shown in reports. An expectation passes when every group it selects
@@ -38,6 +38,9 @@ COLUMNS = ("runs", "failed", "solved_rate", "final_loss_mean", "final_loss_std",
            "steps_to_solve_median", "diverged", "verdict", "horizon_init_median", "horizon_median",
            "grad_norm_max", "suggested_clip")
 TEXT_COLUMNS = ("verdict",)
+# Grouping columns an EXPR may name besides the aggregated ones, so that a claim can scale
+# with the task: ``horizon_median: ">= length / 2"`` holds its meaning at any length.
+EXPR_GROUP_COLUMNS = ("length",)
 OPS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt}
 _ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 _COMPARISON = re.compile(r"^\s*(<=|>=|==|!=|<|>)\s*(.+?)\s*$")
@@ -95,8 +98,10 @@ def _parse_expr(text: str) -> ast.AST:
         elif id(node) in dotted:  # the versus of versus.COLUMN, checked above
             continue
         elif isinstance(node, ast.Name):
+            if node.id in EXPR_GROUP_COLUMNS:
+                continue
             if node.id not in COLUMNS or node.id in TEXT_COLUMNS:
-                numeric = [c for c in COLUMNS if c not in TEXT_COLUMNS]
+                numeric = [c for c in COLUMNS if c not in TEXT_COLUMNS] + list(EXPR_GROUP_COLUMNS)
                 raise ValueError(f"unknown column {node.id!r} in {text!r}{_did_you_mean(node.id, numeric)}")
         elif isinstance(node, ast.Constant):
             if not isinstance(node.value, (int, float)) or isinstance(node.value, bool):

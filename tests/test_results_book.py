@@ -64,6 +64,15 @@ def test_versus_arithmetic_and_a_missing_partner_fails():
     assert all("no versus group" in str(g["checks"][0]["expected"]) for g in result["groups"])
 
 
+
+def test_an_expression_may_scale_with_the_task_length():
+    result = _evaluate({"where": {"clip": "none"}, "final_loss_mean": "< length / 20"})
+    by_length = {g["group"]["length"]: g for g in result["groups"]}
+    assert by_length[10]["checks"][0]["expected"] == 0.5 and not by_length[10]["passed"]  # 1.0 < 0.5 fails
+    assert by_length[20]["checks"][0]["expected"] == 1.0 and by_length[20]["passed"]      # 0.9 < 1.0 holds
+    _, problems = expectations.parse([{"runs": "> lenght"}])
+    assert any("unknown column 'lenght'" in m and "did you mean 'length'" in m for _, m in problems), problems
+
 VERSUS_ERRORS = [
     ({"solved_rate": ">= versus.solved_rate"}, "expect[0].solved_rate", "has no versus: mapping"),
     ({"versus": "none", "runs": 1}, "expect[0].versus", "expected a mapping"),
