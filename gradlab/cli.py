@@ -14,7 +14,6 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,15 +23,19 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(
     help="gradlab: see vanishing and exploding gradients in recurrent networks and compare the remedies.",
     no_args_is_help=True, add_completion=False, rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+# Markup, emoji codes and highlighting off: paths, config values and run ids print as written
+# ("x.yaml:100:" stays that, not "x.yaml💯"; "[red]" stays literal); styles come as Text.
+PLAIN = {"markup": False, "emoji": False, "highlight": False}
 # Piped output has no terminal width; give tables room instead of rich's 80 columns.
-out_console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True)
+out_console = Console(width=None if sys.stdout.isatty() else 160, **PLAIN)
+err_console = Console(stderr=True, **PLAIN)
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 FORMATS = ("table", "markdown", "csv", "json")
 
@@ -40,7 +43,7 @@ FORMATS = ("table", "markdown", "csv", "json")
 def fail(problems: list[str] | str, code: int = EXIT_BAD_INPUT):
     """Print each problem on its own line to stderr and exit."""
     for p in [problems] if isinstance(problems, str) else problems:
-        err_console.print(f"error: {p}", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(f"error: {p}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -52,18 +55,58 @@ def user_errors(command):
             return command(*args, **kwargs)
         except OSError as e:
             fail(f"{e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:  # a results file cut short or corrupted
+            dirs = [p for v in kwargs.values() for p in (v if isinstance(v, list) else [v])
+                    if isinstance(p, Path) and p.is_dir()]
+            fail(unreadable_results(dirs) or f"a results file is not readable JSON: {e}")
         except KeyboardInterrupt:
             fail("interrupted: finished runs are kept; the same command finishes the rest", code=130)
     return wrapper
 
 
-def load_config(path: Path, sets: list[str]):
-    from gradlab.config import ConfigError, load_experiment
+def unreadable_results(dirs: list[Path]) -> list[str]:
+    """One line per run or experiment file under ``dirs`` that is not valid UTF-8 JSON.
+
+    A gate must not pass on a subset of its runs, so such a result set is bad input
+    (exit 2), named file by file; nothing else of it is touched.
+    """
+    from gradlab.expectations import EXPERIMENT_FILE
+    from gradlab.results import CONFIG, SUMMARY
+
+    problems = []
+    for d in dirs:
+        for path in sorted(p for name in (SUMMARY, CONFIG, EXPERIMENT_FILE) for p in d.rglob(name)):
+            try:
+                json.loads(path.read_bytes().decode("utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                why = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+                fix = ("gradlab run writes it again" if path.name == EXPERIMENT_FILE else
+                       "move the run's directory away, or delete it and gradlab run redoes the run")
+                problems.append(f"{path}: truncated or corrupt JSON ({why}); {fix}")
+    return problems
+
+
+def read_config(read, path: Path):
+    """``read(path)`` (a config loader) with its errors as one located line each."""
+    from gradlab.config import ConfigError
 
     try:
-        return load_experiment(path, sets)
+        return read(path)
     except ConfigError as e:
         fail(e.problems)
+    except UnicodeDecodeError as e:
+        fail(not_utf8(path, e))
+
+
+def not_utf8(path: Path, e: UnicodeDecodeError) -> str:
+    # the loader reads text: a binary or Latin-1 file is bad input, not a traceback
+    return f"{path}: cannot read the config: not UTF-8 text (byte {e.start})"
+
+
+def load_config(path: Path, sets: list[str]):
+    from gradlab.config import load_experiment
+
+    return read_config(lambda p: load_experiment(p, sets), path)
 
 
 def rich_table(table, title: str | None = None) -> Table:
@@ -95,22 +138,30 @@ def rich_table(table, title: str | None = None) -> Table:
     return t
 
 
-def emit(table, fmt_name: str, output: Path | None, title: str | None = None) -> None:
-    """Print the comparison (or write it to ``output``) in the chosen format."""
+def emit(table, fmt_name: str, output: Path | None, title: str | None = None,
+         checks: list[dict] | None = None) -> None:
+    """Print the comparison (or write it to ``output``) in the chosen format.
+
+    With ``checks`` (evaluated expectations), markdown and json are the one document
+    that carries them (PASS/FAIL, for $GITHUB_STEP_SUMMARY); table and csv keep
+    stdout to the table and list them on stderr. ``run --check`` and ``compare
+    --check`` both print this.
+    """
     from gradlab.comparison import render
+    from gradlab.reports import json_document, markdown_report
 
     if fmt_name == "table":
         if output:
             fail("--output needs --format markdown, csv or json")
         out_console.print(rich_table(table, title))
-        return
-    text = render(table, fmt_name)
-    if output:
-        from gradlab.results import write_atomic
-
-        write_atomic(output, text)
+    elif checks is None or fmt_name == "csv":
+        write_or_print(render(table, fmt_name), output)
+    elif fmt_name == "json":
+        write_or_print(json.dumps(json_document(table, checks), indent=2) + "\n", output)
     else:
-        sys.stdout.write(text)
+        write_or_print(markdown_report(table, checks), output)
+    if checks is not None and fmt_name in ("table", "csv"):
+        print_checks(checks)
 
 
 def comparison_table(dirs: list[Path], by: str | None):
@@ -170,21 +221,29 @@ def run(
 
     if executor not in EXECUTORS:
         fail(f"--executor: unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
+    if address is not None and executor != "ray":
+        fail(f"--address {address}: only the ray executor joins a cluster; add --executor ray")
     shard_spec = parse_shard(shard)
     experiment = load_config(config, set_)
     if check and not experiment.expect:
         fail(f"--check: {config} has no expect: list")
-    from gradlab.sweeps import plan, preflight, record_experiment, select
+    from gradlab.sweeps import plan, preflight, record_experiment, run_dir, select
 
     name, runs = experiment.name, select(experiment.runs, shard_spec)
     if dry_run:
         todo, done = plan(name, runs, out, force)
         for r in runs:
-            out_console.print(f"{'done' if r in done else 'run '}  {out / name / r.id}", markup=False,
+            out_console.print(f"{'done' if r in done else 'run '}  {run_dir(out, name, r)}", markup=False,
                               highlight=False)
         out_console.print(f"{len(todo)} to run, {len(done)} already done", markup=False)
         return
-    problems = preflight(runs)
+    if not runs:  # more CI shards than runs: a valid, empty job
+        err_console.print(f"--shard {shard}: no runs in this shard ({config} has {len(experiment.runs)}); "
+                          "nothing to do", markup=False, highlight=False, soft_wrap=True)
+        if fmt_name == "json":
+            sys.stdout.write("[]\n")
+        return
+    problems = preflight(runs, executor)
     if problems:
         fail(problems)
     from gradlab.sweeps import ExecutorUnavailable
@@ -197,17 +256,13 @@ def run(
         fail(str(e))
     failed = [o for o in outcomes if o.status == "failed"]
     table = comparison_table([out / name], None)
-    emit(table, fmt_name, None, title=f"{name}: {len(runs)} runs in {out / name}")
+    checks = evaluate_checks(out / name, None) if check else None
+    emit(table, fmt_name, None, title=f"{name}: {len(runs)} runs in {out / name}", checks=checks)
     for o in failed:
-        err_console.print(f"failed: {o.run.id}: {o.error} (traceback in {o.dir / 'error.txt'})",
-                          markup=False, highlight=False)
-    checks_failed = False
-    if check:
-        checks = evaluate_checks(out / name, None)
-        print_checks(checks)
-        checks_failed = not all(c["passed"] for c in checks)
+        err_console.print(f"failed: {o.run.id}: {o.error} (traceback in {o.dir / 'error.txt'})")
+    checks_failed = checks is not None and not all(c["passed"] for c in checks)
     if failed:
-        err_console.print(f"{len(failed)} of {len(runs)} runs failed", markup=False)
+        err_console.print(f"{len(failed)} of {len(runs)} runs failed")
     if failed or checks_failed:
         raise typer.Exit(EXIT_FAILED)
 
@@ -249,12 +304,9 @@ def evaluate_checks(directory: Path, expect: Path | None) -> list[dict]:
 
     entries = None
     if expect is not None:
-        from gradlab.config import ConfigError, load_experiment
+        from gradlab.config import load_experiment
 
-        try:
-            entries = load_experiment(expect).expect
-        except ConfigError as e:
-            fail(e.problems)
+        entries = read_config(load_experiment, expect).expect
         if not entries:
             fail(f"{expect}: the config has no expect: list")
     try:
@@ -267,15 +319,23 @@ def evaluate_checks(directory: Path, expect: Path | None) -> list[dict]:
     return checks
 
 
+def stored_checks(directory: Path) -> list[dict] | None:
+    """The expectations ``gradlab run`` stored with the results, evaluated; None when there are none."""
+    from gradlab.expectations import check_results
+
+    try:
+        return check_results(directory) or None
+    except ValueError as e:
+        fail(str(e))
+
+
 def print_checks(checks: list[dict]) -> None:
     from gradlab.reports import check_lines
 
     for ok, text in check_lines(checks):
-        mark = "[green]PASS[/green]" if ok else "[red]FAIL[/red]"
-        err_console.print(f"{mark} ", end="")
-        err_console.print(text, markup=False, highlight=False, soft_wrap=True)
+        err_console.print(Text.assemble(("PASS", "green") if ok else ("FAIL", "red"), " ", text), soft_wrap=True)
     passed = sum(c["passed"] for c in checks)
-    err_console.print(f"expectations: {passed}/{len(checks)} passed", markup=False)
+    err_console.print(f"expectations: {passed}/{len(checks)} passed")
 
 
 @app.command()
@@ -287,13 +347,15 @@ def compare(
                                   "(default: task,length,cell,clip,tbptt and every other key the grid varies)."),
     fmt_name: str = typer.Option("table", "--format", "-f", help="One of: " + ", ".join(FORMATS) + "."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
-    check: bool = typer.Option(False, "--check", help="Exit 1 when an expectation fails (one directory) or "
-                               "the candidate regresses (two directories)."),
+    check: bool = typer.Option(False, "--check", help="Exit 1 when an expectation fails, or (two directories) "
+                               "the candidate regresses."),
     expect: Path | None = typer.Option(None, "--expect", help="Take the expectations from this config "
-                                       "instead of those stored with the results."),
+                                       "instead of those stored with the results (two directories: checked "
+                                       "on the candidate)."),
 ):
     """Aggregate the runs under a directory over seeds, or diff two result sets.
 
+    \b
     Example: gradlab compare results/ --format markdown --by cell,clip
     Example: gradlab compare results/quickstart --check
     Example: gradlab compare baseline/ candidate/ --check --format markdown
@@ -306,22 +368,12 @@ def compare(
         if not d.is_dir():
             fail(f"{d}: no such directory")
     if len(directories) == 2:
-        return compare_two(*directories, by, fmt_name, output, check)
+        return compare_two(*directories, by, fmt_name, output, check, expect)
     table = comparison_table([directories[0]], by)
     checks = evaluate_checks(directories[0], expect) if check or expect else None
-    if checks is None or fmt_name in ("table", "csv"):
-        emit(table, fmt_name, output)
-    else:
-        from gradlab.reports import json_document, markdown_report
-
-        text = (json.dumps(json_document(table, checks), indent=2) + "\n" if fmt_name == "json"
-                else markdown_report(table, checks))
-        write_or_print(text, output)
-    if checks is not None:
-        if fmt_name in ("table", "csv"):
-            print_checks(checks)
-        if check and not all(c["passed"] for c in checks):
-            raise typer.Exit(EXIT_FAILED)
+    emit(table, fmt_name, output, checks=checks)
+    if check and not all(c["passed"] for c in checks):
+        raise typer.Exit(EXIT_FAILED)
 
 
 def write_or_print(text: str, output: Path | None) -> None:
@@ -333,53 +385,60 @@ def write_or_print(text: str, output: Path | None) -> None:
         sys.stdout.write(text)
 
 
-def compare_two(base_dir: Path, cand_dir: Path, by: str | None, fmt_name: str, output: Path | None, check: bool):
-    """The diff of two result sets, group by group."""
-    from gradlab.comparison import DEFAULT_BY, compare, diff, load_frame, varying_columns
-    from gradlab.reports import json_document, markdown_report
+def compare_two(base_dir: Path, cand_dir: Path, by: str | None, fmt_name: str, output: Path | None, check: bool,
+                expect: Path | None):
+    """The diff of two result sets, group by group; ``--expect`` is checked on the candidate."""
+    from gradlab.comparison import cell_text, compare, diff, diff_keys, load_frame, to_csv, to_records
+    from gradlab.reports import change_text, json_document, markdown_report
 
     frames = [load_frame([d]) for d in (base_dir, cand_dir)]
     for d, frame in zip((base_dir, cand_dir), frames):
         if frame.empty:
             fail(f"no finished runs under {d}")
     # group by each set's own grid axes; a key that differs only between the sets is the change under test
-    axes = [c for f in frames for c in varying_columns(f)]
-    columns = [c.strip() for c in by.split(",")] if by else DEFAULT_BY + list(dict.fromkeys(axes))
+    columns, changes = diff_keys(*frames, [c.strip() for c in by.split(",")] if by else None)
     try:
         table = diff(compare(frames[0], columns), compare(frames[1], columns), columns)
     except ValueError as e:
         fail(str(e))
+    checks = evaluate_checks(cand_dir, expect) if expect else None
+    title = f"{cand_dir} against {base_dir}"
     if fmt_name == "json":
-        write_or_print(json.dumps(json_document(None, None, table), indent=2) + "\n", output)
+        write_or_print(json.dumps(json_document(None, checks, table, changes), indent=2) + "\n", output)
     elif fmt_name == "markdown":
-        write_or_print(markdown_report(None, None, table, columns, title=f"{cand_dir} against {base_dir}"), output)
+        write_or_print(markdown_report(None, checks, table, columns, title=title, changes=changes), output)
     elif fmt_name == "csv":
-        write_or_print(table.to_csv(index=False), output)
+        write_or_print(to_csv(table), output)
     else:
         if output:
             fail("--output needs --format markdown, csv or json")
-        out_console.print(diff_rich_table(table, columns, f"{cand_dir} against {base_dir}"))
-    bad = table[table["status"].isin(["regression", "missing"])]
-    for _, row in bad.iterrows():
-        group = ", ".join(f"{c}={row[c]}" for c in columns)
-        err_console.print(f"{row['status'].upper()}: {group}: {row['reasons']}", markup=False, highlight=False,
-                          soft_wrap=True)
-    if check and len(bad):
+        out_console.print(diff_rich_table(table, columns, title + (f" · change under test: {change_text(changes)}"
+                                                                   if changes else "")))
+    if checks is not None and fmt_name in ("table", "csv"):
+        print_checks(checks)
+    bad = [r for r in to_records(table) if r["status"] in ("regression", "missing")]
+    for r in bad:
+        group = ", ".join(f"{c}={cell_text(c, r[c])}" for c in columns)
+        err_console.print(f"{r['status'].upper()}: {group}: {r['reasons']}", soft_wrap=True)
+    if check and (bad or (checks is not None and not all(c["passed"] for c in checks))):
         raise typer.Exit(EXIT_FAILED)
 
 
 def diff_rich_table(table, columns, title) -> Table:
+    """Base → candidate (delta) per metric; diverged as a share of the runs, the rate regressions compare."""
     from gradlab.comparison import cell_text, fmt, to_records
+    from gradlab.reports import DIFF_SHOWN, diverged_text, fmt_delta
 
     t = Table(title=title, header_style="bold")
-    for col in columns + ["status", "solved", "eval loss", "steps to solve", "verdict", "why"]:
+    for col in columns + ["status", "solved", "eval loss", "steps to solve", "diverged", "verdict", "why"]:
         t.add_column(col)
     styles = {"regression": "red", "missing": "red", "new": "yellow", "ok": "green"}
     for r in to_records(table):
-        pair = lambda m, r=r: f"{fmt(r[m + '_base'])} → {fmt(r[m + '_candidate'])}"  # noqa: E731
-        t.add_row(*(cell_text(c, r[c]) for c in columns), f"[{styles[r['status']]}]{r['status']}[/]",
-                  pair("solved_rate"), pair("final_loss_mean"), pair("steps_to_solve_median"), pair("verdict"),
-                  r["reasons"] or "")
+        pairs = [f"{fmt(r[m + '_base'])} → {fmt(r[m + '_candidate'])} ({fmt_delta(r[m + '_delta'])})"
+                 for m in DIFF_SHOWN]
+        t.add_row(*(cell_text(c, r[c]) for c in columns), Text(r["status"], style=styles[r["status"]]), *pairs,
+                  f"{diverged_text(r, 'base')} → {diverged_text(r, 'candidate')}",
+                  f"{fmt(r['verdict_base'])} → {fmt(r['verdict_candidate'])}", r["reasons"] or "")
     return t
 
 
@@ -391,15 +450,18 @@ def report(
                                        "(default: report.html, or DIRECTORY/README.md for markdown)."),
     fmt_name: str = typer.Option("html", "--format", "-f", help="html: one self-contained page; markdown: "
                                  "a section per experiment with its claims, table, plots, machine and time."),
-    check: bool = typer.Option(False, "--check", help="Include the expectations and exit 1 when one fails."),
+    check: bool = typer.Option(False, "--check", help="Exit 1 when an expectation fails."),
     expect: Path | None = typer.Option(None, "--expect", help="Take the expectations from this config "
                                        "(html only; markdown uses each experiment's own)."),
 ):
     """Write a report: one self-contained HTML page, or a Markdown results book.
 
-    Example: gradlab report results/quickstart -o report.html
+    The expectations (stored with the results, or from --expect) are always shown with
+    PASS or FAIL; --check only decides the exit code.
 
-    Example: gradlab report results/ --format markdown   (results/README.md; plots beside the runs)
+    \b
+    Example: gradlab report results/quickstart -o report.html
+    Example: gradlab report results/ --format markdown   (writes results/README.md)
     """
     if not directory.is_dir():
         fail(f"{directory}: no such directory")
@@ -414,7 +476,7 @@ def report(
         if text is None:
             fail(f"no experiments (folders with experiment.json written by gradlab run) under {directory}")
         write_atomic(output, text)
-        out_console.print(str(output), markup=False, highlight=False)
+        out_console.print(str(output))
         if check:
             from gradlab.expectations import check_results
 
@@ -424,9 +486,9 @@ def report(
     output = output or Path("report.html")
 
     table = comparison_table([directory], None)
-    checks = evaluate_checks(directory, expect) if check or expect else None
+    checks = evaluate_checks(directory, expect) if check or expect else stored_checks(directory)
     write_atomic(output, html_report(directory, table, checks, title=f"gradlab report: {directory}"))
-    out_console.print(str(output), markup=False, highlight=False)
+    out_console.print(str(output))
     if check and not all(c["passed"] for c in checks):
         raise typer.Exit(EXIT_FAILED)
 
@@ -445,9 +507,11 @@ def validate(configs: list[Path] = typer.Argument(..., help="Experiment YAML fil
     for path in configs:
         try:
             name, runs = load(path, set_)
-            out_console.print(f"ok: {path}: {name}, {len(runs)} runs", markup=False, highlight=False)
+            out_console.print(f"ok: {path}: {name}, {len(runs)} runs")
         except ConfigError as e:
             problems += e.problems
+        except UnicodeDecodeError as e:
+            problems.append(not_utf8(path, e))
     if problems:
         fail(problems)
 
@@ -471,7 +535,7 @@ def plot(
     if not written:
         fail(f"no finished runs to plot under {directory}")
     for path in written:
-        out_console.print(str(path), markup=False, highlight=False)
+        out_console.print(str(path))
 
 
 @app.command()
@@ -539,7 +603,7 @@ def list_catalogue():
     from gradlab.tasks import catalogue
 
     for title, registry in (("task", catalogue()), ("cell", CELLS), ("clip", CLIPS)):
-        caption = escape("name[variant]: set task.name and task.variant") if title == "task" else None
+        caption = "name[variant]: set task.name and task.variant" if title == "task" else None
         t = Table(title=f"{title}s", header_style="bold", title_justify="left", caption=caption,
                   caption_justify="left")
         t.add_column(title)
@@ -553,7 +617,7 @@ def list_catalogue():
                 extra = entry.kind
             elif title == "cell":
                 extra = entry.recurrence
-            t.add_row(escape(key), extra, escape(entry.description))  # literal brackets: adding[tcn], h[t-k]
+            t.add_row(key, extra, entry.description)  # printed as written (no markup): adding[tcn], h[t-k]
         out_console.print(t)
     from gradlab.config import OPTIONS
 
@@ -561,6 +625,6 @@ def list_catalogue():
     for col in ("key", "values", "description"):
         t.add_column(col)
     for key, (values, description) in OPTIONS.items():
-        t.add_row(key, escape(values), escape(description))
+        t.add_row(key, values, description)
     out_console.print(t)
 

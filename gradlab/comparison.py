@@ -8,6 +8,8 @@ cell, clip and tbptt) and aggregated over seeds.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -17,6 +19,10 @@ import pandas as pd
 from gradlab import results
 
 DEFAULT_BY = ["task", "length", "cell", "clip", "tbptt"]
+# The version of every JSON document compare prints: the --check/diff object's "schema" and each
+# object of the plain list. New keys keep it; a key that changes meaning or disappears bumps it.
+SCHEMA = "gradlab.compare/1"
+COUNTS = ("runs", "failed", "diverged")  # integers, also as <count>_base, _candidate, _delta of a diff
 # Metric columns of the comparison table, in order; ``runs`` counts every run of the group.
 METRICS = ["runs", "failed", "solved_rate", "final_loss_mean", "final_loss_std", "baseline_loss",
            "steps_to_solve_median", "diverged", "verdict", "verdicts", "horizon_init_median", "horizon_median",
@@ -59,8 +65,10 @@ def load_frame(roots: list[Path]) -> pd.DataFrame:
     for root in roots:
         for d in results.find_runs(root):
             record = results.load_run(d)
-            key = (record["config"].get("name"), record["id"])
-            if key in seen:  # the same run copied into two shards' directories counts once
+            # the run id's hash is the resolved config's identity; its readable part can differ for
+            # one run (grid key order), so a run copied into two shards or stored twice counts once
+            key = (record["config"].get("name"), results.run_hash(record["id"]))
+            if key in seen:
                 continue
             seen.add(key)
             rows.append(flatten(record))
@@ -147,9 +155,10 @@ def to_records(table: pd.DataFrame) -> list[dict]:
     out = []
     for row in table.to_dict(orient="records"):
         rec = {k: _clean(v) for k, v in row.items()}
-        for k in ("runs", "failed", "diverged"):
-            if rec.get(k) is not None:
-                rec[k] = int(rec[k])
+        for k, v in rec.items():
+            if k.removesuffix("_base").removesuffix("_candidate").removesuffix("_delta") in COUNTS \
+                    and isinstance(v, float):
+                rec[k] = int(v)
         if isinstance(rec.get("tbptt"), (int, float)):  # a window k; TBPTT(k1, k2) stays "k1/k2"
             rec["tbptt"] = int(rec["tbptt"])
         out.append(rec)
@@ -177,18 +186,29 @@ def cell_text(column: str, v) -> str:
 
 def to_markdown(table: pd.DataFrame) -> str:
     cols = list(table.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    cell = lambda text: str(text).replace("|", "\\|")  # a | inside a cell would split it  # noqa: E731
+    lines = ["| " + " | ".join(map(cell, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for rec in to_records(table):
-        lines.append("| " + " | ".join(cell_text(c, rec[c]) for c in cols) + " |")
+        lines.append("| " + " | ".join(cell(cell_text(c, rec[c])) for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
+def to_csv(table: pd.DataFrame) -> str:
+    """The table as CSV from the JSON-ready rows: a window stays ``3`` (pandas would write ``3.0``
+    for a column with nulls), a null is an empty cell."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(table.columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(to_records(table))
+    return buf.getvalue()
+
+
 def render(table: pd.DataFrame, fmt_name: str) -> str:
-    """The table as text: ``json``, ``csv`` or ``markdown``."""
+    """The table as text: ``json`` (a list of group objects, each with ``schema``), ``csv`` or ``markdown``."""
     if fmt_name == "json":
-        return json.dumps(to_records(table), indent=2) + "\n"
+        return json.dumps([{"schema": SCHEMA, **r} for r in to_records(table)], indent=2) + "\n"
     if fmt_name == "csv":
-        return table.to_csv(index=False)
+        return to_csv(table)
     if fmt_name == "markdown":
         return to_markdown(table)
     raise ValueError(f"unknown format {fmt_name!r}")
@@ -204,7 +224,7 @@ TOLERANCES = {
     "final_loss_floor": 0.01,  # ... that is also larger than this fraction of the baseline loss
     "steps_to_solve": 0.5,   # relative rise of the median steps to solve
 }
-DIFF_METRICS = ["solved_rate", "final_loss_mean", "steps_to_solve_median", "diverged", "verdict"]
+DIFF_METRICS = ["runs", "failed", "solved_rate", "final_loss_mean", "steps_to_solve_median", "diverged", "verdict"]
 
 
 def _num(v):
@@ -223,13 +243,38 @@ def _regressions(base: dict, cand: dict, tol: dict) -> list[str]:
     b, c = _num(base["steps_to_solve_median"]), _num(cand["steps_to_solve_median"])
     if b is not None and c is not None and c > b * (1 + tol["steps_to_solve"]):
         why.append(f"steps_to_solve_median {fmt(b)} -> {fmt(c)}")
-    if (cand["diverged"] or 0) > (base["diverged"] or 0):
-        why.append(f"diverged {base['diverged']} -> {cand['diverged']}")
     if base["verdict"] == "healthy" and cand["verdict"] in ("vanishing", "exploding"):
         why.append(f"verdict healthy -> {cand['verdict']}")
-    if cand["failed"] > base["failed"]:
-        why.append(f"failed runs {base['failed']} -> {cand['failed']}")
+    for count, name in (("diverged", "diverged"), ("failed", "failed runs")):
+        # rates, not counts: the sets may differ in seeds (1 of 2 diverged is worse than 2 of 10)
+        b, c = base[count] or 0, cand[count] or 0
+        if c * base["runs"] > b * cand["runs"]:
+            why.append(f"{name} {b}/{base['runs']} -> {c}/{cand['runs']}")
     return why
+
+
+def diff_keys(base: pd.DataFrame, cand: pd.DataFrame, by: list[str] | None = None) -> tuple[list[str], dict]:
+    """The columns two result sets line up on, and the change under test between them.
+
+    The change is every config column that holds one value within each set but
+    differs between the sets ({column: (base value, candidate value)}), e.g.
+    ``clip: ("norm(1.0)", "none")``. Without ``by`` the groups are DEFAULT_BY and
+    each set's own grid axes, less the changed columns, so a base with clipping
+    lines up with a candidate without it; an explicit ``by`` is kept as given.
+    """
+    ignore = set(SUMMARY_COLUMNS) | {"seed", "experiment"}
+    values = lambda frame, c: ({json.dumps(_clean(v), default=str) for v in frame[c]}  # noqa: E731
+                               if c in frame.columns else {"null"})
+    changes = {}
+    for c in dict.fromkeys([*base.columns, *cand.columns]):
+        vb, vc = values(base, c), values(cand, c)
+        if c not in ignore and len(vb) == len(vc) == 1 and vb != vc:
+            changes[c] = (json.loads(vb.pop()), json.loads(vc.pop()))
+    if by:
+        return by, changes
+    columns = list(dict.fromkeys(DEFAULT_BY + varying_columns(base) + varying_columns(cand)))
+    kept = [c for c in columns if c not in changes]
+    return kept or columns, changes  # nothing in common: keep every column, each group stands alone
 
 
 def diff(base: pd.DataFrame, cand: pd.DataFrame, by: list[str], tolerances: dict | None = None) -> pd.DataFrame:

@@ -14,6 +14,8 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,8 +85,11 @@ class Config:
 
 SECTIONS = {"task": TaskConfig, "model": ModelConfig, "train": TrainConfig, "diagnostics": Thresholds}
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
-# where a run ran, and how its gradients are judged, do not change what it is
-NOT_IN_RUN_ID = ("device", "threads", "diagnostics")
+# where a run ran does not change what it is
+NOT_IN_RUN_ID = ("device", "threads")
+# Thresholds change a run's verdicts, so they are hashed; a section left entirely at its defaults is not,
+# which keeps the ids of runs recorded before it was hashed.
+HASHED_WHEN_SET = ("diagnostics",)
 
 
 class ConfigError(Exception):
@@ -355,55 +360,102 @@ def resolve_clip(v) -> dict:
 # ---------------------------------------------------------------------------
 # Reading YAML with line numbers.
 
-def _line_map(text: str) -> dict[str, int]:
-    """Dotted key path -> 1-based line, from the YAML node tree (grid keys kept whole)."""
+class _Loader(yaml.SafeLoader):
+    """SafeLoader reading YAML 1.2 floats: PyYAML's YAML 1.1 resolver wants a dot, so 1e-3 was a string."""
+
+
+_FLOAT = "tag:yaml.org,2002:float"
+_Loader.yaml_implicit_resolvers = {first: [r for r in resolvers if r[0] != _FLOAT]
+                                   for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_FLOAT, re.compile(r"""^(?:
+     [-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
+
+
+def _read_yaml(text: str) -> tuple[object, dict[str, int], list[tuple[str, int, int]]]:
+    """(data, dotted key path -> 1-based line, keys given twice as (path, first line, second line)).
+
+    Grid keys are kept whole; a key given twice keeps its later value, as PyYAML does.
+    """
     lines: dict[str, int] = {}
+    twice: list[tuple[str, int, int]] = []
 
     def walk(node, path):
         if isinstance(node, yaml.MappingNode):
+            seen: dict[tuple, int] = {}
             for k, v in node.value:
                 key = f"{path}.{k.value}" if path else str(k.value)
-                lines[key] = k.start_mark.line + 1
+                line = k.start_mark.line + 1
+                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                    if (k.tag, k.value) in seen:
+                        twice.append((key, seen[k.tag, k.value], line))
+                    seen.setdefault((k.tag, k.value), line)
+                lines[key] = line
                 walk(v, key)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
                 lines[f"{path}[{i}]"] = item.start_mark.line + 1
                 walk(item, f"{path}[{i}]")
 
+    loader = _Loader(text)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return lines
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+    finally:
+        loader.dispose()
     if root is not None:
         walk(root, "")
-    return lines
+    return data, lines, twice
 
 
-def parse_yaml(text: str, source: str) -> dict:
+def parse_yaml(text: str, source: str) -> tuple[dict, dict[str, int], list[str]]:
+    """A config file's text -> (data, key path -> line, problems found while reading: keys given twice)."""
     try:
-        data = yaml.safe_load(text)
+        data, lines, twice = _read_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError([f"{where}: malformed YAML: {problem}"]) from None
     if data is None:
-        return {}
+        return {}, lines, []
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the config must be a mapping of keys, got {type(data).__name__}"])
-    return data
+    return data, lines, [f"{source}:{second}: {key}: given twice, at lines {first} and {second}; keep one"
+                         for key, first, second in twice]
 
 
 def parse_override(item: str) -> tuple[str, object]:
     """``train.lr=0.01`` -> ("train.lr", 0.01); the value is read as YAML."""
-    if "=" not in item:
+    path, eq, raw = item.partition("=")
+    path = path.strip()
+    if not eq or not path:
         raise ConfigError([f"--set {item}: expected dotted.path=value"])
-    path, _, raw = item.partition("=")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value, _, twice = _read_yaml(raw) if raw.strip() else (None, {}, [])
     except yaml.YAMLError:
         raise ConfigError([f"--set {item}: the value is not valid YAML"]) from None
-    return path.strip(), value
+    if twice:
+        raise ConfigError([f"--set {path}.{key}: given twice; keep one" for key, _, _ in twice])
+    return path, value
+
+
+def _read_text(path: Path, source: str) -> str:
+    """The file as UTF-8 text; an unreadable or undecodable file is a ConfigError."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError([f"{source}: cannot read the config: {e.strerror}"]) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError([f"{source}:{line}: cannot read the config: byte 0x{raw[e.start]:02x} is not "
+                           "UTF-8 text; save the file as UTF-8"]) from None
 
 
 def _set_path(data: dict, path: str, value) -> None:
@@ -544,6 +596,8 @@ def _identity(cfg: dict) -> dict:
             continue
         if isinstance(v, dict) and isinstance(defaults.get(k), dict):
             v = {kk: vv for kk, vv in v.items() if defaults[k].get(kk, object()) != vv}
+            if not v and k in HASHED_WHEN_SET:
+                continue
         elif defaults.get(k, object()) == v:
             continue
         identity[k] = v

@@ -76,12 +76,15 @@ def profile_summary(profile, dependency: int, horizon_fraction: float = DEFAULTS
       §2.1), and it is comparable with ln(spectral radius). Zeros (cut by
       truncated BPTT, or flushed subnormals) are left out of the fit.
     - ``dependency_ratio``: p[dependency] / peak, the share of the peak gradient
-      reaching the task's earliest relevant input; 0 if the peak is 0, None if
-      that entry is not finite.
+      reaching the task's earliest relevant input; 0 if the peak is 0; inf if
+      that entry is inf (an overflowed gradient reaches it: not vanishing); None
+      if it is NaN (unknown).
     - ``horizon``: the largest lag k with p[S-1-k] ≥ horizon_fraction · peak, over
       the whole sequence: a profile that dips and recovers (a skip cell's comb, a
-      loss at several steps) is credited with the farthest lag it reaches. None if
-      the peak is not positive.
+      loss at several steps) is credited with the farthest lag it reaches. An inf
+      entry (the gradient overflowed on its way back) reaches, whatever the peak;
+      a NaN one does not count. None if no lag reaches (the peak is not positive
+      and no entry is inf).
 
     With the loss at the last step only (adding, temporal order) p is one curve
     decaying (or growing) away from the loss. With a loss at every step (copy)
@@ -97,13 +100,16 @@ def profile_summary(profile, dependency: int, horizon_fraction: float = DEFAULTS
     usable = finite & (p > 0)
     decay_rate = _slope(lags[usable], np.log(p[usable])) if usable.sum() >= 2 else None
     dep = p[dependency]
-    if peak is None or not math.isfinite(dep):
+    if math.isnan(dep):
         dependency_ratio = None
-    else:
+    elif math.isinf(dep):
+        dependency_ratio = math.inf
+    else:  # dep finite, so the peak is too
         dependency_ratio = float(dep / peak) if peak > 0 else 0.0
-    horizon = None
+    reached = np.isposinf(p)  # (S,)
     if peak is not None and peak > 0:
-        horizon = int(lags[finite & (p >= horizon_fraction * peak)].max())
+        reached |= finite & (p >= horizon_fraction * peak)
+    horizon = int(lags[reached].max()) if reached.any() else None
     return {"peak": peak, "decay_rate": decay_rate, "dependency_ratio": dependency_ratio, "horizon": horizon}
 
 

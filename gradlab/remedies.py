@@ -292,6 +292,12 @@ def decay_groups(model, weight_decay: float) -> list[dict]:
     update: the gradient of (λ/2)‖W‖² (coupled L2, not AdamW's decoupled decay),
     after clipping, so the decay is never clipped away and the recorded norms are
     those of the loss alone.
+
+    Source: Krogh & Hertz 1992, "A simple weight decay can improve generalization"
+    (the penalty (λ/2)‖w‖² and its update w ← w − η(∂L/∂w + λw)); as a remedy for
+    exploding gradients it keeps the recurrent matrix small: Pascanu et al. 2013
+    (section 2.1) show that a largest singular value of W below 1/γ (γ bounding the
+    nonlinearity's derivative) is sufficient for the gradient not to explode.
     """
     decayed, rest = [], []
     for name, p in model.named_parameters():

@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from gradlab import comparison
-from gradlab.comparison import cell_text, fmt, to_markdown, to_records
-
-SCHEMA = "gradlab.compare/1"  # bump when a key changes meaning or disappears; new keys do not bump it
+from gradlab.comparison import SCHEMA, cell_text, fmt, to_markdown, to_records
 
 
 def json_document(table: pd.DataFrame | None, checks: list[dict] | None = None,
-                  diff_table: pd.DataFrame | None = None) -> dict:
-    """The JSON of ``compare --check`` and of a diff (plain ``compare`` prints only the group list)."""
+                  diff_table: pd.DataFrame | None = None, changes: dict | None = None) -> dict:
+    """The JSON of ``compare --check`` and of a diff (plain ``compare`` prints only the group list).
+
+    ``changes``: the diff's change under test, ``{column: [base value, candidate value]}``.
+    """
     doc = {"schema": SCHEMA}
     if table is not None:
         doc["groups"] = to_records(table)
@@ -31,52 +33,96 @@ def json_document(table: pd.DataFrame | None, checks: list[dict] | None = None,
     if diff_table is not None:
         doc["diff"] = to_records(diff_table)
         doc["regressions"] = int(diff_table["status"].isin(["regression", "missing"]).sum())
+        doc["changes"] = {k: list(v) for k, v in (changes or {}).items()}
     return doc
 
 
-def _observed(check: dict) -> str:
-    """``solved_rate = 0.5 (want >= 0.66)``; an expression shows its value: ``(want < 0.5 * baseline_loss = 0.083)``."""
-    want = f"{check['op']} {check['expr']}"
+def code(text) -> str:
+    """``text`` as a Markdown code span, so ``<2*baseline_loss*0.9`` is not read as emphasis;
+    the fence is one backtick longer than any run of backticks inside (CommonMark 6.1)."""
+    text = str(text)
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _observed(check: dict, quote=str) -> str:
+    """``solved_rate = 0.5 (want >= 0.66)``; an expression shows its value: ``(want < 0.5 * baseline_loss = 0.083)``.
+
+    ``quote`` wraps the values and the comparison (``code`` for Markdown)."""
+    want = quote(f"{check['op']} {check['expr']}")
     if isinstance(check["expected"], (int, float)) and fmt(check["expected"]) != check["expr"]:
-        want += f" = {fmt(check['expected'])}"
+        want += f" = {quote(fmt(check['expected']))}"
     elif isinstance(check["expected"], str) and check["expected"] != check["expr"]:
-        want += f" {check['expected']}"
-    return f"{check['column']} = {fmt(check['observed'])} (want {want})"
+        want += f" {quote(check['expected'])}"
+    return f"{check['column']} = {quote(fmt(check['observed']))} (want {want})"
 
 
-def check_lines(checks: list[dict]) -> list[tuple[bool, str]]:
-    """One (passed, text) line per expectation and failing group, for terminals and Markdown."""
+def check_lines(checks: list[dict], quote=str) -> list[tuple[bool, str]]:
+    """One (passed, text) line per expectation and failing group, for terminals and Markdown.
+
+    ``quote`` wraps what the user wrote and what was observed: the expectation, the
+    group, the values (``code`` for Markdown, where ``*`` and ``_`` would be emphasis)."""
     lines = []
     for c in checks:
-        head = f"{c['experiment']}: {c['expectation']}"
+        head = f"{quote(c['experiment'])}: {quote(c['expectation'])}"
         if not c["matched"]:
             lines.append((False, f"{head}: no group matches"))
             continue
         lines.append((c["passed"], head))
         for g in c["groups"]:
             group = ", ".join(f"{k}={cell_text(k, v)}" for k, v in g["group"].items())
-            lines.append((g["passed"], f"  {group}: " + "; ".join(_observed(x) for x in g["checks"])))
+            lines.append((g["passed"], f"  {quote(group)}: " + "; ".join(_observed(x, quote) for x in g["checks"])))
     return lines
 
 
+DIFF_SHOWN = ["solved_rate", "final_loss_mean", "steps_to_solve_median"]  # base, candidate and delta each
+
+
+def fmt_delta(v) -> str:
+    """A signed difference, 4 significant digits: ``+0.5``, ``-0.01234``, ``+125``; ``–`` for none."""
+    v = comparison._clean(v)
+    if v is None:
+        return "–"
+    return f"{int(v):+d}" if float(v).is_integer() and abs(v) < 1e6 else f"{v:+.4g}"
+
+
+def diverged_text(rec: dict, side: str) -> str:
+    """``1/2``: the diverged runs of one side against its runs (regressions compare these rates)."""
+    return "–" if rec[f"runs_{side}"] is None else f"{rec[f'diverged_{side}']}/{rec[f'runs_{side}']}"
+
+
+def change_text(changes: dict) -> str:
+    """``clip: norm(1.0) → none; lr: 0.01 → 0.02``, the change under test of a diff."""
+    return "; ".join(f"{k}: {cell_text(k, b)} → {cell_text(k, c)}" for k, (b, c) in changes.items())
+
+
 def _diff_markdown(diff_table: pd.DataFrame, by: list[str]) -> str:
-    cols = by + ["status", "solved_rate_base", "solved_rate_candidate", "final_loss_mean_base",
-                 "final_loss_mean_candidate", "steps_to_solve_median_base", "steps_to_solve_median_candidate",
-                 "verdict_base", "verdict_candidate", "reasons"]
-    view = diff_table[cols].copy()
-    view["status"] = view["status"].map(lambda s: f"**{s.upper()}**" if s in ("regression", "missing") else s)
-    return to_markdown(view)
+    rows = []
+    for rec in to_records(diff_table):
+        row = {c: rec[c] for c in by}
+        row["status"] = f"**{rec['status'].upper()}**" if rec["status"] in ("regression", "missing") else rec["status"]
+        for m in DIFF_SHOWN:
+            row.update({f"{m}_base": fmt(rec[f"{m}_base"]), f"{m}_candidate": fmt(rec[f"{m}_candidate"]),
+                        f"{m}_delta": fmt_delta(rec[f"{m}_delta"])})
+        row.update({"diverged_base": diverged_text(rec, "base"), "diverged_candidate": diverged_text(rec, "candidate"),
+                    "verdict_base": rec["verdict_base"], "verdict_candidate": rec["verdict_candidate"],
+                    "reasons": rec["reasons"]})
+        rows.append(row)
+    return to_markdown(pd.DataFrame(rows, dtype=object))
 
 
 def markdown_report(table: pd.DataFrame | None, checks: list[dict] | None = None,
                     diff_table: pd.DataFrame | None = None, by: list[str] | None = None,
-                    title: str = "gradlab comparison") -> str:
-    """A Markdown page that fits $GITHUB_STEP_SUMMARY: expectations first, then the tables."""
+                    title: str = "gradlab comparison", changes: dict | None = None) -> str:
+    """A Markdown page that fits $GITHUB_STEP_SUMMARY: expectations first, then the tables.
+
+    Expressions, groups and observed values are code spans, never Markdown."""
     parts = [f"## {title}\n"]
     if checks is not None:
         passed = sum(c["passed"] for c in checks)
         parts.append(f"**Expectations: {passed}/{len(checks)} passed**\n")
-        for ok, text in check_lines(checks):
+        for ok, text in check_lines(checks, quote=code):
             indent = text.startswith("  ")
             mark = "PASS" if ok else "FAIL"
             parts.append(("  - " if indent else "- ") + f"{'✅' if ok else '❌'} {mark} {text.strip()}")
@@ -84,6 +130,8 @@ def markdown_report(table: pd.DataFrame | None, checks: list[dict] | None = None
     if diff_table is not None:
         bad = int(diff_table["status"].isin(["regression", "missing"]).sum())
         parts.append(f"**Diff against the baseline: {bad} regression(s)**\n")
+        if changes:
+            parts.append(f"Change under test: {code(change_text(changes))}\n")
         parts.append(_diff_markdown(diff_table, by or comparison.DEFAULT_BY))
     if table is not None:
         parts.append(to_markdown(table))

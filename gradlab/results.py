@@ -37,6 +37,7 @@ def write_atomic(path: Path, text: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; give the mode open() would have
         with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
             f.flush()
@@ -45,6 +46,21 @@ def write_atomic(path: Path, text: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``os.umask`` can only
+    read it by setting it, which races with another thread creating a file meanwhile)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _finite(x):
@@ -100,11 +116,18 @@ def read_profile(run_dir: Path) -> dict | None:
 
 def save_run(run_dir: Path, config: dict, env: dict, rows: list[dict], summary: dict,
              error: str | None = None, profile: dict | None = None) -> None:
-    """Write one run's files; ``summary.json`` last, so it marks a finished run."""
+    """Write one run's files; ``summary.json`` last, so it marks a finished run.
+
+    The files of an earlier attempt (a ``--force`` re-run, a failed run run again)
+    are removed first, so a run directory never mixes two attempts: a failed
+    re-run leaves no previous ``profile.npz`` beside its summary.
+    """
     run_dir = Path(run_dir)
     (run_dir / SUMMARY).unlink(missing_ok=True)  # a re-run must not look finished until it is
-    for stale in run_dir.glob(".*.tmp"):  # left by a write that was killed mid-way
-        stale.unlink(missing_ok=True)
+    if run_dir.is_dir():
+        for stale in run_dir.iterdir():  # every file the run wrote before, and .tmp files of a killed write
+            if not stale.is_dir():
+                stale.unlink(missing_ok=True)
     write_json(run_dir / CONFIG, config)
     write_json(run_dir / ENV, env)
     write_atomic(run_dir / METRICS, metrics_csv(rows))
@@ -112,8 +135,6 @@ def save_run(run_dir: Path, config: dict, env: dict, rows: list[dict], summary: 
         write_profile(run_dir / PROFILE, profile)
     if error is not None:
         write_atomic(run_dir / ERROR, error)
-    else:
-        (run_dir / ERROR).unlink(missing_ok=True)
     write_json(run_dir / SUMMARY, summary)
 
 
@@ -130,6 +151,19 @@ def tbptt_label(tbptt):
         k1, k2 = tbptt["k1"], tbptt["k2"]
         return k1 if k1 == k2 else f"{k1}/{k2}"
     return tbptt
+
+
+def run_hash(run_id: str) -> str:
+    """A run id's identity: the hash of its resolved config after the last ``_``.
+
+    The readable part before it depends on the grid (key order, and whether a
+    value came from the grid or the base config), so two ids of one resolved
+    config differ there but share the hash. An id without a hash (a directory
+    made by hand) is its own identity.
+    """
+    head, _, digest = run_id.rpartition("_")
+    is_hash = head and len(digest) == 8 and all(c in "0123456789abcdef" for c in digest)
+    return digest if is_hash else run_id
 
 
 def is_finished(run_dir: Path) -> bool:

@@ -6,9 +6,11 @@ the run directory. So an executor needs no shared filesystem, and a worker
 that dies leaves nothing half-written.
 
 Resuming: a run whose directory holds a successful ``summary.json`` is done
-and skipped (run ids are stable for a resolved config); failed and interrupted
-runs are run again. A run that raises is recorded as failed, with what it had
-computed, and the sweep goes on.
+and skipped (a directory belongs to a run by the hash of its resolved config,
+the end of the run id; see ``run_dir``); failed and interrupted runs are run
+again. A run that raises is recorded as failed, with what it had computed,
+and the sweep goes on; so does a sweep whose worker process dies (a segfault,
+an out-of-memory kill): the runs it had in flight are recorded as failed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import threading
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +40,14 @@ class Outcome:
     error: str | None = None
 
 
-def preflight(runs: list[Run]) -> list[str]:
-    """Problems that would fail every run on this machine, found before any training."""
+def preflight(runs: list[Run], executor: str = "local") -> list[str]:
+    """Problems that would fail every run on this machine, found before any training.
+
+    Only the local executor trains here: Ray's workers run on the cluster's nodes
+    (a CPU-only head node can drive GPU workers) and each run checks its own device.
+    """
+    if executor != "local":
+        return []
     import torch
 
     problems = []
@@ -77,7 +86,20 @@ def record_sweep(out: Path, name: str, outcomes: list[Outcome], seconds: float, 
 
 
 def run_dir(out: Path, name: str, run: Run) -> Path:
-    return Path(out) / name / run.id
+    """``<out>/<name>/<run id>``, or the directory an earlier sweep gave the same resolved config.
+
+    The id's readable part depends on the grid (key order; a value set in the
+    grid or in the base config), its hash only on the resolved config: a
+    directory with the same hash is this run's, a finished one first. So
+    reordering a grid neither re-trains a run nor stores it twice.
+    """
+    root = Path(out) / name
+    own = root / run.id
+    digest = results.run_hash(run.id)
+    others = sorted(p for p in root.glob(f"*_{digest}") if p != own and p.is_dir()) if digest != run.id else []
+    candidates = [own, *others]
+    finished = [p for p in candidates if is_done(p)]
+    return (finished or [p for p in candidates if p.is_dir()] or [own])[0]
 
 
 def is_done(path: Path) -> bool:
@@ -165,7 +187,7 @@ def run_sweep(name: str, runs: list[Run], out: Path, *, jobs: int = 1, force: bo
         path = run_dir(out, name, run)
         outcomes[run.id] = Outcome(run, path, "skipped", results.read_json(path / results.SUMMARY))
         notify("done", run, outcome=outcomes[run.id])
-    if executor == "ray":
+    if executor == "ray" and todo:  # nothing left: no Ray import, no cluster started or joined
         for outcome in _run_ray(name, todo, out, address, notify):
             outcomes[outcome.run.id] = outcome
     elif jobs <= 1 or len(todo) <= 1:
@@ -185,7 +207,8 @@ def _run_parallel(name, todo, out, jobs, notify):
     # spawn, not fork: a forked torch process can deadlock on its thread pools
     ctx = multiprocessing.get_context("spawn")
     by_id = {r.id: r for r in todo}
-    with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    waiting = list(reversed(todo))  # .pop() gives the next run in order
+    with ctx.Manager() as manager:
         messages = manager.Queue()
         stop = threading.Event()
 
@@ -199,30 +222,53 @@ def _run_parallel(name, todo, out, jobs, notify):
 
         relay_thread = threading.Thread(target=relay, daemon=True)
         relay_thread.start()
-        futures = {}
-        for run in todo:
-            futures[pool.submit(_worker, run, messages)] = run
-        pending = set(futures)
         try:
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in finished:
-                    run = futures[f]
-                    try:
-                        payload = f.result()
-                    except Exception as e:  # the worker process itself died
-                        payload = _lost(e)
-                    outcome = store(run, run_dir(out, name, run), payload)
-                    notify("done", run, outcome=outcome)
-                    yield outcome
+            while waiting:  # a fresh pool for what is left each time a worker process dies
+                yield from _pool_pass(ctx, jobs, waiting, messages, name, out, notify)
         finally:
             stop.set()
             relay_thread.join()
 
 
-def _lost(e: BaseException) -> dict:
+def _pool_pass(ctx, jobs, waiting, messages, name, out, notify):
+    """Train runs from ``waiting`` on one process pool until none is left or a worker process dies.
+
+    At most ``jobs`` runs are submitted at a time, so the runs in flight are known:
+    when a worker dies (segfault, out-of-memory kill, ``os._exit``) the pool breaks,
+    those runs are recorded as failed, and the rest stay in ``waiting`` for a new pool.
+    """
+    running, broken = {}, False
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        while running or (waiting and not broken):
+            while waiting and not broken and len(running) < jobs:
+                run = waiting.pop()
+                try:
+                    running[pool.submit(_worker, run, messages)] = run
+                except BrokenProcessPool:
+                    waiting.append(run)
+                    broken = True
+            if not running:
+                break
+            in_flight = len(running)
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in finished:
+                run = running.pop(f)
+                try:
+                    payload = f.result()
+                except BrokenProcessPool as e:
+                    broken = True
+                    payload = _lost(e, f"a worker process died (crash, out-of-memory kill or exit) while this "
+                                       f"run was one of {in_flight} in flight; the others went on in a new pool")
+                except Exception as e:  # the payload could not come back
+                    payload = _lost(e)
+                outcome = store(run, run_dir(out, name, run), payload)
+                notify("done", run, outcome=outcome)
+                yield outcome
+
+
+def _lost(e: BaseException, why: str = "worker lost") -> dict:
     """The payload of a run whose worker died before it could report."""
-    error = f"worker lost: {type(e).__name__}: {e}"
+    error = f"{why}: {type(e).__name__}: {e}"
     return {"summary": {"status": "failed", "error": error}, "rows": [], "env": {}, "profile": None,
             "error": error, "traceback": traceback.format_exc()}
 

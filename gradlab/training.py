@@ -131,7 +131,9 @@ def train_step(model, task, batch, optimizer, clip: dict | Clipper, window: int 
     (0 = off); α·∂Ω/∂U joins U's gradient before clipping, as in Pascanu's code.
     Records the norms *before* clipping (global and per parameter group) and
     after; with several updates per batch (truncated BPTT) the largest of each,
-    and Ω's mean.
+    and Ω's mean. The norms include the updates dropped as non-finite, as
+    computed (NaN wins over any number, then inf); ``clip_active`` and the loss
+    count the applied updates only.
     """
     clipper = clip if isinstance(clip, Clipper) else make_clipper(clip, model)
     hidden = remedies.HiddenGradients(clipper.grad_transform) if omega else None  # Ω needs every ∂L/∂h_t
@@ -151,6 +153,11 @@ def train_step(model, task, batch, optimizer, clip: dict | Clipper, window: int 
         norm, after = clip_gradients(model.parameters(), clipper)
         loss_v, norm_v, after_v, *group_v = torch.stack([loss.detach(), norm, after, *group_norms, *extra]).tolist()
         omega_v = group_v.pop() if omega else None
+        # the norms of every update, applied or dropped: a dropped one's inf/NaN is the evidence
+        row["grad_norm"] = _largest(row["grad_norm"], norm_v)
+        row["grad_norm_clipped"] = _largest(row["grad_norm_clipped"], after_v)
+        for g, v in zip(groups, group_v):
+            row[f"grad_norm_{g}"] = _largest(row[f"grad_norm_{g}"], v)
         if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
             row["nonfinite"] = 1
             if on_nonfinite == "stop":
@@ -159,11 +166,7 @@ def train_step(model, task, batch, optimizer, clip: dict | Clipper, window: int 
         optimizer.step()
         row["updates"] += 1
         row["loss"] += loss_v
-        row["grad_norm"] = max(row["grad_norm"], norm_v)
-        row["grad_norm_clipped"] = max(row["grad_norm_clipped"], after_v)
         row["clip_active"] |= int(after_v < norm_v * (1 - 1e-6))
-        for g, v in zip(groups, group_v):
-            row[f"grad_norm_{g}"] = max(row[f"grad_norm_{g}"], v)
         if omega:
             row["omega"] += omega_v
     if omega and row["updates"]:
@@ -171,6 +174,11 @@ def train_step(model, task, batch, optimizer, clip: dict | Clipper, window: int 
     if row["nonfinite"]:
         row["loss"] = float("nan")
     return row
+
+
+def _largest(a: float, b: float) -> float:
+    """max(a, b), but NaN when either is NaN (Python's max keeps whichever comes first)."""
+    return math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
 
 
 def gradient_profile(model, task, batch, window, grad_transform=None) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -11,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from gradlab import results
 from gradlab.cli import app
 from gradlab.config import load
-from gradlab.sweeps import select
+from gradlab.sweeps import preflight, run_sweep, select
 
 runner = CliRunner()
 
@@ -144,3 +147,135 @@ def test_ray_missing_is_a_clear_message(tmp_path, monkeypatch):
                                  "--executor", "ray", "-q"])
     assert result.exit_code == 2
     assert "pip install 'gradlab[ray]'" in result.output and "Traceback" not in result.output
+
+
+REORDERED = """\
+name: same
+task: {name: adding, length: 6, eval_size: 8}
+model: {hidden: 4}
+train: {steps: 2, batch_size: 4, eval_every: 2BASE}
+seeds: [0]
+grid:
+GRID
+"""
+CELLS, LR = "  model.cell: [vanilla, gru]\n", "  train.lr: [0.02]\n"
+
+
+def test_a_reordered_grid_or_a_value_moved_to_the_base_config_is_the_same_run(tmp_path):
+    variants = {"first": ("", CELLS + LR), "reordered": ("", LR + CELLS), "base": (", lr: 0.02", CELLS)}
+    paths = {}
+    for key, (base, grid) in variants.items():
+        paths[key] = tmp_path / f"{key}.yaml"
+        paths[key].write_text(REORDERED.replace("BASE", base).replace("GRID", grid))
+    ids = {key: sorted(r.id for r in load(path)[1]) for key, path in paths.items()}
+    assert len({tuple(v) for v in ids.values()}) == 3  # three spellings of the same two runs
+    out = tmp_path / "out"
+    assert runner.invoke(app, ["run", str(paths["first"]), "--out", str(out), "-j", "1", "-q"]).exit_code == 0
+    mtimes = {d: (d / "summary.json").stat().st_mtime_ns for d in results.find_runs(out)}
+    for key in ("reordered", "base"):
+        dry = runner.invoke(app, ["run", str(paths[key]), "--out", str(out), "--dry-run"])
+        assert "0 to run, 2 already done" in dry.output
+        result = runner.invoke(app, ["run", str(paths[key]), "--out", str(out), "-j", "1", "-f", "json"])
+        assert result.exit_code == 0, result.output
+        assert [r["runs"] for r in json.loads(result.stdout)] == [1, 1]
+    assert {d: (d / "summary.json").stat().st_mtime_ns for d in results.find_runs(out)} == mtimes  # not re-run
+
+
+def test_compare_counts_a_run_stored_under_two_names_once(tmp_path):
+    path = tmp_path / "same.yaml"
+    path.write_text(REORDERED.replace("BASE", "").replace("GRID", CELLS + LR))
+    out = tmp_path / "out"
+    assert runner.invoke(app, ["run", str(path), "--out", str(out), "-j", "1", "-q"]).exit_code == 0
+    first = results.find_runs(out)[0]
+    # what an earlier gradlab left: the same resolved config under the grid's other key order
+    shutil.copytree(first, first.parent / ("lr=0.02_" + first.name.replace("_lr=0.02", "")))
+    assert len(results.find_runs(out)) == 3
+    table = json.loads(runner.invoke(app, ["compare", str(out), "-f", "json"]).stdout)
+    assert [r["runs"] for r in table] == [1, 1]
+
+
+class WorkerDeath:
+    """Unpickled in a worker process, it ends that process at once: a segfault or OOM kill, as the pool sees it."""
+
+    def __reduce__(self):
+        return os._exit, (3,)
+
+
+def test_a_dead_worker_fails_only_the_runs_in_flight(tmp_path):
+    _, runs = load(config(tmp_path, steps=2))
+    runs = runs[:4]
+    runs[0].config["crash"] = WorkerDeath()
+    outcomes = run_sweep("sweep", runs, tmp_path / "out", jobs=2)
+    status = {o.run.id: o for o in outcomes}
+    dead = status[runs[0].id]
+    assert dead.status == "failed" and "worker process died" in dead.error
+    assert results.read_json(dead.dir / "summary.json")["status"] == "failed"
+    # two runs were in flight (runs 0 and 1); the other two trained in a new pool
+    assert [status[r.id].status for r in runs[2:]] == ["ok", "ok"]
+    assert all(o.status == "ok" or "worker process died" in o.error for o in outcomes)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_written_files_follow_the_umask(tmp_path, mask):
+    old = os.umask(mask)
+    try:
+        assert results.umask() == mask
+        results.write_atomic(tmp_path / "a.txt", "x")
+        results.write_json(tmp_path / "b.json", {})
+    finally:
+        os.umask(old)
+    for name in ("a.txt", "b.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask
+
+
+def test_a_failed_forced_rerun_leaves_nothing_of_the_earlier_attempt(tmp_path, monkeypatch):
+    path = config(tmp_path, steps=2)
+    out = tmp_path / "out"
+    one = ["--set", "grid.model.cell=[lstm]", "--set", "seeds=[0]", "--out", str(out), "-j", "1", "-q"]
+    assert runner.invoke(app, ["run", str(path), *one]).exit_code == 0
+    [run] = results.find_runs(out)
+    (run / "notes.txt").write_text("an artefact of the first attempt")
+    assert (run / "profile.npz").is_file()
+
+    def broken(cfg, progress=None, rows=None):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("gradlab.training.train", broken)
+    assert runner.invoke(app, ["run", str(path), *one, "--force"]).exit_code == 1
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "env.json", "error.txt", "metrics.csv",
+                                                     "summary.json"]
+    assert results.read_json(run / "summary.json") == {"status": "failed", "error": "RuntimeError: boom"}
+
+
+def test_an_empty_shard_is_a_valid_ci_job(tmp_path):
+    path = config(tmp_path, steps=2)  # 6 runs
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(path), "--out", str(out), "--shard", "7/8", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "no runs in this shard" in result.stderr and result.stdout == ""
+    as_json = runner.invoke(app, ["run", str(path), "--out", str(out), "--shard", "8/8", "-f", "json"])
+    assert as_json.exit_code == 0 and json.loads(as_json.stdout) == []
+    assert not list(out.rglob("summary.json"))
+
+
+def test_ray_is_not_touched_when_nothing_is_left_to_run(tmp_path, monkeypatch):
+    path = config(tmp_path, steps=2)
+    one = [str(path), "--set", "grid.model.cell=[lstm]", "--out", str(tmp_path / "o"), "-q"]
+    assert runner.invoke(app, ["run", *one, "-j", "1"]).exit_code == 0
+    monkeypatch.setitem(sys.modules, "ray", None)  # any import of ray fails
+    result = runner.invoke(app, ["run", *one, "--executor", "ray", "--address", "ray://head:10001"])
+    assert result.exit_code == 0, result.output
+
+
+def test_address_without_the_ray_executor_is_bad_input(tmp_path):
+    result = runner.invoke(app, ["run", str(config(tmp_path, steps=2)), "--out", str(tmp_path / "o"),
+                                 "--address", "ray://head:10001"])
+    assert result.exit_code == 2 and "--executor ray" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_cuda_preflight_is_left_to_the_ray_workers(tmp_path):
+    _, runs = load(config(tmp_path, steps=2), ["device=cuda"])
+    if torch.cuda.is_available():
+        pytest.skip("the preflight passes on a machine with CUDA")
+    assert preflight(runs, "local") and preflight(runs, "ray") == []
