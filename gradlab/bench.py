@@ -46,6 +46,7 @@ from gradlab.cells import Probe, RecurrentNet
 FUSED = {"vanilla": (nn.RNN, "tanh"), "irnn": (nn.RNN, "relu"), "orthogonal": (nn.RNN, "tanh"),
          "lstm": (nn.LSTM, None), "gru": (nn.GRU, None)}
 INPUTS = 2  # input channels, as in the adding task
+SCHEMA = "gradlab.bench/1"  # of `gradlab bench --json`'s rows; new keys keep it, a changed or dropped key bumps it
 
 
 def bench(cells=("vanilla", "irnn", "orthogonal", "skip", "lstm", "gru"), length=200, batch=64,

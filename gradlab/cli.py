@@ -94,13 +94,6 @@ def read_config(read, path: Path):
         return read(path)
     except ConfigError as e:
         fail(e.problems)
-    except UnicodeDecodeError as e:
-        fail(not_utf8(path, e))
-
-
-def not_utf8(path: Path, e: UnicodeDecodeError) -> str:
-    # the loader reads text: a binary or Latin-1 file is bad input, not a traceback
-    return f"{path}: cannot read the config: not UTF-8 text (byte {e.start})"
 
 
 def load_config(path: Path, sets: list[str]):
@@ -273,7 +266,7 @@ def sweep_with_progress(name, runs, out, quiet, **options):
 
     if quiet:
         return run_sweep(name, runs, out, **options)
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    columns = [TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     with Progress(*columns, console=err_console, transient=False) as progress:
         total_steps = sum(r.config["train"]["steps"] for r in runs)
@@ -412,8 +405,9 @@ def compare_two(base_dir: Path, cand_dir: Path, by: str | None, fmt_name: str, o
     else:
         if output:
             fail("--output needs --format markdown, csv or json")
-        out_console.print(diff_rich_table(table, columns, title + (f" · change under test: {change_text(changes)}"
-                                                                   if changes else "")))
+        if changes:
+            out_console.print(f"change under test: {change_text(changes)}", soft_wrap=True)
+        out_console.print(diff_rich_table(table, columns, title))
     if checks is not None and fmt_name in ("table", "csv"):
         print_checks(checks)
     bad = [r for r in to_records(table) if r["status"] in ("regression", "missing")]
@@ -510,8 +504,6 @@ def validate(configs: list[Path] = typer.Argument(..., help="Experiment YAML fil
             out_console.print(f"ok: {path}: {name}, {len(runs)} runs")
         except ConfigError as e:
             problems += e.problems
-        except UnicodeDecodeError as e:
-            problems.append(not_utf8(path, e))
     if problems:
         fail(problems)
 
@@ -545,11 +537,12 @@ def bench(
     length: int = typer.Option(200, "--length", min=1, help="Sequence length T."),
     batch: int = typer.Option(64, "--batch", min=1, help="Batch size B."),
     hidden: int = typer.Option(128, "--hidden", min=1, help="Hidden units H."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     repeats: int = typer.Option(15, "--repeats", min=3, help="Timed steps per contender (median reported)."),
     memory: str | None = typer.Option(None, "--memory", help="Also report the peak memory of one step at "
                                       "these comma-separated lengths, e.g. 500,2000."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (a list of rows, each with schema "
+                                 "gradlab.bench/1) instead of a table."),
 ):
     """Time one training step of every cell: gradlab's engine vs torch's fused module vs an autograd loop.
 
@@ -558,38 +551,52 @@ def bench(
 
     Example: gradlab bench --length 200 --batch 64 --hidden 128 --json
     """
+    from gradlab.bench import SCHEMA, peak_memory
     from gradlab.bench import bench as run_bench
-    from gradlab.bench import peak_memory
     from gradlab.cells import CELLS
 
     names = [c.strip() for c in cells.split(",") if c.strip()]
     unknown = [c for c in names if c not in CELLS]
-    if unknown:
-        fail(f"--cells: unknown cell(s) {', '.join(unknown)}; valid: {', '.join(CELLS)}")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            fail(f"--device {device}: torch sees no CUDA device")
+    if unknown or not names:
+        fail(f"--cells {cells}: {'unknown cell(s) ' + ', '.join(unknown) if unknown else 'no cell named'}; "
+             f"valid: {', '.join(CELLS)}")
+    check_device(device)
+    lengths = [x.strip() for x in memory.split(",")] if memory else []
+    if not all(x.isdigit() and int(x) > 0 for x in lengths):
+        fail(f"--memory {memory}: expected comma-separated sequence lengths >= 1, e.g. 500,2000")
     rows = run_bench(names, length=length, batch=batch, hidden=hidden, device=device, repeats=repeats)
-    lengths = [int(x) for x in memory.split(",")] if memory else []
     for row in rows:
-        for T in lengths:
-            for engine in ("scan", "fused", "autograd"):
-                if engine == "fused" and row["fused_ms"] is None:
-                    continue
-                row[f"peak_mib_{engine}_T{T}"] = round(peak_memory(row["cell"], T, batch, hidden, device,
-                                                                   engine=engine) / 2**20, 1)
+        for T in map(int, lengths):
+            for engine in ("scan", "fused", "autograd"):  # None: torch has no fused module for the cell
+                row[f"peak_mib_{engine}_T{T}"] = None if engine == "fused" and row["fused_ms"] is None else \
+                    round(peak_memory(row["cell"], T, batch, hidden, device, engine=engine) / 2**20, 1)
     if as_json:
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        sys.stdout.write(json.dumps([{"schema": SCHEMA, **row} for row in rows], indent=2) + "\n")
         return
     t = Table(title=f"one training step, T={length} B={batch} H={hidden}, {device}, 1 thread (median ms)",
               header_style="bold")
-    for col in rows[0]:
+    columns = list(dict.fromkeys(k for row in rows for k in row))  # placed by key: rows may differ
+    for col in columns:
         t.add_column(col, justify="left" if col == "cell" else "right")
     for row in rows:
-        t.add_row(*(("–" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)) for v in row.values()))
+        t.add_row(*(("–" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v))
+                    for v in (row.get(c) for c in columns)))
     out_console.print(t)
+
+
+def check_device(device: str) -> None:
+    """``cpu``, ``cuda`` or ``cuda:N`` of a device torch sees, or a one-line error."""
+    if device == "cpu":
+        return
+    if device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
+        fail(f"--device {device}: expected cpu, cuda or cuda:N")
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        fail(f"--device {device}: torch sees no CUDA device")
+    if device != "cuda" and int(device[5:]) >= count:
+        fail(f"--device {device}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
 
 
 @app.command("ls")

@@ -253,6 +253,14 @@ def _regressions(base: dict, cand: dict, tol: dict) -> list[str]:
     return why
 
 
+def _values(frame: pd.DataFrame, column: str) -> set[str]:
+    """A column's distinct values as JSON text (lists and dicts compare too; 1.0 is 1: a column with gaps is float)."""
+    if column not in frame.columns:
+        return {"null"}
+    whole = lambda v: int(v) if isinstance(v, float) and v.is_integer() else v  # noqa: E731
+    return {json.dumps(whole(_clean(v)), default=str) for v in frame[column]}
+
+
 def diff_keys(base: pd.DataFrame, cand: pd.DataFrame, by: list[str] | None = None) -> tuple[list[str], dict]:
     """The columns two result sets line up on, and the change under test between them.
 
@@ -263,11 +271,9 @@ def diff_keys(base: pd.DataFrame, cand: pd.DataFrame, by: list[str] | None = Non
     lines up with a candidate without it; an explicit ``by`` is kept as given.
     """
     ignore = set(SUMMARY_COLUMNS) | {"seed", "experiment"}
-    values = lambda frame, c: ({json.dumps(_clean(v), default=str) for v in frame[c]}  # noqa: E731
-                               if c in frame.columns else {"null"})
     changes = {}
     for c in dict.fromkeys([*base.columns, *cand.columns]):
-        vb, vc = values(base, c), values(cand, c)
+        vb, vc = _values(base, c), _values(cand, c)
         if c not in ignore and len(vb) == len(vc) == 1 and vb != vc:
             changes[c] = (json.loads(vb.pop()), json.loads(vc.pop()))
     if by:

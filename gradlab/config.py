@@ -425,7 +425,8 @@ def parse_yaml(text: str, source: str) -> tuple[dict, dict[str, int], list[str]]
         return {}, lines, []
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the config must be a mapping of keys, got {type(data).__name__}"])
-    return data, lines, [f"{source}:{second}: {key}: given twice, at lines {first} and {second}; keep one"
+    return data, lines, [f"{source}:{second}: {key}: given twice, "
+                         + (f"at lines {first} and {second}" if first != second else "on this line") + "; keep one"
                          for key, first, second in twice]
 
 
@@ -452,10 +453,8 @@ def _read_text(path: Path, source: str) -> str:
         raise ConfigError([f"{source}: cannot read the config: {e.strerror}"]) from None
     try:
         return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise ConfigError([f"{source}:{line}: cannot read the config: byte 0x{raw[e.start]:02x} is not "
-                           "UTF-8 text; save the file as UTF-8"]) from None
+    except UnicodeDecodeError as e:  # a binary or Latin-1 file: one located line, not a traceback
+        raise ConfigError([f"{source}: cannot read the config: not UTF-8 text (byte {e.start})"]) from None
 
 
 def _set_path(data: dict, path: str, value) -> None:
@@ -488,8 +487,8 @@ def _defaults() -> dict:
     return dataclasses.asdict(Config())
 
 
-def _check_keys(data: dict, where, problems: list[str]) -> None:
-    """Unknown keys at the top level and in each section."""
+def _check_keys(data: dict, where, problems: list[str], bad: set[str]) -> None:
+    """Unknown keys at the top level and in each section; a section that is not a mapping goes to ``bad``."""
     top = [f.name for f in dataclasses.fields(Config)] + ["expect"]
     for k in data:
         if k not in top:
@@ -500,6 +499,7 @@ def _check_keys(data: dict, where, problems: list[str]) -> None:
             continue
         if not isinstance(value, dict):
             problems.append(f"{where(section)}: expected a mapping, got {value!r}")
+            bad.add(section)
             continue
         names = [f.name for f in dataclasses.fields(cls)]
         for k in value:
@@ -508,7 +508,8 @@ def _check_keys(data: dict, where, problems: list[str]) -> None:
                                 f"{_did_you_mean(k, names)}; valid: {', '.join(names)}")
 
 
-def _check_values(data: dict, where, problems: list[str]) -> None:
+def _check_values(data: dict, where, problems: list[str], bad: set[str]) -> None:
+    """Each key's own value; the paths of wrong ones go to ``bad``."""
     for path, check in CHECKS.items():
         try:
             value = _get_path(data, path)
@@ -516,73 +517,217 @@ def _check_values(data: dict, where, problems: list[str]) -> None:
             continue  # absent: the default applies
         msg = check(value)
         if msg:  # one line per problem (a clip spec may have several)
+            bad.add(path)
             problems += [f"{where(path)}: {line}" for line in msg.splitlines()]
 
 
-def _check_grid(grid, where, problems: list[str]) -> None:
+def _check_grid(grid, where, problems: list[str], bad: set[str]) -> dict:
+    """Each grid key and value. Returns the valid part, dotted path -> [(index, value)]; a path with no
+    valid value goes to ``bad``."""
     if not isinstance(grid, dict):
         problems.append(f"{where('grid')}: expected a mapping of dotted.path: [values], got {grid!r}")
-        return
+        bad.add("grid")
+        return {}
+    valid = {}
     for path, values in grid.items():
         loc = where(f"grid.{path}")
+        kept = []
         if path in SECTIONS and path != "diagnostics":  # a list of partial sections, e.g. model variants
             if not isinstance(values, list) or not values:
                 problems.append(f"{loc}: expected a non-empty list of {path} mappings, got {values!r}")
-                continue
+                values = []
             for i, variant in enumerate(values):
                 at = f"grid.{path}[{i}]"
                 if not isinstance(variant, dict) or not variant:
                     problems.append(f"{where(at)}: expected a mapping of {path} keys, got {variant!r}")
                     continue
+                found = len(problems)
                 for k, v in variant.items():
                     key = f"{path}.{k}"
                     if key not in CHECKS:
-                        valid = [c.split(".", 1)[1] for c in CHECKS if c.startswith(path + ".")]
-                        problems.append(f"{where(at)}: unknown {path} key {k!r}{_did_you_mean(k, valid)}")
+                        valid_keys = [c.split(".", 1)[1] for c in CHECKS if c.startswith(path + ".")]
+                        problems.append(f"{where(at)}: unknown {path} key {k!r}{_did_you_mean(k, valid_keys)}")
                         continue
                     msg = CHECKS[key](v)
                     if msg:
                         problems += [f"{where(at)}.{k}: {line}" for line in msg.splitlines()]
-            continue
-        if path not in CHECKS or path in ("seeds", "name"):
+                if len(problems) == found:
+                    kept.append((i, variant))
+        elif path not in CHECKS or path in ("seeds", "name"):
             settable = [k for k in KEYS if k not in ("seeds", "name")]
             problems.append(f"{loc}: grid over unknown key {path!r}{_did_you_mean(path, settable)}")
             continue
-        if not isinstance(values, list) or not values:
+        elif not isinstance(values, list) or not values:
             problems.append(f"{loc}: expected a non-empty list of values, got {values!r}")
-            continue
-        for i, v in enumerate(values):
-            msg = CHECKS[path](v)
-            if msg:
-                problems += [f"{where(f'grid.{path}[{i}]')}: {line}" for line in msg.splitlines()]
+        else:
+            for i, v in enumerate(values):
+                msg = CHECKS[path](v)
+                if msg:
+                    problems += [f"{where(f'grid.{path}[{i}]')}: {line}" for line in msg.splitlines()]
+                else:
+                    kept.append((i, v))
+        if kept:
+            valid[path] = kept
+        else:
+            bad.add(path)
+    return valid
 
 
-def _check_run(cfg: dict, label: str, problems: list[str]) -> None:
-    """Constraints between keys, checked on each expanded run."""
+# ---------------------------------------------------------------------------
+# Constraints between keys, checked on each grid point. Each returns None or (problem, detail): the
+# detail names the other key's value, left out where it differs between the grid points that show the
+# problem (they are listed instead).
+
+def _variant_exists(cfg):
     try:
-        task = resolve(cfg["task"])  # the variant exists for this task
+        resolve(cfg["task"])
     except ValueError as e:
-        problems.append(f"{label}task.variant: {e}")
-        task = None
-    if task is not None and cfg["task"]["length"] < task.min_length:
-        problems.append(f"{label}task.length: {task.label} needs length >= {task.min_length}, "
-                        f"got {cfg['task']['length']}")
+        return str(e), ""
+
+
+def _long_enough(cfg):
+    try:
+        task = resolve(cfg["task"])
+    except ValueError:
+        return None  # the variant's own problem
+    if cfg["task"]["length"] < task.min_length:
+        return f"{task.label} needs length >= {task.min_length}", f", got {cfg['task']['length']}"
+
+
+def _nonlinearity_cell(cfg):
     if cfg["model"]["nonlinearity"] is not None and cfg["model"]["cell"] != "orthogonal":
-        problems.append(f"{label}model.nonlinearity: only the orthogonal cell takes a nonlinearity "
-                        f"({cfg['model']['cell']} has its own)")
-    cell, layers = cfg["model"]["cell"], cfg["model"].get("layers", 1)
-    if cfg["model"]["init"] is not None and cell != "orthogonal":
-        problems.append(f"{label}model.init: only the orthogonal cell takes an init option, not {cell}")
-    if cfg["model"]["constrain"] and cell != "orthogonal":
-        problems.append(f"{label}model.constrain: only the orthogonal cell can be kept orthogonal, not {cell}")
+        return "only the orthogonal cell takes a nonlinearity", f" ({cfg['model']['cell']} has its own)"
+
+
+def _init_cell(cfg):
+    if cfg["model"]["init"] is not None and cfg["model"]["cell"] != "orthogonal":
+        return "only the orthogonal cell takes an init option", f", not {cfg['model']['cell']}"
+
+
+def _constrain_cell(cfg):
+    if cfg["model"]["constrain"] and cfg["model"]["cell"] != "orthogonal":
+        return "only the orthogonal cell can be kept orthogonal", f", not {cfg['model']['cell']}"
+
+
+def _forget_bias_cell(cfg):
+    cell = cfg["model"]["cell"]
     if cfg["model"]["forget_bias"] is not None and CELLS[cell].recurrence not in FORGET_GATE:
-        problems.append(f"{label}model.forget_bias: only {' and '.join(FORGET_GATE)} have a forget gate, "
-                        f"not {cell}")
+        return f"only {' and '.join(FORGET_GATE)} have a forget gate", f", not {cell}"
+
+
+def _omega_cell(cfg):
+    cell, layers = cfg["model"]["cell"], cfg["model"]["layers"]
     if cfg["train"]["omega"] and (CELLS[cell].recurrence != "rnn" or layers != 1):
         omega_cells = ", ".join(k for k, c in CELLS.items() if c.recurrence == "rnn")
         got = cell if layers == 1 else f"{layers} layers"
-        problems.append(f"{label}train.omega: only for one layer of the {omega_cells} cells "
-                        f"(Pascanu's Ω is defined for h_t = act(W x_t + U h_(t-1) + b)), got {got}")
+        return (f"only for one layer of the {omega_cells} cells "
+                f"(Pascanu's Ω is defined for h_t = act(W x_t + U h_(t-1) + b))", f", got {got}")
+
+
+# (the key at fault, then the keys it is checked against; check). A check runs where all are valid;
+# its error is located at the key at fault, or, where that is at its default, at the first one set.
+CROSS_CHECKS = [
+    (("task.variant", "task.name"), _variant_exists),
+    (("task.length", "task.name", "task.variant"), _long_enough),
+    (("model.nonlinearity", "model.cell"), _nonlinearity_cell),
+    (("model.init", "model.cell"), _init_cell),
+    (("model.constrain", "model.cell"), _constrain_cell),
+    (("model.forget_bias", "model.cell"), _forget_bias_cell),
+    (("train.omega", "model.cell", "model.layers"), _omega_cell),
+]
+
+
+def _grid_origin(path: str, point: dict) -> str | None:
+    """Where the grid sets ``path`` at this point (grid.PATH[i] or grid.SECTION[i].KEY); None if it does not."""
+    section, _, key = path.partition(".")
+    for gpath, (i, value) in reversed(point.items()):  # a later grid key overrides an earlier one
+        if gpath == path:
+            return f"grid.{path}[{i}]"
+        if gpath == section and key in value:
+            return f"grid.{section}[{i}].{key}"
+    return None
+
+
+def _origin(path: str, point: dict, data: dict) -> str | None:
+    """Where the value of ``path`` at this point comes from: the grid, the config (or --set), or None: its default."""
+    found = _grid_origin(path, point)
+    if found:
+        return found
+    try:
+        _get_path(data, path)
+    except (KeyError, TypeError):
+        return None
+    return path
+
+
+def _value_label(path: str, value) -> str:
+    if path == "train.clip":
+        return clip_label(resolve_clip(value))
+    if path == "train.tbptt":
+        return "full" if value is None else str(tbptt_label(resolve_tbptt(value)))
+    if path in SECTIONS:
+        return "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _which_points(points: list[dict], failing: list[int], location: str) -> str:
+    """`` (for grid model.cell=lstm|gru)``: the grid values where a problem holds, when it is not all of them.
+
+    The grid key the problem is located at is left out: its location already names the value.
+    """
+    keys = [k for k in (points[0] if points else {}) if not location.startswith(f"grid.{k}[")]
+    labels = {k: {pt[k][0]: _value_label(k, pt[k][1]) for pt in points} for k in keys}
+    seen = sorted({tuple(points[n][k][0] for k in keys) for n in failing})
+    if len(seen) == math.prod(len(v) for v in labels.values()):
+        return ""  # whatever the other grid values
+    per_key = {k: sorted({combo[j] for combo in seen}) for j, k in enumerate(keys)}
+    if len(seen) == math.prod(len(v) for v in per_key.values()):  # every combination of some values per key
+        return " (for grid " + ", ".join(f"{k}={'|'.join(labels[k][i] for i in per_key[k])}"
+                                         for k in keys if len(per_key[k]) < len(labels[k])) + ")"
+    shown = "; ".join(", ".join(f"{k}={labels[k][i]}" for k, i in zip(keys, combo)) for combo in seen[:3])
+    more = f"; and {len(seen) - 3} more" if len(seen) > 3 else ""
+    return f" (for grid points {shown}{more})"
+
+
+def _check_between_keys(data: dict, points: list[dict], configs: list[dict], bad: set[str], where) -> list[str]:
+    """CROSS_CHECKS on every grid point, each distinct problem reported once, at the key that causes it."""
+    found: dict[tuple[str, str], dict] = {}  # (location, problem) -> its details and grid points
+    for n, (point, cfg) in enumerate(zip(points, configs)):
+        for keys, check in CROSS_CHECKS:
+            if any((k in bad or k.split(".")[0] in bad) and not _grid_origin(k, point) for k in keys):
+                continue  # a value that is itself wrong, reported as such
+            problem = check(cfg)
+            if problem:
+                location = next((o for k in keys if (o := _origin(k, point, data))), keys[0])
+                seen = found.setdefault((location, problem[0]), {"details": set(), "points": []})
+                seen["details"].add(problem[1])
+                seen["points"].append(n)
+    out = []
+    for (location, problem), seen in found.items():
+        detail = next(iter(seen["details"])) if len(seen["details"]) == 1 else ""
+        out.append(f"{where(location)}: {problem}{detail}{_which_points(points, seen['points'], location)}")
+    return out
+
+
+def _check_same_runs(grid: dict, points: list[dict], configs: list[dict], base: dict, where) -> list[str]:
+    """Grid values that resolve to one run (lstm twice; none and {kind: none}), which would train twice."""
+    problems = []
+    for path, values in grid.items():
+        resolved = [_resolve_point(base, {path: iv}) for iv in values]
+        for a, b in itertools.combinations(range(len(values)), 2):
+            if resolved[a] == resolved[b] and all(resolved[c] != resolved[b] for c in range(a)):
+                (i, u), (j, v) = values[a], values[b]
+                problems.append(f"{where(f'grid.{path}')}: [{i}] {_value_label(path, u)} and [{j}] "
+                                f"{_value_label(path, v)} are the same run; keep one")
+    if problems:
+        return problems
+    first: dict[str, int] = {}  # values that differ yet combine into one run, e.g. across a section grid
+    for n, cfg in enumerate(configs):
+        m = first.setdefault(json.dumps(cfg, sort_keys=True), n)
+        if m != n:
+            label = [", ".join(f"{k}={_value_label(k, v)}" for k, (_, v) in points[x].items()) for x in (m, n)]
+            problems.append(f"{where('grid')}: the grid points [{label[0]}] and [{label[1]}] are the same run")
+    return problems
 
 
 def _identity(cfg: dict) -> dict:
@@ -623,84 +768,131 @@ def run_id(cfg: dict, overrides: dict) -> str:
     return f"{slug}_{digest}"
 
 
-def expand(data: dict, label_prefix: str = "") -> list[Run]:
-    """Cartesian product of the grid, times the seeds, over the defaults."""
+def _base(data: dict, bad: set[str]) -> dict:
+    """The defaults with the config's valid values over them (a wrong value's default stands in)."""
     base = _defaults()
-    for section in SECTIONS:
-        base[section].update(data.get(section) or {})
-    for k in ("name", "seeds", "device", "dtype", "threads"):
-        if k in data:
-            base[k] = data[k]
-    grid = data.get("grid") or {}
-    runs, problems = [], []
-    for combo in itertools.product(*grid.values()):
-        overrides = dict(zip(grid, combo))
-        for seed in base["seeds"]:
-            cfg = copy.deepcopy(base)
-            for path, value in overrides.items():
-                if path in SECTIONS:  # a section variant: its keys over the section
-                    cfg[path].update(copy.deepcopy(value))
-                else:
-                    _set_path(cfg, path, copy.deepcopy(value))
-            cfg.pop("grid")
-            cfg.pop("seeds")
-            cfg["seed"] = seed
-            cfg["train"]["clip"] = resolve_clip(cfg["train"]["clip"])
-            cfg["train"]["tbptt"] = resolve_tbptt(cfg["train"]["tbptt"])
-            label = ", ".join(f"{k}={v}" for k, v in overrides.items())
-            _check_run(cfg, f"{label_prefix}run [{label or 'base'}]: ", problems)
-            runs.append(Run(run_id(cfg, overrides), cfg, overrides))
-    if problems:
-        raise ConfigError(sorted(set(problems), key=problems.index))
-    return runs
+    for path in CHECKS:
+        if path in bad or path.split(".")[0] in bad:
+            continue
+        try:
+            value = _get_path(data, path)
+        except (KeyError, TypeError):
+            continue  # absent: the default applies
+        _set_path(base, path, copy.deepcopy(value))
+    return base
 
 
-def _check_expect(entries, runs: list[Run], where) -> list[str]:
-    """The ``expect:`` list: syntax, known columns, and every ``where`` matching some run."""
+def _resolve_point(base: dict, point: dict) -> dict:
+    """One grid point's resolved config, without its seed; ``point`` is {dotted path: (index, value)}."""
+    cfg = copy.deepcopy(base)
+    for path, (_, value) in point.items():
+        if path in SECTIONS:  # a section variant: its keys over the section
+            cfg[path].update(copy.deepcopy(value))
+        else:
+            _set_path(cfg, path, copy.deepcopy(value))
+    cfg.pop("grid")
+    cfg.pop("seeds")
+    cfg["train"]["clip"] = resolve_clip(cfg["train"]["clip"])
+    cfg["train"]["tbptt"] = resolve_tbptt(cfg["train"]["tbptt"])
+    # 50 -> 50.0 where the threshold is a float, so equal settings hash alike
+    cfg["diagnostics"] = {k: float(v) if isinstance(getattr(Thresholds, k), float) else v
+                          for k, v in cfg["diagnostics"].items()}
+    return cfg
+
+
+# expect: grouping columns -> the config key behind each, where the name differs (see comparison.config_columns)
+_COLUMN_KEYS = {"task": "task.name", "length": "task.length", "clip": "train.clip", "tbptt": "train.tbptt",
+                "seed": "seeds"}
+
+
+def _column_key(column: str) -> str:
+    return _COLUMN_KEYS.get(column) or next(
+        (f"{s}.{column}" for s in ("task", "model", "train") if f"{s}.{column}" in CHECKS), column)
+
+
+def _check_expect(entries, runs: list[Run], where, unsure: set[str]) -> list[str]:
+    """The ``expect:`` list: syntax, known columns, and every ``where`` matching some run.
+
+    A selector on a key in ``unsure`` (wrong, or some of its grid values wrong) is not matched: the
+    runs it would match may be missing for that reason, which is reported already.
+    """
     from gradlab.comparison import config_columns
 
     rows = [config_columns(r.config) for r in runs]
-    columns = [c for c in rows[0] if c not in ("experiment", "device", "threads")] if rows else []
+    columns = [c for c in rows[0] if c not in ("experiment", "device", "threads")]
     parsed, problems = expectations.parse(entries, columns)
-    # the syntax was checked with everything else; here only what needs the runs
-    out = [f"{where(path)}: {msg}" for path, msg in problems if ".where." in path or ".versus." in path]
+    out = [f"{where(path)}: {msg}" for path, msg in problems]
     for exp in parsed:
         for key, selector in (("where", exp.where), ("versus", exp.versus or {})):
-            if any(k not in columns for k in selector):
-                continue  # already reported as an unknown column
+            keys = [_column_key(k) for k in selector]
+            if any(k not in columns for k in selector) or any(k in unsure or k.split(".")[0] in unsure
+                                                              for k in keys + ["grid"]):
+                continue
             if selector and not any(expectations.matches(row, selector) for row in rows):
                 out.append(f"{where(f'expect[{exp.index}].{key}')}: matches no run of this config: "
                            + ", ".join(f"{k}={v!r}" for k, v in selector.items()))
     return out
 
 
+def _from_set(path: str, set_paths) -> bool:
+    """Whether ``path``'s value comes from a --set: the same key, a section around it or a key within it."""
+    bare = path.split("[")[0]
+    for s in set_paths:
+        if bare == s or (s == "grid" and bare.startswith("grid.")):
+            return True
+        if not bare.startswith("grid") and (bare.startswith(s + ".") or s.startswith(bare + ".")):
+            return True  # grid keys are whole dotted paths: no prefixes there
+    return False
+
+
+def _in_file_order(problems: list[str], source: str) -> list[str]:
+    """Problems located at a line of the file first, top to bottom; then the rest, as found."""
+    def line(p):
+        head = p[len(source) + 1:].split(":", 1)[0] if p.startswith(source + ":") else ""
+        return (0, int(head)) if head.isdigit() else (1, 0)
+    return sorted(problems, key=line)
+
+
 def validate(data: dict, source: str = "<config>", lines: dict | None = None,
-             set_paths: tuple = ()) -> list[Run]:
-    """Check everything at once; return the expanded runs or raise ConfigError."""
+             set_paths: tuple = (), problems: tuple | list = ()) -> list[Run]:
+    """Check everything at once; return the expanded runs or raise ConfigError with every problem.
+
+    ``problems`` are those found earlier (keys given twice, malformed --set), reported with the rest.
+    Constraints between keys are checked wherever the keys involved are valid, on the runs the valid
+    part of the config expands to.
+    """
     lines = lines or {}
 
     def where(path):
-        if path in set_paths or path.split("[")[0] in set_paths:
+        if _from_set(path, set_paths):
             return f"--set {path}"
         line = lines.get(path)
         return f"{source}:{line}: {path}" if line else f"{source}: {path}"
 
-    problems: list[str] = []
-    _check_keys(data, where, problems)
-    _check_values(data, where, problems)
+    problems, bad = list(problems), set()
+    _check_keys(data, where, problems, bad)
+    _check_values(data, where, problems, bad)
+    grid = _check_grid(data["grid"], where, problems, bad) if "grid" in data else {}
+    if data.get("grid") == {}:
+        problems.append(f"{where('grid')}: the grid is empty; remove it or give it keys")
+    base = _base(data, bad)
+    points = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+    configs = [_resolve_point(base, point) for point in points]
+    problems += _check_between_keys(data, points, configs, bad, where)
+    problems += _check_same_runs(grid, points, configs, base, where)
+    runs = []
+    for point, cfg in zip(points, configs):
+        overrides = {path: value for path, (_, value) in point.items()}
+        for seed in base["seeds"]:
+            run = {**copy.deepcopy(cfg), "seed": seed}
+            runs.append(Run(run_id(run, overrides), run, overrides))
     if "expect" in data:
-        problems += [f"{where(path)}: {msg}" for path, msg in expectations.parse(data["expect"])[1]]
-    if "grid" in data:
-        _check_grid(data["grid"], where, problems)
-        if data["grid"] == {}:
-            problems.append(f"{where('grid')}: the grid is empty; remove it or give it keys")
+        given = data["grid"] if isinstance(data.get("grid"), dict) else {}
+        unsure = bad | {p for p, values in given.items()
+                        if p not in grid or (isinstance(values, list) and len(grid[p]) < len(values))}
+        problems += _check_expect(data["expect"], runs, where, unsure)
     if problems:
-        raise ConfigError(problems)
-    runs = expand(data, label_prefix=f"{source}: ")
-    if "expect" in data:
-        problems = _check_expect(data["expect"], runs, where)
-        if problems:
-            raise ConfigError(problems)
+        raise ConfigError(_in_file_order(problems, source))
     return runs
 
 
@@ -733,15 +925,18 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     """Read a config file, apply ``--set`` overrides, validate, expand."""
     path = Path(path)
     source = str(path)
+    sets, set_problems = [], []
+    for item in overrides:  # every malformed one is reported, with the file's problems
+        try:
+            sets.append(parse_override(item))
+        except ConfigError as e:
+            set_problems += e.problems
     try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError([f"{source}: cannot read the config: {e.strerror}"]) from None
-    data = parse_yaml(text, source)
-    set_paths = []
-    for item in overrides:
-        key, value = parse_override(item)
+        text = _read_text(path, source)
+        data, lines, problems = parse_yaml(text, source)
+    except ConfigError as e:
+        raise ConfigError(e.problems + set_problems) from None
+    for key, value in sets:
         _set_path(data, key, value)
-        set_paths.append(key)
-    runs = validate(data, source, _line_map(text), tuple(set_paths))
+    runs = validate(data, source, lines, tuple(key for key, _ in sets), problems + set_problems)
     return Experiment(data.get("name", Config.name), runs, data.get("expect", []), header_comment(text), source)

@@ -44,6 +44,7 @@ EXPR_GROUP_COLUMNS = ("length",)
 OPS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt}
 _ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 _COMPARISON = re.compile(r"^\s*(<=|>=|==|!=|<|>)\s*(.+?)\s*$")
+_NUMBER = re.compile(r"^\s*[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\s*$")
 
 
 @dataclass
@@ -127,6 +128,8 @@ def parse_check(column: str, spec) -> Check:
     if not isinstance(spec, str):
         raise ValueError(f"expected a comparison such as '>= 0.5', got {spec!r}")
     m = _COMPARISON.match(spec)
+    if not m and _NUMBER.match(spec):  # a quoted bare value: "0.5" means == 0.5, as 0.5 does
+        return Check(column, "==", spec.strip(), _parse_expr(spec.strip()))
     if not m:
         raise ValueError(f"expected a comparison such as '>= 0.5' or '< 0.5 * baseline_loss', got {spec!r}")
     return Check(column, m.group(1), m.group(2), _parse_expr(m.group(2)))
@@ -184,9 +187,11 @@ def parse(entries, where_columns=None) -> tuple[list[Expectation], list[tuple[st
 
 
 def matches(row: dict, where: dict) -> bool:
-    """Equality on grouping columns; numbers compare as numbers, None matches null."""
+    """Equality on grouping columns; numbers compare as numbers, None matches null (and tbptt's ``full``)."""
     for k, want in where.items():
         have = row.get(k)
+        if k == "tbptt" and want == "full":  # every table shows full BPTT (tbptt null) as full
+            want = None
         if isinstance(want, (int, float)) and isinstance(have, (int, float)):
             if not math.isclose(float(want), float(have)):
                 return False

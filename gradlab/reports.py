@@ -265,7 +265,7 @@ def markdown_book(root: Path, out_file: Path, title: str = "gradlab results") ->
                 mark = "PASS" if c["passed"] else "FAIL"
                 parts.append(f"- {'✅' if c['passed'] else '❌'} **{mark}** {c.get('claim') or ''} "
                              f"`{c['expectation']}`".replace("  ", " "))
-                for ok, text in check_lines([c])[1:]:
+                for ok, text in check_lines([c], quote=code)[1:]:
                     parts.append(f"  - {'PASS' if ok else 'FAIL'} {text.strip()}")
             parts.append("")
         shown = [c for c in table.columns if c not in comparison.METRICS] + BOOK_COLUMNS

@@ -257,8 +257,8 @@ def _pool_pass(ctx, jobs, waiting, messages, name, out, notify):
                     payload = f.result()
                 except BrokenProcessPool as e:
                     broken = True
-                    payload = _lost(e, f"a worker process died (crash, out-of-memory kill or exit) while this "
-                                       f"run was one of {in_flight} in flight; the others went on in a new pool")
+                    payload = _lost(e, f"a worker process died (crash, out-of-memory kill or exit) while this run "
+                                       f"was one of {in_flight} in flight; runs not started yet go on in a new pool")
                 except Exception as e:  # the payload could not come back
                     payload = _lost(e)
                 outcome = store(run, run_dir(out, name, run), payload)

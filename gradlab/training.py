@@ -44,7 +44,10 @@ def environment(cfg: dict) -> dict:
     env = {"gradlab": gradlab.__version__, "torch": torch.__version__, "python": platform.python_version(),
            "platform": platform.platform(), "host": platform.node(), "cpu_count": os.cpu_count(),
            "device": str(device), "threads": torch.get_num_threads(), "seed": cfg["seed"],
-           "dtype": cfg["dtype"]}
+           "dtype": cfg["dtype"],
+           # the SIMD kernels torch picked (AVX2, AVX512, ...): float32 sums round differently on
+           # each, so a run is bit-for-bit reproducible only where this and the rest match
+           "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     if device.type == "cuda":
         env["cuda_device"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -213,3 +214,151 @@ def test_github_actions_example_uses_real_commands():
     assert "--shard" in text and "GITHUB_STEP_SUMMARY" in text and "--check" in text
     for config in re.findall(r"configs/[\w/.-]+\.yaml", text):
         assert (ROOT / config).exists(), config
+
+
+def test_github_actions_example_reports_even_when_runs_or_checks_fail():
+    import yaml
+
+    jobs = yaml.safe_load((ROOT / "examples" / "github-actions.yml").read_text())["jobs"]
+    runs_anyway = lambda item: any(c in str(item.get("if", "")) for c in ("always()", "!cancelled()"))  # noqa: E731
+    uploads = [s for s in jobs["sweep"]["steps"] if "upload-artifact" in s.get("uses", "")]
+    assert uploads and all(runs_anyway(s) for s in uploads)  # a shard with failed runs still hands them on
+    assert runs_anyway(jobs["compare"])  # the compare job runs after a failed shard
+    steps = jobs["compare"]["steps"]
+    check = next(i for i, s in enumerate(steps) if "--check" in s.get("run", ""))
+    assert "exit ${status:-0}" in steps[check]["run"] and "|| true" not in steps[check]["run"]  # still fails
+    after = steps[check + 1:]  # a failed check step must not skip the report
+    assert any("gradlab report" in s.get("run", "") for s in after)
+    assert all(runs_anyway(s) for s in after)
+    assert any("upload-artifact" in s.get("uses", "") and "report.html" in str(s.get("with")) for s in after)
+
+
+def test_run_check_prints_the_same_document_as_compare_check(result_sets):
+    tmp, config = result_sets  # the runs exist: run skips them and prints the comparison
+    for fmt in ("markdown", "json"):
+        ran = runner.invoke(app, ["run", str(config), "--out", str(tmp / "base"), "-q", "--jobs", "1", "--check",
+                                  "-f", fmt])
+        compared = runner.invoke(app, ["compare", str(tmp / "base" / "ci"), "--check", "-f", fmt])
+        assert ran.exit_code == compared.exit_code == 0, ran.output
+        assert ran.stdout == compared.stdout
+    md = runner.invoke(app, ["run", str(config), "--out", str(tmp / "base"), "-q", "--check", "-f", "markdown"])
+    assert "✅ PASS" in md.stdout and "**Expectations: 2/2 passed**" in md.stdout
+
+
+def test_report_shows_the_stored_expectations_without_check(result_sets, tmp_path):
+    tmp, _ = result_sets
+    page = tmp_path / "r.html"
+    result = runner.invoke(app, ["report", str(tmp / "base"), "-o", str(page)])
+    assert result.exit_code == 0, result.output
+    assert "Expectations: 2/2 passed" in page.read_text() and '<span class="pass">PASS</span>' in page.read_text()
+    # a failing one is shown as FAIL; only --check turns it into exit 1
+    assert runner.invoke(app, ["report", str(tmp / "worse"), "-o", str(page)]).exit_code == 0
+    assert '<span class="fail">FAIL</span>' in page.read_text()
+    assert runner.invoke(app, ["report", str(tmp / "worse"), "-o", str(page), "--check"]).exit_code == 1
+
+
+def _with_clip(src: Path, dst: Path, clip: dict) -> Path:
+    """A copy of a result set whose runs record another clipping rule (comparison reads only the disk)."""
+    shutil.copytree(src, dst)
+    for path in dst.rglob("config.json"):
+        cfg = json.loads(path.read_text())
+        cfg["train"]["clip"] = clip
+        path.write_text(json.dumps(cfg))
+    return dst
+
+
+def test_diff_lines_up_groups_when_a_default_key_is_the_change_under_test(result_sets, tmp_path):
+    tmp, _ = result_sets
+    clipped = _with_clip(tmp / "base", tmp_path / "clipped", {"kind": "norm", "max_norm": 1.0})
+    result = runner.invoke(app, ["compare", str(tmp / "base"), str(clipped), "--check", "-f", "json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["changes"] == {"clip": ["none", "norm(1.0)"]}
+    assert sorted(r["cell"] for r in doc["diff"]) == ["lstm", "vanilla"]
+    assert {r["status"] for r in doc["diff"]} == {"ok"} and doc["regressions"] == 0
+    table = runner.invoke(app, ["compare", str(tmp / "base"), str(clipped)])
+    assert "change under test: clip: none → norm(1.0)" in table.output and "MISSING" not in table.output
+    md = runner.invoke(app, ["compare", str(tmp / "base"), str(clipped), "-f", "markdown"]).stdout
+    assert "Change under test: `clip: none → norm(1.0)`" in md
+    # the candidate also differs in train.steps: reported as well, never a join column
+    worse = json.loads(runner.invoke(app, ["compare", str(tmp / "base"), str(tmp / "worse"), "-f", "json"]).stdout)
+    assert worse["changes"] == {"steps": [150, 1]}
+
+
+def _groups(**metrics) -> pd.DataFrame:
+    row = {"cell": "lstm", "runs": 2, "failed": 0, "solved_rate": 1.0, "final_loss_mean": 0.01,
+           "baseline_loss": 1 / 6, "steps_to_solve_median": 100.0, "diverged": 0, "verdict": "healthy"}
+    return pd.DataFrame([{**row, **metrics}])
+
+
+@pytest.mark.parametrize("count", ["diverged", "failed"])
+def test_diff_compares_diverged_and_failed_as_rates(count):
+    from gradlab.comparison import diff
+
+    base = _groups(runs=2, **{count: 1})
+    assert diff(base, _groups(runs=10, **{count: 2}), ["cell"])["status"].tolist() == ["ok"]  # 20 % < 50 %
+    assert diff(base, _groups(runs=2, **{count: 1}), ["cell"])["status"].tolist() == ["ok"]
+    worse = diff(base, _groups(runs=10, **{count: 6}), ["cell"])
+    assert worse["status"].tolist() == ["regression"] and "1/2 -> 6/10" in worse["reasons"][0]
+
+
+def _md_table(md: str, first_column: str) -> list[dict]:
+    lines = [line for line in md.splitlines() if line.startswith(f"| {first_column} |")]
+    start = md.splitlines().index(lines[0])
+    table = []
+    for line in md.splitlines()[start:]:
+        if not line.startswith("|"):
+            break
+        table.append(line)
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in table[2:]]
+
+
+def test_diff_shows_deltas_and_diverged(result_sets):
+    tmp, _ = result_sets
+    args = ["compare", str(tmp / "base"), str(tmp / "worse")]
+    doc = json.loads(runner.invoke(app, [*args, "-f", "json"]).stdout)
+    lstm = next(r for r in doc["diff"] if r["cell"] == "lstm")
+    rows = _md_table(runner.invoke(app, [*args, "-f", "markdown"]).stdout, "task")
+    md = next(r for r in rows if r["cell"] == "lstm")
+    assert float(md["final_loss_mean_delta"]) == pytest.approx(lstm["final_loss_mean_delta"], rel=1e-3)
+    assert md["final_loss_mean_delta"].startswith("+") and md["solved_rate_delta"] != ""
+    assert md["diverged_base"] == f"{lstm['diverged_base']}/2" and md["diverged_candidate"].endswith("/2")
+    table = runner.invoke(app, args).output
+    header = next(line for line in table.splitlines() if "steps to solve" in line)
+    assert "diverged" in header
+    assert re.search(r"→ [0-9.e-]+ \(\+[0-9.e-]+\)", table)  # base → candidate (delta) of the final loss
+
+
+def test_diff_with_expect_checks_the_candidate(result_sets, tmp_path):
+    tmp, _ = result_sets
+    failing = tmp_path / "failing.yaml"
+    failing.write_text(BASE + FAILING)
+    args = ["compare", str(tmp / "base"), str(tmp / "base"), "--expect", str(failing)]
+    result = runner.invoke(app, [*args, "--check"])
+    assert result.exit_code == 1 and "FAIL" in result.output and "expectations: 0/1 passed" in result.output
+    assert runner.invoke(app, args).exit_code == 0  # without --check the diff only reports
+    passing = tmp_path / "passing.yaml"
+    passing.write_text(BASE + PASSING)
+    doc = json.loads(runner.invoke(app, ["compare", str(tmp / "base"), str(tmp / "base"), "--check", "-f", "json",
+                                         "--expect", str(passing)]).stdout)
+    assert doc["passed"] is True and len(doc["expectations"]) == 2 and doc["regressions"] == 0
+    md = runner.invoke(app, ["compare", str(tmp / "base"), str(tmp / "worse"), "-f", "markdown", "--expect",
+                             str(passing)]).stdout
+    assert "**Expectations: 1/2 passed**" in md and "❌ FAIL" in md  # on the candidate: its lstm did not learn
+
+
+def test_markdown_expressions_are_code_not_emphasis(result_sets, tmp_path):
+    from markdown_it import MarkdownIt
+
+    tmp, _ = result_sets
+    starred = tmp_path / "starred.yaml"
+    starred.write_text(BASE + 'expect:\n  - where: {cell: lstm}\n    final_loss_mean: "<2*baseline_loss*0.9"\n')
+    md = runner.invoke(app, ["compare", str(tmp / "base"), "--check", "--expect", str(starred), "-f",
+                             "markdown"]).stdout
+    page = MarkdownIt("commonmark").enable("table").render(md)
+    assert "<em>" not in page and "<code>&lt; 2*baseline_loss*0.9</code>" in page, page
+    from gradlab.reports import code
+
+    assert MarkdownIt().render(code("a`b")).strip() == "<p><code>a`b</code></p>"
+    assert MarkdownIt().render(code("`x")).strip() == "<p><code>`x</code></p>"

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,7 @@ def test_compare_json_has_the_documented_keys(tiny_results):
     for row in rows:
         assert JSON_KEYS <= set(row)
         assert row["runs"] == 2 and row["clip"] == "none" and row["tbptt"] in (None, 3)
+        assert row["schema"] == "gradlab.compare/1"  # the plain list is versioned object by object
         assert 0 <= row["solved_rate"] <= 1 and row["baseline_loss"] == pytest.approx(1 / 6)
     # the aggregate equals the mean of the per-run summaries on disk
     lstm_full = next(r for r in rows if r["cell"] == "lstm" and r["tbptt"] is None)
@@ -203,3 +205,93 @@ def test_plot_on_a_real_results_tree_writes_the_pngs(tiny_results, tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     empty = runner.invoke(app, ["plot", str(tmp_path / "plots")])
     assert empty.exit_code == 2 and "no finished runs" in empty.output
+
+
+def test_error_lines_print_as_written_without_emoji_or_markup(tmp_path):
+    # rich would turn ":100:" into 💯 and ":x:" into ❌, and "[bold]" into a style
+    config = tmp_path / "l100.yaml"
+    config.write_text("name: t\n" + "# padding\n" * 98 + "train: {lr: '[bold]x'}\n")
+    for command in (["validate", str(config)], ["run", str(config), "--out", str(tmp_path)]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2
+        assert f"{config}:100: train.lr" in result.output and "[bold]x" in result.output, result.output
+        assert "💯" not in result.output
+    result = runner.invoke(app, ["bench", "--device", "cuda:x"])
+    assert result.exit_code == 2 and "--device cuda:x:" in result.output and "❌" not in result.output
+
+
+def test_a_config_that_is_not_utf8_is_one_line_of_bad_input(tmp_path):
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    for command in (["validate", str(config)], ["run", str(config), "--out", str(tmp_path)]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert result.output.strip() == f"error: {config}: cannot read the config: not UTF-8 text (byte 9)"
+
+
+@pytest.mark.parametrize("option", [["--device", "tpu"], ["--memory", "abc"], ["--memory", "0"],
+                                    ["--memory", "500,-1"], ["--cells", ","]])
+def test_bench_bad_options_are_one_line_of_bad_input(option):
+    result = runner.invoke(app, ["bench", "--repeats", "3", "--length", "2", *option])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {option[0]} "), result.output
+
+
+def test_bench_memory_table_puts_each_value_under_its_header(monkeypatch):
+    import gradlab.bench
+    import gradlab.cli
+
+    def fake_bench(cells, **_):  # skip has no fused module: its row lacks the fused numbers
+        return [{"cell": c, "engine_ms": 1.5, "fused_ms": None if c == "skip" else 2.5, "autograd_ms": 3.5,
+                 "engine_vs_fused": None if c == "skip" else 2.5 / 1.5, "engine_vs_autograd": 3.5 / 1.5}
+                for c in cells]
+
+    mib = {"scan": 11.5, "fused": 22.5, "autograd": 33.5}
+    monkeypatch.setattr(gradlab.bench, "bench", fake_bench)
+    monkeypatch.setattr(gradlab.bench, "peak_memory", lambda *a, engine, **k: mib[engine] * 2**20)
+    monkeypatch.setattr(gradlab.cli.out_console, "width", 400)
+    result = runner.invoke(app, ["bench", "--cells", "skip,vanilla", "--memory", "300"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if "peak_mib" in line)
+    headers = [h.strip() for h in header.strip("┃ ").split("┃")]
+    rows = {cells[0]: dict(zip(headers, cells)) for cells in
+            ([c.strip() for c in line.strip("│ ").split("│")] for line in lines if line.startswith("│"))}
+    assert rows["vanilla"]["peak_mib_scan_T300"] == "11.5" and rows["skip"]["peak_mib_scan_T300"] == "11.5"
+    assert rows["vanilla"]["peak_mib_fused_T300"] == "22.5" and rows["skip"]["peak_mib_fused_T300"] == "–"
+    assert rows["vanilla"]["peak_mib_autograd_T300"] == "33.5" and rows["skip"]["peak_mib_autograd_T300"] == "33.5"
+    doc = json.loads(runner.invoke(app, ["bench", "--cells", "skip", "--memory", "300", "--json"]).stdout)
+    assert doc[0]["schema"] == "gradlab.bench/1" and doc[0]["peak_mib_fused_T300"] is None
+
+
+def test_help_puts_each_example_on_its_own_line():
+    for command in app.registered_commands:
+        name = command.name or command.callback.__name__
+        lines = runner.invoke(app, [name, "--help"]).output.splitlines()
+        examples = [line.strip() for line in lines if "Example:" in line]
+        assert examples and all(e.startswith(f"Example: gradlab {name} ") or e == f"Example: gradlab {name}"
+                                for e in examples), (name, examples)
+        assert all(e.count("Example:") == 1 for e in examples), (name, examples)
+    compare_help = runner.invoke(app, ["compare", "--help"]).output
+    assert sum(line.strip().startswith("Example: gradlab compare") for line in compare_help.splitlines()) == 3
+
+
+def test_csv_writes_a_tbptt_window_as_an_integer(tiny_results):
+    _, out, _ = tiny_results
+    text = runner.invoke(app, ["compare", str(out), "-f", "csv"]).stdout
+    assert sorted({r["tbptt"] for r in csv.DictReader(io.StringIO(text))}) == ["", "3"]
+
+
+def test_a_truncated_summary_is_named_not_a_traceback(tiny_results, tmp_path):
+    _, out, _ = tiny_results
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    summary = sorted(copy.rglob("summary.json"))[0]
+    summary.write_text(summary.read_text()[:40])  # cut short, as by a full disk or an interrupted copy
+    for command in (["compare", str(copy)], ["compare", str(copy), "--check"], ["compare", str(out), str(copy)],
+                    ["report", str(copy), "-o", str(tmp_path / "r.html")], ["plot", str(copy)]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2 and "Traceback" not in result.output, (command, result.output)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {summary}: truncated or corrupt JSON"), lines

@@ -314,3 +314,18 @@ def test_engine_probe_of_a_linear_rnn_decays_as_a_to_the_lag(a):
     np.testing.assert_allclose(profile / profile[-1], a ** lags, rtol=1e-10)
     summary = profile_summary(profile, dependency=0, horizon_fraction=0.01)
     assert summary["decay_rate"] == pytest.approx(np.log(a), rel=1e-9)
+
+
+def test_an_overflowed_gradient_reaches_and_counts():
+    """An inf entry is a gradient that overflowed on its way back: it reaches, whatever the finite peak."""
+    p = 0.5 ** np.arange(30.0)[::-1]  # (30,): 1 at lag 0, decaying; p[t] at lag 29 - t
+    p[0] = np.inf  # lag 29
+    s = profile_summary(p, dependency=0, horizon_fraction=0.01)
+    assert s["horizon"] == 29  # the finite entries alone reach lag 6 (0.5**6 ≥ 0.01 > 0.5**7)
+    assert s["peak"] == 1.0 and s["dependency_ratio"] == math.inf
+    assert profile_summary(p, dependency=29, horizon_fraction=0.01)["dependency_ratio"] == 1.0
+    zeros_and_inf = np.array([np.inf, 0.0, 0.0])  # nothing finite reaches: the inf still does
+    assert profile_summary(zeros_and_inf, dependency=0)["horizon"] == 2
+    assert profile_summary(np.array([np.nan, 0.0, 0.0]), dependency=0)["horizon"] is None  # NaN: unknown
+    v, fig = verdict([1.0] * 10, 0, p, dependency=0)
+    assert fig["horizon"] == 29 and fig["dependency_ratio"] == math.inf and v != "vanishing"

@@ -5,9 +5,9 @@ Each study's full result set is committed under results/<study>/ (made with
 each config runs again with tiny lengths, step counts or seed lists where its
 claims still hold, and every claim must hold in the reduced run too — so a change
 that breaks a remedy, a cell, a task or the diagnostics fails the pipeline. The
-only exceptions are the claims the committed study itself refutes (REFUTED, each
-with the finding); the test checks that they are refuted there, so the list cannot
-hide a claim that holds.
+only exceptions (NOT_ASSERTED, each with its reason) are claims the committed study
+itself refutes, and one that hinges on a near tie; the test checks that each fails
+in the committed results, so the list cannot hide a claim that holds.
 """
 
 import json
@@ -34,8 +34,14 @@ REDUCED = {
     "horizon_by_cell": ["task.length=30", "train.steps=2000", "seeds=[0]"],
 }
 
-# study -> {claim: what the committed study found instead}; not asserted at CI size
-REFUTED = {
+# study -> {claim: why it is not asserted at CI size}; each fails in the committed study
+NOT_ASSERTED = {
+    "pascanu2013_clipping": {
+        "without clipping the diagnostics name the gradient exploding":
+            "refuted at T = 50 (vanishing); at T = 20, lr 0.1 the 4 unclipped seeds split about evenly "
+            "between exploding and vanishing/healthy, so the group's verdict flips with float32 rounding "
+            "across CPUs (README, Paper studies)",
+    },
     "tbptt_lag": {
         "a window shorter than the lag does not learn the task (window 10)":
             "window 10 learns the task in 3 of 3 seeds: the recurrent weights trained on the second "
@@ -77,12 +83,12 @@ def reduced_runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("study", sorted(REDUCED))
-def test_reduced_study_keeps_every_claim_its_full_run_does_not_refute(study, reduced_runs):
+def test_reduced_study_keeps_its_claims(study, reduced_runs):
     committed = {c["claim"]: c for c in check_results(ROOT / "results" / study)}
-    refuted = REFUTED.get(study, {})
-    assert set(refuted) <= set(committed), f"REFUTED names claims {study} does not make"
+    refuted = NOT_ASSERTED.get(study, {})
+    assert set(refuted) <= set(committed), f"NOT_ASSERTED names claims {study} does not make"
     held_there = [claim for claim in refuted if committed[claim]["passed"]]
-    assert not held_there, f"claims listed as refuted hold in results/{study}: {held_there}"
+    assert not held_there, f"claims not asserted at CI size hold in results/{study}: {held_there}"
     reduced = {c["claim"]: c for c in check_results(reduced_runs(study))}
     assert set(reduced) == set(committed), "the reduced run states other claims than the committed one"
     lost = [f"{claim}: {_failures(check)}" for claim, check in reduced.items()

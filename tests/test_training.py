@@ -205,3 +205,20 @@ def test_nonfinite_gradient_follows_the_policy_and_keeps_metrics(policy, monkeyp
         assert len(train_rows) == 5 and summary["diverged"] and summary["diverged_step"] == 5
         assert summary["verdict"] == "exploding"
         assert rows[-1]["kind"] == "eval"  # the metrics up to the stop are kept, evaluated once more
+
+
+def test_a_skipped_update_records_its_real_norms():
+    """The norms of a dropped (non-finite) update are what was computed, never a stand-in 0.0."""
+    net = RecurrentNet("vanilla", 2, 8, 1, seed=0)
+    net.weight_hh.register_hook(lambda g: torch.full_like(g, math.inf))  # the recurrent gradient overflows
+    before = [p.detach().clone() for p in net.parameters()]
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    row = train_step(net, TASKS["adding"], adding_batch(), opt, {"kind": "none"}, None, "skip")
+    assert row["nonfinite"] == 1 and row["updates"] == 0
+    assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before))  # the update was dropped
+    assert row["grad_norm"] == math.inf and row["grad_norm_clipped"] == math.inf
+    assert row["grad_norm_recurrent"] == math.inf
+    for group in ("input", "readout"):  # finite: the norm of the gradients left in .grad
+        grads = torch.cat([p.grad.double().flatten() for p in net.parameter_groups()[group]])
+        assert row[f"grad_norm_{group}"] == pytest.approx(torch.linalg.vector_norm(grads).item(), rel=1e-5)
+        assert row[f"grad_norm_{group}"] > 0
