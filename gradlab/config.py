@@ -1,9 +1,11 @@
-"""Experiment configs: defaults in code, YAML overrides, validation, and grid expansion.
+"""Experiment configs: defaults in code, YAML overrides, validation, and the runs a config expands to.
 
 A config file states only what differs from the defaults below. ``load``
 parses it, applies ``--set`` overrides, checks *every* key at once and
 expands ``grid`` × ``seeds`` into runs. Every problem is reported as one line
-``file:line: key.path: message`` in a single ``ConfigError``.
+``file:line: key.path: message`` in a single ``ConfigError``. Reading the file
+(YAML with line numbers) is ``gradlab.yamlfile``'s; the grid's points and the checks
+between keys on each of them are ``gradlab.grid``'s.
 """
 
 from __future__ import annotations
@@ -11,22 +13,30 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
 import hashlib
-import itertools
 import json
-import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from gradlab import expectations
-from gradlab.cells import CELLS, FORGET_GATE, INITS
+from gradlab.cells import CELLS, INITS
 from gradlab.diagnostics import Thresholds
+from gradlab.grid import check_between_keys, check_grid, check_same_runs, expand
 from gradlab.remedies import CLIPS
 from gradlab.results import clip_label, tbptt_label
-from gradlab.tasks import TASKS, resolve
+from gradlab.tasks import TASKS
+from gradlab.yamlfile import (
+    ConfigError,
+    get_path,
+    header_comment,
+    in_file_order,
+    locator,
+    parse_override,
+    parse_yaml,
+    read_text,
+    set_path,
+)
 
 # ---------------------------------------------------------------------------
 # Defaults: one dataclass per component; a config overrides only what differs.
@@ -84,20 +94,13 @@ class Config:
 
 
 SECTIONS = {"task": TaskConfig, "model": ModelConfig, "train": TrainConfig, "diagnostics": Thresholds}
+VARIANT_SECTIONS = ("task", "model", "train")  # a grid may list variants of these: grid: {model: [{cell: lstm}, ...]}
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 # where a run ran does not change what it is
 NOT_IN_RUN_ID = ("device", "threads")
 # Thresholds change a run's verdicts, so they are hashed; a section left entirely at its defaults is not,
 # which keeps the ids of runs recorded before it was hashed.
 HASHED_WHEN_SET = ("diagnostics",)
-
-
-class ConfigError(Exception):
-    """All problems found in a config; one ``location: message`` line each."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 @dataclass
@@ -358,129 +361,6 @@ def resolve_clip(v) -> dict:
 
 
 # ---------------------------------------------------------------------------
-# Reading YAML with line numbers.
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader reading YAML 1.2 floats: PyYAML's YAML 1.1 resolver wants a dot, so 1e-3 was a string."""
-
-
-_FLOAT = "tag:yaml.org,2002:float"
-_Loader.yaml_implicit_resolvers = {first: [r for r in resolvers if r[0] != _FLOAT]
-                                   for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Loader.add_implicit_resolver(_FLOAT, re.compile(r"""^(?:
-     [-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
-    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
-
-
-def _read_yaml(text: str) -> tuple[object, dict[str, int], list[tuple[str, int, int]]]:
-    """(data, dotted key path -> 1-based line, keys given twice as (path, first line, second line)).
-
-    Grid keys are kept whole; a key given twice keeps its later value, as PyYAML does.
-    """
-    lines: dict[str, int] = {}
-    twice: list[tuple[str, int, int]] = []
-
-    def walk(node, path):
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[tuple, int] = {}
-            for k, v in node.value:
-                key = f"{path}.{k.value}" if path else str(k.value)
-                line = k.start_mark.line + 1
-                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
-                    if (k.tag, k.value) in seen:
-                        twice.append((key, seen[k.tag, k.value], line))
-                    seen.setdefault((k.tag, k.value), line)
-                lines[key] = line
-                walk(v, key)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                lines[f"{path}[{i}]"] = item.start_mark.line + 1
-                walk(item, f"{path}[{i}]")
-
-    loader = _Loader(text)
-    try:
-        root = loader.get_single_node()
-        data = loader.construct_document(root) if root is not None else None
-    finally:
-        loader.dispose()
-    if root is not None:
-        walk(root, "")
-    return data, lines, twice
-
-
-def parse_yaml(text: str, source: str) -> tuple[dict, dict[str, int], list[str]]:
-    """A config file's text -> (data, key path -> line, problems found while reading: keys given twice)."""
-    try:
-        data, lines, twice = _read_yaml(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError([f"{where}: malformed YAML: {problem}"]) from None
-    if data is None:
-        return {}, lines, []
-    if not isinstance(data, dict):
-        raise ConfigError([f"{source}: the config must be a mapping of keys, got {type(data).__name__}"])
-    return data, lines, [f"{source}:{second}: {key}: given twice, "
-                         + (f"at lines {first} and {second}" if first != second else "on this line") + "; keep one"
-                         for key, first, second in twice]
-
-
-def parse_override(item: str) -> tuple[str, object]:
-    """``train.lr=0.01`` -> ("train.lr", 0.01); the value is read as YAML."""
-    path, eq, raw = item.partition("=")
-    path = path.strip()
-    if not eq or not path:
-        raise ConfigError([f"--set {item}: expected dotted.path=value"])
-    try:
-        value, _, twice = _read_yaml(raw) if raw.strip() else (None, {}, [])
-    except yaml.YAMLError:
-        raise ConfigError([f"--set {item}: the value is not valid YAML"]) from None
-    if twice:
-        raise ConfigError([f"--set {path}.{key}: given twice; keep one" for key, _, _ in twice])
-    return path, value
-
-
-def _read_text(path: Path, source: str) -> str:
-    """The file as UTF-8 text; an unreadable or undecodable file is a ConfigError."""
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ConfigError([f"{source}: cannot read the config: {e.strerror}"]) from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:  # a binary or Latin-1 file: one located line, not a traceback
-        raise ConfigError([f"{source}: cannot read the config: not UTF-8 text (byte {e.start})"]) from None
-
-
-def _set_path(data: dict, path: str, value) -> None:
-    if path.startswith("grid."):  # grid keys are themselves dotted paths
-        data.setdefault("grid", {})
-        if not isinstance(data["grid"], dict):
-            data["grid"] = {}
-        data["grid"][path[len("grid."):]] = value
-        return
-    parts = path.split(".")
-    node = data
-    for p in parts[:-1]:
-        if not isinstance(node.get(p), dict):
-            node[p] = {}
-        node = node[p]
-    node[parts[-1]] = value
-
-
-def _get_path(data: dict, path: str):
-    node = data
-    for p in path.split("."):
-        node = node[p]
-    return node
-
-
-# ---------------------------------------------------------------------------
 # Validation and expansion.
 
 def _defaults() -> dict:
@@ -512,7 +392,7 @@ def _check_values(data: dict, where, problems: list[str], bad: set[str]) -> None
     """Each key's own value; the paths of wrong ones go to ``bad``."""
     for path, check in CHECKS.items():
         try:
-            value = _get_path(data, path)
+            value = get_path(data, path)
         except (KeyError, TypeError):
             continue  # absent: the default applies
         msg = check(value)
@@ -521,146 +401,8 @@ def _check_values(data: dict, where, problems: list[str], bad: set[str]) -> None
             problems += [f"{where(path)}: {line}" for line in msg.splitlines()]
 
 
-def _check_grid(grid, where, problems: list[str], bad: set[str]) -> dict:
-    """Each grid key and value. Returns the valid part, dotted path -> [(index, value)]; a path with no
-    valid value goes to ``bad``."""
-    if not isinstance(grid, dict):
-        problems.append(f"{where('grid')}: expected a mapping of dotted.path: [values], got {grid!r}")
-        bad.add("grid")
-        return {}
-    valid = {}
-    for path, values in grid.items():
-        loc = where(f"grid.{path}")
-        kept = []
-        if path in SECTIONS and path != "diagnostics":  # a list of partial sections, e.g. model variants
-            if not isinstance(values, list) or not values:
-                problems.append(f"{loc}: expected a non-empty list of {path} mappings, got {values!r}")
-                values = []
-            for i, variant in enumerate(values):
-                at = f"grid.{path}[{i}]"
-                if not isinstance(variant, dict) or not variant:
-                    problems.append(f"{where(at)}: expected a mapping of {path} keys, got {variant!r}")
-                    continue
-                found = len(problems)
-                for k, v in variant.items():
-                    key = f"{path}.{k}"
-                    if key not in CHECKS:
-                        valid_keys = [c.split(".", 1)[1] for c in CHECKS if c.startswith(path + ".")]
-                        problems.append(f"{where(at)}: unknown {path} key {k!r}{_did_you_mean(k, valid_keys)}")
-                        continue
-                    msg = CHECKS[key](v)
-                    if msg:
-                        problems += [f"{where(at)}.{k}: {line}" for line in msg.splitlines()]
-                if len(problems) == found:
-                    kept.append((i, variant))
-        elif path not in CHECKS or path in ("seeds", "name"):
-            settable = [k for k in KEYS if k not in ("seeds", "name")]
-            problems.append(f"{loc}: grid over unknown key {path!r}{_did_you_mean(path, settable)}")
-            continue
-        elif not isinstance(values, list) or not values:
-            problems.append(f"{loc}: expected a non-empty list of values, got {values!r}")
-        else:
-            for i, v in enumerate(values):
-                msg = CHECKS[path](v)
-                if msg:
-                    problems += [f"{where(f'grid.{path}[{i}]')}: {line}" for line in msg.splitlines()]
-                else:
-                    kept.append((i, v))
-        if kept:
-            valid[path] = kept
-        else:
-            bad.add(path)
-    return valid
-
-
-# ---------------------------------------------------------------------------
-# Constraints between keys, checked on each grid point. Each returns None or (problem, detail): the
-# detail names the other key's value, left out where it differs between the grid points that show the
-# problem (they are listed instead).
-
-def _variant_exists(cfg):
-    try:
-        resolve(cfg["task"])
-    except ValueError as e:
-        return str(e), ""
-
-
-def _long_enough(cfg):
-    try:
-        task = resolve(cfg["task"])
-    except ValueError:
-        return None  # the variant's own problem
-    if cfg["task"]["length"] < task.min_length:
-        return f"{task.label} needs length >= {task.min_length}", f", got {cfg['task']['length']}"
-
-
-def _nonlinearity_cell(cfg):
-    if cfg["model"]["nonlinearity"] is not None and cfg["model"]["cell"] != "orthogonal":
-        return "only the orthogonal cell takes a nonlinearity", f" ({cfg['model']['cell']} has its own)"
-
-
-def _init_cell(cfg):
-    if cfg["model"]["init"] is not None and cfg["model"]["cell"] != "orthogonal":
-        return "only the orthogonal cell takes an init option", f", not {cfg['model']['cell']}"
-
-
-def _constrain_cell(cfg):
-    if cfg["model"]["constrain"] and cfg["model"]["cell"] != "orthogonal":
-        return "only the orthogonal cell can be kept orthogonal", f", not {cfg['model']['cell']}"
-
-
-def _forget_bias_cell(cfg):
-    cell = cfg["model"]["cell"]
-    if cfg["model"]["forget_bias"] is not None and CELLS[cell].recurrence not in FORGET_GATE:
-        return f"only {' and '.join(FORGET_GATE)} have a forget gate", f", not {cell}"
-
-
-def _omega_cell(cfg):
-    cell, layers = cfg["model"]["cell"], cfg["model"]["layers"]
-    if cfg["train"]["omega"] and (CELLS[cell].recurrence != "rnn" or layers != 1):
-        omega_cells = ", ".join(k for k, c in CELLS.items() if c.recurrence == "rnn")
-        got = cell if layers == 1 else f"{layers} layers"
-        return (f"only for one layer of the {omega_cells} cells "
-                f"(Pascanu's Ω is defined for h_t = act(W x_t + U h_(t-1) + b))", f", got {got}")
-
-
-# (the key at fault, then the keys it is checked against; check). A check runs where all are valid;
-# its error is located at the key at fault, or, where that is at its default, at the first one set.
-CROSS_CHECKS = [
-    (("task.variant", "task.name"), _variant_exists),
-    (("task.length", "task.name", "task.variant"), _long_enough),
-    (("model.nonlinearity", "model.cell"), _nonlinearity_cell),
-    (("model.init", "model.cell"), _init_cell),
-    (("model.constrain", "model.cell"), _constrain_cell),
-    (("model.forget_bias", "model.cell"), _forget_bias_cell),
-    (("train.omega", "model.cell", "model.layers"), _omega_cell),
-]
-
-
-def _grid_origin(path: str, point: dict) -> str | None:
-    """Where the grid sets ``path`` at this point (grid.PATH[i] or grid.SECTION[i].KEY); None if it does not."""
-    section, _, key = path.partition(".")
-    for gpath, (i, value) in reversed(point.items()):  # a later grid key overrides an earlier one
-        if gpath == path:
-            return f"grid.{path}[{i}]"
-        if gpath == section and key in value:
-            return f"grid.{section}[{i}].{key}"
-    return None
-
-
-def _origin(path: str, point: dict, data: dict) -> str | None:
-    """Where the value of ``path`` at this point comes from: the grid, the config (or --set), or None: its default."""
-    found = _grid_origin(path, point)
-    if found:
-        return found
-    try:
-        _get_path(data, path)
-    except (KeyError, TypeError):
-        return None
-    return path
-
-
 def _value_label(path: str, value) -> str:
+    """A grid value as problems name it: norm(1.0) for a clip spec, full for full BPTT, {cell: lstm} for a section."""
     if path == "train.clip":
         return clip_label(resolve_clip(value))
     if path == "train.tbptt":
@@ -668,66 +410,6 @@ def _value_label(path: str, value) -> str:
     if path in SECTIONS:
         return "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
     return str(value)
-
-
-def _which_points(points: list[dict], failing: list[int], location: str) -> str:
-    """`` (for grid model.cell=lstm|gru)``: the grid values where a problem holds, when it is not all of them.
-
-    The grid key the problem is located at is left out: its location already names the value.
-    """
-    keys = [k for k in (points[0] if points else {}) if not location.startswith(f"grid.{k}[")]
-    labels = {k: {pt[k][0]: _value_label(k, pt[k][1]) for pt in points} for k in keys}
-    seen = sorted({tuple(points[n][k][0] for k in keys) for n in failing})
-    if len(seen) == math.prod(len(v) for v in labels.values()):
-        return ""  # whatever the other grid values
-    per_key = {k: sorted({combo[j] for combo in seen}) for j, k in enumerate(keys)}
-    if len(seen) == math.prod(len(v) for v in per_key.values()):  # every combination of some values per key
-        return " (for grid " + ", ".join(f"{k}={'|'.join(labels[k][i] for i in per_key[k])}"
-                                         for k in keys if len(per_key[k]) < len(labels[k])) + ")"
-    shown = "; ".join(", ".join(f"{k}={labels[k][i]}" for k, i in zip(keys, combo)) for combo in seen[:3])
-    more = f"; and {len(seen) - 3} more" if len(seen) > 3 else ""
-    return f" (for grid points {shown}{more})"
-
-
-def _check_between_keys(data: dict, points: list[dict], configs: list[dict], bad: set[str], where) -> list[str]:
-    """CROSS_CHECKS on every grid point, each distinct problem reported once, at the key that causes it."""
-    found: dict[tuple[str, str], dict] = {}  # (location, problem) -> its details and grid points
-    for n, (point, cfg) in enumerate(zip(points, configs)):
-        for keys, check in CROSS_CHECKS:
-            if any((k in bad or k.split(".")[0] in bad) and not _grid_origin(k, point) for k in keys):
-                continue  # a value that is itself wrong, reported as such
-            problem = check(cfg)
-            if problem:
-                location = next((o for k in keys if (o := _origin(k, point, data))), keys[0])
-                seen = found.setdefault((location, problem[0]), {"details": set(), "points": []})
-                seen["details"].add(problem[1])
-                seen["points"].append(n)
-    out = []
-    for (location, problem), seen in found.items():
-        detail = next(iter(seen["details"])) if len(seen["details"]) == 1 else ""
-        out.append(f"{where(location)}: {problem}{detail}{_which_points(points, seen['points'], location)}")
-    return out
-
-
-def _check_same_runs(grid: dict, points: list[dict], configs: list[dict], base: dict, where) -> list[str]:
-    """Grid values that resolve to one run (lstm twice; none and {kind: none}), which would train twice."""
-    problems = []
-    for path, values in grid.items():
-        resolved = [_resolve_point(base, {path: iv}) for iv in values]
-        for a, b in itertools.combinations(range(len(values)), 2):
-            if resolved[a] == resolved[b] and all(resolved[c] != resolved[b] for c in range(a)):
-                (i, u), (j, v) = values[a], values[b]
-                problems.append(f"{where(f'grid.{path}')}: [{i}] {_value_label(path, u)} and [{j}] "
-                                f"{_value_label(path, v)} are the same run; keep one")
-    if problems:
-        return problems
-    first: dict[str, int] = {}  # values that differ yet combine into one run, e.g. across a section grid
-    for n, cfg in enumerate(configs):
-        m = first.setdefault(json.dumps(cfg, sort_keys=True), n)
-        if m != n:
-            label = [", ".join(f"{k}={_value_label(k, v)}" for k, (_, v) in points[x].items()) for x in (m, n)]
-            problems.append(f"{where('grid')}: the grid points [{label[0]}] and [{label[1]}] are the same run")
-    return problems
 
 
 def _identity(cfg: dict) -> dict:
@@ -775,10 +457,10 @@ def _base(data: dict, bad: set[str]) -> dict:
         if path in bad or path.split(".")[0] in bad:
             continue
         try:
-            value = _get_path(data, path)
+            value = get_path(data, path)
         except (KeyError, TypeError):
             continue  # absent: the default applies
-        _set_path(base, path, copy.deepcopy(value))
+        set_path(base, path, copy.deepcopy(value))
     return base
 
 
@@ -789,7 +471,7 @@ def _resolve_point(base: dict, point: dict) -> dict:
         if path in SECTIONS:  # a section variant: its keys over the section
             cfg[path].update(copy.deepcopy(value))
         else:
-            _set_path(cfg, path, copy.deepcopy(value))
+            set_path(cfg, path, copy.deepcopy(value))
     cfg.pop("grid")
     cfg.pop("seeds")
     cfg["train"]["clip"] = resolve_clip(cfg["train"]["clip"])
@@ -834,25 +516,6 @@ def _check_expect(entries, runs: list[Run], where, unsure: set[str]) -> list[str
     return out
 
 
-def _from_set(path: str, set_paths) -> bool:
-    """Whether ``path``'s value comes from a --set: the same key, a section around it or a key within it."""
-    bare = path.split("[")[0]
-    for s in set_paths:
-        if bare == s or (s == "grid" and bare.startswith("grid.")):
-            return True
-        if not bare.startswith("grid") and (bare.startswith(s + ".") or s.startswith(bare + ".")):
-            return True  # grid keys are whole dotted paths: no prefixes there
-    return False
-
-
-def _in_file_order(problems: list[str], source: str) -> list[str]:
-    """Problems located at a line of the file first, top to bottom; then the rest, as found."""
-    def line(p):
-        head = p[len(source) + 1:].split(":", 1)[0] if p.startswith(source + ":") else ""
-        return (0, int(head)) if head.isdigit() else (1, 0)
-    return sorted(problems, key=line)
-
-
 def validate(data: dict, source: str = "<config>", lines: dict | None = None,
              set_paths: tuple = (), problems: tuple | list = ()) -> list[Run]:
     """Check everything at once; return the expanded runs or raise ConfigError with every problem.
@@ -861,25 +524,18 @@ def validate(data: dict, source: str = "<config>", lines: dict | None = None,
     Constraints between keys are checked wherever the keys involved are valid, on the runs the valid
     part of the config expands to.
     """
-    lines = lines or {}
-
-    def where(path):
-        if _from_set(path, set_paths):
-            return f"--set {path}"
-        line = lines.get(path)
-        return f"{source}:{line}: {path}" if line else f"{source}: {path}"
-
+    where = locator(source, lines or {}, set_paths)
     problems, bad = list(problems), set()
     _check_keys(data, where, problems, bad)
     _check_values(data, where, problems, bad)
-    grid = _check_grid(data["grid"], where, problems, bad) if "grid" in data else {}
+    grid = check_grid(data["grid"], CHECKS, VARIANT_SECTIONS, where, problems, bad) if "grid" in data else {}
     if data.get("grid") == {}:
         problems.append(f"{where('grid')}: the grid is empty; remove it or give it keys")
     base = _base(data, bad)
-    points = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+    points = expand(grid)
     configs = [_resolve_point(base, point) for point in points]
-    problems += _check_between_keys(data, points, configs, bad, where)
-    problems += _check_same_runs(grid, points, configs, base, where)
+    problems += check_between_keys(data, points, configs, bad, where, _value_label)
+    problems += check_same_runs(grid, points, configs, functools.partial(_resolve_point, base), where, _value_label)
     runs = []
     for point, cfg in zip(points, configs):
         overrides = {path: value for path, (_, value) in point.items()}
@@ -892,7 +548,7 @@ def validate(data: dict, source: str = "<config>", lines: dict | None = None,
                         if p not in grid or (isinstance(values, list) and len(grid[p]) < len(values))}
         problems += _check_expect(data["expect"], runs, where, unsure)
     if problems:
-        raise ConfigError(_in_file_order(problems, source))
+        raise ConfigError(in_file_order(problems, source))
     return runs
 
 
@@ -903,16 +559,6 @@ class Experiment:
     expect: list          # the validated ``expect:`` entries, as written
     about: str = ""       # the file's leading comment block: what it shows, which paper it follows
     source: str = ""      # the config file's path
-
-
-def header_comment(text: str) -> str:
-    """The comment lines at the top of a YAML file, without their ``#``; a blank line or a key ends it."""
-    lines = []
-    for line in text.splitlines():
-        if not line.startswith("#"):
-            break
-        lines.append(line[1:].removeprefix(" "))
-    return "\n".join(lines).strip()
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> tuple[str, list[Run]]:
@@ -932,11 +578,11 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         except ConfigError as e:
             set_problems += e.problems
     try:
-        text = _read_text(path, source)
+        text = read_text(path, source)
         data, lines, problems = parse_yaml(text, source)
     except ConfigError as e:
         raise ConfigError(e.problems + set_problems) from None
     for key, value in sets:
-        _set_path(data, key, value)
+        set_path(data, key, value)
     runs = validate(data, source, lines, tuple(key for key, _ in sets), problems + set_problems)
     return Experiment(data.get("name", Config.name), runs, data.get("expect", []), header_comment(text), source)

@@ -1,0 +1,192 @@
+"""A config file as written: YAML with the line of every key, ``--set`` overrides, and where a problem is.
+
+Validation reports each problem as ``file:line: key.path: message``, so reading the file
+must keep what PyYAML throws away: the line each key was written on, and keys given twice
+(PyYAML silently keeps the later one). The loader reads YAML 1.2 floats (``1e-3`` is a
+number, not a string). The keys themselves, their defaults and checks are ``config``'s;
+only ``grid`` is special here, as its keys are whole dotted paths.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(Exception):
+    """All problems found in a config; one ``location: message`` line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+# ---------------------------------------------------------------------------
+# Reading YAML with line numbers.
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader reading YAML 1.2 floats: PyYAML's YAML 1.1 resolver wants a dot, so 1e-3 was a string."""
+
+
+_FLOAT = "tag:yaml.org,2002:float"
+_Loader.yaml_implicit_resolvers = {first: [r for r in resolvers if r[0] != _FLOAT]
+                                   for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_FLOAT, re.compile(r"""^(?:
+     [-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
+
+
+def _read_yaml(text: str) -> tuple[object, dict[str, int], list[tuple[str, int, int]]]:
+    """(data, dotted key path -> 1-based line, keys given twice as (path, first line, second line)).
+
+    Grid keys are kept whole; a key given twice keeps its later value, as PyYAML does.
+    """
+    lines: dict[str, int] = {}
+    twice: list[tuple[str, int, int]] = []
+
+    def walk(node, path):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[tuple, int] = {}
+            for k, v in node.value:
+                key = f"{path}.{k.value}" if path else str(k.value)
+                line = k.start_mark.line + 1
+                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                    if (k.tag, k.value) in seen:
+                        twice.append((key, seen[k.tag, k.value], line))
+                    seen.setdefault((k.tag, k.value), line)
+                lines[key] = line
+                walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[f"{path}[{i}]"] = item.start_mark.line + 1
+                walk(item, f"{path}[{i}]")
+
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+    finally:
+        loader.dispose()
+    if root is not None:
+        walk(root, "")
+    return data, lines, twice
+
+
+def parse_yaml(text: str, source: str) -> tuple[dict, dict[str, int], list[str]]:
+    """A config file's text -> (data, key path -> line, problems found while reading: keys given twice)."""
+    try:
+        data, lines, twice = _read_yaml(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError([f"{where}: malformed YAML: {problem}"]) from None
+    if data is None:
+        return {}, lines, []
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: the config must be a mapping of keys, got {type(data).__name__}"])
+    return data, lines, [f"{source}:{second}: {key}: given twice, "
+                         + (f"at lines {first} and {second}" if first != second else "on this line") + "; keep one"
+                         for key, first, second in twice]
+
+
+def parse_override(item: str) -> tuple[str, object]:
+    """``train.lr=0.01`` -> ("train.lr", 0.01); the value is read as YAML."""
+    path, eq, raw = item.partition("=")
+    path = path.strip()
+    if not eq or not path:
+        raise ConfigError([f"--set {item}: expected dotted.path=value"])
+    try:
+        value, _, twice = _read_yaml(raw) if raw.strip() else (None, {}, [])
+    except yaml.YAMLError:
+        raise ConfigError([f"--set {item}: the value is not valid YAML"]) from None
+    if twice:
+        raise ConfigError([f"--set {path}.{key}: given twice; keep one" for key, _, _ in twice])
+    return path, value
+
+
+def read_text(path: Path, source: str) -> str:
+    """The file as UTF-8 text; an unreadable or undecodable file is a ConfigError."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError([f"{source}: cannot read the config: {e.strerror}"]) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:  # a binary or Latin-1 file: one located line, not a traceback
+        raise ConfigError([f"{source}: cannot read the config: not UTF-8 text (byte {e.start})"]) from None
+
+
+def header_comment(text: str) -> str:
+    """The comment lines at the top of a YAML file, without their ``#``; a blank line or a key ends it."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[1:].removeprefix(" "))
+    return "\n".join(lines).strip()
+
+
+# ---------------------------------------------------------------------------
+# Dotted key paths: train.lr is data["train"]["lr"]; grid keys are whole paths (grid.model.cell).
+
+def set_path(data: dict, path: str, value) -> None:
+    if path.startswith("grid."):  # grid keys are themselves dotted paths
+        data.setdefault("grid", {})
+        if not isinstance(data["grid"], dict):
+            data["grid"] = {}
+        data["grid"][path[len("grid."):]] = value
+        return
+    parts = path.split(".")
+    node = data
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def get_path(data: dict, path: str):
+    node = data
+    for p in path.split("."):
+        node = node[p]
+    return node
+
+
+# ---------------------------------------------------------------------------
+# Where a problem is: the line of the file that gives the key, or the --set that does.
+
+def locator(source: str, lines: dict[str, int], set_paths) -> Callable[[str], str]:
+    """``where(path)``: ``file:line: path`` (``file: path`` for a key not in the file), or ``--set path``."""
+    def where(path):
+        if _from_set(path, set_paths):
+            return f"--set {path}"
+        line = lines.get(path)
+        return f"{source}:{line}: {path}" if line else f"{source}: {path}"
+    return where
+
+
+def _from_set(path: str, set_paths) -> bool:
+    """Whether ``path``'s value comes from a --set: the same key, a section around it or a key within it."""
+    bare = path.split("[")[0]
+    for s in set_paths:
+        if bare == s or (s == "grid" and bare.startswith("grid.")):
+            return True
+        if not bare.startswith("grid") and (bare.startswith(s + ".") or s.startswith(bare + ".")):
+            return True  # grid keys are whole dotted paths: no prefixes there
+    return False
+
+
+def in_file_order(problems: list[str], source: str) -> list[str]:
+    """Problems located at a line of the file first, top to bottom; then the rest, as found."""
+    def line(p):
+        head = p[len(source) + 1:].split(":", 1)[0] if p.startswith(source + ":") else ""
+        return (0, int(head)) if head.isdigit() else (1, 0)
+    return sorted(problems, key=line)
