@@ -1,160 +1,37 @@
-"""The command line: the only module that touches the terminal.
+"""The command line: the commands, each a thin layer over the library.
 
-Exit codes: 0 success, 1 some runs failed, 2 bad input (config, arguments,
-paths). User errors print one line per problem, never a traceback.
+Only this package touches the terminal and imports typer and rich: ``render.py``
+holds what the commands show (tables, PASS/FAIL lines, progress bars, the
+``--format`` outputs), ``errors.py`` the exit codes and the one-line errors
+(exit 2 for bad input, never a traceback).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
+
+from gradlab.cli.errors import EXIT_FAILED, fail, load_config, read_config, user_errors
+from gradlab.cli.render import (
+    bench_table,
+    catalogue_table,
+    emit,
+    emit_diff,
+    err_console,
+    out_console,
+    sweep_with_progress,
 )
-from rich.table import Table
-from rich.text import Text
 
 app = typer.Typer(
     help="gradlab: see vanishing and exploding gradients in recurrent networks and compare the remedies.",
     no_args_is_help=True, add_completion=False, rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-# Markup, emoji codes and highlighting off: paths, config values and run ids print as written
-# ("x.yaml:100:" stays that, not "x.yaml💯"; "[red]" stays literal); styles come as Text.
-PLAIN = {"markup": False, "emoji": False, "highlight": False}
-# Piped output has no terminal width; give tables room instead of rich's 80 columns.
-out_console = Console(width=None if sys.stdout.isatty() else 160, **PLAIN)
-err_console = Console(stderr=True, **PLAIN)
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 FORMATS = ("table", "markdown", "csv", "json")
-
-
-def fail(problems: list[str] | str, code: int = EXIT_BAD_INPUT):
-    """Print each problem on its own line to stderr and exit."""
-    for p in [problems] if isinstance(problems, str) else problems:
-        err_console.print(f"error: {p}", soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def user_errors(command):
-    """Errors of the user's environment (unwritable --out, full disk, Ctrl-C) as one line, not a traceback."""
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except OSError as e:
-            fail(f"{e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}")
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:  # a results file cut short or corrupted
-            dirs = [p for v in kwargs.values() for p in (v if isinstance(v, list) else [v])
-                    if isinstance(p, Path) and p.is_dir()]
-            fail(unreadable_results(dirs) or f"a results file is not readable JSON: {e}")
-        except KeyboardInterrupt:
-            fail("interrupted: finished runs are kept; the same command finishes the rest", code=130)
-    return wrapper
-
-
-def unreadable_results(dirs: list[Path]) -> list[str]:
-    """One line per run or experiment file under ``dirs`` that is not valid UTF-8 JSON.
-
-    A gate must not pass on a subset of its runs, so such a result set is bad input
-    (exit 2), named file by file; nothing else of it is touched.
-    """
-    from gradlab.expectations import EXPERIMENT_FILE
-    from gradlab.results import CONFIG, SUMMARY
-
-    problems = []
-    for d in dirs:
-        for path in sorted(p for name in (SUMMARY, CONFIG, EXPERIMENT_FILE) for p in d.rglob(name)):
-            try:
-                json.loads(path.read_bytes().decode("utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                why = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8"
-                fix = ("gradlab run writes it again" if path.name == EXPERIMENT_FILE else
-                       "move the run's directory away, or delete it and gradlab run redoes the run")
-                problems.append(f"{path}: truncated or corrupt JSON ({why}); {fix}")
-    return problems
-
-
-def read_config(read, path: Path):
-    """``read(path)`` (a config loader) with its errors as one located line each."""
-    from gradlab.config import ConfigError
-
-    try:
-        return read(path)
-    except ConfigError as e:
-        fail(e.problems)
-
-
-def load_config(path: Path, sets: list[str]):
-    from gradlab.config import load_experiment
-
-    return read_config(lambda p: load_experiment(p, sets), path)
-
-
-def rich_table(table, title: str | None = None) -> Table:
-    """A compact terminal view: grouping columns that never vary go into the title."""
-    from gradlab.comparison import METRICS, cell_text, fmt, to_records
-
-    records = to_records(table)
-    groups = [c for c in table.columns if c not in METRICS]
-    constant = [c for c in groups if len({cell_text(c, r[c]) for r in records}) == 1]
-    if len(constant) == len(groups):  # keep at least one column to name the rows
-        constant = constant[:-1]
-    shown = [c for c in groups if c not in constant]
-    heading = ", ".join(f"{c}={cell_text(c, records[0][c])}" for c in constant)
-    t = Table(title=" · ".join(x for x in (title, heading) if x), header_style="bold")
-    for col in shown:
-        t.add_column(col)
-    show_failed = any(r["failed"] for r in records)
-    for col in ["runs"] + (["failed"] if show_failed else []) + ["solved", "eval loss", "± std", "baseline",
-                                                                 "steps to solve", "diverged", "horizon@init",
-                                                                 "horizon",
-                                                                 "clip≈"]:
-        t.add_column(col, justify="right")
-    t.add_column("verdicts")
-    for r in records:
-        t.add_row(*(cell_text(c, r[c]) for c in shown), str(r["runs"]), *([str(r["failed"])] if show_failed else []),
-                  f"{r['solved_rate']:.0%}", fmt(r["final_loss_mean"]), fmt(r["final_loss_std"]),
-                  fmt(r["baseline_loss"]), fmt(r["steps_to_solve_median"]), str(r["diverged"]),
-                  fmt(r["horizon_init_median"]), fmt(r["horizon_median"]), fmt(r["suggested_clip"]), fmt(r["verdicts"]))
-    return t
-
-
-def emit(table, fmt_name: str, output: Path | None, title: str | None = None,
-         checks: list[dict] | None = None) -> None:
-    """Print the comparison (or write it to ``output``) in the chosen format.
-
-    With ``checks`` (evaluated expectations), markdown and json are the one document
-    that carries them (PASS/FAIL, for $GITHUB_STEP_SUMMARY); table and csv keep
-    stdout to the table and list them on stderr. ``run --check`` and ``compare
-    --check`` both print this.
-    """
-    from gradlab.comparison import render
-    from gradlab.reports import json_document, markdown_report
-
-    if fmt_name == "table":
-        if output:
-            fail("--output needs --format markdown, csv or json")
-        out_console.print(rich_table(table, title))
-    elif checks is None or fmt_name == "csv":
-        write_or_print(render(table, fmt_name), output)
-    elif fmt_name == "json":
-        write_or_print(json.dumps(json_document(table, checks), indent=2) + "\n", output)
-    else:
-        write_or_print(markdown_report(table, checks), output)
-    if checks is not None and fmt_name in ("table", "csv"):
-        print_checks(checks)
 
 
 def comparison_table(dirs: list[Path], by: str | None):
@@ -260,37 +137,6 @@ def run(
         raise typer.Exit(EXIT_FAILED)
 
 
-def sweep_with_progress(name, runs, out, quiet, **options):
-    """The sweep with one bar for the whole sweep (in training steps) and one per running run."""
-    from gradlab.sweeps import run_sweep
-
-    if quiet:
-        return run_sweep(name, runs, out, **options)
-    columns = [TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
-    with Progress(*columns, console=err_console, transient=False) as progress:
-        total_steps = sum(r.config["train"]["steps"] for r in runs)
-        sweep = progress.add_task(f"{name}: 0/{len(runs)} runs", total=total_steps)
-        bars, seen, finished = {}, {}, [0]
-
-        def on_event(event, run, **info):
-            if event == "step":
-                if run.id not in bars:
-                    bars[run.id] = progress.add_task(f"  {run.id}", total=info["steps"])
-                progress.update(bars[run.id], completed=info["step"])
-                progress.advance(sweep, info["step"] - seen.get(run.id, 0))
-                seen[run.id] = info["step"]
-            elif event == "done":
-                if run.id in bars:
-                    progress.remove_task(bars.pop(run.id))
-                progress.advance(sweep, run.config["train"]["steps"] - seen.get(run.id, 0))
-                seen[run.id] = run.config["train"]["steps"]
-                finished[0] += 1
-                progress.update(sweep, description=f"{name}: {finished[0]}/{len(runs)} runs")
-
-        return run_sweep(name, runs, out, on_event=on_event, **options)
-
-
 def evaluate_checks(directory: Path, expect: Path | None) -> list[dict]:
     """Expectations from ``--expect CONFIG`` or those ``gradlab run`` stored with the results."""
     from gradlab.expectations import check_results
@@ -320,15 +166,6 @@ def stored_checks(directory: Path) -> list[dict] | None:
         return check_results(directory) or None
     except ValueError as e:
         fail(str(e))
-
-
-def print_checks(checks: list[dict]) -> None:
-    from gradlab.reports import check_lines
-
-    for ok, text in check_lines(checks):
-        err_console.print(Text.assemble(("PASS", "green") if ok else ("FAIL", "red"), " ", text), soft_wrap=True)
-    passed = sum(c["passed"] for c in checks)
-    err_console.print(f"expectations: {passed}/{len(checks)} passed")
 
 
 @app.command()
@@ -364,25 +201,17 @@ def compare(
         return compare_two(*directories, by, fmt_name, output, check, expect)
     table = comparison_table([directories[0]], by)
     checks = evaluate_checks(directories[0], expect) if check or expect else None
+    if fmt_name == "table" and output:
+        fail("--output needs --format markdown, csv or json")
     emit(table, fmt_name, output, checks=checks)
     if check and not all(c["passed"] for c in checks):
         raise typer.Exit(EXIT_FAILED)
 
 
-def write_or_print(text: str, output: Path | None) -> None:
-    if output:
-        from gradlab.results import write_atomic
-
-        write_atomic(output, text)
-    else:
-        sys.stdout.write(text)
-
-
 def compare_two(base_dir: Path, cand_dir: Path, by: str | None, fmt_name: str, output: Path | None, check: bool,
                 expect: Path | None):
     """The diff of two result sets, group by group; ``--expect`` is checked on the candidate."""
-    from gradlab.comparison import cell_text, compare, diff, diff_keys, load_frame, to_csv, to_records
-    from gradlab.reports import change_text, json_document, markdown_report
+    from gradlab.comparison import cell_text, compare, diff, diff_keys, load_frame, to_records
 
     frames = [load_frame([d]) for d in (base_dir, cand_dir)]
     for d, frame in zip((base_dir, cand_dir), frames):
@@ -395,45 +224,15 @@ def compare_two(base_dir: Path, cand_dir: Path, by: str | None, fmt_name: str, o
     except ValueError as e:
         fail(str(e))
     checks = evaluate_checks(cand_dir, expect) if expect else None
-    title = f"{cand_dir} against {base_dir}"
-    if fmt_name == "json":
-        write_or_print(json.dumps(json_document(None, checks, table, changes), indent=2) + "\n", output)
-    elif fmt_name == "markdown":
-        write_or_print(markdown_report(None, checks, table, columns, title=title, changes=changes), output)
-    elif fmt_name == "csv":
-        write_or_print(to_csv(table), output)
-    else:
-        if output:
-            fail("--output needs --format markdown, csv or json")
-        if changes:
-            out_console.print(f"change under test: {change_text(changes)}", soft_wrap=True)
-        out_console.print(diff_rich_table(table, columns, title))
-    if checks is not None and fmt_name in ("table", "csv"):
-        print_checks(checks)
+    if fmt_name == "table" and output:
+        fail("--output needs --format markdown, csv or json")
+    emit_diff(table, columns, changes, checks, fmt_name, output, title=f"{cand_dir} against {base_dir}")
     bad = [r for r in to_records(table) if r["status"] in ("regression", "missing")]
     for r in bad:
         group = ", ".join(f"{c}={cell_text(c, r[c])}" for c in columns)
         err_console.print(f"{r['status'].upper()}: {group}: {r['reasons']}", soft_wrap=True)
     if check and (bad or (checks is not None and not all(c["passed"] for c in checks))):
         raise typer.Exit(EXIT_FAILED)
-
-
-def diff_rich_table(table, columns, title) -> Table:
-    """Base → candidate (delta) per metric; diverged as a share of the runs, the rate regressions compare."""
-    from gradlab.comparison import cell_text, fmt, to_records
-    from gradlab.reports import DIFF_SHOWN, diverged_text, fmt_delta
-
-    t = Table(title=title, header_style="bold")
-    for col in columns + ["status", "solved", "eval loss", "steps to solve", "diverged", "verdict", "why"]:
-        t.add_column(col)
-    styles = {"regression": "red", "missing": "red", "new": "yellow", "ok": "green"}
-    for r in to_records(table):
-        pairs = [f"{fmt(r[m + '_base'])} → {fmt(r[m + '_candidate'])} ({fmt_delta(r[m + '_delta'])})"
-                 for m in DIFF_SHOWN]
-        t.add_row(*(cell_text(c, r[c]) for c in columns), Text(r["status"], style=styles[r["status"]]), *pairs,
-                  f"{diverged_text(r, 'base')} → {diverged_text(r, 'candidate')}",
-                  f"{fmt(r['verdict_base'])} → {fmt(r['verdict_candidate'])}", r["reasons"] or "")
-    return t
 
 
 @app.command()
@@ -573,15 +372,8 @@ def bench(
     if as_json:
         sys.stdout.write(json.dumps([{"schema": SCHEMA, **row} for row in rows], indent=2) + "\n")
         return
-    t = Table(title=f"one training step, T={length} B={batch} H={hidden}, {device}, 1 thread (median ms)",
-              header_style="bold")
-    columns = list(dict.fromkeys(k for row in rows for k in row))  # placed by key: rows may differ
-    for col in columns:
-        t.add_column(col, justify="left" if col == "cell" else "right")
-    for row in rows:
-        t.add_row(*(("–" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v))
-                    for v in (row.get(c) for c in columns)))
-    out_console.print(t)
+    out_console.print(bench_table(rows, f"one training step, T={length} B={batch} H={hidden}, {device}, "
+                                        "1 thread (median ms)"))
 
 
 def check_device(device: str) -> None:
@@ -611,11 +403,7 @@ def list_catalogue():
 
     for title, registry in (("task", catalogue()), ("cell", CELLS), ("clip", CLIPS)):
         caption = "name[variant]: set task.name and task.variant" if title == "task" else None
-        t = Table(title=f"{title}s", header_style="bold", title_justify="left", caption=caption,
-                  caption_justify="left")
-        t.add_column(title)
-        t.add_column("parameters" if title == "clip" else "")
-        t.add_column("description")
+        rows = []
         for key, entry in registry.items():
             extra = ""
             if title == "clip":
@@ -624,14 +412,12 @@ def list_catalogue():
                 extra = entry.kind
             elif title == "cell":
                 extra = entry.recurrence
-            t.add_row(key, extra, entry.description)  # printed as written (no markup): adding[tcn], h[t-k]
-        out_console.print(t)
+            rows.append((key, extra, entry.description))
+        headers = (title, "parameters" if title == "clip" else "", "description")
+        out_console.print(catalogue_table(f"{title}s", headers, rows, caption))
     from gradlab.config import OPTIONS
 
-    t = Table(title="options (remedies set by a config key)", header_style="bold", title_justify="left")
-    for col in ("key", "values", "description"):
-        t.add_column(col)
-    for key, (values, description) in OPTIONS.items():
-        t.add_row(key, values, description)
-    out_console.print(t)
+    rows = [(key, values, description) for key, (values, description) in OPTIONS.items()]
+    out_console.print(catalogue_table("options (remedies set by a config key)", ("key", "values", "description"),
+                                      rows))
 

@@ -1,0 +1,82 @@
+"""How the command line fails: exit codes, and every user error as one line, never a traceback.
+
+Exit codes: 0 success, 1 some runs (or expectations) failed, 2 bad input (config,
+arguments, paths); 130 interrupted. ``fail`` prints one line per problem; ``user_errors``
+turns the errors of the user's environment (unwritable paths, corrupt results, Ctrl-C)
+into such lines; ``read_config`` does the same for a config's problems.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import typer
+
+from gradlab.cli.render import err_console
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def fail(problems: list[str] | str, code: int = EXIT_BAD_INPUT):
+    """Print each problem on its own line to stderr and exit."""
+    for p in [problems] if isinstance(problems, str) else problems:
+        err_console.print(f"error: {p}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def user_errors(command):
+    """Errors of the user's environment (unwritable --out, full disk, Ctrl-C) as one line, not a traceback."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except OSError as e:
+            fail(f"{e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:  # a results file cut short or corrupted
+            dirs = [p for v in kwargs.values() for p in (v if isinstance(v, list) else [v])
+                    if isinstance(p, Path) and p.is_dir()]
+            fail(unreadable_results(dirs) or f"a results file is not readable JSON: {e}")
+        except KeyboardInterrupt:
+            fail("interrupted: finished runs are kept; the same command finishes the rest", code=130)
+    return wrapper
+
+
+def unreadable_results(dirs: list[Path]) -> list[str]:
+    """One line per run or experiment file under ``dirs`` that is not valid UTF-8 JSON.
+
+    A gate must not pass on a subset of its runs, so such a result set is bad input
+    (exit 2), named file by file; nothing else of it is touched.
+    """
+    from gradlab.expectations import EXPERIMENT_FILE
+    from gradlab.results import CONFIG, SUMMARY
+
+    problems = []
+    for d in dirs:
+        for path in sorted(p for name in (SUMMARY, CONFIG, EXPERIMENT_FILE) for p in d.rglob(name)):
+            try:
+                json.loads(path.read_bytes().decode("utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                why = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+                fix = ("gradlab run writes it again" if path.name == EXPERIMENT_FILE else
+                       "move the run's directory away, or delete it and gradlab run redoes the run")
+                problems.append(f"{path}: truncated or corrupt JSON ({why}); {fix}")
+    return problems
+
+
+def read_config(read, path: Path):
+    """``read(path)`` (a config loader) with its errors as one located line each."""
+    from gradlab.config import ConfigError
+
+    try:
+        return read(path)
+    except ConfigError as e:
+        fail(e.problems)
+
+
+def load_config(path: Path, sets: list[str]):
+    """The experiment at ``path`` with the ``--set`` overrides, or its problems as error lines."""
+    from gradlab.config import load_experiment
+
+    return read_config(lambda p: load_experiment(p, sets), path)

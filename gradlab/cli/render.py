@@ -1,0 +1,196 @@
+"""What the command line shows: the consoles, the rich tables (comparisons, diffs, ``bench``,
+``ls``), the PASS/FAIL lines of expectations, the sweep's progress bars, and a comparison
+or diff in the chosen ``--format`` on stdout or in an ``--output`` file.
+
+It decides nothing about exit codes or errors (``gradlab/cli/__init__.py`` and
+``errors.py`` do); with them, the only modules that import rich.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+# Markup, emoji codes and highlighting off: paths, config values and run ids print as written
+# ("x.yaml:100:" stays that, not "x.yaml💯"; "[red]" stays literal); styles come as Text.
+PLAIN = {"markup": False, "emoji": False, "highlight": False}
+# Piped output has no terminal width; give tables room instead of rich's 80 columns.
+out_console = Console(width=None if sys.stdout.isatty() else 160, **PLAIN)
+err_console = Console(stderr=True, **PLAIN)
+
+
+def rich_table(table, title: str | None = None) -> Table:
+    """A compact terminal view: grouping columns that never vary go into the title."""
+    from gradlab.comparison import METRICS, cell_text, fmt, to_records
+
+    records = to_records(table)
+    groups = [c for c in table.columns if c not in METRICS]
+    constant = [c for c in groups if len({cell_text(c, r[c]) for r in records}) == 1]
+    if len(constant) == len(groups):  # keep at least one column to name the rows
+        constant = constant[:-1]
+    shown = [c for c in groups if c not in constant]
+    heading = ", ".join(f"{c}={cell_text(c, records[0][c])}" for c in constant)
+    t = Table(title=" · ".join(x for x in (title, heading) if x), header_style="bold")
+    for col in shown:
+        t.add_column(col)
+    show_failed = any(r["failed"] for r in records)
+    for col in ["runs"] + (["failed"] if show_failed else []) + ["solved", "eval loss", "± std", "baseline",
+                                                                 "steps to solve", "diverged", "horizon@init",
+                                                                 "horizon",
+                                                                 "clip≈"]:
+        t.add_column(col, justify="right")
+    t.add_column("verdicts")
+    for r in records:
+        t.add_row(*(cell_text(c, r[c]) for c in shown), str(r["runs"]), *([str(r["failed"])] if show_failed else []),
+                  f"{r['solved_rate']:.0%}", fmt(r["final_loss_mean"]), fmt(r["final_loss_std"]),
+                  fmt(r["baseline_loss"]), fmt(r["steps_to_solve_median"]), str(r["diverged"]),
+                  fmt(r["horizon_init_median"]), fmt(r["horizon_median"]), fmt(r["suggested_clip"]), fmt(r["verdicts"]))
+    return t
+
+
+def emit(table, fmt_name: str, output: Path | None, title: str | None = None,
+         checks: list[dict] | None = None) -> None:
+    """Print the comparison (or write it to ``output``; not for ``table``) in the chosen format.
+
+    With ``checks`` (evaluated expectations), markdown and json are the one document
+    that carries them (PASS/FAIL, for $GITHUB_STEP_SUMMARY); table and csv keep
+    stdout to the table and list them on stderr. ``run --check`` and ``compare
+    --check`` both print this.
+    """
+    from gradlab.comparison import render
+    from gradlab.reports import json_document, markdown_report
+
+    if fmt_name == "table":
+        out_console.print(rich_table(table, title))
+    elif checks is None or fmt_name == "csv":
+        write_or_print(render(table, fmt_name), output)
+    elif fmt_name == "json":
+        write_or_print(json.dumps(json_document(table, checks), indent=2) + "\n", output)
+    else:
+        write_or_print(markdown_report(table, checks), output)
+    if checks is not None and fmt_name in ("table", "csv"):
+        print_checks(checks)
+
+
+def emit_diff(table, columns: list[str], changes, checks: list[dict] | None, fmt_name: str, output: Path | None,
+              title: str) -> None:
+    """The diff of two result sets in the chosen format (``output``: not for ``table``), as ``emit``."""
+    from gradlab.comparison import to_csv
+    from gradlab.reports import change_text, json_document, markdown_report
+
+    if fmt_name == "json":
+        write_or_print(json.dumps(json_document(None, checks, table, changes), indent=2) + "\n", output)
+    elif fmt_name == "markdown":
+        write_or_print(markdown_report(None, checks, table, columns, title=title, changes=changes), output)
+    elif fmt_name == "csv":
+        write_or_print(to_csv(table), output)
+    else:
+        if changes:
+            out_console.print(f"change under test: {change_text(changes)}", soft_wrap=True)
+        out_console.print(diff_rich_table(table, columns, title))
+    if checks is not None and fmt_name in ("table", "csv"):
+        print_checks(checks)
+
+
+def write_or_print(text: str, output: Path | None) -> None:
+    if output:
+        from gradlab.results import write_atomic
+
+        write_atomic(output, text)
+    else:
+        sys.stdout.write(text)
+
+
+def diff_rich_table(table, columns, title) -> Table:
+    """Base → candidate (delta) per metric; diverged as a share of the runs, the rate regressions compare."""
+    from gradlab.comparison import cell_text, fmt, to_records
+    from gradlab.reports import DIFF_SHOWN, diverged_text, fmt_delta
+
+    t = Table(title=title, header_style="bold")
+    for col in columns + ["status", "solved", "eval loss", "steps to solve", "diverged", "verdict", "why"]:
+        t.add_column(col)
+    styles = {"regression": "red", "missing": "red", "new": "yellow", "ok": "green"}
+    for r in to_records(table):
+        pairs = [f"{fmt(r[m + '_base'])} → {fmt(r[m + '_candidate'])} ({fmt_delta(r[m + '_delta'])})"
+                 for m in DIFF_SHOWN]
+        t.add_row(*(cell_text(c, r[c]) for c in columns), Text(r["status"], style=styles[r["status"]]), *pairs,
+                  f"{diverged_text(r, 'base')} → {diverged_text(r, 'candidate')}",
+                  f"{fmt(r['verdict_base'])} → {fmt(r['verdict_candidate'])}", r["reasons"] or "")
+    return t
+
+
+def print_checks(checks: list[dict]) -> None:
+    """Each evaluated expectation as PASS or FAIL on stderr, then the count that passed."""
+    from gradlab.reports import check_lines
+
+    for ok, text in check_lines(checks):
+        err_console.print(Text.assemble(("PASS", "green") if ok else ("FAIL", "red"), " ", text), soft_wrap=True)
+    passed = sum(c["passed"] for c in checks)
+    err_console.print(f"expectations: {passed}/{len(checks)} passed")
+
+
+def sweep_with_progress(name, runs, out, quiet, **options):
+    """The sweep with one bar for the whole sweep (in training steps) and one per running run."""
+    from gradlab.sweeps import run_sweep
+
+    if quiet:
+        return run_sweep(name, runs, out, **options)
+    columns = [TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        total_steps = sum(r.config["train"]["steps"] for r in runs)
+        sweep = progress.add_task(f"{name}: 0/{len(runs)} runs", total=total_steps)
+        bars, seen, finished = {}, {}, [0]
+
+        def on_event(event, run, **info):
+            if event == "step":
+                if run.id not in bars:
+                    bars[run.id] = progress.add_task(f"  {run.id}", total=info["steps"])
+                progress.update(bars[run.id], completed=info["step"])
+                progress.advance(sweep, info["step"] - seen.get(run.id, 0))
+                seen[run.id] = info["step"]
+            elif event == "done":
+                if run.id in bars:
+                    progress.remove_task(bars.pop(run.id))
+                progress.advance(sweep, run.config["train"]["steps"] - seen.get(run.id, 0))
+                seen[run.id] = run.config["train"]["steps"]
+                finished[0] += 1
+                progress.update(sweep, description=f"{name}: {finished[0]}/{len(runs)} runs")
+
+        return run_sweep(name, runs, out, on_event=on_event, **options)
+
+
+def bench_table(rows: list[dict], title: str) -> Table:
+    """``gradlab bench``'s rows, one column per key any row has; a missing number prints as –."""
+    t = Table(title=title, header_style="bold")
+    columns = list(dict.fromkeys(k for row in rows for k in row))  # placed by key: rows may differ
+    for col in columns:
+        t.add_column(col, justify="left" if col == "cell" else "right")
+    for row in rows:
+        t.add_row(*(("–" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v))
+                    for v in (row.get(c) for c in columns)))
+    return t
+
+
+def catalogue_table(title: str, headers: tuple[str, str, str], rows: list[tuple[str, str, str]],
+                    caption: str | None = None) -> Table:
+    """One registry of ``gradlab ls``, left-aligned under its title."""
+    t = Table(title=title, header_style="bold", title_justify="left", caption=caption, caption_justify="left")
+    for col in headers:
+        t.add_column(col)
+    for row in rows:
+        t.add_row(*row)  # printed as written (no markup): adding[tcn], h[t-k]
+    return t
