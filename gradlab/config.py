@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import functools
 import hashlib
 import json
@@ -28,6 +27,7 @@ from gradlab.results import clip_label, tbptt_label
 from gradlab.tasks import TASKS
 from gradlab.yamlfile import (
     ConfigError,
+    did_you_mean,
     get_path,
     header_comment,
     in_file_order,
@@ -128,7 +128,7 @@ def _choice(registry, what):
         if not isinstance(v, str):
             return f"expected a {what} name (string), got {v!r}"
         if v not in registry:
-            return f"unknown {what} {v!r}{_did_you_mean(v, registry)}; valid: {', '.join(registry)}"
+            return f"unknown {what} {v!r}{did_you_mean(v, registry)}; valid: {', '.join(registry)}"
     return check
 
 
@@ -265,7 +265,6 @@ CHECKS = {
     "dtype": _choice({"float32": 0, "float64": 0}, "dtype"),
     "threads": _int_at_least(1),
 }
-KEYS = list(CHECKS)  # every settable dotted path
 
 # Remedies a config sets by key (the others are named in a registry), for `gradlab ls`:
 # dotted key -> (its values, one line with the source).
@@ -300,11 +299,6 @@ CLIP_PARAM_CHECKS = {
 }
 
 
-def _did_you_mean(word, choices):
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def resolve_tbptt(v) -> int | dict | None:
     """``null`` | ``k`` | ``{k1: 5, k2: 10}`` -> None | k | {"k1": 5, "k2": 10}; {k1: k, k2: k} -> k.
 
@@ -317,7 +311,7 @@ def resolve_tbptt(v) -> int | dict | None:
         raise ValueError(f"a window must be at least 1 step, got {v}")
     if not isinstance(v, dict):
         raise ValueError(f"expected null, a window length (integer) or {{k1: ..., k2: ...}}, got {v!r}")
-    problems = [f"tbptt has no key {k!r}{_did_you_mean(k, ('k1', 'k2'))}; valid: k1, k2"
+    problems = [f"tbptt has no key {k!r}{did_you_mean(k, ('k1', 'k2'))}; valid: k1, k2"
                 for k in v if k not in ("k1", "k2")]
     problems += [f"tbptt.{k}: missing" for k in ("k1", "k2") if k not in v]
     problems += [f"tbptt.{k}: {msg}" for k in ("k1", "k2") if k in v and (msg := _int_at_least(1)(v[k]))]
@@ -340,13 +334,13 @@ def resolve_clip(v) -> dict:
         raise ValueError(f"expected a clip kind or a mapping with 'kind', got {v!r}")
     kind = v.get("kind")
     if kind not in CLIPS:
-        raise ValueError(f"unknown clip kind {kind!r}{_did_you_mean(kind, CLIPS)}; valid: {', '.join(CLIPS)}")
+        raise ValueError(f"unknown clip kind {kind!r}{did_you_mean(kind, CLIPS)}; valid: {', '.join(CLIPS)}")
     rule = CLIPS[kind]
     resolved, problems = {"kind": kind}, []
     for k in v:
         if k != "kind" and k not in rule.params:
             valid = ", ".join(rule.params) or "none"
-            problems.append(f"clip {kind!r} has no parameter {k!r}{_did_you_mean(k, rule.params)}; "
+            problems.append(f"clip {kind!r} has no parameter {k!r}{did_you_mean(k, rule.params)}; "
                             f"valid: {valid}")
     for k, default in rule.params.items():
         val = v.get(k, default)
@@ -372,7 +366,7 @@ def _check_keys(data: dict, where, problems: list[str], bad: set[str]) -> None:
     top = [f.name for f in dataclasses.fields(Config)] + ["expect"]
     for k in data:
         if k not in top:
-            problems.append(f"{where(k)}: unknown key {k!r}{_did_you_mean(k, top)}")
+            problems.append(f"{where(k)}: unknown key {k!r}{did_you_mean(k, top)}")
     for section, cls in SECTIONS.items():
         value = data.get(section)
         if value is None:
@@ -385,7 +379,7 @@ def _check_keys(data: dict, where, problems: list[str], bad: set[str]) -> None:
         for k in value:
             if k not in names:
                 problems.append(f"{where(f'{section}.{k}')}: unknown key {section}.{k}"
-                                f"{_did_you_mean(k, names)}; valid: {', '.join(names)}")
+                                f"{did_you_mean(k, names)}; valid: {', '.join(names)}")
 
 
 def _check_values(data: dict, where, problems: list[str], bad: set[str]) -> None:
@@ -402,7 +396,8 @@ def _check_values(data: dict, where, problems: list[str], bad: set[str]) -> None
 
 
 def _value_label(path: str, value) -> str:
-    """A grid value as problems name it: norm(1.0) for a clip spec, full for full BPTT, {cell: lstm} for a section."""
+    """A grid value as problems and run ids name it: norm(1.0) for a clip spec, full for full BPTT, {cell: lstm}
+    for a section (run ids write a section their own way)."""
     if path == "train.clip":
         return clip_label(resolve_clip(value))
     if path == "train.tbptt":
@@ -437,14 +432,10 @@ def run_id(cfg: dict, overrides: dict) -> str:
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     parts = []
     for path, value in overrides.items():
-        if path == "train.clip":
-            value = clip_label(resolve_clip(value))
-        elif path == "train.tbptt":
-            value = "full" if value is None else tbptt_label(resolve_tbptt(value))  # 5/10 -> 5-10 below
-        elif path in SECTIONS:
+        if path in SECTIONS:
             parts.append(",".join(f"{k}={v}" for k, v in value.items()))
-            continue
-        parts.append(f"{path.split('.')[-1]}={value}")
+        else:  # a tbptt of 5/10 becomes 5-10 below
+            parts.append(f"{path.split('.')[-1]}={_value_label(path, value)}")
     slug = "_".join(parts + [f"seed={cfg['seed']}"])
     slug = "".join(c if c.isalnum() or c in "=._-()" else "-" for c in slug)
     return f"{slug}_{digest}"

@@ -27,11 +27,12 @@ satisfies every comparison. This module does not import torch.
 from __future__ import annotations
 
 import ast
-import difflib
 import math
 import operator
 import re
 from dataclasses import dataclass, field
+
+from gradlab.yamlfile import did_you_mean
 
 # The aggregated columns an expectation may assert on (see gradlab.comparison.METRICS).
 COLUMNS = ("runs", "failed", "solved_rate", "final_loss_mean", "final_loss_std", "baseline_loss",
@@ -70,11 +71,6 @@ class Expectation:
         return f"[{where}] " + " and ".join(f"{c.column} {c.op} {c.expr}" for c in self.checks)
 
 
-def _did_you_mean(word, choices) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 VERSUS = "versus"
 
 
@@ -95,7 +91,7 @@ def _parse_expr(text: str) -> ast.AST:
                 raise ValueError(f"only versus.COLUMN may be dotted in {text!r}")
             if node.attr not in COLUMNS or node.attr in TEXT_COLUMNS:
                 numeric = [c for c in COLUMNS if c not in TEXT_COLUMNS]
-                raise ValueError(f"unknown column versus.{node.attr} in {text!r}{_did_you_mean(node.attr, numeric)}")
+                raise ValueError(f"unknown column versus.{node.attr} in {text!r}{did_you_mean(node.attr, numeric)}")
         elif id(node) in dotted:  # the versus of versus.COLUMN, checked above
             continue
         elif isinstance(node, ast.Name):
@@ -103,7 +99,7 @@ def _parse_expr(text: str) -> ast.AST:
                 continue
             if node.id not in COLUMNS or node.id in TEXT_COLUMNS:
                 numeric = [c for c in COLUMNS if c not in TEXT_COLUMNS] + list(EXPR_GROUP_COLUMNS)
-                raise ValueError(f"unknown column {node.id!r} in {text!r}{_did_you_mean(node.id, numeric)}")
+                raise ValueError(f"unknown column {node.id!r} in {text!r}{did_you_mean(node.id, numeric)}")
         elif isinstance(node, ast.Constant):
             if not isinstance(node.value, (int, float)) or isinstance(node.value, bool):
                 raise ValueError(f"only numbers and columns may appear in {text!r}")
@@ -115,7 +111,7 @@ def _parse_expr(text: str) -> ast.AST:
 def parse_check(column: str, spec) -> Check:
     """``("solved_rate", ">= 0.66")`` -> Check; raises ValueError with the reason."""
     if column not in COLUMNS:
-        raise ValueError(f"unknown column {column!r}{_did_you_mean(column, COLUMNS)}; valid: {', '.join(COLUMNS)}")
+        raise ValueError(f"unknown column {column!r}{did_you_mean(column, COLUMNS)}; valid: {', '.join(COLUMNS)}")
     if column in TEXT_COLUMNS:
         text = str(spec).strip()
         m = re.match(r"^(==|!=)\s*(\S+)$", text)
@@ -135,6 +131,14 @@ def parse_check(column: str, spec) -> Check:
     return Check(column, m.group(1), m.group(2), _parse_expr(m.group(2)))
 
 
+def _unknown_columns(path: str, selector: dict, where_columns) -> list[tuple[str, str]]:
+    """The keys of a ``where:`` or ``versus:`` mapping that are not grouping columns (none without the columns)."""
+    if where_columns is None:
+        return []
+    return [(f"{path}.{k}", f"unknown grouping column {k!r}{did_you_mean(k, where_columns)}; "
+             f"valid: {', '.join(where_columns)}") for k in selector if k not in where_columns]
+
+
 def parse(entries, where_columns=None) -> tuple[list[Expectation], list[tuple[str, str]]]:
     """Read an ``expect:`` list. Returns (expectations, problems as (key path, message))."""
     problems: list[tuple[str, str]] = []
@@ -150,20 +154,12 @@ def parse(entries, where_columns=None) -> tuple[list[Expectation], list[tuple[st
         if not isinstance(where, dict):
             problems.append((f"{path}.where", f"expected a mapping of column: value, got {where!r}"))
             where = {}
-        if where_columns is not None:
-            for k in where:
-                if k not in where_columns:
-                    problems.append((f"{path}.where.{k}", f"unknown grouping column {k!r}"
-                                     f"{_did_you_mean(k, where_columns)}; valid: {', '.join(where_columns)}"))
+        problems += _unknown_columns(f"{path}.where", where, where_columns)
         versus = entry.get("versus")
         if versus is not None and (not isinstance(versus, dict) or not versus):
             problems.append((f"{path}.versus", f"expected a mapping of column: value, got {versus!r}"))
             versus = None
-        if where_columns is not None and versus:
-            for k in versus:
-                if k not in where_columns:
-                    problems.append((f"{path}.versus.{k}", f"unknown grouping column {k!r}"
-                                     f"{_did_you_mean(k, where_columns)}; valid: {', '.join(where_columns)}"))
+        problems += _unknown_columns(f"{path}.versus", versus or {}, where_columns)
         claim = entry.get("claim")
         if claim is not None and not isinstance(claim, str):
             problems.append((f"{path}.claim", f"expected a sentence, got {claim!r}"))
@@ -270,7 +266,7 @@ def evaluate(expectations: list[Expectation], rows: list[dict], group_columns: l
 EXPERIMENT_FILE = "experiment.json"  # written by `gradlab run` next to its runs: name and expect list
 
 
-def check_results(root, entries: list | None = None) -> list[dict]:
+def check_results(root, entries: list | None = None, frame=None) -> list[dict]:
     """Evaluate expectations against the runs on disk under ``root``.
 
     With ``entries`` (an ``expect:`` list, e.g. from ``--expect CONFIG``) they are
@@ -278,6 +274,7 @@ def check_results(root, entries: list | None = None) -> list[dict]:
     stored expectations (``experiment.json``, written by ``gradlab run``) are
     evaluated against all runs of that experiment under root, so the shards of
     one sweep, each with its own copy, are checked as one result set.
+    ``frame``: the runs under root, if the caller has loaded them already (``comparison.load_frame``).
     Returns evaluate()'s result dicts, each with "experiment" added.
     """
     from pathlib import Path
@@ -285,7 +282,7 @@ def check_results(root, entries: list | None = None) -> list[dict]:
     from gradlab import comparison, results
 
     root = Path(root)
-    frame = comparison.load_frame([root])
+    frame = comparison.load_frame([root]) if frame is None else frame
     if frame.empty:
         return []
     if entries is not None:

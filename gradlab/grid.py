@@ -12,19 +12,13 @@ config and how to label a grid value, so the import goes one way, config -> grid
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import json
 import math
 
 from gradlab.cells import CELLS, FORGET_GATE
 from gradlab.tasks import resolve
-from gradlab.yamlfile import get_path
-
-
-def _did_you_mean(word, choices) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+from gradlab.yamlfile import did_you_mean, get_path
 
 
 def check_grid(grid, checks: dict, sections, where, problems: list[str], bad: set[str]) -> dict:
@@ -53,7 +47,7 @@ def check_grid(grid, checks: dict, sections, where, problems: list[str], bad: se
                     key = f"{path}.{k}"
                     if key not in checks:
                         valid_keys = [c.split(".", 1)[1] for c in checks if c.startswith(path + ".")]
-                        problems.append(f"{where(at)}: unknown {path} key {k!r}{_did_you_mean(k, valid_keys)}")
+                        problems.append(f"{where(at)}: unknown {path} key {k!r}{did_you_mean(k, valid_keys)}")
                         continue
                     msg = checks[key](v)
                     if msg:
@@ -62,7 +56,7 @@ def check_grid(grid, checks: dict, sections, where, problems: list[str], bad: se
                     kept.append((i, variant))
         elif path not in checks or path in ("seeds", "name"):
             settable = [k for k in checks if k not in ("seeds", "name")]
-            problems.append(f"{loc}: grid over unknown key {path!r}{_did_you_mean(path, settable)}")
+            problems.append(f"{loc}: grid over unknown key {path!r}{did_you_mean(path, settable)}")
             continue
         elif not isinstance(values, list) or not values:
             problems.append(f"{loc}: expected a non-empty list of values, got {values!r}")

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 import re
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from gradlab import comparison
+from gradlab import comparison, results
 from gradlab.comparison import SCHEMA, cell_text, fmt, to_markdown, to_records
 
 
@@ -202,8 +203,6 @@ MAIN_PLOTS = ("learning_curves.png", "grad_norm.png", "grad_profile.png")
 
 def _machine(frame: pd.DataFrame, sweeps: list[dict]) -> str:
     """``2 CPUs (x86_64), torch 2.13.0+cpu, 1 thread per run; 12 min 3 s wall-clock with --jobs 2``."""
-    from gradlab import results
-
     env = results.read_json(Path(frame["run_dir"].iloc[0]) / results.ENV) if len(frame) else {}
     wall = sum(s.get("seconds", 0) for s in sweeps)
     train = pd.to_numeric(frame.get("wall_seconds"), errors="coerce").sum()
@@ -229,9 +228,6 @@ def markdown_book(root: Path, out_file: Path, title: str = "gradlab results") ->
     aggregated over seeds, its plots (written to ``<experiment>/plots/``), a
     hand-written ``NOTES.md`` if the folder has one, and the machine and time it took.
     Image links are relative to ``out_file``'s folder. None when no experiment has runs."""
-    import os
-
-    from gradlab import results
     from gradlab.expectations import EXPERIMENT_FILE, check_results
     from gradlab.plots import plot
 
@@ -245,7 +241,7 @@ def markdown_book(root: Path, out_file: Path, title: str = "gradlab results") ->
         if frame.empty:
             continue
         table = comparison.compare(frame)
-        checks = check_results(study)
+        checks = check_results(study, frame=frame)
         passed = sum(c["passed"] for c in checks)
         anchor = name.lower().replace(" ", "-")
         verdict = "no claims" if not checks else ("PASS" if passed == len(checks) else "FAIL")
@@ -264,7 +260,7 @@ def markdown_book(root: Path, out_file: Path, title: str = "gradlab results") ->
             for c in checks:
                 mark = "PASS" if c["passed"] else "FAIL"
                 parts.append(f"- {'✅' if c['passed'] else '❌'} **{mark}** {c.get('claim') or ''} "
-                             f"`{c['expectation']}`".replace("  ", " "))
+                             f"{code(c['expectation'])}".replace("  ", " "))
                 for ok, text in check_lines([c], quote=code)[1:]:
                     parts.append(f"  - {'PASS' if ok else 'FAIL'} {text.strip()}")
             parts.append("")

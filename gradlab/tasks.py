@@ -15,12 +15,13 @@ Add a task by writing a small subclass of ``Task`` (``generate``, ``baseline``,
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from gradlab.yamlfile import did_you_mean
 
 SOLVED_MSE = 0.01  # adding: "solved" below this eval MSE (uRNN / IndRNN / expRNN convention)
 SOLVED_ACCURACY = 0.99  # classification: Pascanu 2013 asks < 1% error on fresh sequences
@@ -607,14 +608,14 @@ def resolve(task_cfg: dict) -> Task:
     """
     name, variant = task_cfg["name"], task_cfg.get("variant")
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}{_did_you_mean(name, TASKS)}; valid: {', '.join(TASKS)}")
+        raise ValueError(f"unknown task {name!r}{did_you_mean(name, TASKS)}; valid: {', '.join(TASKS)}")
     if variant is None:
         return TASKS[name]
     choices = VARIANTS.get(name, {})
     if variant not in choices:
         if not choices:
             raise ValueError(f"task {name} has no variants, got {variant!r}; leave task.variant null")
-        raise ValueError(f"unknown variant {variant!r} for {name}{_did_you_mean(variant, choices)}; "
+        raise ValueError(f"unknown variant {variant!r} for {name}{did_you_mean(variant, choices)}; "
                          f"valid: {', '.join(choices)}")
     return choices[variant]
 
@@ -626,8 +627,3 @@ def catalogue() -> dict[str, Task]:
         entries[name] = task
         entries.update({v.label: v for v in VARIANTS.get(name, {}).values()})
     return entries
-
-
-def _did_you_mean(word, choices) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""

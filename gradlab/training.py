@@ -316,9 +316,9 @@ def train(cfg: dict, progress=None, rows: list | None = None) -> dict:
         "steps_done": len(train_rows),
         "verdict": verdict,
         **figures,
-        # the horizon of the untrained model: how far back the initialisation alone lets a gradient reach
-        "horizon_init": diagnostics.profile_summary(profiles[0][0], dependency,
-                                                    thresholds.horizon_fraction)["horizon"],
+        # the horizon of the untrained model (step 0's evaluation): how far back the initialisation
+        # alone lets a gradient reach
+        "horizon_init": next(r["horizon"] for r in rows if r["kind"] == "eval"),
         "grad_norm_max": max((n for n in norms if math.isfinite(n)), default=None),
         "suggested_clip": diagnostics.suggest_clip(norms),
         "clip_rate": sum(r["clip_active"] for r in train_rows) / max(len(train_rows), 1),

@@ -9,6 +9,7 @@ only ``grid`` is special here, as its keys are whole dotted paths.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -182,6 +183,13 @@ def _from_set(path: str, set_paths) -> bool:
         if not bare.startswith("grid") and (bare.startswith(s + ".") or s.startswith(bare + ".")):
             return True  # grid keys are whole dotted paths: no prefixes there
     return False
+
+
+def did_you_mean(word, choices) -> str:
+    """`` (did you mean 'lstm'?)`` for the closest of ``choices`` to an unknown name, or ``""``: the hint
+    every unknown key, column, task or clip rule gets (lm-evaluation-harness style)."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def in_file_order(problems: list[str], source: str) -> list[str]:

@@ -192,6 +192,8 @@ def compare(
     """
     if fmt_name not in FORMATS:
         fail(f"--format: unknown format {fmt_name!r}; valid: {', '.join(FORMATS)}")
+    if fmt_name == "table" and output:
+        fail("--output needs --format markdown, csv or json")
     if len(directories) > 2:
         fail("compare takes one results directory, or two (BASELINE CANDIDATE) to diff")
     for d in directories:
@@ -201,8 +203,6 @@ def compare(
         return compare_two(*directories, by, fmt_name, output, check, expect)
     table = comparison_table([directories[0]], by)
     checks = evaluate_checks(directories[0], expect) if check or expect else None
-    if fmt_name == "table" and output:
-        fail("--output needs --format markdown, csv or json")
     emit(table, fmt_name, output, checks=checks)
     if check and not all(c["passed"] for c in checks):
         raise typer.Exit(EXIT_FAILED)
@@ -224,8 +224,6 @@ def compare_two(base_dir: Path, cand_dir: Path, by: str | None, fmt_name: str, o
     except ValueError as e:
         fail(str(e))
     checks = evaluate_checks(cand_dir, expect) if expect else None
-    if fmt_name == "table" and output:
-        fail("--output needs --format markdown, csv or json")
     emit_diff(table, columns, changes, checks, fmt_name, output, title=f"{cand_dir} against {base_dir}")
     bad = [r for r in to_records(table) if r["status"] in ("regression", "missing")]
     for r in bad:
