@@ -16,17 +16,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from gradlab import results
+from gradlab import results, statistics
 
 DEFAULT_BY = ["task", "length", "cell", "clip", "tbptt"]
 # The version of every JSON document compare prints: the --check/diff object's "schema" and each
 # object of the plain list. New keys keep it; a key that changes meaning or disappears bumps it.
-SCHEMA = "gradlab.compare/1"
-COUNTS = ("runs", "failed", "diverged")  # integers, also as <count>_base, _candidate, _delta of a diff
+# 2: ``verdict`` is "mixed" on a tie (1: the worse of the tied verdicts).
+SCHEMA = "gradlab.compare/2"
+COUNTS = ("runs", "failed", "solved", "diverged")  # integers, also as <count>_base, _candidate, _delta of a diff
 # Metric columns of the comparison table, in order; ``runs`` counts every run of the group.
-METRICS = ["runs", "failed", "solved_rate", "final_loss_mean", "final_loss_std", "baseline_loss",
+METRICS = ["runs", "failed", "solved", "solved_rate", "solved_ci_low", "solved_ci_high",
+           "final_loss_mean", "final_loss_std", "baseline_loss",
+           "loss_ratio_iqm", "loss_ratio_min", "loss_ratio_max", "loss_ratio_ci_low", "loss_ratio_ci_high",
            "steps_to_solve_median", "diverged", "verdict", "verdicts", "horizon_init_median", "horizon_median",
-           "grad_norm_max", "suggested_clip"]
+           "clip_rate_mean", "grad_norm_max", "suggested_clip"]
+# Config columns that set a run's memoryless baseline loss: runs differing in one are never pooled.
+BASELINE_KEYS = ["task", "variant", "length"]
+VERDICTS = ("exploding", "vanishing", "healthy")  # in the order of severity: ties are never resolved by it
 
 
 def config_columns(cfg: dict) -> dict:
@@ -41,6 +47,17 @@ def config_columns(cfg: dict) -> dict:
     return row
 
 
+def loss_ratio(summary: dict) -> float | None:
+    """A run's final loss over its task's memoryless baseline: 1 = no better than guessing, 0 = perfect;
+    inf for a non-finite final loss (a diverged run counts as the worst, not as missing)."""
+    loss, base = summary.get("final_loss"), summary.get("baseline_loss")
+    if summary.get("status") != "ok" or not isinstance(base, (int, float)) or not base > 0:
+        return None
+    if loss is None or not math.isfinite(loss):
+        return math.inf
+    return loss / base
+
+
 def flatten(record: dict) -> dict:
     """One run record -> one flat row: config columns first, then summary columns."""
     summary = record["summary"]
@@ -48,23 +65,34 @@ def flatten(record: dict) -> dict:
     row.update({"status": summary.get("status"), "final_loss": summary.get("final_loss"),
                 "solved": bool(summary.get("solved", False)), "steps_to_solve": summary.get("steps_to_solve"),
                 "diverged": bool(summary.get("diverged", False)), "baseline_loss": summary.get("baseline_loss"),
+                "loss_ratio": loss_ratio(summary), "clip_rate": summary.get("clip_rate"),
                 "verdict": summary.get("verdict"), "horizon_init": summary.get("horizon_init"),
                 "horizon": summary.get("horizon"),
                 "grad_norm_max": summary.get("grad_norm_max"), "suggested_clip": summary.get("suggested_clip"),
-                "wall_seconds": summary.get("wall_seconds"), "run_dir": record["dir"]})
+                "wall_seconds": summary.get("wall_seconds"), "run_dir": record["dir"],
+                "run_hash": results.run_hash(record["id"])})
     return row
 
 
-SUMMARY_COLUMNS = ["status", "final_loss", "solved", "steps_to_solve", "diverged", "baseline_loss", "verdict",
-                   "horizon_init", "horizon", "grad_norm_max", "suggested_clip", "wall_seconds", "run_dir"]
+SUMMARY_COLUMNS = ["status", "final_loss", "solved", "steps_to_solve", "diverged", "baseline_loss", "loss_ratio",
+                   "clip_rate", "verdict", "horizon_init", "horizon", "grad_norm_max", "suggested_clip",
+                   "wall_seconds", "run_dir", "run_hash"]
 
 
-def load_frame(roots: list[Path]) -> pd.DataFrame:
-    """Every finished run under the given directories, one row each."""
+def load_frame(roots: list[Path], damaged: list | None = None) -> pd.DataFrame:
+    """Every finished run under the given directories, one row each.
+
+    A damaged run directory (``results.Damaged``: a file missing, empty, truncated or
+    corrupt) is left out and appended to ``damaged`` when given; without it, raised.
+    """
     rows, seen = [], set()
     for root in roots:
-        for d in results.find_runs(root):
-            record = results.load_run(d)
+        records, bad = results.scan_runs(root)
+        if bad and damaged is None:
+            raise bad[0]
+        if damaged is not None:
+            damaged += bad
+        for record in records:
             # the run id's hash is the resolved config's identity; its readable part can differ for
             # one run (grid key order), so a run copied into two shards or stored twice counts once
             key = (record["config"].get("name"), results.run_hash(record["id"]))
@@ -75,24 +103,39 @@ def load_frame(roots: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _numbers(column: pd.Series) -> list[float]:
+    return [float(v) for v in pd.to_numeric(column, errors="coerce").dropna()]
+
+
 def _aggregate(g: pd.DataFrame) -> pd.Series:
     ok = g[g["status"] == "ok"]
     loss = pd.to_numeric(ok["final_loss"], errors="coerce")
     solved_steps = pd.to_numeric(ok.loc[ok["solved"], "steps_to_solve"], errors="coerce").dropna()
+    solved = int(ok["solved"].sum())
+    ci_low, ci_high = statistics.wilson(solved, len(g))
+    ratios = _numbers(ok["loss_ratio"]) if "loss_ratio" in ok else []
+    ratio_low, ratio_high = statistics.iqm_interval(ratios)
     return pd.Series({
         "runs": len(g),
         "failed": int((g["status"] != "ok").sum()),
-        "solved_rate": float(ok["solved"].sum()) / len(g),
+        "solved": solved,
+        "solved_rate": solved / len(g),
+        "solved_ci_low": ci_low, "solved_ci_high": ci_high,
         "final_loss_mean": loss.mean() if len(loss) else None,
         "final_loss_std": loss.std(ddof=1) if len(loss) > 1 else None,
         "baseline_loss": pd.to_numeric(g["baseline_loss"], errors="coerce").dropna().iloc[0]
         if g["baseline_loss"].notna().any() else None,
+        "loss_ratio_iqm": float(statistics.iqm(ratios)) if ratios else None,
+        "loss_ratio_min": min(ratios) if ratios else None,
+        "loss_ratio_max": max(ratios) if ratios else None,
+        "loss_ratio_ci_low": ratio_low, "loss_ratio_ci_high": ratio_high,
         "steps_to_solve_median": solved_steps.median() if len(solved_steps) else None,
         "diverged": int(ok["diverged"].sum()),
         **_verdicts(ok),
         # .get: frames from before the column existed (or built by hand) lack it
         "horizon_init_median": _median(ok.get("horizon_init", pd.Series(dtype=float))),
         "horizon_median": _median(ok["horizon"]),
+        "clip_rate_mean": _mean(ok.get("clip_rate", pd.Series(dtype=float))),
         "grad_norm_max": pd.to_numeric(ok["grad_norm_max"], errors="coerce").max() if len(ok) else None,
         "suggested_clip": _median(ok["suggested_clip"]),
     })
@@ -103,41 +146,106 @@ def _median(column: pd.Series):
     return values.median() if len(values) else None
 
 
+def _mean(column: pd.Series):
+    values = pd.to_numeric(column, errors="coerce").dropna()
+    return values.mean() if len(values) else None
+
+
 def _verdicts(ok: pd.DataFrame) -> dict:
-    """The most common verdict (ties: the worse one) and the mix, e.g. ``2 vanishing, 1 healthy``."""
+    """The verdict of most runs, ``mixed`` on a tie, and the whole mix, e.g. ``2 vanishing, 1 healthy``."""
     counts = ok["verdict"].dropna().value_counts()
     if counts.empty:
         return {"verdict": None, "verdicts": None}
-    severity = {"exploding": 0, "vanishing": 1, "healthy": 2}
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], severity.get(kv[0], 3)))
-    return {"verdict": ranked[0][0], "verdicts": ", ".join(f"{n} {v}" for v, n in ranked)}
+    rank = {v: i for i, v in enumerate(VERDICTS)}
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], rank.get(kv[0], len(rank)), kv[0]))
+    tie = len(ranked) > 1 and ranked[0][1] == ranked[1][1]
+    return {"verdict": "mixed" if tie else ranked[0][0], "verdicts": ", ".join(f"{n} {v}" for v, n in ranked)}
 
 
 def varying_columns(frame: pd.DataFrame) -> list[str]:
     """Config columns (beyond DEFAULT_BY) whose value differs between runs: the grid's other axes."""
     ignore = set(DEFAULT_BY) | set(SUMMARY_COLUMNS) | {"seed", "device", "threads", "experiment"}
-    return [c for c in frame.columns if c not in ignore
-            and frame[c].map(lambda v: json.dumps(v, sort_keys=True, default=str)).nunique() > 1]
+    return [c for c in frame.columns if c not in ignore and _distinct(frame[c]) > 1]
+
+
+def _distinct(column: pd.Series) -> int:
+    return column.map(lambda v: json.dumps(_clean(v), sort_keys=True, default=str)).nunique()
+
+
+def group_columns(frame: pd.DataFrame, by: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """The columns to group on, and a note for each column added to or pooled by an explicit ``by``.
+
+    Without ``by``: DEFAULT_BY and every other config column that varies, so each grid point
+    (and each set of runs whose configs differ, e.g. after ``--set train.steps=500``) is its own
+    group. An explicit ``by`` never pools runs of different baselines: a BASELINE_KEYS column
+    (or, failing that, any varying column) that separates them within a group is added, with a
+    note. Raises ValueError for an unknown ``by`` column.
+    """
+    if not by:
+        return list(DEFAULT_BY + varying_columns(frame)), []
+    unknown = [c for c in by if c not in frame.columns]
+    if unknown:
+        valid = [c for c in frame.columns if c not in ("run_dir", "run_hash")]
+        raise ValueError(f"unknown --by column(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    by, notes = list(by), []
+    candidates = [c for c in BASELINE_KEYS + varying_columns(frame) if c in frame.columns and c not in by]
+    added = []
+    for column in candidates:
+        if not _mixes_baselines(frame, by + added):
+            break
+        if any(_distinct(g[column]) > 1 for _, g in _groups(frame, by + added)):
+            added.append(column)
+    if added:
+        notes.append(f"--by {','.join(by)} would pool runs with different baselines; grouping by "
+                     f"{', '.join(added)} too")
+    by += added
+    pooled = [c for c in dict.fromkeys(DEFAULT_BY + varying_columns(frame)) if c in frame.columns and c not in by
+              and any(_distinct(g[c]) > 1 for _, g in _groups(frame, by))]
+    if pooled:
+        notes.append(f"groups pool runs that differ in {', '.join(pooled)} (add to --by to split them)")
+    return by, notes
+
+
+def _groups(frame: pd.DataFrame, by: list[str]):
+    keys = frame[by].map(lambda v: json.dumps(_clean(v), sort_keys=True, default=str))
+    return frame.groupby([keys[c] for c in by], sort=False, dropna=False)
+
+
+def _mixes_baselines(frame: pd.DataFrame, by: list[str]) -> bool:
+    """Whether a group of ``by`` holds runs whose baseline losses differ (beyond float rounding)."""
+    for _, g in _groups(frame, by):
+        values = _numbers(g["baseline_loss"])
+        if values and max(values) - min(values) > 1e-9 * max(abs(v) for v in values):
+            return True
+    return False
+
+
+def _sort_key(v):
+    """Numbers in numeric order, then text, then missing: −2 < −1 < 0.5 < 1, and 1e-7 < 2e-7."""
+    v = _clean(v)
+    if v is None:
+        return (2, 0.0, "")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return (0, float(v), "")
+    return (1, 0.0, str(v))
 
 
 def compare(frame: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
     """Group runs and aggregate over seeds. Raises ValueError for an unknown ``by`` column.
 
     By default the groups are DEFAULT_BY plus every other config column that
-    varies between the runs, so each grid point is its own group.
+    varies between the runs, so each grid point is its own group (``group_columns``
+    adds what an explicit ``by`` leaves out but the baselines need).
     """
-    by = list(by or DEFAULT_BY + varying_columns(frame))
-    unknown = [c for c in by if c not in frame.columns]
-    if unknown:
-        valid = [c for c in frame.columns if c not in ("run_dir",)]
-        raise ValueError(f"unknown --by column(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    by, _ = group_columns(frame, by)
     keys = frame[by].astype(object).where(frame[by].notna(), "null")  # group on None too (tbptt: null)
+    keys = keys.map(lambda v: json.dumps(v, default=str) if isinstance(v, (list, dict)) else v)
     grouped = frame.groupby([keys[c] for c in by], sort=False, dropna=False)
     table = grouped[frame.columns.tolist()].apply(_aggregate).reset_index()
-    table[by] = table[by].astype(object).where(table[by] != "null", None)
-    table = table.sort_values(by, key=lambda s: s.map(lambda v: (v is None, str(v) if not
-                                                                isinstance(v, (int, float)) else f"{v:020.6f}")))
-    return table.reset_index(drop=True)
+    firsts = grouped[by].first().reset_index(drop=True)  # each group's values as the runs hold them
+    table[by] = firsts[by].astype(object).where(firsts[by].notna(), None)
+    order = sorted(range(len(table)), key=lambda i: tuple(_sort_key(table[c].iloc[i]) for c in by))
+    return table.iloc[order].reset_index(drop=True)
 
 
 def _clean(v):
@@ -224,7 +332,10 @@ TOLERANCES = {
     "final_loss_floor": 0.01,  # ... that is also larger than this fraction of the baseline loss
     "steps_to_solve": 0.5,   # relative rise of the median steps to solve
 }
-DIFF_METRICS = ["runs", "failed", "solved_rate", "final_loss_mean", "steps_to_solve_median", "diverged", "verdict"]
+DIFF_METRICS = ["runs", "failed", "solved", "solved_rate", "final_loss_mean", "loss_ratio_iqm", "steps_to_solve_median",
+                "diverged", "verdict", "verdicts"]
+TEXT_METRICS = ("verdict", "verdicts")
+DIFF_STATS = ["p_loss", "p_better", "p_better_ci_low", "p_better_ci_high", "p_solved", "supported"]
 
 
 def _num(v):
@@ -232,24 +343,24 @@ def _num(v):
     return None if v is None else float(v)
 
 
-def _regressions(base: dict, cand: dict, tol: dict) -> list[str]:
-    """Why a candidate group is worse than its baseline group, one reason each."""
+def _regressions(base: dict, cand: dict, tol: dict) -> list[tuple[str, str]]:
+    """Why a candidate group is worse than its baseline group: (figure, reason) each."""
     why = []
     if cand["solved_rate"] < base["solved_rate"] - tol["solved_rate"]:
-        why.append(f"solved_rate {base['solved_rate']:.2f} -> {cand['solved_rate']:.2f}")
+        why.append(("solved", f"solved_rate {base['solved_rate']:.2f} -> {cand['solved_rate']:.2f}"))
     b, c, ref = _num(base["final_loss_mean"]), _num(cand["final_loss_mean"]), _num(base["baseline_loss"]) or 0.0
     if b is not None and (c is None or (c > b * (1 + tol["final_loss"]) and c - b > tol["final_loss_floor"] * ref)):
-        why.append(f"final_loss_mean {fmt(b)} -> {fmt(c)}")
+        why.append(("loss", f"final_loss_mean {fmt(b)} -> {fmt(c)}"))
     b, c = _num(base["steps_to_solve_median"]), _num(cand["steps_to_solve_median"])
     if b is not None and c is not None and c > b * (1 + tol["steps_to_solve"]):
-        why.append(f"steps_to_solve_median {fmt(b)} -> {fmt(c)}")
+        why.append(("steps", f"steps_to_solve_median {fmt(b)} -> {fmt(c)}"))
     if base["verdict"] == "healthy" and cand["verdict"] in ("vanishing", "exploding"):
-        why.append(f"verdict healthy -> {cand['verdict']}")
+        why.append(("verdict", f"verdict healthy -> {cand['verdict']}"))
     for count, name in (("diverged", "diverged"), ("failed", "failed runs")):
         # rates, not counts: the sets may differ in seeds (1 of 2 diverged is worse than 2 of 10)
         b, c = base[count] or 0, cand[count] or 0
         if c * base["runs"] > b * cand["runs"]:
-            why.append(f"{name} {b}/{base['runs']} -> {c}/{cand['runs']}")
+            why.append((count, f"{name} {b}/{base['runs']} -> {c}/{cand['runs']}"))
     return why
 
 
@@ -283,35 +394,90 @@ def diff_keys(base: pd.DataFrame, cand: pd.DataFrame, by: list[str] | None = Non
     return kept or columns, changes  # nothing in common: keep every column, each group stands alone
 
 
-def diff(base: pd.DataFrame, cand: pd.DataFrame, by: list[str], tolerances: dict | None = None) -> pd.DataFrame:
+def _group_ratios(frame: pd.DataFrame | None, by: list[str]) -> dict[tuple, list[float]]:
+    """{group key as the diff writes it: the group's loss ratios}, from a frame of runs."""
+    if frame is None or frame.empty:
+        return {}
+    out = {}
+    for _, g in _groups(frame, by):
+        rec = {c: _clean(g[c].iloc[0]) for c in by}
+        ok = g[g["status"] == "ok"]
+        out[tuple(json.dumps(_whole(rec[c]), default=str) for c in by)] = _numbers(ok["loss_ratio"])
+    return out
+
+
+def _whole(v):
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def _statistics(base: dict, cand: dict, xs: list[float], ys: list[float]) -> dict:
+    """The tests of one changed group: Mann–Whitney U on the loss ratios, the probability of
+    improvement with its interval, Fisher's exact test on the solved counts."""
+    low, high = statistics.prob_improvement_interval(ys, xs)
+    return {"p_loss": statistics.mann_whitney(ys, xs), "p_better": statistics.prob_improvement(ys, xs),
+            "p_better_ci_low": low, "p_better_ci_high": high,
+            "p_solved": statistics.fisher(base["solved"], base["runs"], cand["solved"], cand["runs"])}
+
+
+def _supported(why: list[tuple[str, str]], stats: dict, n: int, m: int) -> tuple[bool | None, list[str]]:
+    """Whether the group's regressions hold statistically, and each reason with its test."""
+    reasons, verdicts = [], []
+    for figure, text in why:
+        p = stats["p_solved"] if figure == "solved" else stats["p_loss"] if figure == "loss" else None
+        if p is None:
+            reasons.append(text)
+            continue
+        test = "Fisher" if figure == "solved" else "Mann–Whitney"
+        ok = p < statistics.ALPHA
+        verdicts.append(ok)
+        floor = statistics.smallest_p(n, m) if figure == "loss" else None
+        note = f"supported ({test} p={p:.2g})" if ok else f"not supported at {n} vs {m} runs ({test} p={p:.2g}" + (
+            f", cannot go below {floor:.2g})" if floor is not None and floor >= statistics.ALPHA else ")")
+        reasons.append(f"{text}, {note}")
+    return (any(verdicts) if verdicts else None), reasons
+
+
+def diff(base: pd.DataFrame, cand: pd.DataFrame, by: list[str], tolerances: dict | None = None,
+         base_runs: pd.DataFrame | None = None, cand_runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Line up two comparison tables on ``by`` and mark regressions of the candidate.
 
     One row per group in either table: the grouping columns, ``<metric>_base``,
     ``<metric>_candidate`` and ``<metric>_delta`` for the numbers, ``status``
     (``ok``, ``regression``, ``missing`` from the candidate, ``new`` in it) and
-    ``reasons``.
+    ``reasons``. With the runs behind the tables (``base_runs``, ``cand_runs``), each
+    group on both sides also gets its tests (DIFF_STATS): ``p_loss`` (two-sided
+    Mann–Whitney U on the loss ratios), ``p_better`` (P(a candidate run's ratio is
+    below a base run's)) with its interval, ``p_solved`` (Fisher's exact test), and
+    ``supported``: whether a regression holds at p < 0.05.
     """
     tol = {**TOLERANCES, **(tolerances or {})}
     key = lambda rec: tuple(json.dumps(rec[c], default=str) for c in by)  # noqa: E731
     base_rows = {key(r): r for r in to_records(base)}
     cand_rows = {key(r): r for r in to_records(cand)}
+    base_ratios, cand_ratios = _group_ratios(base_runs, by), _group_ratios(cand_runs, by)
     rows = []
     for k in list(base_rows) + [k for k in cand_rows if k not in base_rows]:
         b, c = base_rows.get(k), cand_rows.get(k)
         row = {col: (b or c)[col] for col in by}
         for m in DIFF_METRICS:
-            row[f"{m}_base"] = b[m] if b else None
-            row[f"{m}_candidate"] = c[m] if c else None
-            if m != "verdict":
-                vb, vc = (_num(b[m]) if b else None), (_num(c[m]) if c else None)
+            row[f"{m}_base"] = b.get(m) if b else None
+            row[f"{m}_candidate"] = c.get(m) if c else None
+            if m not in TEXT_METRICS:
+                vb, vc = (_num(b.get(m)) if b else None), (_num(c.get(m)) if c else None)
                 row[f"{m}_delta"] = vc - vb if vb is not None and vc is not None else None
+        row.update(dict.fromkeys(DIFF_STATS))
         if b is None:
             row["status"], reasons = "new", []
         elif c is None:
             row["status"], reasons = "missing", ["group missing from the candidate"]
         else:
-            reasons = _regressions(b, c, tol)
-            row["status"] = "regression" if reasons else "ok"
+            why = _regressions(b, c, tol)
+            if k in base_ratios and k in cand_ratios:
+                row.update(_statistics(b, c, base_ratios[k], cand_ratios[k]))
+                row["supported"], reasons = _supported(why, row, len(base_ratios[k]), len(cand_ratios[k]))
+            else:
+                reasons = [text for _, text in why]
+            row["status"] = "regression" if why else "ok"
         row["reasons"] = "; ".join(reasons)
         rows.append(row)
     return pd.DataFrame(rows)

@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 from gradlab.yamlfile import did_you_mean
 
 # The aggregated columns an expectation may assert on (see gradlab.comparison.METRICS).
-COLUMNS = ("runs", "failed", "solved_rate", "final_loss_mean", "final_loss_std", "baseline_loss",
-           "steps_to_solve_median", "diverged", "verdict", "horizon_init_median", "horizon_median",
-           "grad_norm_max", "suggested_clip")
+COLUMNS = ("runs", "failed", "solved", "solved_rate", "solved_ci_low", "solved_ci_high", "final_loss_mean",
+           "final_loss_std", "baseline_loss", "loss_ratio_iqm", "loss_ratio_min", "loss_ratio_max",
+           "loss_ratio_ci_low", "loss_ratio_ci_high", "steps_to_solve_median", "diverged", "verdict",
+           "horizon_init_median", "horizon_median", "clip_rate_mean", "grad_norm_max", "suggested_clip")
 TEXT_COLUMNS = ("verdict",)
 # Grouping columns an EXPR may name besides the aggregated ones, so that a claim can scale
 # with the task: ``horizon_median: ">= length / 2"`` holds its meaning at any length.
@@ -116,8 +117,8 @@ def parse_check(column: str, spec) -> Check:
         text = str(spec).strip()
         m = re.match(r"^(==|!=)\s*(\S+)$", text)
         op, value = (m.group(1), m.group(2)) if m else ("==", text)
-        if column == "verdict" and value not in ("healthy", "exploding", "vanishing"):
-            raise ValueError(f"verdict must be healthy, exploding or vanishing, got {value!r}")
+        if column == "verdict" and value not in ("healthy", "exploding", "vanishing", "mixed"):
+            raise ValueError(f"verdict must be healthy, exploding, vanishing or mixed (a tie), got {value!r}")
         return Check(column, op, value, None)
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
         return Check(column, "==", repr(spec), _parse_expr(repr(spec)))
@@ -266,38 +267,42 @@ def evaluate(expectations: list[Expectation], rows: list[dict], group_columns: l
 EXPERIMENT_FILE = "experiment.json"  # written by `gradlab run` next to its runs: name and expect list
 
 
-def check_results(root, entries: list | None = None, frame=None) -> list[dict]:
+def check_results(root, entries: list | None = None, frame=None, only: set[str] | None = None) -> list[dict]:
     """Evaluate expectations against the runs on disk under ``root``.
 
     With ``entries`` (an ``expect:`` list, e.g. from ``--expect CONFIG``) they are
-    evaluated against every run under root together. Without, each experiment's
-    stored expectations (``experiment.json``, written by ``gradlab run``) are
-    evaluated against all runs of that experiment under root, so the shards of
-    one sweep, each with its own copy, are checked as one result set.
-    ``frame``: the runs under root, if the caller has loaded them already (``comparison.load_frame``).
-    Returns evaluate()'s result dicts, each with "experiment" added.
+    evaluated against every run under root together. Without, each sweep's stored
+    expectations (``experiment.json``, written by ``gradlab run``) are evaluated
+    against that sweep's runs (``sweep_sets``): the shards of one sweep, each with its
+    own copy, are checked as one result set, and a later sweep into the same folder
+    (``--set train.steps=500``) with its own runs. ``frame``: the runs under root, if
+    the caller has loaded them already (``comparison.load_frame``); ``only``: just the
+    runs with these hashes. Returns evaluate()'s result dicts, each with "experiment",
+    "sweep" (the command line that stored the expectations) and "runs" (how many runs
+    they were applied to) added.
     """
     from pathlib import Path
 
-    from gradlab import comparison, results
+    from gradlab import comparison
 
     root = Path(root)
-    frame = comparison.load_frame([root]) if frame is None else frame
+    frame = comparison.load_frame([root], damaged=[]) if frame is None else frame
     if frame.empty:
         return []
+    if only is not None:
+        frame = frame[frame["run_hash"].isin(only)]
     if entries is not None:
-        sources = {None: entries}
+        sets = [(None, None, entries, None)]
     else:
-        sources = {}
-        for path in sorted(root.rglob(EXPERIMENT_FILE)):
-            stored = results.read_json(path)
-            sources.setdefault(stored.get("name"), stored.get("expect") or [])
+        sets = sweep_sets(root)
     report = []
-    for name, raw in sources.items():
+    for name, sweep, raw, hashes in sets:
         parsed, problems = parse(raw)
         if problems:
             raise ValueError("; ".join(f"{path}: {msg}" for path, msg in problems))
         runs = frame if name is None else frame[frame["experiment"] == name]
+        if hashes is not None:
+            runs = runs[runs["run_hash"].isin(hashes)]
         if runs.empty:
             continue
         for exp in parsed:
@@ -305,5 +310,38 @@ def check_results(root, entries: list | None = None, frame=None) -> list[dict]:
             by += [k for k in {**exp.where, **(exp.versus or {})} if k not in by and k in runs.columns]
             rows = comparison.to_records(comparison.compare(runs, by))
             for result in evaluate([exp], rows, by):
-                report.append({"experiment": name or str(root), **result})
+                report.append({"experiment": name or str(root), "sweep": sweep, "runs": len(runs), **result})
     return report
+
+
+def sweep_sets(root) -> list[tuple[str, str | None, list, set | None]]:
+    """(experiment, sweep's command line, expect list, run hashes) for every sweep recorded under
+    ``root`` that stated expectations; sweeps of one command line (shards, resumes) are merged.
+
+    ``experiment.json`` from before sweeps recorded their runs gives its expectations for every
+    run of the experiment that no recorded sweep claims (hashes None = all)."""
+    import json
+    from pathlib import Path
+
+    from gradlab import results
+
+    merged: dict[tuple, tuple] = {}
+    legacy: dict[str, list] = {}
+    for path in sorted(Path(root).rglob(EXPERIMENT_FILE)):
+        stored = results.read_json(path)
+        name = stored.get("name")
+        recorded = [s for s in stored.get("sweeps", []) if "runs" in s]
+        if not recorded:
+            legacy.setdefault(name, stored.get("expect") or [])
+        for s in recorded:
+            if not s.get("expect"):
+                continue
+            command = " ".join(["gradlab run", s.get("source") or "?", *(f"--set {x}" for x in s.get("set", []))])
+            key = (name, command, json.dumps(s["expect"], sort_keys=True))
+            _, _, expect, hashes = merged.get(key, (name, command, s["expect"], set()))
+            merged[key] = (name, command, expect, hashes | set(s["runs"]))
+    out = list(merged.values())
+    for name, expect in legacy.items():
+        if expect and not any(n == name for n, *_ in out):
+            out.append((name, None, expect, None))
+    return out

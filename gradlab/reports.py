@@ -77,6 +77,23 @@ def check_lines(checks: list[dict], quote=str) -> list[tuple[bool, str]]:
     return lines
 
 
+def applied_to(check: dict) -> str:
+    """``quickstart: the expectations of gradlab run configs/quickstart.yaml, on its 6 runs``."""
+    source = f"the expectations of {check['sweep']}" if check.get("sweep") else "the expectations"
+    return f"{check['experiment']}: {source}, on {'its ' if check.get('sweep') else ''}{check.get('runs', '?')} runs"
+
+
+def check_sections(checks: list[dict]) -> list[tuple[str, list[dict]]]:
+    """The checks in runs of one experiment and sweep, each under its ``applied_to`` line."""
+    sections: list[tuple[str, list[dict]]] = []
+    for c in checks:
+        head = applied_to(c)
+        if not sections or sections[-1][0] != head:
+            sections.append((head, []))
+        sections[-1][1].append(c)
+    return sections
+
+
 DIFF_SHOWN = ["solved_rate", "final_loss_mean", "steps_to_solve_median"]  # base, candidate and delta each
 
 
@@ -123,11 +140,13 @@ def markdown_report(table: pd.DataFrame | None, checks: list[dict] | None = None
     if checks is not None:
         passed = sum(c["passed"] for c in checks)
         parts.append(f"**Expectations: {passed}/{len(checks)} passed**\n")
-        for ok, text in check_lines(checks, quote=code):
-            indent = text.startswith("  ")
-            mark = "PASS" if ok else "FAIL"
-            parts.append(("  - " if indent else "- ") + f"{'✅' if ok else '❌'} {mark} {text.strip()}")
-        parts.append("")
+        for head, section in check_sections(checks):
+            parts.append(f"*{head}:*\n")
+            for ok, text in check_lines(section, quote=code):
+                indent = text.startswith("  ")
+                mark = "PASS" if ok else "FAIL"
+                parts.append(("  - " if indent else "- ") + f"{'✅' if ok else '❌'} {mark} {text.strip()}")
+            parts.append("")
     if diff_table is not None:
         bad = int(diff_table["status"].isin(["regression", "missing"]).sum())
         parts.append(f"**Diff against the baseline: {bad} regression(s)**\n")

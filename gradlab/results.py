@@ -171,9 +171,9 @@ def is_finished(run_dir: Path) -> bool:
 
 
 def find_runs(root: Path) -> list[Path]:
-    """Every finished run directory under ``root``, recursively, in a stable order."""
+    """Every finished run directory under ``root`` (one holding ``summary.json``), recursively, in a stable order."""
     root = Path(root)
-    return sorted(p.parent for p in root.rglob(SUMMARY) if (p.parent / CONFIG).is_file())
+    return sorted(p.parent for p in root.rglob(SUMMARY))
 
 
 def load_run(run_dir: Path) -> dict:
@@ -181,3 +181,79 @@ def load_run(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     return {"dir": str(run_dir), "id": run_dir.name,
             "config": read_json(run_dir / CONFIG), "summary": read_json(run_dir / SUMMARY)}
+
+
+class Damaged(Exception):
+    """A run directory that cannot be read as a whole: ``path`` names the file, ``reason`` the problem."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = Path(path), reason
+
+
+def _read_json_file(path: Path):
+    if not path.is_file():
+        raise Damaged(path, "missing")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise Damaged(path, "not UTF-8 (corrupt)") from None
+    except json.JSONDecodeError as e:
+        raise Damaged(path, f"truncated or corrupt JSON ({e.msg} at line {e.lineno})") from None
+
+
+def last_step(path: Path) -> int | None:
+    """The ``step`` of the last row of a ``metrics.csv``, read from the file's end; None when it has no rows."""
+    with open(path, "rb") as f:
+        header = f.readline().decode("utf-8", "replace").rstrip("\n").split(",")
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - 65536))
+        tail = f.read().decode("utf-8", "replace").rstrip("\n").rsplit("\n", 1)[-1]
+    if "step" not in header or tail.split(",") == header:
+        return None
+    try:
+        return int(float(next(csv.reader([tail]))[header.index("step")]))
+    except (ValueError, IndexError, StopIteration):
+        return None
+
+
+def check_run(run_dir: Path) -> dict:
+    """A finished run's record (``load_run``), after checking that every file its summary promises is
+    there and whole; raises ``Damaged`` naming the first file that is not.
+
+    A successful run promises its config, environment and metrics (``metrics.csv`` reaching the
+    summary's ``steps_done``), and its profile when it has one (a complete zip archive).
+    """
+    import zipfile
+
+    run_dir = Path(run_dir)
+    summary = _read_json_file(run_dir / SUMMARY)
+    if not isinstance(summary, dict):
+        raise Damaged(run_dir / SUMMARY, "not a JSON object")
+    config = _read_json_file(run_dir / CONFIG)
+    if summary.get("status") == "ok":
+        _read_json_file(run_dir / ENV)
+        metrics = run_dir / METRICS
+        if not metrics.is_file():
+            raise Damaged(metrics, "missing")
+        last, steps = last_step(metrics), summary.get("steps_done")
+        if last is None:
+            raise Damaged(metrics, "empty (no rows)")
+        if isinstance(steps, int) and last < steps:
+            raise Damaged(metrics, f"truncated: its rows end at step {last} of the {steps} the summary records")
+        profile = run_dir / PROFILE
+        if profile.exists() and not zipfile.is_zipfile(profile):
+            raise Damaged(profile, "truncated or corrupt (not a complete .npz archive)")
+    return {"dir": str(run_dir), "id": run_dir.name, "config": config, "summary": summary}
+
+
+def scan_runs(root: Path) -> tuple[list[dict], list[Damaged]]:
+    """Every finished run under ``root`` as a checked record, and the damaged ones, each named by file."""
+    records, damaged = [], []
+    for d in find_runs(root):
+        try:
+            records.append(check_run(d))
+        except Damaged as e:
+            damaged.append(e)
+    return records, damaged

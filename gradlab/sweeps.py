@@ -16,6 +16,7 @@ an out-of-memory kill): the runs it had in flight are recorded as failed.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 import threading
 import time
@@ -57,31 +58,52 @@ def preflight(runs: list[Run], executor: str = "local") -> list[str]:
     return problems
 
 
-def record_experiment(out: Path, experiment) -> None:
-    """``<out>/<name>/experiment.json``: the experiment's name, expectations (for ``compare
-    --check``), config file and header comment (for ``report``); earlier sweeps' timings are kept."""
+def record_experiment(out: Path, experiment, overrides: list[str] = (), runs: list[Run] | None = None) -> str:
+    """Record a sweep in ``<out>/<name>/experiment.json`` before it trains; return the sweep's id.
+
+    The file keeps the experiment's name and its latest expectations, config file and header
+    comment (for ``report``), and one entry per sweep that wrote into the folder: its config
+    file, ``--set`` overrides, expectations and the hashes of its runs (so ``compare --check``
+    applies each sweep's expectations to that sweep's runs), then its timing (``record_sweep``).
+    A sweep repeated with nothing new re-uses its untimed entry.
+    """
     from gradlab.expectations import EXPERIMENT_FILE
 
     path = Path(out) / experiment.name / EXPERIMENT_FILE
     old = results.read_json(path) if path.exists() else {}
+    sweeps = old.get("sweeps", [])
+    entry = {"source": experiment.source, "set": list(overrides), "expect": experiment.expect,
+             "runs": sorted({results.run_hash(r.id) for r in (runs if runs is not None else experiment.runs)})}
+    last = sweeps[-1] if sweeps else {}
+    if "seconds" not in last and all(last.get(k) == v for k, v in entry.items()):
+        return last.get("id", "")
+    entry = {"id": f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{len(sweeps)}",
+             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry}
     results.write_json(path, {"name": experiment.name, "expect": experiment.expect, "source": experiment.source,
-                              "about": experiment.about, "sweeps": old.get("sweeps", [])})
+                              "about": experiment.about, "sweeps": [*sweeps, entry]})
+    return entry["id"]
 
 
-def record_sweep(out: Path, name: str, outcomes: list[Outcome], seconds: float, jobs: int, executor: str) -> None:
-    """Append one sweep's wall-clock time and machine to ``experiment.json``, for the report."""
-    import os
+def record_sweep(out: Path, name: str, outcomes: list[Outcome], seconds: float, jobs: int, executor: str,
+                 sweep_id: str | None = None) -> None:
+    """Add one sweep's wall-clock time and machine to its entry in ``experiment.json``, for the report."""
     import platform
 
     from gradlab.expectations import EXPERIMENT_FILE
 
     path = Path(out) / name / EXPERIMENT_FILE
     doc = results.read_json(path) if path.exists() else {"name": name}
-    doc.setdefault("sweeps", []).append({
+    sweeps = doc.setdefault("sweeps", [])
+    timing = {
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(seconds, 1),
         "trained": sum(o.status != "skipped" for o in outcomes), "failed": sum(o.status == "failed" for o in outcomes),
         "jobs": jobs, "executor": executor, "host": platform.node(), "machine": platform.machine(),
-        "cpu_count": os.cpu_count()})
+        "cpu_count": os.cpu_count()}
+    entry = next((s for s in sweeps if sweep_id and s.get("id") == sweep_id), None)
+    if entry is None:
+        sweeps.append(timing)
+    else:
+        entry.update(timing)
     results.write_json(path, doc)
 
 
@@ -167,7 +189,8 @@ EXECUTORS = ("local", "ray")
 
 
 def run_sweep(name: str, runs: list[Run], out: Path, *, jobs: int = 1, force: bool = False,
-              executor: str = "local", address: str | None = None, on_event=None) -> list[Outcome]:
+              executor: str = "local", address: str | None = None, on_event=None,
+              sweep_id: str | None = None) -> list[Outcome]:
     """Train every run not already done, ``jobs`` at a time; return one Outcome per run.
 
     executor ``local``: ``jobs`` worker processes on this machine. ``ray``: one Ray
@@ -177,7 +200,8 @@ def run_sweep(name: str, runs: list[Run], out: Path, *, jobs: int = 1, force: bo
 
     on_event(event, run, **info) reports progress to the caller: ``step``
     (step, steps) while a run trains, ``done`` (outcome) when it is stored or
-    found already done. Training itself never prints.
+    found already done. Training itself never prints. ``sweep_id``: the entry
+    ``record_experiment`` made in ``experiment.json``, which gets this sweep's timing.
     """
     notify = on_event or (lambda *a, **k: None)
     started = time.monotonic()
@@ -199,7 +223,8 @@ def run_sweep(name: str, runs: list[Run], out: Path, *, jobs: int = 1, force: bo
         for outcome in _run_parallel(name, todo, out, jobs, notify):
             outcomes[outcome.run.id] = outcome
     if todo:
-        record_sweep(out, name, [outcomes[r.id] for r in todo], time.monotonic() - started, jobs, executor)
+        record_sweep(out, name, [outcomes[r.id] for r in todo], time.monotonic() - started, jobs, executor,
+                     sweep_id)
     return [outcomes[r.id] for r in runs]
 
 

@@ -34,16 +34,36 @@ app = typer.Typer(
 FORMATS = ("table", "markdown", "csv", "json")
 
 
-def comparison_table(dirs: list[Path], by: str | None):
-    from gradlab.comparison import compare, load_frame
+def comparison_table(dirs: list[Path], by: str | None, only: set[str] | None = None):
+    """The seed-aggregated table of the runs under ``dirs`` (``only``: just the runs with these hashes).
 
-    frame = load_frame(dirs)
+    Damaged run directories are skipped with one line each on stderr, and so are the notes on
+    what the grouping added or pools; returns (table, damaged)."""
+    from gradlab.comparison import compare, group_columns, load_frame
+
+    damaged = []
+    frame = load_frame(dirs, damaged)
+    for d in damaged:
+        err_console.print(f"skipped: {d}", soft_wrap=True)
+    if not frame.empty and only is not None:
+        frame = frame[frame["run_hash"].isin(only)].reset_index(drop=True)
     if frame.empty:
-        fail(f"no finished runs under {', '.join(map(str, dirs))}")
+        fail(f"no finished runs under {', '.join(map(str, dirs))}" + (" that can be read" if damaged else ""))
     try:
-        return compare(frame, [c.strip() for c in by.split(",")] if by else None)
+        columns, notes = group_columns(frame, [c.strip() for c in by.split(",")] if by else None)
     except ValueError as e:
         fail(str(e))
+    for note in notes:
+        err_console.print(f"note: {note}", soft_wrap=True)
+    return compare(frame, columns), damaged
+
+
+def fail_damaged(damaged: list) -> None:
+    """A gate must not pass on a subset of its runs: with damaged runs, --check fails (exit 1)."""
+    if damaged:
+        err_console.print(f"FAIL: {len(damaged)} damaged run director{'y' if len(damaged) == 1 else 'ies'} "
+                          "(listed above): the check cannot pass on part of the runs", soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def parse_shard(text: str | None):
@@ -77,6 +97,7 @@ def run(
     fmt_name: str = typer.Option("table", "--format", "-f", help="Table format printed at the end: "
                                  + ", ".join(FORMATS) + "."),
     check: bool = typer.Option(False, "--check", help="Evaluate the config's expect: list; exit 1 if one fails."),
+    wide: bool = typer.Option(False, "--wide", help="Every figure in the terminal table, not the compact set."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Train every run of an experiment's grid and print the comparison.
@@ -118,16 +139,20 @@ def run(
         fail(problems)
     from gradlab.sweeps import ExecutorUnavailable
 
-    record_experiment(out, experiment)
+    sweep_id = record_experiment(out, experiment, set_, runs)
     try:
         outcomes = sweep_with_progress(name, runs, out, quiet or fmt_name != "table", jobs=jobs, force=force,
-                                       executor=executor, address=address)
+                                       executor=executor, address=address, sweep_id=sweep_id)
     except ExecutorUnavailable as e:
         fail(str(e))
     failed = [o for o in outcomes if o.status == "failed"]
-    table = comparison_table([out / name], None)
-    checks = evaluate_checks(out / name, None) if check else None
-    emit(table, fmt_name, None, title=f"{name}: {len(runs)} runs in {out / name}", checks=checks)
+    from gradlab.results import run_hash
+
+    # exactly this sweep's runs: earlier sweeps into the folder (other --set values) are compare's to show
+    own = {run_hash(r.id) for r in runs} | {run_hash(o.dir.name) for o in outcomes}
+    table, damaged = comparison_table([out / name], None, only=own)
+    checks = evaluate_checks(out / name, None, only=own) if check else None
+    emit(table, fmt_name, None, title=f"{name}: {len(runs)} runs in {out / name}", checks=checks, wide=wide)
     for o in failed:
         err_console.print(f"failed: {o.run.id}: {o.error} (traceback in {o.dir / 'error.txt'})")
     checks_failed = checks is not None and not all(c["passed"] for c in checks)
@@ -135,9 +160,11 @@ def run(
         err_console.print(f"{len(failed)} of {len(runs)} runs failed")
     if failed or checks_failed:
         raise typer.Exit(EXIT_FAILED)
+    if check:
+        fail_damaged(damaged)
 
 
-def evaluate_checks(directory: Path, expect: Path | None) -> list[dict]:
+def evaluate_checks(directory: Path, expect: Path | None, only: set[str] | None = None) -> list[dict]:
     """Expectations from ``--expect CONFIG`` or those ``gradlab run`` stored with the results."""
     from gradlab.expectations import check_results
 
@@ -149,7 +176,7 @@ def evaluate_checks(directory: Path, expect: Path | None) -> list[dict]:
         if not entries:
             fail(f"{expect}: the config has no expect: list")
     try:
-        checks = check_results(directory, entries)
+        checks = check_results(directory, entries, only=only)
     except ValueError as e:
         fail(str(e))
     if not checks:
@@ -182,6 +209,7 @@ def compare(
     expect: Path | None = typer.Option(None, "--expect", help="Take the expectations from this config "
                                        "instead of those stored with the results (two directories: checked "
                                        "on the candidate)."),
+    wide: bool = typer.Option(False, "--wide", help="Every figure in the terminal table, not the compact set."),
 ):
     """Aggregate the runs under a directory over seeds, or diff two result sets.
 
@@ -201,11 +229,13 @@ def compare(
             fail(f"{d}: no such directory")
     if len(directories) == 2:
         return compare_two(*directories, by, fmt_name, output, check, expect)
-    table = comparison_table([directories[0]], by)
+    table, damaged = comparison_table([directories[0]], by)
     checks = evaluate_checks(directories[0], expect) if check or expect else None
-    emit(table, fmt_name, output, checks=checks)
+    emit(table, fmt_name, output, checks=checks, wide=wide)
     if check and not all(c["passed"] for c in checks):
         raise typer.Exit(EXIT_FAILED)
+    if check:
+        fail_damaged(damaged)
 
 
 def compare_two(base_dir: Path, cand_dir: Path, by: str | None, fmt_name: str, output: Path | None, check: bool,
@@ -213,14 +243,18 @@ def compare_two(base_dir: Path, cand_dir: Path, by: str | None, fmt_name: str, o
     """The diff of two result sets, group by group; ``--expect`` is checked on the candidate."""
     from gradlab.comparison import cell_text, compare, diff, diff_keys, load_frame, to_records
 
-    frames = [load_frame([d]) for d in (base_dir, cand_dir)]
+    damaged = []
+    frames = [load_frame([d], damaged) for d in (base_dir, cand_dir)]
+    for d in damaged:
+        err_console.print(f"skipped: {d}", soft_wrap=True)
     for d, frame in zip((base_dir, cand_dir), frames):
         if frame.empty:
             fail(f"no finished runs under {d}")
     # group by each set's own grid axes; a key that differs only between the sets is the change under test
     columns, changes = diff_keys(*frames, [c.strip() for c in by.split(",")] if by else None)
     try:
-        table = diff(compare(frames[0], columns), compare(frames[1], columns), columns)
+        table = diff(compare(frames[0], columns), compare(frames[1], columns), columns,
+                     base_runs=frames[0], cand_runs=frames[1])
     except ValueError as e:
         fail(str(e))
     checks = evaluate_checks(cand_dir, expect) if expect else None
@@ -231,6 +265,8 @@ def compare_two(base_dir: Path, cand_dir: Path, by: str | None, fmt_name: str, o
         err_console.print(f"{r['status'].upper()}: {group}: {r['reasons']}", soft_wrap=True)
     if check and (bad or (checks is not None and not all(c["passed"] for c in checks))):
         raise typer.Exit(EXIT_FAILED)
+    if check:
+        fail_damaged(damaged)
 
 
 @app.command()
@@ -276,7 +312,7 @@ def report(
         return
     output = output or Path("report.html")
 
-    table = comparison_table([directory], None)
+    table, damaged = comparison_table([directory], None)
     checks = evaluate_checks(directory, expect) if check or expect else stored_checks(directory)
     write_atomic(output, html_report(directory, table, checks, title=f"gradlab report: {directory}"))
     out_console.print(str(output))

@@ -12,7 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -32,37 +33,31 @@ out_console = Console(width=None if sys.stdout.isatty() else 160, **PLAIN)
 err_console = Console(stderr=True, **PLAIN)
 
 
-def rich_table(table, title: str | None = None) -> Table:
-    """A compact terminal view: grouping columns that never vary go into the title."""
-    from gradlab.comparison import METRICS, cell_text, fmt, to_records
+def rich_table(table, title: str | None = None, wide: bool = False) -> Group:
+    """The comparison as a terminal table (``tables.view``), compact by default, every figure with
+    ``wide``: grouping columns that never vary go into the title, the legend below."""
+    from gradlab.tables import view
 
-    records = to_records(table)
-    groups = [c for c in table.columns if c not in METRICS]
-    constant = [c for c in groups if len({cell_text(c, r[c]) for r in records}) == 1]
-    if len(constant) == len(groups):  # keep at least one column to name the rows
-        constant = constant[:-1]
-    shown = [c for c in groups if c not in constant]
-    heading = ", ".join(f"{c}={cell_text(c, records[0][c])}" for c in constant)
-    t = Table(title=" · ".join(x for x in (title, heading) if x), header_style="bold")
-    for col in shown:
-        t.add_column(col)
-    show_failed = any(r["failed"] for r in records)
-    for col in ["runs"] + (["failed"] if show_failed else []) + ["solved", "eval loss", "± std", "baseline",
-                                                                 "steps to solve", "diverged", "horizon@init",
-                                                                 "horizon",
-                                                                 "clip≈"]:
-        t.add_column(col, justify="right")
-    t.add_column("verdicts")
-    for r in records:
-        t.add_row(*(cell_text(c, r[c]) for c in shown), str(r["runs"]), *([str(r["failed"])] if show_failed else []),
-                  f"{r['solved_rate']:.0%}", fmt(r["final_loss_mean"]), fmt(r["final_loss_std"]),
-                  fmt(r["baseline_loss"]), fmt(r["steps_to_solve_median"]), str(r["diverged"]),
-                  fmt(r["horizon_init_median"]), fmt(r["horizon_median"]), fmt(r["suggested_clip"]), fmt(r["verdicts"]))
+    shown, heading, rows, labels, legend = view(table, wide)
+    t = _table(" · ".join(x for x in (title, ", ".join(heading)) if x), shown + labels, rows,
+               left=len(shown), text_labels=("verdicts",))
+    return Group(t, Text(legend, style="dim"))
+
+
+def _table(title: str, labels: list[str], rows: list[list], left: int, text_labels=()) -> Table:
+    """A borderless table whose cells are never cut: a column may wrap at spaces, but never
+    below its longest word, so every number stays whole at any width."""
+    t = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for i, label in enumerate(labels):
+        whole = max([len(label.split()[0])] + [len(tok) for row in rows for tok in str(row[i]).split()])
+        t.add_column(label, justify="left" if i < left or label in text_labels else "right", min_width=whole)
+    for row in rows:
+        t.add_row(*row)
     return t
 
 
 def emit(table, fmt_name: str, output: Path | None, title: str | None = None,
-         checks: list[dict] | None = None) -> None:
+         checks: list[dict] | None = None, wide: bool = False) -> None:
     """Print the comparison (or write it to ``output``; not for ``table``) in the chosen format.
 
     With ``checks`` (evaluated expectations), markdown and json are the one document
@@ -74,7 +69,7 @@ def emit(table, fmt_name: str, output: Path | None, title: str | None = None,
     from gradlab.reports import json_document, markdown_report
 
     if fmt_name == "table":
-        out_console.print(rich_table(table, title))
+        out_console.print(rich_table(table, title, wide))
     elif checks is None or fmt_name == "csv":
         write_or_print(render(table, fmt_name), output)
     elif fmt_name == "json":
@@ -114,30 +109,26 @@ def write_or_print(text: str, output: Path | None) -> None:
         sys.stdout.write(text)
 
 
-def diff_rich_table(table, columns, title) -> Table:
-    """Base → candidate (delta) per metric; diverged as a share of the runs, the rate regressions compare."""
-    from gradlab.comparison import cell_text, fmt, to_records
-    from gradlab.reports import DIFF_SHOWN, diverged_text, fmt_delta
+def diff_rich_table(table, columns, title) -> Group:
+    """Base → candidate per figure, with the test of each changed group (``tables.diff_view``)."""
+    from gradlab.tables import diff_legend, diff_view
 
-    t = Table(title=title, header_style="bold")
-    for col in columns + ["status", "solved", "eval loss", "steps to solve", "diverged", "verdict", "why"]:
-        t.add_column(col)
+    labels, rows = diff_view(table, columns)
     styles = {"regression": "red", "missing": "red", "new": "yellow", "ok": "green"}
-    for r in to_records(table):
-        pairs = [f"{fmt(r[m + '_base'])} → {fmt(r[m + '_candidate'])} ({fmt_delta(r[m + '_delta'])})"
-                 for m in DIFF_SHOWN]
-        t.add_row(*(cell_text(c, r[c]) for c in columns), Text(r["status"], style=styles[r["status"]]), *pairs,
-                  f"{diverged_text(r, 'base')} → {diverged_text(r, 'candidate')}",
-                  f"{fmt(r['verdict_base'])} → {fmt(r['verdict_candidate'])}", r["reasons"] or "")
-    return t
+    at = len(columns)  # the status, in its colour
+    rows = [[*row[:at], Text(row[at], style=styles.get(row[at], "")), *row[at + 1:]] for row in rows]
+    t = _table(title, labels, rows, left=at + 1, text_labels=("verdicts", "why"))
+    return Group(t, Text(diff_legend(), style="dim"))
 
 
 def print_checks(checks: list[dict]) -> None:
     """Each evaluated expectation as PASS or FAIL on stderr, then the count that passed."""
-    from gradlab.reports import check_lines
+    from gradlab.reports import check_lines, check_sections
 
-    for ok, text in check_lines(checks):
-        err_console.print(Text.assemble(("PASS", "green") if ok else ("FAIL", "red"), " ", text), soft_wrap=True)
+    for head, section in check_sections(checks):
+        err_console.print(f"{head}:", soft_wrap=True)
+        for ok, text in check_lines(section):
+            err_console.print(Text.assemble(("PASS", "green") if ok else ("FAIL", "red"), " ", text), soft_wrap=True)
     passed = sum(c["passed"] for c in checks)
     err_console.print(f"expectations: {passed}/{len(checks)} passed")
 

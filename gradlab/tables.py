@@ -1,0 +1,179 @@
+"""What a person reads of a comparison: the columns, their labels, each cell's text and the legend.
+
+The terminal (``gradlab compare``, ``gradlab run``), the HTML report and the
+results book all show these views of ``comparison.compare``'s table, so their
+labels are the same everywhere; Markdown, CSV and JSON outputs keep every
+column under its own name (the README maps labels to names). The compact
+view fits 100 columns: the grouping columns that vary, then
+
+========================  =======================================================
+label                     columns
+========================  =======================================================
+failed, diverged          failed, diverged: shown when any is not 0
+solved                    solved / runs, solved_ci_low–solved_ci_high (Wilson 95%)
+loss ÷ baseline           loss_ratio_iqm with loss_ratio_min–loss_ratio_max, or
+                          [loss_ratio_ci_low, loss_ratio_ci_high] from 5 runs on
+horizon                   horizon_init_median→horizon_median
+clipped                   clip_rate_mean
+verdicts                  verdicts (compact: 2V = 2 vanishing)
+========================  =======================================================
+
+No number is ever cut: cells are whole tokens that rich may move to a new line
+but never shortens. Torch-free.
+"""
+
+from __future__ import annotations
+
+from gradlab import statistics
+from gradlab.comparison import METRICS, cell_text, fmt, to_records
+
+LETTERS = {"exploding": "E", "vanishing": "V", "healthy": "H"}
+LABELS = {"runs": "runs", "failed": "failed", "diverged": "diverged", "solved": "solved",
+          "loss_ratio": "loss ÷ baseline", "horizon": "horizon", "clip_rate": "clipped", "verdicts": "verdicts",
+          "final_loss_mean": "eval loss", "final_loss_std": "± std", "baseline_loss": "baseline",
+          "steps_to_solve_median": "steps to solve", "suggested_clip": "clip≈", "grad_norm_max": "max ‖g‖"}
+
+
+def num(v, digits: int = 3) -> str:
+    """3 significant digits: enough to tell 0.698 from 0.693, short enough for 80 columns."""
+    if v is None:
+        return "–"
+    v = float(v)
+    if v != v:
+        return "–"
+    if v in (float("inf"), float("-inf")):
+        return "inf" if v > 0 else "-inf"
+    return f"{v:.{digits}g}"
+
+
+def percent(v) -> str:
+    return "–" if v is None else f"{100 * v:.0f}%"
+
+
+def solved_text(r: dict) -> str:
+    """``1/2 (9–91%)``: solved runs of all runs, and the Wilson 95% interval of the rate."""
+    if r["solved_ci_low"] is None:
+        return f"{r['solved']}/{r['runs']}"
+    return f"{r['solved']}/{r['runs']} ({percent(r['solved_ci_low'])[:-1]}–{percent(r['solved_ci_high'])})"
+
+
+def ratio_text(r: dict) -> str:
+    """``0.497 (0.0007–0.99)``: the IQM over seeds with the min–max below 5 runs, or
+    ``0.42 [0.31, 0.55]`` with its 95% bootstrap interval from 5 runs on."""
+    if r["loss_ratio_iqm"] is None:
+        return "–"
+    text = num(r["loss_ratio_iqm"])
+    if r["loss_ratio_ci_low"] is not None:
+        return f"{text} [{num(r['loss_ratio_ci_low'])}, {num(r['loss_ratio_ci_high'])}]"
+    if r["loss_ratio_min"] != r["loss_ratio_max"]:
+        return f"{text} ({num(r['loss_ratio_min'])}–{num(r['loss_ratio_max'])})"
+    return text
+
+
+def horizon_text(r: dict) -> str:
+    """``7.5→3.5``: the median horizon at the first evaluation and at the end."""
+    if r.get("horizon_init_median") is None:
+        return fmt(r["horizon_median"])
+    return f"{fmt(r['horizon_init_median'])}→{fmt(r['horizon_median'])}"
+
+
+def clip_text(r: dict) -> str:
+    """The share of updates the clipping rule changed: ``never`` says a remedy did not act."""
+    rate = r.get("clip_rate_mean")
+    if r.get("clip") == "none" or rate is None:
+        return "–"
+    if rate == 0:
+        return "never"
+    return "<1%" if rate < 0.005 else percent(rate)
+
+
+def verdicts_text(r: dict, letters: bool = True) -> str:
+    """The whole verdict mix: ``1E 1H`` (compact) or ``1 exploding, 1 healthy``; a tie stays a tie."""
+    if not r["verdicts"]:
+        return "–"
+    if not letters:
+        return r["verdicts"]
+    parts = [p.split(" ", 1) for p in r["verdicts"].split(", ")]
+    return " ".join(f"{n}{LETTERS.get(v, v)}" for n, v in parts)
+
+
+COMPACT = {"solved": solved_text, "loss_ratio": ratio_text, "horizon": horizon_text, "clip_rate": clip_text,
+           "verdicts": verdicts_text}
+WIDE = {"solved": solved_text, "final_loss_mean": lambda r: fmt(r["final_loss_mean"]),
+        "final_loss_std": lambda r: fmt(r["final_loss_std"]), "baseline_loss": lambda r: fmt(r["baseline_loss"]),
+        "loss_ratio": ratio_text, "steps_to_solve_median": lambda r: fmt(r["steps_to_solve_median"]),
+        "horizon": horizon_text, "clip_rate": clip_text, "suggested_clip": lambda r: fmt(r["suggested_clip"]),
+        "grad_norm_max": lambda r: fmt(r["grad_norm_max"]), "verdicts": lambda r: verdicts_text(r, letters=False)}
+
+
+def legend(records: list[dict], wide: bool = False) -> str:
+    """What the figures mean, for the table's caption: which interval each column shows."""
+    counts = [r["runs"] - r["failed"] for r in records]
+    small = statistics.MIN_RUNS_FOR_INTERVAL
+    if all(n >= small for n in counts):
+        spread = "[95% bootstrap interval]"
+    elif all(n < small for n in counts):
+        spread = f"(min–max of the runs; no interval below {small} runs)"
+    else:
+        spread = f"(min–max) below {small} runs, [95% bootstrap interval] from {small} on"
+    parts = ["solved: k/n (Wilson 95% interval)",
+             f"loss ÷ baseline: final eval loss over the task's memoryless baseline (1 = no better than "
+             f"guessing), interquartile mean over runs {spread}",
+             "horizon: steps back the gradient reaches, median, first evaluation→end",
+             "clipped: share of updates the clip changed"]
+    if not wide:
+        parts.append("verdicts: E exploding, V vanishing, H healthy")
+    return " · ".join(parts)
+
+
+def view(table, wide: bool = False) -> tuple[list[str], list[str], list[list[str]], list[str], str]:
+    """The human view of a comparison table: (group columns shown, constant "key=value" for the
+    title, rows of cell texts, metric labels, legend). Group columns that hold one value are
+    moved to the title; at least one stays to name the rows."""
+    records = to_records(table)
+    groups = [c for c in table.columns if c not in METRICS]
+    constant = [c for c in groups if len({cell_text(c, r[c]) for r in records}) == 1]
+    if len(constant) == len(groups):
+        constant = constant[:-1]
+    shown = [c for c in groups if c not in constant]
+    heading = [f"{c}={cell_text(c, records[0][c])}" for c in constant] if records else []
+    metrics = dict(WIDE if wide else COMPACT)
+    # compact: "solved k/n" already counts the runs
+    counted = (["runs"] if wide else []) + [c for c in ("failed", "diverged") if any(r[c] for r in records)]
+    labels = [LABELS[c] for c in counted] + [LABELS[m] for m in metrics]
+    rows = [[cell_text(c, r[c]) for c in shown] + [str(r[c]) for c in counted] + [f(r) for f in metrics.values()]
+            for r in records]
+    return shown, heading, rows, labels, legend(records, wide)
+
+
+def diff_view(table, columns: list[str]) -> tuple[list[str], list[list[str]]]:
+    """A diff (``comparison.diff``) as labels and rows: base → candidate per figure, the test and
+    the probability that a candidate run beats a base run."""
+    labels = [*columns, "status", "solved", "loss ÷ baseline", "P(better)", "p (MWU)", "diverged", "verdicts", "why"]
+    rows = []
+    for r in to_records(table):
+        pair = lambda a, b: f"{a} → {b}"  # noqa: E731
+        solved = pair(_count(r, "solved", "base"), _count(r, "solved", "candidate"))
+        ratio = pair(num(r["loss_ratio_iqm_base"]), num(r["loss_ratio_iqm_candidate"]))
+        better = num(r["p_better"])
+        if r["p_better_ci_low"] is not None:
+            better += f" [{num(r['p_better_ci_low'])}, {num(r['p_better_ci_high'])}]"
+        rows.append([*(cell_text(c, r[c]) for c in columns), r["status"], solved, ratio, better,
+                     num(r["p_loss"]), pair(_count(r, "diverged", "base"), _count(r, "diverged", "candidate")),
+                     pair(_letters(r["verdicts_base"]), _letters(r["verdicts_candidate"])), r["reasons"] or ""])
+    return labels, rows
+
+
+def _count(r: dict, column: str, side: str) -> str:
+    return "–" if r[f"runs_{side}"] is None else f"{r[f'{column}_{side}']}/{r[f'runs_{side}']}"
+
+
+def _letters(verdicts) -> str:
+    return verdicts_text({"verdicts": verdicts})
+
+
+def diff_legend() -> str:
+    return ("P(better): probability that a candidate run's loss ÷ baseline is below a base run's "
+            "[95% bootstrap interval from 5 runs a side] · p (MWU): two-sided Mann–Whitney U test of the loss "
+            "ratios; a regression is 'supported' when p < 0.05 (at 2 against 2 runs p cannot go below 0.33) · "
+            "verdicts: E exploding, V vanishing, H healthy")
