@@ -138,16 +138,38 @@ def clip_zclip(params, norm, state, alpha: float, z_thresh: float, warmup: int) 
     state["var"] = alpha * state["var"] + (1 - alpha) * (g - state["mean"]) ** 2
 
 
-def recurrent_clip(threshold: float, mode: str) -> Callable:
+class RecurrentClip:
     """A ``grad_transform(t, g)`` that clips ∂L/∂h_t (B, H) at every step of the backward pass,
     before it flows into step t's weights and on to h_{t-1}.
 
     ``value``: g ← clamp(g, −c, c), element-wise (Mikolov 2012, thesis §3.2.2; Lasagne's
-    ``grad_clipping``). ``norm``: each sample's g ← g·min(1, c/‖g‖).
+    ``grad_clipping``). ``norm``: each sample's g ← g·min(1, c/‖g‖). It notes whether any
+    step was clipped (a 0-d bool tensor, no device sync per step), so a run's clip rate counts
+    the updates this rule changed; ``engaged`` reads and resets it once per update.
     """
-    if mode == "value":
-        return lambda t, g: g.clamp(-threshold, threshold)
-    return lambda t, g: g * (threshold / torch.linalg.vector_norm(g, dim=-1, keepdim=True)).clamp(max=1.0)
+
+    def __init__(self, threshold: float, mode: str):
+        self.threshold, self.mode = threshold, mode
+        self.hit: torch.Tensor | None = None
+
+    def __call__(self, t, g: torch.Tensor) -> torch.Tensor:
+        c = self.threshold
+        if self.mode == "value":
+            hit, out = (g.abs() > c).any(), g.clamp(-c, c)
+        else:
+            scale = (c / torch.linalg.vector_norm(g, dim=-1, keepdim=True)).clamp(max=1.0)
+            hit, out = (scale < 1).any(), g * scale
+        self.hit = hit if self.hit is None else self.hit | hit
+        return out
+
+    def engaged(self) -> bool:
+        hit, self.hit = self.hit, None
+        return bool(hit) if hit is not None else False
+
+
+def recurrent_clip(threshold: float, mode: str) -> RecurrentClip:
+    """The per-step clip of ∂L/∂h_t (``RecurrentClip``)."""
+    return RecurrentClip(threshold, mode)
 
 
 def clip_in_backward(params, norm, state, threshold: float, mode: str) -> None:

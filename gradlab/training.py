@@ -139,8 +139,9 @@ def train_step(model, task, batch, optimizer, clip: dict | Clipper, window: int 
     count the applied updates only.
     """
     clipper = clip if isinstance(clip, Clipper) else make_clipper(clip, model)
-    hidden = remedies.HiddenGradients(clipper.grad_transform) if omega else None  # Ω needs every ∂L/∂h_t
-    transform = hidden if omega else clipper.grad_transform
+    in_backward = clipper.grad_transform  # a rule that clips ∂L/∂h_t during backward, or None
+    hidden = remedies.HiddenGradients(in_backward) if omega else None  # Ω needs every ∂L/∂h_t
+    transform = hidden if omega else in_backward
     groups = model.parameter_groups()
     row = {"loss": 0.0, "grad_norm": 0.0, "grad_norm_clipped": 0.0, "clip_active": 0, "nonfinite": 0,
            "updates": 0, **{f"grad_norm_{g}": 0.0 for g in groups}, **({"omega": 0.0} if omega else {})}
@@ -169,7 +170,9 @@ def train_step(model, task, batch, optimizer, clip: dict | Clipper, window: int 
         optimizer.step()
         row["updates"] += 1
         row["loss"] += loss_v
-        row["clip_active"] |= int(after_v < norm_v * (1 - 1e-6))
+        # the update was changed: its norm cut after backward, or a ∂L/∂h_t clipped inside it
+        engaged = in_backward.engaged() if in_backward is not None else after_v < norm_v * (1 - 1e-6)
+        row["clip_active"] |= int(engaged)
         if omega:
             row["omega"] += omega_v
     if omega and row["updates"]:

@@ -222,3 +222,25 @@ def test_a_skipped_update_records_its_real_norms():
         grads = torch.cat([p.grad.double().flatten() for p in net.parameter_groups()[group]])
         assert row[f"grad_norm_{group}"] == pytest.approx(torch.linalg.vector_norm(grads).item(), rel=1e-5)
         assert row[f"grad_norm_{group}"] > 0
+
+
+@pytest.mark.parametrize("mode", ["value", "norm"])
+def test_recurrent_clip_counts_the_updates_it_changed(mode):
+    """The recurrent rule acts inside backward, where no pre-clip norm exists: an update counts as
+    clipped exactly when some total ∂L/∂h_t went past the threshold. The largest one is read from the
+    autograd reference (hooks on an unrolled loop); the count from the engine's training step."""
+    batch = adding_batch(T=12, B=4, seed=3)
+    x, y = batch.x.double(), batch.y.double()
+    reference = RecurrentNet("vanilla", 2, 8, 1, engine="autograd", seed=0).double()
+    seen = []  # every total ∂L/∂h_t (B, H), as the hook receives it
+    hs, _ = reference(x, reference.initial_state(4, dtype=torch.float64),
+                      grad_transform=lambda t, g: seen.append(g.detach().clone()) or g)
+    loss = (TASKS["adding"].step_loss(reference.readout(hs), y) * batch.loss_mask).sum() / batch.loss_mask.sum()
+    loss.backward()
+    largest = max(float(g.abs().max()) if mode == "value" else float(g.norm(dim=-1).max()) for g in seen)
+    for threshold, expected in ((largest * 0.9, 1), (largest * 1.1, 0)):
+        model = RecurrentNet("vanilla", 2, 8, 1, seed=0).double()
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        clip = {"kind": "recurrent", "threshold": threshold, "mode": mode}
+        row = train_step(model, TASKS["adding"], Batch(x, y, batch.loss_mask, batch.score_mask), opt, clip, None, "skip")
+        assert row["clip_active"] == expected
