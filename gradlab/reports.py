@@ -77,17 +77,18 @@ def check_lines(checks: list[dict], quote=str) -> list[tuple[bool, str]]:
     return lines
 
 
-def applied_to(check: dict) -> str:
+def applied_to(check: dict, quote=str) -> str:
     """``quickstart: the expectations of gradlab run configs/quickstart.yaml, on its 6 runs``."""
-    source = f"the expectations of {check['sweep']}" if check.get("sweep") else "the expectations"
-    return f"{check['experiment']}: {source}, on {'its ' if check.get('sweep') else ''}{check.get('runs', '?')} runs"
+    source = f"the expectations of {quote(check['sweep'])}" if check.get("sweep") else "the expectations"
+    return (f"{quote(check['experiment'])}: {source}, on {'its ' if check.get('sweep') else ''}"
+            f"{check.get('runs', '?')} runs")
 
 
-def check_sections(checks: list[dict]) -> list[tuple[str, list[dict]]]:
+def check_sections(checks: list[dict], quote=str) -> list[tuple[str, list[dict]]]:
     """The checks in runs of one experiment and sweep, each under its ``applied_to`` line."""
     sections: list[tuple[str, list[dict]]] = []
     for c in checks:
-        head = applied_to(c)
+        head = applied_to(c, quote)
         if not sections or sections[-1][0] != head:
             sections.append((head, []))
         sections[-1][1].append(c)
@@ -140,8 +141,8 @@ def markdown_report(table: pd.DataFrame | None, checks: list[dict] | None = None
     if checks is not None:
         passed = sum(c["passed"] for c in checks)
         parts.append(f"**Expectations: {passed}/{len(checks)} passed**\n")
-        for head, section in check_sections(checks):
-            parts.append(f"*{head}:*\n")
+        for head, section in check_sections(checks, quote=code):
+            parts.append(f"{head}:\n")
             for ok, text in check_lines(section, quote=code):
                 indent = text.startswith("  ")
                 mark = "PASS" if ok else "FAIL"

@@ -65,7 +65,7 @@ def record_experiment(out: Path, experiment, overrides: list[str] = (), runs: li
     comment (for ``report``), and one entry per sweep that wrote into the folder: its config
     file, ``--set`` overrides, expectations and the hashes of its runs (so ``compare --check``
     applies each sweep's expectations to that sweep's runs), then its timing (``record_sweep``).
-    A sweep repeated with nothing new re-uses its untimed entry.
+    The same command again (a resume) re-uses the last entry, so one with nothing to train adds none.
     """
     from gradlab.expectations import EXPERIMENT_FILE
 
@@ -75,8 +75,8 @@ def record_experiment(out: Path, experiment, overrides: list[str] = (), runs: li
     entry = {"source": experiment.source, "set": list(overrides), "expect": experiment.expect,
              "runs": sorted({results.run_hash(r.id) for r in (runs if runs is not None else experiment.runs)})}
     last = sweeps[-1] if sweeps else {}
-    if "seconds" not in last and all(last.get(k) == v for k, v in entry.items()):
-        return last.get("id", "")
+    if last.get("id") and all(last.get(k) == v for k, v in entry.items()):
+        return last["id"]  # the same command again (a resume): record_sweep times it as its own sweep
     entry = {"id": f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{len(sweeps)}",
              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry}
     results.write_json(path, {"name": experiment.name, "expect": experiment.expect, "source": experiment.source,
@@ -102,6 +102,9 @@ def record_sweep(out: Path, name: str, outcomes: list[Outcome], seconds: float, 
     entry = next((s for s in sweeps if sweep_id and s.get("id") == sweep_id), None)
     if entry is None:
         sweeps.append(timing)
+    elif "seconds" in entry:  # a resume of a timed sweep: its own entry, the same command
+        sweeps.append({**{k: entry[k] for k in ("source", "set", "expect", "runs") if k in entry},
+                       "id": f"{entry['id']}-{len(sweeps)}", **timing})
     else:
         entry.update(timing)
     results.write_json(path, doc)

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from gradlab import comparison
 from gradlab.cli import app
 from gradlab.config import ConfigError, load
 
@@ -97,7 +98,7 @@ EXPECT_ERRORS = [
     ("expect:\n  - final_loss_mean: '< 0.5 * baseline'\n", "expect[0].final_loss_mean", "unknown column 'baseline'"),
     ("expect:\n  - final_loss_mean: '< __import__(1)'\n", "expect[0].final_loss_mean", "only + - * /"),
     ("expect:\n  - final_loss_mean: '< \"a\"'\n", "expect[0].final_loss_mean", "only numbers and columns"),
-    ("expect:\n  - verdict: vanish\n", "expect[0].verdict", "healthy, exploding or vanishing"),
+    ("expect:\n  - verdict: vanish\n", "expect[0].verdict", "healthy, exploding, vanishing or mixed"),
     ("expect:\n  - solved_rate: [1]\n", "expect[0].solved_rate", "expected a comparison"),
     ("expect:\n  - where: lstm\n    runs: 1\n", "expect[0].where", "expected a mapping"),
     ("expect:\n  - where: {cel: lstm}\n    runs: 1\n", "expect[0].where.cel", "did you mean 'cell'"),
@@ -123,7 +124,7 @@ def test_diff_marks_the_worse_candidate_as_regression(result_sets):
     worse = runner.invoke(app, ["compare", str(tmp / "base"), str(tmp / "worse"), "--check", "-f", "json"])
     assert worse.exit_code == 1
     doc = json.loads(worse.stdout)
-    assert doc["schema"] == "gradlab.compare/1" and doc["regressions"] >= 1
+    assert doc["schema"] == comparison.SCHEMA and doc["regressions"] >= 1
     lstm = next(r for r in doc["diff"] if r["cell"] == "lstm")
     assert lstm["status"] == "regression" and "final_loss_mean" in lstm["reasons"]
     assert lstm["final_loss_mean_delta"] == pytest.approx(lstm["final_loss_mean_candidate"]
@@ -158,7 +159,7 @@ def test_markdown_report_parses_back(result_sets):
 def test_json_check_document_parses_back(result_sets):
     tmp, _ = result_sets
     doc = json.loads(runner.invoke(app, ["compare", str(tmp / "base"), "--check", "-f", "json"]).stdout)
-    assert doc["schema"] == "gradlab.compare/1" and doc["passed"] is True
+    assert doc["schema"] == comparison.SCHEMA and doc["passed"] is True
     assert len(doc["groups"]) == 2 and len(doc["expectations"]) == 2
     check = doc["expectations"][0]["groups"][0]["checks"][0]
     assert check["column"] == "final_loss_mean" and check["passed"] is True
@@ -325,9 +326,10 @@ def test_diff_shows_deltas_and_diverged(result_sets):
     assert md["final_loss_mean_delta"].startswith("+") and md["solved_rate_delta"] != ""
     assert md["diverged_base"] == f"{lstm['diverged_base']}/2" and md["diverged_candidate"].endswith("/2")
     table = runner.invoke(app, args).output
-    header = next(line for line in table.splitlines() if "steps to solve" in line)
-    assert "diverged" in header
-    assert re.search(r"→ [0-9.e-]+ \(\+[0-9.e-]+\)", table)  # base → candidate (delta) of the final loss
+    header = next(line for line in table.splitlines() if "loss ÷ baseline" in line)
+    assert "diverged" in header and "P(better)" in header
+    ratio = f"{lstm['loss_ratio_iqm_base']:.3g} → {lstm['loss_ratio_iqm_candidate']:.3g}"
+    assert ratio in table  # base → candidate of the loss relative to the baseline
 
 
 def test_diff_with_expect_checks_the_candidate(result_sets, tmp_path):
