@@ -163,16 +163,32 @@ def markdown_report(table: pd.DataFrame | None, checks: list[dict] | None = None
 # One self-contained HTML page.
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
 th { background: #f3f3f3; } td.text { text-align: left; }
+.wide { overflow-x: auto; max-width: 100%; } .legend { color: #555; font-size: 13px; max-width: 60em; }
 .pass { color: #1a7f37; font-weight: bold; } .fail { color: #cf222e; font-weight: bold; }
 figure { margin: 1.5em 0; } img { max-width: 100%; border: 1px solid #ddd; }
 """
 
 
+def _html_view(table: pd.DataFrame) -> str:
+    """The compact view, with the terminal's labels (``tables.view``), and its legend."""
+    from gradlab.tables import view
+
+    shown, heading, rows, labels, legend = view(table)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in shown + labels)
+    kinds = ["text"] * len(shown) + ["text" if label == "verdicts" else "num" for label in labels]
+    body = "".join("<tr>" + "".join(f"<td class=\"{k}\">{html.escape(cell)}</td>" for k, cell in zip(kinds, row))
+                   + "</tr>" for row in rows)
+    constant = f"<p>{html.escape(', '.join(heading))}</p>" if heading else ""
+    return (f"{constant}<table class=\"comparison\"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            f"<p class=\"legend\">{html.escape(legend)}</p>")
+
+
 def _html_table(table: pd.DataFrame) -> str:
+    """Every column under its own name (as Markdown, CSV and JSON hold them), in a scrolling box."""
     cols = list(table.columns)
     text_cols = {"task", "cell", "clip", "verdict", "verdicts", "experiment"}
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
@@ -181,34 +197,63 @@ def _html_table(table: pd.DataFrame) -> str:
         cells = "".join(f"<td class=\"{'text' if c in text_cols else 'num'}\">{html.escape(cell_text(c, rec[c]))}</td>"
                         for c in cols)
         body.append(f"<tr>{cells}</tr>")
-    return f"<table class=\"comparison\"><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return (f"<details><summary>every column</summary><div class=\"wide\"><table class=\"full\"><thead>"
+            f"<tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div></details>")
 
 
-def html_report(root: Path, table: pd.DataFrame, checks: list[dict] | None = None,
-                title: str = "gradlab report") -> str:
-    """Tables, expectations and every diagnostic plot of ``root`` in one page; PNGs inlined as data URIs."""
-    from gradlab.plots import plot
-
-    parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
-             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
-             f"<p>Results under <code>{html.escape(str(root))}</code>.</p>"]
-    if checks is not None:
-        passed = sum(c["passed"] for c in checks)
-        parts.append(f"<h2>Expectations: {passed}/{len(checks)} passed</h2><ul class=\"expectations\">")
-        for ok, text in check_lines(checks):
+def _html_checks(checks: list[dict]) -> str:
+    passed = sum(c["passed"] for c in checks)
+    parts = [f"<h3>Expectations: {passed}/{len(checks)} passed</h3>"]
+    for head, section in check_sections(checks):
+        parts.append(f"<p>{html.escape(head)}:</p><ul class=\"expectations\">")
+        for ok, text in check_lines(section):
             cls, mark = ("pass", "PASS") if ok else ("fail", "FAIL")
             parts.append(f"<li><span class=\"{cls}\">{mark}</span> {html.escape(text.strip())}</li>")
         parts.append("</ul>")
-    parts.append("<h2>Comparison (aggregated over seeds)</h2>" + _html_table(table))
-    with tempfile.TemporaryDirectory() as tmp:
-        images = plot(root, Path(tmp))
-        if images:
-            parts.append("<h2>Diagnostics</h2>")
-        for path in images:
-            data = base64.b64encode(path.read_bytes()).decode()
-            name = html.escape(path.stem.replace("_", " "))
-            parts.append(f"<figure><img alt=\"{name}\" src=\"data:image/png;base64,{data}\">"
-                         f"<figcaption>{name}</figcaption></figure>")
+    return "".join(parts)
+
+
+def _html_images(images: list[Path]) -> str:
+    parts = []
+    for path in images:
+        data = base64.b64encode(path.read_bytes()).decode()
+        name = html.escape(path.stem.replace("_", " "))
+        parts.append(f"<figure><img alt=\"{name}\" src=\"data:image/png;base64,{data}\">"
+                     f"<figcaption>{name}</figcaption></figure>")
+    return "".join(parts)
+
+
+def html_report(root: Path, checks: list[dict] | None = None, title: str = "gradlab report",
+                damaged: list | None = None) -> str:
+    """Per experiment under ``root``: its comparison (the terminal's compact view, then every column),
+    its expectations with PASS/FAIL, and its diagnostic plots inlined as PNG data; a contents list
+    when there are several. One self-contained page that fits 1200 px. ``damaged``: gets the run
+    directories left out (``comparison.load_frame``)."""
+    from gradlab.plots import plot
+
+    frame = comparison.load_frame([root], damaged if damaged is not None else [])
+    names = list(dict.fromkeys(frame["experiment"].fillna(""))) if not frame.empty else []
+    parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
+             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+             f"<p>Results under <code>{html.escape(str(root))}</code>.</p>"]
+    if len(names) > 1:
+        parts.append("<nav><h2>Contents</h2><ul>" + "".join(
+            f"<li><a href=\"#exp-{i}\">{html.escape(n or '(unnamed)')}</a></li>" for i, n in enumerate(names))
+            + "</ul></nav>")
+    for i, name in enumerate(names):
+        runs = frame[frame["experiment"].fillna("") == name]
+        parts.append(f"<section id=\"exp-{i}\"><h2>{html.escape(name or '(unnamed)')}</h2>")
+        own = [c for c in (checks or []) if c["experiment"] in (name, str(root))] if checks is not None else None
+        if own:
+            parts.append(_html_checks(own))
+        table = comparison.compare(runs)
+        parts.append("<h3>Comparison (aggregated over seeds)</h3>" + _html_view(table) + _html_table(table))
+        folders = {Path(d).parent for d in runs["run_dir"]}
+        with tempfile.TemporaryDirectory() as tmp:
+            images = [p for folder in sorted(folders) for p in plot(folder, Path(tmp) / folder.name)]
+            if images:
+                parts.append("<h3>Diagnostics</h3>" + _html_images(images))
+        parts.append("</section>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
@@ -216,15 +261,14 @@ def html_report(root: Path, table: pd.DataFrame, checks: list[dict] | None = Non
 # ---------------------------------------------------------------------------
 # A results book: one Markdown page over many experiments (results/README.md).
 
-BOOK_COLUMNS = ["runs", "failed", "solved_rate", "final_loss_mean", "final_loss_std", "baseline_loss",
-                "steps_to_solve_median", "diverged", "verdicts", "horizon_init_median", "horizon_median"]
 MAIN_PLOTS = ("learning_curves.png", "grad_norm.png", "grad_profile.png")
 
 
 def _machine(frame: pd.DataFrame, sweeps: list[dict]) -> str:
     """``2 CPUs (x86_64), torch 2.13.0+cpu, 1 thread per run; 12 min 3 s wall-clock with --jobs 2``."""
     env = results.read_json(Path(frame["run_dir"].iloc[0]) / results.ENV) if len(frame) else {}
-    wall = sum(s.get("seconds", 0) for s in sweeps)
+    sweeps = [s for s in sweeps if "seconds" in s]  # recorded sweeps that trained
+    wall = sum(s["seconds"] for s in sweeps)
     train = pd.to_numeric(frame.get("wall_seconds"), errors="coerce").sum()
     jobs = sorted({s.get("jobs") for s in sweeps if s.get("jobs")})
     machine = sweeps[-1].get("machine", "?") if sweeps else "?"
@@ -240,6 +284,18 @@ def _machine(frame: pd.DataFrame, sweeps: list[dict]) -> str:
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
+
+
+def markdown_view(table: pd.DataFrame) -> str:
+    """The compact view (``tables.view``, the terminal's labels, verdicts in words) as Markdown, with its legend."""
+    from gradlab.tables import view
+
+    shown, heading, rows, labels, legend = view(table, letters=False)
+    cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(map(cell, shown + labels)) + " |", "|" + "|".join("---" for _ in shown + labels) + "|"]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+    head = f"{code(', '.join(heading))}\n\n" if heading else ""
+    return head + "\n".join(lines) + f"\n\n*{legend}*\n"
 
 
 def markdown_book(root: Path, out_file: Path, title: str = "gradlab results") -> str | None:
@@ -284,8 +340,7 @@ def markdown_book(root: Path, out_file: Path, title: str = "gradlab results") ->
                 for ok, text in check_lines([c], quote=code)[1:]:
                     parts.append(f"  - {'PASS' if ok else 'FAIL'} {text.strip()}")
             parts.append("")
-        shown = [c for c in table.columns if c not in comparison.METRICS] + BOOK_COLUMNS
-        parts.append(to_markdown(table[shown]))
+        parts.append(markdown_view(table))
         notes = study / "NOTES.md"
         if notes.exists():
             parts.append(notes.read_text().strip() + "\n")

@@ -106,7 +106,7 @@ WIDE = {"solved": solved_text, "final_loss_mean": lambda r: fmt(r["final_loss_me
         "grad_norm_max": lambda r: fmt(r["grad_norm_max"]), "verdicts": lambda r: verdicts_text(r, letters=False)}
 
 
-def legend(records: list[dict], wide: bool = False) -> str:
+def legend(records: list[dict], wide: bool = False, letters: bool = True) -> str:
     """What the figures mean, for the table's caption: which interval each column shows."""
     counts = [r["runs"] - r["failed"] for r in records]
     small = statistics.MIN_RUNS_FOR_INTERVAL
@@ -121,15 +121,17 @@ def legend(records: list[dict], wide: bool = False) -> str:
              f"guessing), interquartile mean over runs {spread}",
              "horizon: steps back the gradient reaches, median, first evaluation→end",
              "clipped: share of updates the clip changed"]
-    if not wide:
+    if letters and not wide:
         parts.append("verdicts: E exploding, V vanishing, H healthy")
     return " · ".join(parts)
 
 
-def view(table, wide: bool = False) -> tuple[list[str], list[str], list[list[str]], list[str], str]:
+def view(table, wide: bool = False, letters: bool = True) -> tuple[list[str], list[str], list[list[str]], list[str],
+                                                                   str]:
     """The human view of a comparison table: (group columns shown, constant "key=value" for the
     title, rows of cell texts, metric labels, legend). Group columns that hold one value are
-    moved to the title; at least one stays to name the rows."""
+    moved to the title; at least one stays to name the rows. ``letters``: verdicts as ``2V``
+    (compact), else in words."""
     records = to_records(table)
     groups = [c for c in table.columns if c not in METRICS]
     constant = [c for c in groups if len({cell_text(c, r[c]) for r in records}) == 1]
@@ -138,12 +140,14 @@ def view(table, wide: bool = False) -> tuple[list[str], list[str], list[list[str
     shown = [c for c in groups if c not in constant]
     heading = [f"{c}={cell_text(c, records[0][c])}" for c in constant] if records else []
     metrics = dict(WIDE if wide else COMPACT)
+    if not letters:
+        metrics["verdicts"] = WIDE["verdicts"]
     # compact: "solved k/n" already counts the runs
     counted = (["runs"] if wide else []) + [c for c in ("failed", "diverged") if any(r[c] for r in records)]
     labels = [LABELS[c] for c in counted] + [LABELS[m] for m in metrics]
     rows = [[cell_text(c, r[c]) for c in shown] + [str(r[c]) for c in counted] + [f(r) for f in metrics.values()]
             for r in records]
-    return shown, heading, rows, labels, legend(records, wide)
+    return shown, heading, rows, labels, legend(records, wide, letters)
 
 
 def diff_view(table, columns: list[str]) -> tuple[list[str], list[list[str]]]:

@@ -3,6 +3,7 @@ initialisation, and the Markdown results book of `gradlab report --format markdo
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -202,10 +203,12 @@ def test_markdown_book_lists_claims_table_plots_machine_and_time(study):
     assert "What we found, by hand." in text
     assert "![grad profile](book/plots/grad_profile.png)" in text and (root / "book/plots/grad_profile.png").exists()
     assert "thread(s) per run" in text and "wall-clock in 1 sweep(s) with --jobs 1" in text
-    # the table's rows are the two cells, with the horizon at init and after training
-    header = next(line for line in text.splitlines() if line.startswith("| task |"))
-    assert "horizon_init_median" in header and "horizon_median" in header
-    assert sum(line.startswith("| adding | 6 |") for line in text.splitlines()) == 2
+    # the table's rows are the two cells (the terminal's labels), with the horizon at init → after training
+    header = next(line for line in text.splitlines() if line.startswith("| cell |"))
+    assert "| solved |" in header and "| horizon |" in header and "| loss ÷ baseline |" in header
+    assert "`task=adding, length=6, clip=none, tbptt=full`" in text
+    rows = [line for line in text.splitlines() if line.startswith(("| lstm |", "| vanilla |"))]
+    assert len(rows) == 2 and all(re.search(r"\| [0-9.]+→[0-9.]+ \|", r) for r in rows), rows
     # --check: exit 1, the book still written
     result = runner.invoke(app, ["report", str(root), "--format", "markdown", "--check", "-o",
                                  str(tmp / "b.md")])

@@ -312,12 +312,14 @@ def report(
         return
     output = output or Path("report.html")
 
-    table, damaged = comparison_table([directory], None)
+    _, damaged = comparison_table([directory], None)  # the skipped runs named, or exit 2 when none is left
     checks = evaluate_checks(directory, expect) if check or expect else stored_checks(directory)
-    write_atomic(output, html_report(directory, table, checks, title=f"gradlab report: {directory}"))
+    write_atomic(output, html_report(directory, checks, title=f"gradlab report: {directory}"))
     out_console.print(str(output))
     if check and not all(c["passed"] for c in checks):
         raise typer.Exit(EXIT_FAILED)
+    if check:
+        fail_damaged(damaged)
 
 
 @app.command()
