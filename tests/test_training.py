@@ -242,5 +242,6 @@ def test_recurrent_clip_counts_the_updates_it_changed(mode):
         model = RecurrentNet("vanilla", 2, 8, 1, seed=0).double()
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
         clip = {"kind": "recurrent", "threshold": threshold, "mode": mode}
-        row = train_step(model, TASKS["adding"], Batch(x, y, batch.loss_mask, batch.score_mask), opt, clip, None, "skip")
+        step_batch = Batch(x, y, batch.loss_mask, batch.score_mask)
+        row = train_step(model, TASKS["adding"], step_batch, opt, clip, None, "skip")
         assert row["clip_active"] == expected

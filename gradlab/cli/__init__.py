@@ -152,7 +152,8 @@ def run(
     own = {run_hash(r.id) for r in runs} | {run_hash(o.dir.name) for o in outcomes}
     table, damaged = comparison_table([out / name], None, only=own)
     checks = evaluate_checks(out / name, None, only=own) if check else None
-    emit(table, fmt_name, None, title=f"{name}: {len(runs)} runs in {out / name}", checks=checks, wide=wide)
+    title = f"{name}: {len(runs)} runs in {out / name}" + "".join(f" --set {x}" for x in set_)
+    emit(table, fmt_name, None, title=title, checks=checks, wide=wide)
     for o in failed:
         err_console.print(f"failed: {o.run.id}: {o.error} (traceback in {o.dir / 'error.txt'})")
     checks_failed = checks is not None and not all(c["passed"] for c in checks)

@@ -1,0 +1,363 @@
+"""The comparison a reader draws conclusions from: tables that fit, no pooling of unlike runs,
+intervals and tests checked against hand computations, a sweep's own runs, damaged runs named."""
+
+import itertools
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+from rich.console import Console
+from scipy.stats import norm
+from typer.testing import CliRunner
+
+from gradlab import comparison, results, statistics
+from gradlab.cli import app
+from gradlab.cli.render import rich_table
+
+runner = CliRunner()
+
+# The quickstart's six runs as `make demo` recorded them (cell, seed, final loss, solved, steps to solve,
+# verdict, horizon, horizon at init, clip rate, suggested clip, largest norm): numbers of every magnitude.
+QUICKSTART = [
+    ("irnn", 0, 0.0037238137432868824, True, 1250, "exploding", 39, 39, 0.787, 2.3212655782699585, 3372556.25),
+    ("irnn", 1, 0.16205317654404316, False, None, "exploding", 39, 39, 0.2975, 0.6193058490753174, 3930618.0),
+    ("lstm", 0, 9.74014767154685e-05, True, 500, "healthy", 39, 5, 0.017, 0.09337161108851433, 5.958775520324707),
+    ("lstm", 1, 0.00012723700065854794, True, 750, "healthy", 39, 5, 0.009, 0.08489546924829483, 10.28014373779),
+    ("vanilla", 0, 0.1664265159238398, False, None, "vanishing", 6, 8, 0.3555, 0.6940284967422485, 39.98900985),
+    ("vanilla", 1, 0.17973036080768134, False, None, "vanishing", 1, 7, 0.4075, 0.6993358731269836, 10.00031185),
+]
+ADDING, TEMPORAL = 1 / 6, math.log(4)  # the memoryless baselines of adding and temporal order
+
+
+def write_run(root, name, *, task="adding", length=40, cell="lstm", seed=0, clip=None, steps=2000, final_loss=0.1,
+              baseline=ADDING, solved=False, steps_to_solve=None, verdict="healthy", horizon=39, horizon_init=5,
+              clip_rate=0.1, suggested_clip=1.0, grad_norm_max=10.0, forget_bias=None):
+    clip = clip or {"kind": "norm", "max_norm": 1.0}
+    config = {"name": name, "task": {"name": task, "length": length, "eval_size": 500, "variant": None},
+              "model": {"cell": cell, "hidden": 64, "layers": 1, "forget_bias": forget_bias},
+              "train": {"steps": steps, "batch_size": 64, "optimizer": "adam", "lr": 0.01, "clip": clip, "tbptt": None,
+                        "eval_every": 250},
+              "device": "cpu", "dtype": "float32", "threads": 1, "seed": seed}
+    digest = f"{abs(hash(json.dumps(config, sort_keys=True))) % 16**8:08x}"
+    summary = {"status": "ok", "final_loss": final_loss, "baseline_loss": baseline, "solved": solved,
+               "steps_to_solve": steps_to_solve, "diverged": False, "steps_done": steps, "verdict": verdict,
+               "horizon": horizon, "horizon_init": horizon_init, "clip_rate": clip_rate,
+               "suggested_clip": suggested_clip, "grad_norm_max": grad_norm_max}
+    rows = [{"kind": "train", "step": s, "loss": 0.1} for s in (1, steps)] + [{"kind": "eval", "step": steps}]
+    path = root / name / f"cell={cell}_seed={seed}_{digest}"
+    results.save_run(path, config, {"torch": "2.13.0"}, rows, summary)
+    return path
+
+
+@pytest.fixture
+def quickstart(tmp_path):
+    for cell, seed, loss, solved, steps, verdict, horizon, init, rate, clip, top in QUICKSTART:
+        write_run(tmp_path, "quickstart", cell=cell, seed=seed, final_loss=loss, solved=solved, steps_to_solve=steps,
+                  verdict=verdict, horizon=horizon, horizon_init=init, clip_rate=rate, suggested_clip=clip,
+                  grad_norm_max=top)
+    return tmp_path / "quickstart"
+
+
+def wilson_by_hand(k, n, z=norm.ppf(0.975)):
+    """(p̂ + z²/2n ± z·sqrt(p̂(1−p̂)/n + z²/4n²)) / (1 + z²/n), Wilson 1927."""
+    p = k / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+
+def sig3(v: float) -> str:
+    return f"{v:.3g}"
+
+
+# ---------------------------------------------------------------------------
+# Tables that fit
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_quickstart_table_fits_and_every_number_is_whole(quickstart, width):
+    doc = json.loads(runner.invoke(app, ["compare", str(quickstart), "-f", "json"]).stdout)
+    console = Console(width=width, record=True, markup=False, emoji=False, highlight=False)
+    console.print(rich_table(comparison.compare(comparison.load_frame([quickstart])), "quickstart"))
+    text = console.export_text()
+    lines = text.splitlines()
+    assert all(len(line.rstrip()) <= width for line in lines) and "…" not in text
+    tokens = set(re.findall(r"[^\s()\[\],]+", text.replace("–", " ").replace("→", " ")))
+    for group in doc:
+        low, high = wilson_by_hand(group["solved"], group["runs"])
+        expected = [f"{group['solved']}/{group['runs']}", f"{100 * high:.0f}%", sig3(group["loss_ratio_iqm"]),
+                    sig3(group["loss_ratio_min"]), sig3(group["loss_ratio_max"]),
+                    f"{group['horizon_init_median']:g}", f"{group['horizon_median']:g}"]
+        assert f"({100 * low:.0f}" in text
+        missing = [e for e in expected if e not in tokens]
+        assert not missing, (group["cell"], missing, text)
+        row = next(line for line in lines if line.startswith(group["cell"]) or f" {group['cell']} " in line)
+        if width == 100:  # fully legible: one line per group, the verdict mix whole on it
+            counts = dict(reversed(part.split(" ")) for part in group["verdicts"].split(", "))
+            assert all(f"{n}{v[0].upper()}" in row for v, n in counts.items()), row
+    if width == 100:
+        assert len([line for line in lines if re.match(r"\s*(irnn|lstm|vanilla)\s", line)]) == 3
+
+
+def test_wide_table_has_every_figure_and_markdown_keeps_every_column(quickstart):
+    wide = runner.invoke(app, ["compare", str(quickstart), "--wide"], terminal_width=200).stdout
+    for label in ("runs", "eval loss", "baseline", "steps to solve", "clip≈", "2 exploding"):
+        assert label in wide
+    md = runner.invoke(app, ["compare", str(quickstart), "-f", "markdown"]).stdout
+    header = [c.strip() for c in md.splitlines()[0].strip("|").split("|")]
+    assert set(comparison.METRICS) <= set(header)
+
+
+# ---------------------------------------------------------------------------
+# Never pool unlike runs
+
+
+def test_compare_by_cell_clip_never_pools_two_tasks(tmp_path):
+    for seed in (0, 1):
+        write_run(tmp_path, "adding", task="adding", cell="vanilla", seed=seed, final_loss=0.17, baseline=ADDING)
+        write_run(tmp_path, "order", task="temporal_order", length=20, cell="vanilla", seed=seed, final_loss=1.4,
+                  baseline=TEMPORAL)
+    result = runner.invoke(app, ["compare", str(tmp_path), "--by", "cell,clip", "-f", "json"])
+    assert result.exit_code == 0, result.output
+    groups = json.loads(result.stdout)
+    assert sorted(g["baseline_loss"] for g in groups) == pytest.approx([ADDING, TEMPORAL])
+    assert all(g["runs"] == 2 for g in groups)
+    assert {g["task"] for g in groups} == {"adding", "temporal_order"}
+    assert groups[0]["loss_ratio_iqm"] == pytest.approx(0.17 / ADDING)
+    assert "would pool runs with different baselines; grouping by task" in result.stderr
+
+
+def test_explicit_by_says_what_it_pools(tmp_path):
+    for seed, steps in itertools.product((0, 1), (500, 2000)):
+        write_run(tmp_path, "q", seed=seed, steps=steps)
+    result = runner.invoke(app, ["compare", str(tmp_path), "--by", "cell"])
+    assert result.exit_code == 0 and "groups pool runs that differ in steps" in result.stderr
+    default = json.loads(runner.invoke(app, ["compare", str(tmp_path), "-f", "json"]).stdout)
+    assert sorted(g["steps"] for g in default) == [500, 2000]  # by default the differing key is a column
+
+
+# ---------------------------------------------------------------------------
+# Statistics, against hand computations
+
+
+@pytest.mark.parametrize("k, n", [(0, 2), (1, 2), (2, 2), (3, 7), (10, 10)])
+def test_wilson_matches_the_formula(k, n):
+    assert statistics.wilson(k, n) == pytest.approx(wilson_by_hand(k, n), abs=1e-12)
+    assert statistics.wilson(1, 2) == pytest.approx((0.0945312, 0.9054688), abs=1e-7)  # a known pair of bounds
+
+
+def test_iqm_and_its_bootstrap_interval_against_a_hand_bca():
+    x = np.array([0.03, 0.2, 0.21, 0.25, 0.4, 0.9, 1.3, 0.05])
+    middle = np.sort(x)[2:6]  # n = 8: the middle 50% is the 3rd to 6th value
+    assert statistics.iqm(x) == pytest.approx(middle.mean())
+    low, high = statistics.iqm_interval(x)
+    # BCa by hand (Efron 1987), on an independent resampling of 200 000 draws
+    rng = np.random.default_rng(12345)
+    stat = lambda a: np.sort(a, axis=-1)[..., 2:6].mean(axis=-1)  # noqa: E731
+    theta, boot = stat(x), stat(x[rng.integers(0, len(x), (200_000, len(x)))])
+    z0 = norm.ppf((boot < theta).mean())
+    jack = np.array([_iqm_by_hand(np.delete(x, i)) for i in range(len(x))])  # leave-one-out IQMs
+    d = jack.mean() - jack
+    a = (d ** 3).sum() / (6 * ((d ** 2).sum()) ** 1.5)
+    bounds = []
+    for q in (0.025, 0.975):
+        z = norm.ppf(q)
+        bounds.append(np.quantile(boot, norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z)))))
+    assert (low, high) == pytest.approx(bounds, rel=0.05)  # Monte Carlo error of two resamplings
+    assert statistics.iqm_interval(x[:4]) == (None, None)  # below 5 runs: no interval
+
+
+def _iqm_by_hand(a: np.ndarray) -> float:
+    """scipy's trim_mean(a, 0.25): cut int(0.25·n) values from each end."""
+    cut = int(0.25 * len(a))
+    return float(np.sort(a)[cut:len(a) - cut].mean())
+
+
+def test_mann_whitney_by_enumerating_every_split():
+    base, cand = [0.9, 1.1, 1.0], [0.2, 0.4, 0.95]
+    pooled = base + cand
+    u_obs = sum((c < b) + 0.5 * (c == b) for c in cand for b in base)
+    centre = len(base) * len(cand) / 2
+    splits = list(itertools.combinations(range(6), 3))
+    extreme = 0
+    for s in splits:  # every way to call 3 of the 6 values "candidate": the exact null distribution
+        c = [pooled[i] for i in s]
+        b = [pooled[i] for i in range(6) if i not in s]
+        u = sum((x < y) + 0.5 * (x == y) for x in c for y in b)
+        extreme += abs(u - centre) >= abs(u_obs - centre) - 1e-12
+    assert statistics.mann_whitney(cand, base) == pytest.approx(extreme / len(splits))
+    assert statistics.prob_improvement(cand, base) == pytest.approx(u_obs / 9)
+    assert statistics.smallest_p(2, 2) == pytest.approx(1 / 3) and statistics.smallest_p(3, 3) == pytest.approx(0.1)
+    assert statistics.prob_improvement_interval(cand, base) == (None, None)  # 3 a side: no interval
+
+
+def test_probability_of_improvement_interval_against_a_hand_bootstrap():
+    base, cand = np.array([1.0, 0.9, 1.2, 0.8, 1.1]), np.array([0.5, 1.0, 0.7, 0.6, 0.95])
+    rng = np.random.default_rng(7)
+    draws = []
+    for _ in range(40_000):
+        c, b = rng.choice(cand, 5), rng.choice(base, 5)
+        draws.append(((c[:, None] < b[None, :]) + 0.5 * (c[:, None] == b[None, :])).mean())
+    low, high = statistics.prob_improvement_interval(cand, base)
+    # P is a multiple of 1/50 (25 pairs, ties count ½): the two resamplings may part by a step or two
+    assert (low, high) == pytest.approx(np.quantile(draws, [0.025, 0.975]), abs=0.041)
+
+
+def test_fisher_by_the_hypergeometric_distribution():
+    k1, n1, k2, n2 = 4, 5, 0, 5
+    total, solved = n1 + n2, k1 + k2
+    prob = lambda a: math.comb(n1, a) * math.comb(n2, solved - a) / math.comb(total, solved)  # noqa: E731
+    observed = prob(k1)
+    p = sum(prob(a) for a in range(max(0, solved - n2), min(n1, solved) + 1) if prob(a) <= observed * (1 + 1e-9))
+    assert statistics.fisher(k1, n1, k2, n2) == pytest.approx(p)
+
+
+# ---------------------------------------------------------------------------
+# Verdicts, diffs, sorting, clipping that never fired
+
+
+def test_a_tie_is_mixed_and_the_mix_is_whole(tmp_path):
+    write_run(tmp_path, "t", seed=0, verdict="vanishing")
+    write_run(tmp_path, "t", seed=1, verdict="healthy")
+    [group] = json.loads(runner.invoke(app, ["compare", str(tmp_path), "-f", "json"]).stdout)
+    assert group["verdict"] == "mixed" and group["verdicts"] == "1 vanishing, 1 healthy"
+    assert "1V 1H" in runner.invoke(app, ["compare", str(tmp_path)]).stdout
+
+
+def test_a_regression_says_whether_it_is_statistically_supported(tmp_path):
+    for seed in range(2):
+        write_run(tmp_path, "few", seed=seed, final_loss=0.01 + 0.001 * seed)
+        write_run(tmp_path / "worse", "few", seed=seed, final_loss=0.15 + 0.001 * seed)
+    for seed in range(6):
+        write_run(tmp_path / "many", "many", seed=seed, final_loss=0.01 + 0.001 * seed)
+        write_run(tmp_path / "many-worse", "many", seed=seed, final_loss=0.15 + 0.001 * seed)
+    few = json.loads(runner.invoke(app, ["compare", str(tmp_path / "few"), str(tmp_path / "worse" / "few"),
+                                         "-f", "json"]).stdout)["diff"][0]
+    assert few["status"] == "regression" and few["supported"] is False
+    assert "not supported at 2 vs 2 runs (Mann–Whitney p=0.33, cannot go below 0.33)" in few["reasons"]
+    assert few["p_better"] == 0.0 and few["p_better_ci_low"] is None
+    many = json.loads(runner.invoke(app, ["compare", str(tmp_path / "many"), str(tmp_path / "many-worse"),
+                                          "-f", "json"]).stdout)["diff"][0]
+    assert many["status"] == "regression" and many["supported"] is True and many["p_loss"] < 0.01
+    assert many["p_better"] == 0.0 and many["p_better_ci_high"] == 0.0
+    table = runner.invoke(app, ["compare", str(tmp_path / "many"), str(tmp_path / "many-worse")],
+                          terminal_width=100).stdout
+    assert "P(better)" in table and "supported (Mann–Whitney" in table
+
+
+def test_numbers_sort_as_numbers(tmp_path):
+    for bias in (1.0, -2.0, 0.5, -1.0, 3e-7, 1e-7):
+        write_run(tmp_path, "fb", forget_bias=bias)
+    groups = json.loads(runner.invoke(app, ["compare", str(tmp_path), "-f", "json"]).stdout)
+    assert [g["forget_bias"] for g in groups] == [-2.0, -1.0, 1e-7, 3e-7, 0.5, 1.0]
+
+
+def test_a_clip_that_never_fired_says_so(tmp_path):
+    write_run(tmp_path, "c", clip={"kind": "value", "clip_value": 0.5}, clip_rate=0.0)
+    write_run(tmp_path, "c", clip={"kind": "norm", "max_norm": 1.0}, clip_rate=0.25)
+    write_run(tmp_path, "c", clip={"kind": "none"}, clip_rate=0.0)
+    table = runner.invoke(app, ["compare", str(tmp_path)], terminal_width=100).stdout
+    rows = {line.split()[0]: line for line in table.splitlines() if line.strip().startswith(("value", "norm", "none"))}
+    assert "never" in rows["value(0.5)"] and "25%" in rows["norm(1.0)"] and "never" not in rows["none"]
+    groups = json.loads(runner.invoke(app, ["compare", str(tmp_path), "-f", "json"]).stdout)
+    assert sorted(g["clip_rate_mean"] for g in groups) == [0.0, 0.0, 0.25]
+
+
+# ---------------------------------------------------------------------------
+# Damaged runs
+
+
+def damage(run_dir, how: str):
+    if how == "empty metrics":
+        (run_dir / results.METRICS).write_text("")
+        return run_dir / results.METRICS, "empty"
+    if how == "truncated metrics":
+        text = (run_dir / results.METRICS).read_text().splitlines()
+        (run_dir / results.METRICS).write_text("\n".join(text[:2]) + "\n")
+        return run_dir / results.METRICS, "truncated: its rows end at step 1 of the 2000"
+    if how == "truncated profile":
+        np.savez(run_dir / results.PROFILE, step=np.arange(3), grad_norm=np.ones((3, 40)))
+        data = (run_dir / results.PROFILE).read_bytes()
+        (run_dir / results.PROFILE).write_bytes(data[: len(data) // 2])
+        return run_dir / results.PROFILE, "truncated or corrupt"
+    (run_dir / results.CONFIG).unlink()
+    return run_dir / results.CONFIG, "missing"
+
+
+@pytest.mark.parametrize("how", ["empty metrics", "truncated metrics", "truncated profile", "missing config"])
+def test_a_damaged_run_is_named_once_and_skipped(quickstart, how, tmp_path):
+    path, why = damage(sorted(quickstart.iterdir())[0], how)
+    for command, code in ((["compare", str(quickstart)], 0), (["report", str(quickstart), "-o",
+                                                                str(tmp_path / "r.html")], 0)):
+        result = runner.invoke(app, command)
+        assert result.exit_code == code and "Traceback" not in result.output, (command, result.output)
+        named = [line for line in result.stderr.splitlines() if str(path) in line]
+        assert len(named) == 1 and named[0].startswith(f"skipped: {path}: {why}"), result.stderr
+    groups = json.loads(runner.invoke(app, ["compare", str(quickstart), "-f", "json"]).stdout)
+    assert sum(g["runs"] for g in groups) == 5
+    result = runner.invoke(app, ["compare", str(quickstart), "--check", "--expect", str(EXPECT)])
+    assert result.exit_code == 1 and "damaged run" in result.stderr  # a gate never passes on part of the runs
+
+
+EXPECT = None
+
+
+@pytest.fixture(autouse=True)
+def _expect_file(tmp_path_factory):
+    global EXPECT
+    EXPECT = tmp_path_factory.mktemp("expect") / "expect.yaml"
+    EXPECT.write_text("name: quickstart\nmodel: {cell: lstm}\n"
+                      "expect:\n  - where: {cell: lstm}\n    solved_rate: '>= 0.5'\n")
+
+
+def test_nothing_left_after_the_damaged_runs_is_bad_input(tmp_path):
+    run = write_run(tmp_path, "one")
+    (run / results.METRICS).write_text("")
+    result = runner.invoke(app, ["compare", str(tmp_path)])
+    assert result.exit_code == 2 and "no finished runs" in result.stderr and "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------------------
+# A sweep knows its runs
+
+TINY = """\
+# gradlab run tiny.yaml
+name: tiny
+task: {name: adding, length: 5, eval_size: 32}
+model: {hidden: 8}
+train: {steps: 20, batch_size: 8, eval_every: 10}
+seeds: [0, 1]
+grid:
+  model.cell: [vanilla, lstm]
+expect:
+  - where: {cell: lstm}
+    runs: 2
+"""
+
+
+def test_a_rerun_with_set_keeps_both_sweeps_apart(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    out = tmp_path / "results"
+    first = runner.invoke(app, ["run", str(config), "--out", str(out), "-q", "--jobs", "1", "-f", "json"])
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(app, ["run", str(config), "--out", str(out), "-q", "--jobs", "1", "-f", "json",
+                                 "--set", "train.steps=30"])
+    assert second.exit_code == 0, second.output
+    own = json.loads(second.stdout)
+    assert sum(g["runs"] for g in own) == 4 and "steps" not in own[0]  # only its own runs: steps is one value
+    table = runner.invoke(app, ["run", str(config), "--out", str(out), "-q", "--jobs", "1", "--set",
+                                "train.steps=30"], terminal_width=100).stdout
+    assert "tiny: 4 runs" in table and "--set train.steps=30" in table
+    both = json.loads(runner.invoke(app, ["compare", str(out), "-f", "json"]).stdout)
+    assert sorted((g["cell"], g["steps"]) for g in both) == [("lstm", 20), ("lstm", 30), ("vanilla", 20),
+                                                              ("vanilla", 30)]
+    doc = json.loads((out / "tiny" / "experiment.json").read_text())
+    assert [s["set"] for s in doc["sweeps"]] == [[], ["train.steps=30"]]  # the third added nothing to train
+    assert all(len(s["runs"]) == 4 and s["expect"] and "seconds" in s for s in doc["sweeps"])
+    assert not set(doc["sweeps"][0]["runs"]) & set(doc["sweeps"][1]["runs"])
+    check = runner.invoke(app, ["compare", str(out), "--check"])
+    assert check.exit_code == 0, check.output
+    assert f"the expectations of gradlab run {config}, on its 4 runs" in check.stderr
+    assert f"the expectations of gradlab run {config} --set train.steps=30, on its 4 runs" in check.stderr
