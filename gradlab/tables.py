@@ -150,22 +150,31 @@ def view(table, wide: bool = False, letters: bool = True) -> tuple[list[str], li
     return shown, heading, rows, labels, legend(records, wide, letters)
 
 
-def diff_view(table, columns: list[str]) -> tuple[list[str], list[list[str]]]:
-    """A diff (``comparison.diff``) as labels and rows: base → candidate per figure, the test and
-    the probability that a candidate run beats a base run."""
-    labels = [*columns, "status", "solved", "loss ÷ baseline", "P(better)", "p (MWU)", "diverged", "verdicts", "why"]
+def diff_view(table, columns: list[str]) -> tuple[list[str], list[str], list[list[str]]]:
+    """A diff (``comparison.diff``) as (constant "key=value" for the title, labels, rows): base→candidate
+    per figure, with the probability that a candidate run beats a base run and the test's p-value.
+    Grouping columns that hold one value go to the title; ``diverged`` only when any run diverged. The
+    reasons of a regression are not a column: the CLI prints them below, one line per group."""
+    records = to_records(table)
+    constant = [c for c in columns if len({cell_text(c, r[c]) for r in records}) == 1][:len(columns) - 1]
+    shown = [c for c in columns if c not in constant]
+    heading = [f"{c}={cell_text(c, records[0][c])}" for c in constant] if records else []
+    diverged = any(r["diverged_base"] or r["diverged_candidate"] for r in records)
+    labels = [*shown, "status", "solved", "loss ÷ baseline", "P(better)", "p"] + (["diverged"] if diverged else []) \
+        + ["verdicts"]
     rows = []
-    for r in to_records(table):
-        pair = lambda a, b: f"{a} → {b}"  # noqa: E731
-        solved = pair(_count(r, "solved", "base"), _count(r, "solved", "candidate"))
-        ratio = pair(num(r["loss_ratio_iqm_base"]), num(r["loss_ratio_iqm_candidate"]))
+    for r in records:
         better = num(r["p_better"])
         if r["p_better_ci_low"] is not None:
             better += f" [{num(r['p_better_ci_low'])}, {num(r['p_better_ci_high'])}]"
-        rows.append([*(cell_text(c, r[c]) for c in columns), r["status"], solved, ratio, better,
-                     num(r["p_loss"]), pair(_count(r, "diverged", "base"), _count(r, "diverged", "candidate")),
-                     pair(_letters(r["verdicts_base"]), _letters(r["verdicts_candidate"])), r["reasons"] or ""])
-    return labels, rows
+        row = [*(cell_text(c, r[c]) for c in shown), r["status"],
+               f"{_count(r, 'solved', 'base')}→{_count(r, 'solved', 'candidate')}",
+               f"{num(r['loss_ratio_iqm_base'])}→{num(r['loss_ratio_iqm_candidate'])}", better, num(r["p_loss"])]
+        if diverged:
+            row.append(f"{_count(r, 'diverged', 'base')}→{_count(r, 'diverged', 'candidate')}")
+        row.append(f"{_letters(r['verdicts_base'])}→{_letters(r['verdicts_candidate'])}")
+        rows.append(row)
+    return heading, labels, rows
 
 
 def _count(r: dict, column: str, side: str) -> str:
@@ -173,11 +182,11 @@ def _count(r: dict, column: str, side: str) -> str:
 
 
 def _letters(verdicts) -> str:
-    return verdicts_text({"verdicts": verdicts})
+    return verdicts_text({"verdicts": verdicts}).replace(" ", "")  # 2E1H: one token beside its arrow
 
 
 def diff_legend() -> str:
     return ("P(better): probability that a candidate run's loss ÷ baseline is below a base run's "
-            "[95% bootstrap interval from 5 runs a side] · p (MWU): two-sided Mann–Whitney U test of the loss "
+            "[95% bootstrap interval from 5 runs a side] · p: two-sided Mann–Whitney U test of the loss "
             "ratios; a regression is 'supported' when p < 0.05 (at 2 against 2 runs p cannot go below 0.33) · "
             "verdicts: E exploding, V vanishing, H healthy")

@@ -241,9 +241,9 @@ def test_a_regression_says_whether_it_is_statistically_supported(tmp_path):
                                           "-f", "json"]).stdout)["diff"][0]
     assert many["status"] == "regression" and many["supported"] is True and many["p_loss"] < 0.01
     assert many["p_better"] == 0.0 and many["p_better_ci_high"] == 0.0
-    table = runner.invoke(app, ["compare", str(tmp_path / "many"), str(tmp_path / "many-worse")],
-                          terminal_width=100).stdout
-    assert "P(better)" in table and "supported (Mann–Whitney" in table
+    shown = runner.invoke(app, ["compare", str(tmp_path / "many"), str(tmp_path / "many-worse")], terminal_width=100)
+    assert "P(better)" in shown.stdout and "0→0 [0, 0]" not in shown.stdout and "0 [0, 0]" in shown.stdout
+    assert "REGRESSION: " in shown.stderr and "supported (Mann–Whitney p=" in shown.stderr
 
 
 def test_numbers_sort_as_numbers(tmp_path):

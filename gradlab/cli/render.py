@@ -113,11 +113,12 @@ def diff_rich_table(table, columns, title) -> Group:
     """Base → candidate per figure, with the test of each changed group (``tables.diff_view``)."""
     from gradlab.tables import diff_legend, diff_view
 
-    labels, rows = diff_view(table, columns)
+    heading, labels, rows = diff_view(table, columns)
     styles = {"regression": "red", "missing": "red", "new": "yellow", "ok": "green"}
-    at = len(columns)  # the status, in its colour
+    at = labels.index("status")  # the status, in its colour
     rows = [[*row[:at], Text(row[at], style=styles.get(row[at], "")), *row[at + 1:]] for row in rows]
-    t = _table(title, labels, rows, left=at + 1, text_labels=("verdicts", "why"))
+    t = _table(" · ".join(x for x in (title, ", ".join(heading)) if x), labels, rows, left=at + 1,
+               text_labels=("verdicts",))
     return Group(t, Text(diff_legend(), style="dim"))
 
 
