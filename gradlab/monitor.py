@@ -80,7 +80,7 @@ class GradientMonitor:
         nonfinite = 0 if math.isfinite(total) else sum(int((~torch.isfinite(grads[j])).sum()) for j in present)
         row = {"step": len(self.rows) + 1}
         if loss is not None:
-            row["loss"] = float(loss)
+            row["loss"] = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
         row.update({"grad_norm": total, **{f"grad_norm_{g}": v for g, v in zip(self.groups, group_norms.tolist())},
                     "nonfinite": nonfinite})
         self.rows.append(row)
