@@ -51,11 +51,7 @@ class GradientMonitor:
         self.params = [p for _, p in named]
         keys = [n.split(".")[0] if group_by == "module" else n for n, _ in named]
         self.groups = list(dict.fromkeys(keys))
-        # (G, P) 0/1: which group each parameter belongs to, for all group norms in one product
-        member = torch.zeros(len(self.groups), len(named), dtype=torch.float64)
-        for j, key in enumerate(keys):
-            member[self.groups.index(key), j] = 1.0
-        self._member = member
+        self._group_of = torch.tensor([self.groups.index(k) for k in keys])  # (P,) each parameter's group
         self.thresholds, self.writer = thresholds, writer
         self.rows: list[dict] = []
 
@@ -75,7 +71,8 @@ class GradientMonitor:
                 norms = [n.cpu() for n in norms]
             stacked = torch.stack(norms).to(torch.float64)
             squares[present] = (stacked * stacked).cpu()
-        group_norms = (self._member @ squares).sqrt()  # (G,)
+        # summed per group (index_add, not a 0/1 matrix product: 0·inf would make NaN of every group)
+        group_norms = torch.zeros(len(self.groups), dtype=torch.float64).index_add_(0, self._group_of, squares).sqrt()
         total = math.sqrt(squares.sum().item())
         nonfinite = 0 if math.isfinite(total) else sum(int((~torch.isfinite(grads[j])).sum()) for j in present)
         row = {"step": len(self.rows) + 1}

@@ -350,7 +350,8 @@ def profile_figure(profiles, path, *, dependency_lag: int | None = None,
     dash-dotted. path: a file name or a binary file object; returned as given.
     """
     p = np.asarray(profiles, dtype=np.float64)  # (L, T)
-    fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.12, top=0.86)  # fixed: a layout engine doubles the time
     lags = np.arange(p.shape[1])
     for layer, row in enumerate(p):
         ax.plot(lags, row[::-1], lw=1.6, label=f"layer {layer}" + (" (reads the input)" if layer == 0 else ""))

@@ -22,18 +22,18 @@ MODULES = {  # name: (module class, its kwargs, the cell class of the reference 
     "lstm": (nn.LSTM, {}, nn.LSTMCell, {}),
     "gru": (nn.GRU, {}, nn.GRUCell, {}),
 }
-T, B, I, H = 9, 3, 2, 4
+T, B, IN, H = 9, 3, 2, 4
 
 
 def make(name, layers, batch_first, seed=0):
     cls, kwargs, _, _ = MODULES[name]
     torch.manual_seed(seed)
-    return cls(I, H, num_layers=layers, batch_first=batch_first, **kwargs).to(F64)
+    return cls(IN, H, num_layers=layers, batch_first=batch_first, **kwargs).to(F64)
 
 
 def inputs(batch_first, seed=1):
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(T, B, I, generator=gen, dtype=F64)  # (T, B, I)
+    x = torch.randn(T, B, IN, generator=gen, dtype=F64)  # (T, B, IN)
     return x.transpose(0, 1).contiguous() if batch_first else x
 
 
@@ -48,7 +48,7 @@ def loss_of(out, where, batch_first):
 def cell_loop_profile(name, module, x, where, batch_first):
     """The reference: (L, T) Σ_b ‖∂L/∂h_t^(l)‖ from a *Cell loop, retain_grad on every h_t^(l)."""
     _, _, cell_cls, cell_kwargs = MODULES[name]
-    seq = x.transpose(0, 1) if batch_first else x  # (T, B, I)
+    seq = x.transpose(0, 1) if batch_first else x  # (T, B, IN)
     hidden = []  # [layer][t] -> h_t^(l)
     for layer in range(module.num_layers):
         cell = cell_cls(seq.shape[-1], H, **cell_kwargs).to(F64)
@@ -160,12 +160,12 @@ def test_denormals_are_flushed_inside_and_the_setting_restored():
 
 def test_unsupported_settings_raise_one_clear_error():
     with pytest.raises(ValueError, match="bidirectional=True is not supported"):
-        gradlab.watch(nn.LSTM(I, H, bidirectional=True))
+        gradlab.watch(nn.LSTM(IN, H, bidirectional=True))
     with pytest.raises(ValueError, match="proj_size=2 is not supported"):
-        gradlab.watch(nn.LSTM(I, H, proj_size=2))
+        gradlab.watch(nn.LSTM(IN, H, proj_size=2))
     with pytest.raises(ValueError, match="expected an nn.RNN, nn.LSTM or nn.GRU, got Linear"):
-        gradlab.watch(nn.Linear(I, H))
-    m = nn.GRU(I, H, num_layers=2, dropout=0.5).to(F64)
+        gradlab.watch(nn.Linear(IN, H))
+    m = nn.GRU(IN, H, num_layers=2, dropout=0.5).to(F64)
     x = inputs(False)
     with gradlab.watch(m), pytest.raises(ValueError, match="dropout=0.5 between layers in training mode"):
         m(x)
@@ -211,10 +211,10 @@ def test_the_profile_needs_a_forward_and_a_backward_and_survives_a_no_grad_evalu
     m, x = make("lstm", 1, False), inputs(False)
     with gradlab.watch(m) as probe:
         with pytest.raises(RuntimeError, match="no forward with gradients"):
-            probe.profile
+            _ = probe.profile
         out, _ = m(x)
         with pytest.raises(RuntimeError, match="call loss.backward"):
-            probe.profile
+            _ = probe.profile
         loss_of(out, "last", False).backward()
         with torch.no_grad():
             m(x)

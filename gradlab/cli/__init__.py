@@ -355,7 +355,7 @@ def export(
     if not written:
         fail(f"no finished runs to export under {directory}")
     for path in written:
-        out_console.print(str(path), markup=False, highlight=False)
+        out_console.print(str(path), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
