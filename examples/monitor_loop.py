@@ -32,7 +32,7 @@ def main():
     model = Regressor()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
     monitor = gradlab.GradientMonitor(model)  # groups: gru, head
-    for step in range(200):
+    for step in range(100):
         x = torch.rand(20, 16, 2, generator=gen)
         y = x[:3, :, 0].sum(dim=0, keepdim=True).T  # (B, 1): the sum of the first three values
         optimizer.zero_grad()

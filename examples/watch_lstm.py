@@ -3,7 +3,7 @@
     python examples/watch_lstm.py [OUT_DIR]
 
 The task needs memory: the class is the sign of the first input's first channel,
-read only at the last of T = 40 steps (a lag of 39). The script trains for 60
+read only at the last of T = 40 steps (a lag of 39). The script trains for 30
 steps as any user would (watch is not needed for that), then measures
 the gradient through time of one batch with gradlab.watch, prints its summary
 and writes OUT_DIR/grad_profile.png (default: the current directory).
@@ -41,7 +41,7 @@ def main(out_dir: Path):
     torch.manual_seed(0)
     model = Classifier()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(60):
+    for _ in range(30):
         x, y = batch(gen)
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
