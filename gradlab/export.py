@@ -22,7 +22,6 @@ buffers, so this module needs the ``tensorboard`` package (the optional extra
 
 from __future__ import annotations
 
-import csv
 import io
 import socket
 import time
@@ -84,8 +83,7 @@ def scalars(rows: list[dict]) -> list[tuple[str, int, float]]:
 def run_events(proto, record: dict, run_dir: Path) -> list:
     """The run's Events: its scalars and a profile image per evaluation, wall times spread over its training."""
     summary, config = record["summary"], record["config"]
-    path = run_dir / results.METRICS
-    rows = list(csv.DictReader(path.open())) if path.is_file() else []
+    rows = results.read_metrics(run_dir)
     steps = max(int(config.get("train", {}).get("steps") or 1), 1)
     wall = summary.get("wall_seconds") or 0.0
     start = (run_dir / results.SUMMARY).stat().st_mtime - wall
