@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from gradlab import diagnostics, engine
-from gradlab.cells import Probe
+from gradlab.cells import GATES, Probe
 from gradlab.diagnostics import DEFAULTS, Thresholds
 
 # torch's ``mode`` of the module -> (gradlab's recurrence, nonlinearity)
@@ -127,9 +127,9 @@ class Watch:
 
     def _params(self, layer: int, x: torch.Tensor) -> list[torch.Tensor]:
         """Layer ``layer``'s Parameters in the engine's order; zeros for the biases of ``bias=False``."""
-        m, G = self.module, {"rnn": 1, "lstm": 4, "gru": 3}[self.recurrence]
+        m = self.module
         return [getattr(m, f"{name}_l{layer}") if hasattr(m, f"{name}_l{layer}")
-                else x.new_zeros(G * m.hidden_size) for name in PARAMS]
+                else x.new_zeros(GATES[self.recurrence] * m.hidden_size) for name in PARAMS]
 
     def _initial_states(self, hx, x, batched):
         """One engine state per layer: (B, H), or (h, c) for the LSTM; zeros when hx is None."""

@@ -145,6 +145,23 @@ def test_an_initial_state_and_unbatched_input(name):
     assert (h1[0] if name == "lstm" else h1).shape == (2, H)
 
 
+@pytest.mark.parametrize("name", list(MODULES))
+def test_a_module_without_biases(name):
+    cls, kwargs, _, _ = MODULES[name]
+    torch.manual_seed(0)
+    m, x = cls(IN, H, num_layers=2, bias=False, **kwargs).to(F64), inputs(False)
+    out_ref, _ = m(x)
+    loss_of(out_ref, "every", False).backward()
+    grads_ref = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    with gradlab.watch(m):
+        out, _ = m(x)
+        loss_of(out, "every", False).backward()
+    torch.testing.assert_close(out, out_ref, **TOL)
+    for p, g in zip(m.parameters(), grads_ref):
+        torch.testing.assert_close(p.grad, g, **TOL)
+
+
 def test_the_module_is_restored_after_an_exception_inside():
     m, x = make("gru", 2, True), inputs(True)
     before, _ = m(x)
