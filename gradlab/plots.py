@@ -338,3 +338,33 @@ def _column(run: Run, kind: str, column: str, skip_nonfinite: bool = False) -> p
     values = pd.to_numeric(rows[column], errors="coerce")
     values.index = rows["step"]
     return values if values.notna().any() else None
+
+
+def profile_figure(profiles, path, *, dependency_lag: int | None = None,
+                   horizon_fraction: float = DEFAULTS.horizon_fraction, title: str = "Gradient through time"):
+    """One model's gradient-through-time profile: Σ_b ‖∂L/∂h_{T-1-k}‖ against the lag k, a line per layer.
+
+    profiles: (L, T), bottom layer first, as ``gradlab.watch`` measures it. Absolute
+    values on a log scale (the layers share the axis, so the gradient through depth
+    shows too), the horizon threshold of layer 0's peak dotted, the dependency's lag
+    dash-dotted. path: a file name or a binary file object; returned as given.
+    """
+    p = np.asarray(profiles, dtype=np.float64)  # (L, T)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.12, top=0.86)  # fixed: a layout engine doubles the time
+    lags = np.arange(p.shape[1])
+    for layer, row in enumerate(p):
+        ax.plot(lags, row[::-1], lw=1.6, label=f"layer {layer}" + (" (reads the input)" if layer == 0 else ""))
+    finite = p[0][np.isfinite(p[0])]
+    if len(finite) and finite.max() > 0:
+        ax.axhline(horizon_fraction * finite.max(), color="gray", ls=":", lw=1,
+                   label=f"horizon threshold ({horizon_fraction:g} of layer 0's peak)")
+    if dependency_lag is not None:
+        ax.axvline(dependency_lag, color="black", ls="-.", lw=1, label="lag of the dependency")
+    ax.set(title=title, xlabel="lag k (steps before the last step)",
+           ylabel=r"$\sum_b \Vert\partial L/\partial h_{T-1-k}\Vert$ (log scale)")
+    ax.set_yscale("log", nonpositive="mask")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=DPI, format="png")
+    plt.close(fig)
+    return path

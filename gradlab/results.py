@@ -94,6 +94,15 @@ def metrics_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def read_metrics(run_dir: Path) -> list[dict]:
+    """A run's metrics.csv as rows of strings (``""`` where a row has no value); [] when it has none."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def write_profile(path: Path, profile: dict) -> None:
     """The gradient-through-time profiles as a compressed .npz (numpy arrays), atomically."""
     import numpy as np

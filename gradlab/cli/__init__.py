@@ -368,6 +368,37 @@ def plot(
 
 @app.command()
 @user_errors
+def export(
+    directory: Path = typer.Argument(..., help="Results directory, searched recursively."),
+    tensorboard: Path = typer.Option(..., "--tensorboard", help="TensorBoard log directory to write "
+                                     "(one run per result: EXPERIMENT/RUN_ID; needs gradlab[tensorboard])."),
+):
+    """Write every run's metrics and gradient-through-time profiles as TensorBoard event files.
+
+    Scalars train/... and eval/... (one per metrics.csv column) at each step, and the
+    profile as the image gradient_through_time at each evaluation. Exporting again
+    replaces a run's earlier export.
+
+    \b
+    Example: gradlab export results/quickstart --tensorboard runs/
+    Example: gradlab export results/ --tensorboard runs/ && tensorboard --logdir runs/
+    """
+    if not directory.is_dir():
+        fail(f"{directory}: no such directory")
+    from gradlab.export import TensorBoardMissing, export_tensorboard
+
+    try:
+        written = export_tensorboard(directory, tensorboard)
+    except TensorBoardMissing as e:
+        fail(str(e))
+    if not written:
+        fail(f"no finished runs to export under {directory}")
+    for path in written:
+        out_console.print(str(path), markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+@user_errors
 def bench(
     cells: str = typer.Option("vanilla,irnn,orthogonal,skip,lstm,gru", "--cells", help="Comma-separated cells."),
     length: int = typer.Option(200, "--length", min=1, help="Sequence length T."),

@@ -1,0 +1,144 @@
+"""A results directory as TensorBoard event files: ``gradlab export DIR --tensorboard LOGDIR``.
+
+Every finished run under DIR becomes one TensorBoard run, ``LOGDIR/<experiment>/<run id>``
+(TensorBoard shows it as ``<experiment>/<run id>``), holding
+
+- a scalar per numeric column of its ``metrics.csv``: ``train/<column>`` for the
+  training rows (``train/loss``, ``train/grad_norm`` before clipping,
+  ``train/grad_norm_clipped`` after, the group norms, ...) and ``eval/<column>``,
+  ``eval_`` dropped, for the evaluations (``eval/loss``, ``eval/accuracy``,
+  ``eval/horizon``, ``eval/decay_rate``, ``eval/dependency_ratio``, the spectra, ...),
+  at their training step; an empty cell (a figure that was not defined) is left out;
+- the image ``gradient_through_time`` at each evaluation step: Σ_b ‖∂L/∂h‖ against
+  the lag, one line per layer (``plots.profile_figure``); TensorBoard's step
+  slider walks through training.
+
+Results are read with ``results`` (the disk is the source of truth); each event
+file is written atomically. Exporting again replaces a run's earlier export. The
+event records are written with tensorboard's own record writer and protocol
+buffers, so this module needs the ``tensorboard`` package (the optional extra
+``gradlab[tensorboard]``) but not torch.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+from pathlib import Path
+
+from gradlab import results
+
+PROFILE_TAG = "gradient_through_time"
+SUFFIX = ".gradlab"  # ends the name of every event file export writes: the ones a new export replaces
+
+
+class TensorBoardMissing(RuntimeError):
+    """The ``tensorboard`` package is not installed."""
+
+
+def export_tensorboard(root: Path, logdir: Path) -> list[Path]:
+    """Write one TensorBoard run per finished run under ``root`` into ``logdir``; return their directories.
+
+    A run found twice (the same experiment and run hash, e.g. in two shards) is written once.
+    """
+    proto = _protos()
+    written, seen = [], set()
+    for run_dir in results.find_runs(root):
+        record = results.load_run(run_dir)
+        experiment = record["config"].get("name") or run_dir.parent.name
+        key = (experiment, results.run_hash(record["id"]))
+        if key in seen:
+            continue
+        seen.add(key)
+        target = Path(logdir) / experiment / record["id"]
+        events = run_events(proto, record, run_dir)
+        for old in target.glob(f"events.out.tfevents.*{SUFFIX}"):
+            old.unlink()
+        results.write_atomic(target / f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}{SUFFIX}",
+                             _records(proto, events))
+        written.append(target)
+    return written
+
+
+def scalars(rows: list[dict]) -> list[tuple[str, int, float]]:
+    """(tag, step, value) of every numeric cell of metrics.csv rows (as csv reads them: strings)."""
+    out = []
+    for row in rows:
+        kind = row.get("kind")
+        if kind not in ("train", "eval") or not row.get("step"):
+            continue
+        step = int(float(row["step"]))
+        for column, text in row.items():
+            if column in ("kind", "step") or text in (None, ""):
+                continue
+            try:
+                value = float(text)
+            except ValueError:
+                continue
+            out.append((f"{kind}/{column.removeprefix('eval_') if kind == 'eval' else column}", step, value))
+    return out
+
+
+def run_events(proto, record: dict, run_dir: Path) -> list:
+    """The run's Events: its scalars and a profile image per evaluation, wall times spread over its training."""
+    summary, config = record["summary"], record["config"]
+    rows = results.read_metrics(run_dir)
+    steps = max(int(config.get("train", {}).get("steps") or 1), 1)
+    wall = summary.get("wall_seconds") or 0.0
+    start = (run_dir / results.SUMMARY).stat().st_mtime - wall
+    when = lambda step: start + wall * min(step, steps) / steps  # noqa: E731
+    events = [proto.Event(wall_time=start, file_version="brain.Event:2")]
+    for tag, step, value in scalars(rows):
+        value_pb = proto.Summary.Value(tag=tag, simple_value=value)
+        events.append(proto.Event(wall_time=when(step), step=step, summary=proto.Summary(value=[value_pb])))
+    profile = results.read_profile(run_dir)
+    if profile is not None and profile["grad_norm"].size:
+        fraction = config.get("diagnostics", {}).get("horizon_fraction")
+        for i, step in enumerate(profile["step"].tolist()):
+            layers = profile["grad_norm_layers"][i] if "grad_norm_layers" in profile else profile["grad_norm"][i:i + 1]
+            image = _profile_image(proto, layers, summary.get("dependency_lag"), fraction,
+                                   f"{record['id']}\nstep {step}")
+            value_pb = proto.Summary.Value(tag=PROFILE_TAG, image=image)
+            events.append(proto.Event(wall_time=when(step), step=step, summary=proto.Summary(value=[value_pb])))
+    return events
+
+
+def _profile_image(proto, layers, dependency_lag, horizon_fraction, title):
+    """An (L, S) profile as a Summary.Image (PNG)."""
+    from gradlab import plots
+
+    buf = io.BytesIO()
+    options = {} if horizon_fraction is None else {"horizon_fraction": horizon_fraction}
+    plots.profile_figure(layers, buf, dependency_lag=dependency_lag, title=title, **options)
+    png = buf.getvalue()
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")  # the IHDR chunk
+    return proto.Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)
+
+
+def _records(proto, events) -> bytes:
+    """Events as the bytes of a TFRecord event file (length, CRCs, payload per record)."""
+    buf = io.BytesIO()
+    writer = proto.RecordWriter(buf)
+    for event in events:
+        writer.write(event.SerializeToString())
+    return buf.getvalue()
+
+
+class _Protos:
+    """tensorboard's Event and Summary protocol buffers and its record writer, imported on first use."""
+
+    def __init__(self):
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        self.Event, self.Summary, self.RecordWriter = Event, Summary, RecordWriter
+
+
+def _protos() -> _Protos:
+    try:
+        return _Protos()
+    except ImportError as e:
+        raise TensorBoardMissing("the tensorboard package is not installed: pip install 'gradlab[tensorboard]'") \
+            from e

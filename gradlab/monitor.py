@@ -1,0 +1,122 @@
+"""A gradient monitor for any training loop: ``GradientMonitor(model)``, ``monitor.step()`` after backward.
+
+It records what a gradlab run records of its gradients, for a model gradlab did
+not build: every step the global gradient norm before clipping (call ``step()``
+between ``loss.backward()`` and the clip), the norm of each parameter group, and
+the count of non-finite gradient entries. ``suggested_clip()`` and ``verdict()``
+are ``diagnostics.suggest_clip`` and ``diagnostics.verdict`` on that norm series,
+with a run's thresholds (``diagnostics.DEFAULTS``): a spike is a norm above
+``spike_factor`` × the running median of the previous ``spike_window`` finite
+norms (Pascanu, Mikolov & Bengio 2013 §3), the suggested threshold is the median
+of the finite norms.
+
+Cost per step: one ``torch._foreach_norm`` over the gradients, a few sums, one
+transfer of a handful of numbers to the host (a device sync on CUDA); the
+non-finite entries are counted only in a step whose norm is not finite (a
+finite norm has none).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from gradlab import diagnostics
+from gradlab.diagnostics import DEFAULTS, Thresholds
+
+GROUPINGS = ("module", "parameter")
+
+
+class GradientMonitor:
+    """Per-step gradient norms of ``model`` and a run's spike rule, verdict and suggested clip on them.
+
+    group_by: ``"module"`` (default) groups the parameters by the top-level
+    submodule their name starts with (``lstm.weight_hh_l0`` -> ``lstm``; a
+    parameter of the model itself is its own group); ``"parameter"``: one group per
+    parameter, by its full name. Each group g is the column ``grad_norm_<g>``.
+    writer: an optional ``torch.utils.tensorboard.SummaryWriter``; each step adds
+    ``train/grad_norm``, ``train/grad_norm_<g>``, ``train/nonfinite`` (and
+    ``train/loss`` when ``step`` is given one).
+    """
+
+    def __init__(self, model: nn.Module, *, group_by: str = "module", thresholds: Thresholds = DEFAULTS,
+                 writer=None):
+        if group_by not in GROUPINGS:
+            raise ValueError(f"group_by {group_by!r}: expected one of {', '.join(GROUPINGS)}")
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("GradientMonitor: the model has no parameters that require grad")
+        self.params = [p for _, p in named]
+        keys = [n.split(".")[0] if group_by == "module" else n for n, _ in named]
+        self.groups = list(dict.fromkeys(keys))
+        self._group_of = torch.tensor([self.groups.index(k) for k in keys])  # (P,) each parameter's group
+        self.thresholds, self.writer = thresholds, writer
+        self.rows: list[dict] = []
+
+    def step(self, loss: float | torch.Tensor | None = None) -> dict:
+        """Record the current gradients (call it after backward, before clipping); returns the row.
+
+        Row: ``step`` (1, 2, ...), ``loss`` when given, ``grad_norm`` (global,
+        pre-clip), ``grad_norm_<group>``, ``nonfinite`` (gradient entries that are
+        inf or NaN). A parameter without a gradient counts as zero.
+        """
+        grads = [p.grad for p in self.params]
+        present = [j for j, g in enumerate(grads) if g is not None]
+        squares = torch.zeros(len(self.params), dtype=torch.float64)  # (P,) ‖g_p‖²
+        if present:
+            norms = torch._foreach_norm([grads[j] for j in present])  # fused kernels, per device and dtype
+            if len({n.device for n in norms}) > 1:  # a model spread over devices
+                norms = [n.cpu() for n in norms]
+            stacked = torch.stack(norms).to(torch.float64)
+            squares[present] = (stacked * stacked).cpu()
+        # summed per group (index_add, not a 0/1 matrix product: 0·inf would make NaN of every group)
+        group_norms = torch.zeros(len(self.groups), dtype=torch.float64).index_add_(0, self._group_of, squares).sqrt()
+        total = math.sqrt(squares.sum().item())
+        nonfinite = 0 if math.isfinite(total) else sum(int((~torch.isfinite(grads[j])).sum()) for j in present)
+        row = {"step": len(self.rows) + 1}
+        if loss is not None:
+            row["loss"] = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+        row.update({"grad_norm": total, **{f"grad_norm_{g}": v for g, v in zip(self.groups, group_norms.tolist())},
+                    "nonfinite": nonfinite})
+        self.rows.append(row)
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "step":
+                    self.writer.add_scalar(f"train/{key}", value, row["step"])
+        return row
+
+    def norms(self) -> list[float]:
+        """The pre-clip global norms in step order, NaN where a step was non-finite (as a run's)."""
+        return [r["grad_norm"] if math.isfinite(r["grad_norm"]) else math.nan for r in self.rows]
+
+    def spikes(self) -> list[int]:
+        """The steps whose norm is a spike (``diagnostics.detect_spikes`` with the monitor's thresholds)."""
+        found = diagnostics.detect_spikes(self.norms(), self.thresholds.spike_factor, self.thresholds.spike_window)
+        return [self.rows[i]["step"] for i in found]
+
+    def suggested_clip(self) -> float | None:
+        """A global-norm clipping threshold: the median of the finite pre-clip norms so far (None before any)."""
+        return diagnostics.suggest_clip(self.norms())
+
+    def verdict(self) -> str:
+        """``exploding`` (a non-finite step, or a spike) or ``healthy``: a run's rule without the profile."""
+        return self.summary()["verdict"]
+
+    def summary(self) -> dict:
+        """steps, verdict and its figures (nonfinite_steps, spikes, spike_ratio_max), grad_norm_max,
+        suggested_clip: the keys of a run's summary.json that the norm series gives."""
+        norms = self.norms()
+        nonfinite_steps = sum(1 for n in norms if math.isnan(n))
+        verdict, figures = diagnostics.verdict(norms, nonfinite_steps, None, 0, self.thresholds)
+        return {"steps": len(self.rows), "verdict": verdict,
+                **{k: figures[k] for k in ("nonfinite_steps", "spikes", "spike_ratio_max")},
+                "grad_norm_max": max((n for n in norms if math.isfinite(n)), default=None),
+                "suggested_clip": diagnostics.suggest_clip(norms)}
+
+    def frame(self):
+        """The rows as a pandas DataFrame, one row per step."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)

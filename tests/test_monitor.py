@@ -1,0 +1,140 @@
+"""gradlab.GradientMonitor: its norms against torch's, and a run's spike rule, verdict and clip on them."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import gradlab
+from gradlab.training import train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine every parallel
+    call can wait milliseconds for the second core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(2, 6)
+        self.head = nn.Linear(6, 1)
+        self.scale = nn.Parameter(torch.ones(1))  # a parameter of the model itself: its own group
+
+    def forward(self, x):  # x: (T, B, 2)
+        return self.head(self.lstm(x)[0][-1]) * self.scale
+
+
+def batch(step):
+    gen = torch.Generator().manual_seed(step)
+    return torch.randn(5, 4, 2, generator=gen), torch.randn(4, 1, generator=gen)
+
+
+def backward(model, step, factor=1.0):
+    model.zero_grad()
+    x, y = batch(step)
+    loss = nn.functional.mse_loss(model(x), y)
+    (loss * factor).backward()
+    return loss
+
+
+def test_the_norms_are_torch_norms_by_module_and_by_parameter():
+    torch.manual_seed(0)
+    model = Model()
+    by_module, by_param = gradlab.GradientMonitor(model), gradlab.GradientMonitor(model, group_by="parameter")
+    backward(model, 0)
+    row, param_row = by_module.step(), by_param.step()
+    reference = nn.utils.clip_grad_norm_(model.parameters(), float("inf")).item()  # the global pre-clip norm
+    assert row["grad_norm"] == pytest.approx(reference, rel=1e-6) == param_row["grad_norm"]
+    lstm = torch.cat([p.grad.flatten() for p in model.lstm.parameters()]).norm().item()
+    assert row["grad_norm_lstm"] == pytest.approx(lstm, rel=1e-6)
+    assert row["grad_norm_scale"] == pytest.approx(model.scale.grad.abs().item(), rel=1e-6)
+    assert set(row) == {"step", "grad_norm", "grad_norm_lstm", "grad_norm_head", "grad_norm_scale", "nonfinite"}
+    assert param_row["grad_norm_head.weight"] == pytest.approx(model.head.weight.grad.norm().item(), rel=1e-6)
+    assert row["step"] == 1 and row["nonfinite"] == 0
+
+
+def test_an_injected_spike_and_a_nan_are_flagged():
+    torch.manual_seed(0)
+    model = Model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor = gradlab.GradientMonitor(model)
+    for step in range(1, 81):
+        factor = 1e4 if step == 60 else 1.0  # the spike: this step's gradient 10^4 times the usual
+        loss = backward(model, step, factor)
+        if step == 70:
+            model.head.weight.grad[0, 0] = float("nan")
+        monitor.step(loss)
+        if step == 50:
+            assert monitor.verdict() == "healthy" and monitor.spikes() == []
+        if step not in (60, 70):
+            optimizer.step()
+    assert monitor.spikes() == [60]
+    assert monitor.verdict() == "exploding"
+    summary = monitor.summary()
+    assert summary["nonfinite_steps"] == 1 and summary["spikes"] == 1 and summary["spike_ratio_max"] > 1000
+    frame = monitor.frame()
+    assert len(frame) == 80 and list(frame["step"]) == list(range(1, 81))
+    assert frame.loc[69, "nonfinite"] == 1 and math.isnan(frame.loc[69, "grad_norm"])
+    assert math.isnan(frame.loc[69, "grad_norm_head"]) and math.isfinite(frame.loc[69, "grad_norm_lstm"])
+    assert frame["nonfinite"].drop(index=69).eq(0).all()
+    finite = frame["grad_norm"].dropna()
+    assert monitor.suggested_clip() == pytest.approx(finite.median())  # the NaN step left out
+
+
+def run_config():
+    """A tiny gradlab run whose norms spike: an IRNN trained with SGD at lr 0.1."""
+    return {"name": "t", "task": {"name": "adding", "length": 10, "eval_size": 16},
+            "model": {"cell": "irnn", "hidden": 8, "nonlinearity": None, "skip": 2, "engine": "scan"},
+            "train": {"steps": 150, "batch_size": 8, "optimizer": "sgd", "lr": 0.1, "clip": {"kind": "none"},
+                      "tbptt": None, "eval_every": 150, "on_nonfinite": "skip"},
+            "diagnostics": {}, "seed": 0, "device": "cpu", "dtype": "float32", "threads": 1}
+
+
+def test_the_verdict_spikes_and_suggested_clip_are_a_gradlab_runs():
+    out = train(run_config())
+    run = out["summary"]
+    assert run["spikes"] >= 1 and run["verdict"] == "exploding"
+    # replay the run's pre-clip norms through a monitor: one parameter whose gradient has that norm
+    weight = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    monitor = gradlab.GradientMonitor(nn.ParameterList([weight]))
+    for row in out["rows"]:
+        if row["kind"] == "train":
+            weight.grad = torch.tensor([row["grad_norm"]], dtype=torch.float64)
+            monitor.step()
+    summary = monitor.summary()
+    for key in ("spikes", "spike_ratio_max", "nonfinite_steps", "suggested_clip", "grad_norm_max"):
+        assert summary[key] == pytest.approx(run[key], rel=1e-12), key
+    assert monitor.verdict() == run["verdict"]
+
+
+def test_the_monitor_writes_to_a_summary_writer(tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    torch.manual_seed(0)
+    model = Model()
+    with SummaryWriter(tmp_path) as writer:
+        monitor = gradlab.GradientMonitor(model, writer=writer)
+        for step in range(1, 4):
+            monitor.step(backward(model, step))
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {"train/loss", "train/grad_norm", "train/grad_norm_lstm",
+                                             "train/grad_norm_head", "train/grad_norm_scale", "train/nonfinite"}
+    logged = [(e.step, e.value) for e in events.Scalars("train/grad_norm")]
+    assert logged == [(r["step"], pytest.approx(r["grad_norm"], rel=1e-6)) for r in monitor.rows]
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="group_by 'layer': expected one of module, parameter"):
+        gradlab.GradientMonitor(Model(), group_by="layer")
+    with pytest.raises(ValueError, match="no parameters that require grad"):
+        gradlab.GradientMonitor(nn.ReLU())
