@@ -36,7 +36,8 @@ def __dir__():
 def load(directory):
     """Every finished run under ``directory`` (searched recursively), one row each, as ``gradlab compare``
     reads them: a pandas DataFrame of config columns (task, length, cell, clip, tbptt, lr, seed, ...) and
-    summary columns (status, final_loss, solved, verdict, horizon, suggested_clip, run_dir, ...)."""
+    summary columns (status, final_loss, solved, verdict, horizon, suggested_clip, run_dir, ...).
+    A damaged run directory raises ``gradlab.results.Damaged`` naming the file."""
     from pathlib import Path
 
     from gradlab.comparison import load_frame
