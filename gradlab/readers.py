@@ -55,7 +55,7 @@ def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except json.JSONDecodeError as e:
-        raise Damaged(f"truncated or corrupt JSON ({e.msg} at line {e.lineno})") from None
+        raise Damaged(f"truncated or corrupt JSON: {e}") from None
     except UnicodeDecodeError:
         raise Damaged("corrupt: not UTF-8 text") from None
     except OSError as e:

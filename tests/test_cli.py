@@ -290,8 +290,14 @@ def test_a_truncated_summary_is_named_not_a_traceback(tiny_results, tmp_path):
     summary = sorted(copy.rglob("summary.json"))[0]
     summary.write_text(summary.read_text()[:40])  # cut short, as by a full disk or an interrupted copy
     for command in (["compare", str(copy)], ["compare", str(copy), "--check"], ["compare", str(out), str(copy)],
-                    ["report", str(copy), "-o", str(tmp_path / "r.html")], ["plot", str(copy)]):
+                    ["report", str(copy), "-o", str(tmp_path / "r.html")]):
         result = runner.invoke(app, command)
         assert result.exit_code == 2 and "Traceback" not in result.output, (command, result.output)
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: {summary}: truncated or corrupt JSON"), lines
+    # plot draws what is whole and names what it left out (issue 12): one line, exit 0
+    result = runner.invoke(app, ["plot", str(copy), "-o", str(tmp_path / "plots")])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"skipped: {summary}: truncated or corrupt JSON: "), lines
+    assert lines[0].endswith("; the run is left out")
