@@ -1,7 +1,9 @@
 """Figures of the runs found on disk: learning curves, gradient norms, the vanishing picture.
 
-``draw(root, out)`` reads every finished, successful run under ``root`` and
-writes PNGs to ``out`` (one folder per experiment when ``root`` holds several):
+``draw(root, out)`` reads every finished, successful run under ``root``, writes
+PNGs to ``out`` (a folder ``out/<experiment>`` each when ``root`` holds several
+experiments) and returns what it wrote and the damaged files it left out;
+``plot(root, out)`` returns only the paths:
 
 - ``learning_curves.png``  eval loss over training, median over seeds, min–max band, baseline dashed
 - ``grad_norm.png``        pre-clip global gradient norm over training (log scale), clip threshold dotted
@@ -11,9 +13,9 @@ writes PNGs to ``out`` (one folder per experiment when ``root`` holds several):
 Runs that differ only by seed form a group. A cell has the same colour in every
 figure of every experiment; the first other key that differs (clip, tbptt, lr,
 ...) sets the line style, and the keys after it, with task and length, make one
-panel each. A line identical to one drawn before it gets markers and says so in
+panel each. A line that lies on one drawn before it gets markers and says so in
 the legend (a clip that never fired gives the same curves as no clip). A damaged
-run directory is left out and named, never a crash. Like ``comparison``, this
+run file is left out and named (``gradlab.readers``), never a crash. Like ``comparison``, this
 module reads only files and never imports torch; it draws on its own figures
 (``matplotlib.figure.Figure``, no pyplot), so it neither needs a display nor
 changes the caller's matplotlib backend.
@@ -420,7 +422,7 @@ def grad_norm(layout: Layout) -> Figure | None:
                     alpha=0.35)
             series.append((group, smooth.index, smooth))
             clip = group[0].config.get("train", {}).get("clip", {})
-            if isinstance(clip, dict) and clip.get("kind") == "norm":
+            if isinstance(clip, dict) and clip.get("kind") == "norm" and clip.get("max_norm") is not None:
                 thresholds.add(clip["max_norm"])
         draw_groups(ax, layout, series)
         drawn = drawn or bool(series)
