@@ -200,10 +200,9 @@ def _order(value) -> tuple:
 def cell_colors(cells) -> dict[str, tuple]:
     """Each cell's colour: its place in the registry (CELL_NAMES) in tab10, the same in every figure;
     cells not in the registry take the colours after them, in name order."""
-    cells = [str(c) for c in cells]
-    unknown = sorted(set(cells) - set(CELL_NAMES))
-    names = list(CELL_NAMES) + unknown
-    return {c: CELL_PALETTE[names.index(c) % len(CELL_PALETTE)] for c in cells}
+    cells = {str(c) for c in cells}
+    names = list(CELL_NAMES) + sorted(cells - set(CELL_NAMES))
+    return {c: CELL_PALETTE[i % len(CELL_PALETTE)] for i, c in enumerate(names) if c in cells}  # in that order
 
 
 def _assign(values, choices) -> dict:
@@ -252,10 +251,16 @@ class Layout:
             _assign([self.value(r, self.hue_keys) for r in runs], OTHER_PALETTE)
         self.styles = _assign([self.value(r, self.style_keys) for r in runs], STYLES)
         self.groups = sorted(groups.values(), key=lambda g: (
-            _order(self.value(g[0], tuple(self.panel_keys))), _order(self.value(g[0], self.hue_keys)),
+            _order(self.value(g[0], tuple(self.panel_keys))), self.hue_rank(g[0]),
             _order(self.value(g[0], self.style_keys))))
         self.panels = list(dict.fromkeys(self.panel_of(g) for g in self.groups))
         self.panel_params = {self.panel_of(g): g[0].params for g in reversed(self.groups)}  # raw values
+
+    def hue_rank(self, run: Run) -> tuple:
+        """Where a run's lines come in a panel and its legend: cells in registry order, else by value."""
+        if self.hue == "cell":
+            return list(self.colors).index(str(run.params.get("cell"))), _order(self.value(run, self.hue_keys[1:]))
+        return 0, _order(self.value(run, self.hue_keys))
 
     @staticmethod
     def value(run: Run, keys: tuple[str, ...]) -> tuple:

@@ -199,6 +199,7 @@ def test_cell_palette_follows_registry():
     colors = cell_colors(["zeta", "gru", "alpha", "vanilla"])  # unknown cells: the next free colours, by name
     assert colors == {"vanilla": CELL_PALETTE[0], "gru": CELL_PALETTE[5], "alpha": CELL_PALETTE[len(CELLS)],
                       "zeta": CELL_PALETTE[len(CELLS) + 1]}
+    assert list(colors) == ["vanilla", "gru", "alpha", "zeta"]  # the order of the lines and the legend
 
 
 def test_a_cell_has_one_colour_in_every_figure_and_experiment(tmp_path):
@@ -382,7 +383,8 @@ def test_damaged_runs_are_named_one_line_each_and_the_rest_is_drawn(tmp_path, mo
     layout = Layout(load_runs(root)[0])  # what is drawn: the intact runs and the intact files only
     assert sorted(r.id for g in layout.groups for r in g) == ["lstm-s0-norm", "lstm-s1-norm", "vanilla-s0-norm",
                                                               "vanilla-s1-norm"]
-    assert [r.id for g in layout.groups for r in g if r.metrics is not None] == ["lstm-s0-norm", "vanilla-s0-norm"]
+    assert sorted(r.id for g in layout.groups for r in g if r.metrics is not None) == ["lstm-s0-norm",
+                                                                                      "vanilla-s0-norm"]
     # nothing left: exit 2, the damage and one error line, still no traceback
     run_dirs = {intact, *(p.parent for p in damage)}
     cut = next(p.parent for p in damage if p.name == results.SUMMARY)
