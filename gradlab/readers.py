@@ -95,14 +95,19 @@ def read_metrics(path: Path, summary: dict, config: dict) -> pd.DataFrame:
         raise Damaged(f"not readable CSV ({str(e).strip().splitlines()[0]})") from None
     if not {"kind", "step"} <= set(m.columns):
         raise Damaged("no kind and step columns: not a gradlab metrics file")
-    steps = summary.get("steps_done", config.get("train", {}).get("steps"))  # steps_done: a stopped run's last
+    step = pd.to_numeric(m["step"], errors="coerce")
+    twice = m[step.notna() & m.duplicated(["kind", "step"])]
+    if len(twice):  # two attempts' rows in one file (a bad copy): which is the run?
+        raise Damaged(f"{twice['kind'].iloc[0]} step {int(step[twice.index[0]])} appears twice")
+    train = config.get("train", {})
+    steps = summary.get("steps_done", train.get("steps"))  # steps_done: a stopped run's last step
+    log_every = train.get("log_every", 1) if isinstance(train.get("log_every", 1), int) else 1
     if isinstance(steps, int) and steps > 0:
-        step = pd.to_numeric(m["step"], errors="coerce")
         last_train = step[m["kind"] == "train"].max()
         last_eval = step[m["kind"] == "eval"].max()
         last_train = 0 if pd.isna(last_train) else int(last_train)
         # log_every = k keeps every k-th training step; the last evaluation is always at the last step
-        if last_train <= steps - config.get("train", {}).get("log_every", 1):
+        if last_train <= steps - log_every:
             raise Damaged(f"{last_train} of {steps} steps (cut short)")
         if pd.isna(last_eval) or last_eval < steps:
             at = "none" if pd.isna(last_eval) else f"the last at step {int(last_eval)}"
@@ -119,11 +124,15 @@ def read_profile(path: Path) -> dict:
             profile = {"step": npz["step"], "grad_norm": npz["grad_norm"]}
     except KeyError as e:
         raise Damaged(f"no {e.args[0]} array") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    except OSError as e:
+        raise Damaged(f"not readable ({e.strerror or e})") from None
+    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise Damaged(f"truncated or corrupt ({e})") from None
-    shape = profile["grad_norm"].shape
-    if len(shape) != 2 or shape[0] != len(profile["step"]) or not profile["grad_norm"].size:
-        raise Damaged(f"grad_norm of shape {shape} for {len(profile['step'])} evaluations")
+    step, grad = profile["step"], profile["grad_norm"]
+    if not all(np.issubdtype(a.dtype, np.number) for a in (step, grad)):
+        raise Damaged(f"step and grad_norm must be numbers, not {step.dtype} and {grad.dtype}")
+    if step.ndim != 1 or grad.ndim != 2 or grad.shape[0] != len(step) or not grad.size:
+        raise Damaged(f"grad_norm of shape {grad.shape} for step of shape {step.shape}: not (E, S) for (E,)")
     return profile
 
 

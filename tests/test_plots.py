@@ -398,6 +398,37 @@ def test_damaged_runs_are_named_one_line_each_and_the_rest_is_drawn(tmp_path, mo
         f"skipped: {d / results.CONFIG}: missing; the run is left out" for d in sorted(run_dirs - {cut})])
 
 
+def cut_mid_row(path):
+    path.write_bytes(path.read_bytes()[:-3])
+
+
+def twice(path):
+    text = path.read_text()
+    path.write_text(text + "".join(text.splitlines(keepends=True)[1:3]))
+
+
+def bad_shape(path):
+    np.savez(path, step=np.arange(3), grad_norm=np.ones((4, S)))
+
+
+@pytest.mark.parametrize("name, damage, reason", [
+    (results.METRICS, lambda p: p.write_text(p.read_text().splitlines()[0] + "\n"), "0 of 40 steps (cut short)"),
+    (results.METRICS, cut_mid_row, "cut short in the middle of a row"),
+    (results.METRICS, twice, "train step 1 appears twice"),
+    (results.METRICS, lambda p: p.write_bytes(b"\x00\xff\xfe\n"), "not readable CSV"),
+    (results.PROFILE, bad_shape, "grad_norm of shape (4, 25) for step of shape (3,): not (E, S) for (E,)"),
+    (results.PROFILE, lambda p: p.write_bytes(b""), "truncated or corrupt (No data left in file)"),
+    (results.CONFIG, lambda p: p.write_text("[1, 2]"), "not a JSON object"),
+    (results.CONFIG, lambda p: p.write_text('{"model": {}}'), "no task.name and task.length"),
+    (results.SUMMARY, lambda p: p.write_bytes(b'{"status": "\xff"}'), "corrupt: not UTF-8 text"),
+])
+def test_every_kind_of_damage_is_one_named_problem(tmp_path, name, damage, reason):
+    run_dir = write_run(tmp_path / "results", "lstm", 0)
+    damage(run_dir / name)
+    _, skipped = load_runs(tmp_path / "results")
+    assert len(skipped) == 1 and skipped[0].path == run_dir / name and skipped[0].reason.startswith(reason), skipped
+
+
 def test_a_complete_run_is_not_called_cut_short(tmp_path):
     # a run stopped at its first non-finite step (steps_done) and a lean metrics.csv (log_every) are whole
     root = tmp_path / "results"
