@@ -78,7 +78,8 @@ def run_config(path: Path) -> dict:
 
 def read_metrics(path: Path, summary: dict, config: dict) -> pd.DataFrame:
     """``metrics.csv``, checked complete against the summary: raises Damaged when it is missing, empty,
-    cut short (its last training step or evaluation before the run's last step) or not CSV."""
+    not CSV, cut short (its last training step or evaluation before the run's last step) or short of
+    evaluations (fewer rows than step 0, every ``eval_every`` steps and the last step make)."""
     if not path.is_file():
         raise Damaged("missing")
     try:
@@ -112,6 +113,12 @@ def read_metrics(path: Path, summary: dict, config: dict) -> pd.DataFrame:
         if pd.isna(last_eval) or last_eval < steps:
             at = "none" if pd.isna(last_eval) else f"the last at step {int(last_eval)}"
             raise Damaged(f"evaluations end before step {steps} ({at}; cut short)")
+        every = train.get("eval_every")
+        if isinstance(every, int) and every > 0:  # training evaluates at step 0, every eval_every, and at the end
+            expected = len(set(range(0, steps + 1, every)) | {steps})
+            found = int((m["kind"] == "eval").sum())
+            if found < expected:
+                raise Damaged(f"{found} of {expected} evaluations (rows missing)")
     return m
 
 

@@ -52,7 +52,8 @@ def config(cell: str, seed: int, clip: dict, tbptt: int | None = None, name: str
 
 def rows(cell: str, seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
-    out = []
+    out = [{"kind": "eval", "step": 0, "eval_loss": 0.17, "eval_accuracy": None, "solved": 0,
+            "decay_rate": np.log(RATE[cell])}]  # the initialisation, as training evaluates it
     for step in range(1, STEPS + 1):
         norm = float(rng.lognormal(0.0, 0.3))
         out.append({"kind": "train", "step": step, "loss": 0.2, "grad_norm": norm,
@@ -356,7 +357,7 @@ def damage_three_ways(root):
     (truncated / results.PROFILE).write_bytes(data[:len(data) // 2])
     short = write_run(root, "vanilla", 1)
     text = (short / results.METRICS).read_text().splitlines(keepends=True)
-    (short / results.METRICS).write_text("".join(text[:14]))  # stopped writing after step 12 of 40
+    (short / results.METRICS).write_text("".join(text[:15]))  # stopped writing after step 12 of 40
     no_config = write_run(root, "gru", 0)
     (no_config / results.CONFIG).unlink()
     cut = write_run(root, "gru", 1)
@@ -414,7 +415,10 @@ def bad_shape(path):
 @pytest.mark.parametrize("name, damage, reason", [
     (results.METRICS, lambda p: p.write_text(p.read_text().splitlines()[0] + "\n"), "0 of 40 steps (cut short)"),
     (results.METRICS, cut_mid_row, "cut short in the middle of a row"),
-    (results.METRICS, twice, "train step 1 appears twice"),
+    (results.METRICS, twice, "eval step 0 appears twice"),
+    (results.METRICS, lambda p: p.write_text("".join(line for line in p.read_text().splitlines(keepends=True)
+                                                     if not line.startswith("eval,20,"))),
+     "4 of 5 evaluations (rows missing)"),
     (results.METRICS, lambda p: p.write_bytes(b"\x00\xff\xfe\n"), "not readable CSV"),
     (results.PROFILE, bad_shape, "grad_norm of shape (4, 25) for step of shape (3,): not (E, S) for (E,)"),
     (results.PROFILE, lambda p: p.write_bytes(b""), "truncated or corrupt (No data left in file)"),
