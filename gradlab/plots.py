@@ -1,45 +1,63 @@
 """Figures of the runs found on disk: learning curves, gradient norms, the vanishing picture.
 
-``plot(root, out)`` reads every finished, successful run under ``root`` and
-writes PNGs to ``out``:
+``draw(root, out)`` reads every finished, successful run under ``root``, writes
+PNGs to ``out`` (a folder ``out/<experiment>`` each when ``root`` holds several
+experiments) and returns what it wrote and the damaged files it left out;
+``plot(root, out)`` returns only the paths:
 
 - ``learning_curves.png``  eval loss over training, median over seeds, min–max band, baseline dashed
 - ``grad_norm.png``        pre-clip global gradient norm over training (log scale), clip threshold dotted
 - ``grad_profile.png``     ‖∂L/∂h‖ against the lag, normalised to its peak: the vanishing picture
 - ``profile_heatmap_<run id>.png``  that profile over training for a representative run per group
 
-Runs that differ only by seed form a group. The figure's colours (one per
-*hue*: the cell when cells differ, else the first config key that differs) are
-the same in every figure; the other keys that differ, with task and length, make
-one panel each. Like ``comparison``, this module reads only files and never
-imports torch; matplotlib draws off-screen (Agg), so no display is needed.
+Runs that differ only by seed form a group. A cell has the same colour in every
+figure of every experiment; the first other key that differs (clip, tbptt, lr,
+...) sets the line style, and the keys after it, with task and length, make one
+panel each. A line that lies on one drawn before it gets markers and says so in
+the legend (a clip that never fired gives the same curves as no clip). A damaged
+run file is left out and named (``gradlab.readers``), never a crash. Like ``comparison``, this
+module reads only files and never imports torch; it draws on its own figures
+(``matplotlib.figure.Figure``, no pyplot), so it neither needs a display nor
+changes the caller's matplotlib backend.
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import math
 import textwrap
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib import ticker
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # before pyplot: draw to files, never to a display
+from gradlab import results
+from gradlab.diagnostics import DEFAULTS
+from gradlab.readers import Skipped, attempt, experiment_folder, read_json, read_metrics, read_profile, run_config
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from gradlab import results  # noqa: E402
-from gradlab.diagnostics import DEFAULTS  # noqa: E402
-
-PROFILE = "profile.npz"
-HUE_ORDER = ("cell", "clip", "tbptt")  # the first of these that differs colours the lines
+# gradlab.cells.CELLS in registry order, held here because gradlab.cells imports torch (a test keeps the two
+# equal): each cell keeps its tab10 colour in every figure; a cell not listed takes the next free colour
+CELL_NAMES = ("vanilla", "irnn", "orthogonal", "skip", "lstm", "gru")
+CELL_PALETTE = matplotlib.colormaps["tab10"].colors + matplotlib.colormaps["tab20"].colors[1::2]
+OTHER_PALETTE = matplotlib.colormaps["Dark2"].colors  # colours by clip, lr, ...: never mistaken for a cell
+STYLES = ("-", "--", "-.", (0, (1, 1)), (0, (5, 1, 1, 1, 1, 1)), (0, (8, 2)), (0, (3, 1, 1, 1, 1, 1, 1, 1)))
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # for lines that lie on one drawn before
+IDENTICAL_RTOL = 1e-6  # float32 round-off: runs whose remedy never acted match to the bit or nearly
+OVERLAP_RTOL = 0.01  # closer than 1% everywhere: on a log axis the lines cover each other
+HUE_ORDER = ("cell", "clip", "tbptt")  # the first of these that differs colours the lines, the next styles them
 NOT_GROUPED = ("seed",)  # runs differing only in these are one group
 MAX_HEATMAPS = 12  # one heatmap per group, at most this many: a sweep of 36 groups stays browsable
 DPI = 120
+GROUP = "group"  # the gid of a group's line: the legend lists them first, then the reference lines
+TITLE_CHARS = 50  # a panel title wraps at this many characters: neighbouring titles never overlap
 
 
 @dataclass
@@ -52,42 +70,105 @@ class Run:
     config: dict
     metrics: pd.DataFrame | None
     profile: dict | None  # {"step": (E,), "grad_norm": (E, S)}
+    experiment: tuple = ()  # (folder, name): the experiment it belongs to
+
+
+@dataclass
+class Drawing:
+    """What ``draw`` wrote, and the damaged files it left out."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def draw(root: Path, out: Path) -> Drawing:
+    """Write every figure the runs under ``root`` have data for, one folder ``out/<experiment>`` per
+    experiment when there are several (else ``out`` itself); damaged runs are left out and listed."""
+    root, out = Path(root), Path(out)
+    runs, skipped = load_runs(root)
+    drawing = Drawing(skipped=skipped)
+    for folder, exp_runs in experiments(runs, root).items():
+        drawing.written += draw_experiment(exp_runs, out / folder)
+    return drawing
 
 
 def plot(root: Path, out: Path) -> list[Path]:
-    """Write every figure the runs under ``root`` have data for; return the paths written."""
-    runs = load_runs(root)
+    """The paths ``draw(root, out)`` wrote (damaged runs are left out; ``draw`` names them)."""
+    return draw(root, out).written
+
+
+def draw_experiment(runs: list[Run], out: Path) -> list[Path]:
+    """The figures of one experiment's runs, written to ``out``."""
     if not runs:
         return []
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     layout = Layout(runs)
-    written = [learning_curves(layout, out / "learning_curves.png"),
-               grad_norm(layout, out / "grad_norm.png"),
-               grad_profile(layout, out / "grad_profile.png")]
-    written += heatmaps(layout, out)
-    return [p for p in written if p is not None]
+    written = []
+    for name, build in (("learning_curves.png", learning_curves), ("grad_norm.png", grad_norm),
+                        ("grad_profile.png", grad_profile)):
+        fig = build(layout)
+        if fig is not None:
+            written.append(save(fig, out / name))
+    for group, run in heatmap_runs(layout):
+        written.append(save(heatmap(layout, group, run), out / f"profile_heatmap_{run.id}.png"))
+    return written
+
+
+def save(fig: Figure, path: Path) -> Path:
+    """The figure as a PNG, written atomically: a full disk leaves the old file or none, never half a PNG."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    try:
+        results.write_atomic(path, buf.getvalue())
+    except OSError as e:  # name the PNG, not the temporary file (or no file) the error came from
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+    return path
 
 
 # ---------------------------------------------------------------------------
-# Reading runs.
+# Reading runs: every damaged file becomes one Skipped (gradlab.readers), never an exception.
 
-def load_runs(root: Path) -> list[Run]:
-    """Every finished run under ``root`` with status ok; missing metrics or profile become None."""
-    runs = []
-    for d in results.find_runs(root):
-        record = results.load_run(d)
-        if record["summary"].get("status") != "ok":
+def load_runs(root: Path) -> tuple[list[Run], list[Skipped]]:
+    """Every finished run under ``root`` with status ok, and the damaged files found on the way.
+
+    A damaged ``summary.json`` or ``config.json`` leaves the run out; a damaged
+    ``metrics.csv`` leaves out its curves, a damaged ``profile.npz`` its profile.
+    """
+    runs, skipped = [], []
+    for d in sorted({p.parent for p in Path(root).rglob(results.SUMMARY)}):
+        summary = attempt(skipped, d / results.SUMMARY, read_json, "the run is left out")
+        if summary is None or summary.get("status") != "ok":  # a failed run is a result, not damage
             continue
-        metrics = pd.read_csv(d / results.METRICS) if (d / results.METRICS).is_file() else None
-        profile = None
-        if (d / PROFILE).is_file():
-            with np.load(d / PROFILE) as npz:
-                profile = {"step": npz["step"], "grad_norm": npz["grad_norm"]}  # (E,), (E, S)
-            profile = profile if profile["grad_norm"].size else None
-        runs.append(Run(record["id"], flat_params(record["config"]), record["summary"], record["config"],
-                        metrics, profile))
-    return runs
+        config = attempt(skipped, d / results.CONFIG, run_config, "the run is left out")
+        if config is None:
+            continue
+        metrics = attempt(skipped, d / results.METRICS, functools.partial(read_metrics, summary=summary,
+                          config=config), "the run's curves are left out")
+        profile = attempt(skipped, d / results.PROFILE, read_profile, "the run's gradient profile is left out")
+        if metrics is not None or profile is not None:
+            runs.append(Run(d.name, flat_params(config), summary, config, metrics, profile,
+                            (experiment_folder(d, Path(root)), config.get("name"))))
+    return runs, skipped
+
+
+def experiments(runs: list[Run], root: Path) -> dict[Path, list[Run]]:
+    """Runs by experiment (folder and config name), each under the sub-folder its figures go to:
+    ``.`` for a single experiment, else the folder relative to ``root`` (and the name, when a folder
+    holds runs of several names)."""
+    by_key: dict[tuple, list[Run]] = {}
+    for r in runs:
+        by_key.setdefault(r.experiment, []).append(r)
+    if len(by_key) == 1:
+        return {Path("."): runs}
+    names_in = {}
+    for folder, name in by_key:
+        names_in.setdefault(folder, set()).add(name)
+    out = {}
+    for (folder, name), exp_runs in sorted(by_key.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1]))):
+        rel = Path(folder).relative_to(root) if Path(folder).is_relative_to(root) else Path(Path(folder).name)
+        if len(names_in[folder]) > 1 or rel == Path("."):
+            rel = rel / str(name or "runs")
+        out[rel] = exp_runs
+    return out
 
 
 def flat_params(cfg: dict) -> dict:
@@ -96,31 +177,94 @@ def flat_params(cfg: dict) -> dict:
     flat.update({k: v for k, v in cfg["task"].items() if k not in ("name", "length")})
     for section in ("model", "train"):
         for k, v in cfg.get(section, {}).items():
-            flat[k] = results.clip_label(v) if k == "clip" else results.tbptt_label(v) if k == "tbptt" else v
+            flat[k] = results.clip_label(v) if k == "clip" and isinstance(v, dict) and "kind" in v \
+                else results.tbptt_label(v) if k == "tbptt" else v
     flat.update({k: cfg[k] for k in ("dtype", "seed") if k in cfg})
     return {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in flat.items()}
 
 
+# ---------------------------------------------------------------------------
+# Layout: groups, panels, a colour per cell (or hue value), a line style per value of the next key.
+
+def _order(value) -> tuple:
+    """Sort key for config values of one key (or a tuple of keys): None first, numbers by size, then text."""
+    if isinstance(value, tuple):
+        return tuple(_order(v) for v in value)
+    if value is None:
+        return (0, 0.0, "")
+    if isinstance(value, (bool, int, float)):
+        return (1, float(value), "")
+    return (2, 0.0, str(value))
+
+
+def cell_colors(cells) -> dict[str, tuple]:
+    """Each cell's colour: its place in the registry (CELL_NAMES) in tab10, the same in every figure;
+    cells not in the registry take the colours after them, in name order."""
+    cells = {str(c) for c in cells}
+    names = list(CELL_NAMES) + sorted(cells - set(CELL_NAMES))
+    return {c: CELL_PALETTE[i % len(CELL_PALETTE)] for i, c in enumerate(names) if c in cells}  # in that order
+
+
+def _assign(values, choices) -> dict:
+    """Distinct values (in sort order) -> choices in turn, so the mapping depends on the values only."""
+    distinct = sorted({str(v): v for v in values}.items(), key=lambda kv: _order(kv[1]))
+    return {s: choices[i % len(choices)] for i, (s, _) in enumerate(distinct)}
+
+
+def _bundles(keys: list[str], runs: list[Run]) -> list[tuple[str, ...]]:
+    """``keys`` with the keys that vary together (one value of each always with the same value of the
+    other, e.g. init=henaff with constrain=True) bundled: one colour or line style, not one per key."""
+    def together(a, b):
+        pairs = {(str(r.params.get(a)), str(r.params.get(b))) for r in runs}
+        return len(pairs) == len({x for x, _ in pairs}) == len({y for _, y in pairs})
+
+    bundles: list[list[str]] = []
+    for k in keys:
+        match = next((b for b in bundles if together(b[0], k)), None)
+        if match:
+            match.append(k)
+        else:
+            bundles.append([k])
+    return [tuple(b) for b in bundles]
+
+
 class Layout:
-    """Runs grouped by config (seeds pooled), groups placed in panels, a colour per hue value."""
+    """Runs grouped by config (seeds pooled), groups placed in panels, a colour per hue value (one per cell,
+    the same everywhere) and a line style per value of the next key that varies."""
 
     def __init__(self, runs: list[Run]):
         keys = [k for k in dict.fromkeys(k for r in runs for k in r.params) if k not in NOT_GROUPED]
         varying = [k for k in keys if k not in ("task", "length")
                    and len({str(r.params.get(k)) for r in runs}) > 1]
-        self.hue = next((k for k in HUE_ORDER if k in varying), varying[0] if varying else "cell")
+        bundles = _bundles([k for k in HUE_ORDER if k in varying] + [k for k in varying if k not in HUE_ORDER],
+                           runs)
+        self.hue_keys = bundles[0] if bundles else ("cell",)
+        self.style_keys = bundles[1] if len(bundles) > 1 else ()
+        self.hue, self.style = self.hue_keys[0], (self.style_keys or (None,))[0]
         # the cell is named in every title: as the hue, or in the panel when it is the same throughout
         self.panel_keys = ["task", "length"] + (["cell"] if self.hue != "cell" else []) \
-            + [k for k in varying if k != self.hue]
+            + [k for b in bundles[2:] for k in b]
         groups: dict[tuple, list[Run]] = {}
         for r in runs:
             groups.setdefault(tuple(str(r.params.get(k)) for k in keys), []).append(r)
-        self.groups = sorted(groups.values(), key=lambda g: (self.panel_of(g), str(g[0].params.get(self.hue))))
-        hues = list(dict.fromkeys(str(g[0].params.get(self.hue)) for g in self.groups))
-        palette = plt.get_cmap("tab10" if len(hues) <= 10 else "tab20").colors
-        self.colors = {h: palette[i % len(palette)] for i, h in enumerate(hues)}
+        self.colors = cell_colors(r.params.get("cell") for r in runs) if self.hue == "cell" else \
+            _assign([self.value(r, self.hue_keys) for r in runs], OTHER_PALETTE)
+        self.styles = _assign([self.value(r, self.style_keys) for r in runs], STYLES)
+        self.groups = sorted(groups.values(), key=lambda g: (
+            _order(self.value(g[0], tuple(self.panel_keys))), self.hue_rank(g[0]),
+            _order(self.value(g[0], self.style_keys))))
         self.panels = list(dict.fromkeys(self.panel_of(g) for g in self.groups))
         self.panel_params = {self.panel_of(g): g[0].params for g in reversed(self.groups)}  # raw values
+
+    def hue_rank(self, run: Run) -> tuple:
+        """Where a run's lines come in a panel and its legend: cells in registry order, else by value."""
+        if self.hue == "cell":
+            return list(self.colors).index(str(run.params.get("cell"))), _order(self.value(run, self.hue_keys[1:]))
+        return 0, _order(self.value(run, self.hue_keys))
+
+    @staticmethod
+    def value(run: Run, keys: tuple[str, ...]) -> tuple:
+        return tuple(run.params.get(k) for k in keys)
 
     def panel_of(self, group: list[Run]) -> tuple:
         return tuple(str(group[0].params.get(k)) for k in self.panel_keys)
@@ -129,24 +273,37 @@ class Layout:
         return [g for g in self.groups if self.panel_of(g) == panel]
 
     def label(self, group: list[Run]) -> str:
-        return describe(self.hue, group[0].params.get(self.hue))
+        p = group[0].params
+        return ", ".join(describe(k, p.get(k)) for k in self.hue_keys + self.style_keys)
 
     def color(self, group: list[Run]):
-        return self.colors[str(group[0].params.get(self.hue))]
+        if self.hue == "cell":
+            return self.colors[str(group[0].params.get("cell"))]
+        return self.colors[str(self.value(group[0], self.hue_keys))]
+
+    def linestyle(self, group: list[Run]):
+        return self.styles[str(self.value(group[0], self.style_keys))]
 
     def title(self, panel: tuple) -> str:
         p = self.panel_params[panel]
         extra = [describe(k, p.get(k)) for k in self.panel_keys[2:]]
         return f"{p['task']}, T={p['length']}" + (f" — {', '.join(extra)}" if extra else "")
 
-    def figure(self, n_panels: int):
+    def figure(self, n_panels: int) -> tuple[Figure, list]:
         ncols = min(n_panels, 3)
         nrows = math.ceil(n_panels / ncols)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(5.6 * ncols + 1.8, 4.2 * nrows),
-                                 squeeze=False, layout="constrained")
+        fig = new_figure((5.6 * ncols + 1.8, 4.2 * nrows))
+        axes = fig.subplots(nrows, ncols, squeeze=False)
         for ax in axes.flat[n_panels:]:
             ax.set_visible(False)
         return fig, list(axes.flat[:n_panels])
+
+
+def new_figure(size: tuple[float, float]) -> Figure:
+    """A figure of its own, drawn by Agg: no pyplot, so no global backend or figure list is touched."""
+    fig = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def describe(key: str, value) -> str:
@@ -162,16 +319,63 @@ def describe(key: str, value) -> str:
     return f"{key}={value}"
 
 
-def _finish(fig, axes, path: Path, title: str) -> Path:
+def _overlap(x, y, x0, y0) -> str | None:
+    """How the line (x, y) lies on (x0, y0): "identical to", "within 1% of", or None (it can be seen)."""
+    x, y, x0, y0 = (np.asarray(a, dtype=np.float64) for a in (x, y, x0, y0))
+    if x.shape != x0.shape or not np.array_equal(x, x0):
+        return None
+    for rtol, words in ((IDENTICAL_RTOL, "identical to"), (OVERLAP_RTOL, f"within {OVERLAP_RTOL:.0%} of")):
+        if np.allclose(y, y0, rtol=rtol, atol=0, equal_nan=True):
+            return words
+    return None
+
+
+def draw_groups(ax, layout: Layout, series: list[tuple[list, object, object]], lw: float = 1.8) -> None:
+    """One line per group from ``series`` = [(group, x, y)]. A line that lies on one drawn before it would
+    hide it: it is drawn thinner, with markers at shifted places, and its label names the line it covers."""
+    drawn, repeats = [], 0
+    for group, x, y in series:
+        label, style = layout.label(group), {"lw": lw}
+        cover = next(((how, lab) for x0, y0, lab in drawn if (how := _overlap(x, y, x0, y0))), None)
+        if cover is None:
+            drawn.append((x, y, label))
+        else:
+            every = max(1, len(x) // 8)
+            style = {"lw": lw / 2, "marker": MARKERS[repeats % len(MARKERS)], "mfc": "none", "ms": 6,
+                     "markevery": ((repeats * max(1, every // 3)) % every, every)}
+            label = textwrap.fill(f"{label} ({cover[0]} {cover[1]})", 40)
+            repeats += 1
+        ax.plot(x, y, color=layout.color(group), ls=layout.linestyle(group), label=label, gid=GROUP, **style)
+
+
+def readable_log(axis) -> None:
+    """A log axis spanning less than two powers of ten gets plain ticks (1-2-5 steps, or evenly spaced
+    values) labelled ``0.65``, instead of a single tick or ``6×10⁻¹`` labels on minor ticks."""
+    lo, hi = sorted(axis.get_view_interval())
+    if not (lo > 0 and np.isfinite(hi)):
+        return
+    if math.floor(math.log10(hi)) - math.ceil(math.log10(lo)) + 1 >= 2:
+        return  # two decade ticks or more: the default labels read well
+    locator = ticker.LogLocator(subs=(1.0, 2.0, 5.0))
+    if sum(lo <= t <= hi for t in locator.tick_values(lo, hi)) < 3:
+        locator = ticker.MaxNLocator(nbins=5, min_n_ticks=3)
+    axis.set_major_locator(locator)
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _finish(fig: Figure, axes, title: str) -> Figure:
     handles = {}
     for ax in axes:
+        ax.title.set_text(textwrap.fill(ax.get_title(), TITLE_CHARS))
+        ax.autoscale_view()
+        readable_log(ax.yaxis)
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
+    handles = dict(sorted(handles.items(), key=lambda kv: kv[1].get_gid() != GROUP))  # stable: groups first
     fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 10)))  # ~10 characters per inch
     fig.legend(list(handles.values()), list(handles), loc="outside right center", fontsize=9)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _by_step(series: dict[str, pd.Series]) -> pd.DataFrame:
@@ -180,13 +384,13 @@ def _by_step(series: dict[str, pd.Series]) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------
-# The figures.
+# The figures: each returns a Figure (None when no run has the data), ``draw`` writes them.
 
-def learning_curves(layout: Layout, path: Path) -> Path | None:
+def learning_curves(layout: Layout) -> Figure | None:
     fig, axes = layout.figure(len(layout.panels))
     drawn = False
     for ax, panel in zip(axes, layout.panels):
-        baseline = None
+        baseline, series = None, []
         for group in layout.in_panel(panel):
             curves = {r.id: _column(r, "eval", "eval_loss") for r in group}
             curves = {k: v for k, v in curves.items() if v is not None}
@@ -194,24 +398,24 @@ def learning_curves(layout: Layout, path: Path) -> Path | None:
             if not curves:
                 continue
             df = _by_step(curves)
-            color = layout.color(group)
-            ax.plot(df.index, df.median(axis=1), color=color, label=layout.label(group))
-            ax.fill_between(df.index, df.min(axis=1), df.max(axis=1), color=color, alpha=0.2, lw=0)
-            drawn = True
+            series.append((group, df.index, df.median(axis=1)))
+            ax.fill_between(df.index, df.min(axis=1), df.max(axis=1), color=layout.color(group), alpha=0.2, lw=0)
+        draw_groups(ax, layout, series)
+        drawn = drawn or bool(series)
         if baseline is not None:
             ax.axhline(baseline, color="black", ls="--", lw=1, label="memoryless baseline")
         ax.set(title=layout.title(panel), xlabel="training step", ylabel="evaluation loss (log scale)")
         ax.set_yscale("log")
     if not drawn:
-        plt.close(fig)
         return None
-    return _finish(fig, axes, path, "Learning curves: median over seeds (line) and min–max (band)")
+    return _finish(fig, axes, "Learning curves: median over seeds (line) and min–max (band)")
 
 
-def grad_norm(layout: Layout, path: Path) -> Path | None:
+def grad_norm(layout: Layout) -> Figure | None:
     fig, axes = layout.figure(len(layout.panels))
     drawn = False
     for ax, panel in zip(axes, layout.panels):
+        series, thresholds = [], set()
         for group in layout.in_panel(panel):
             norms = {r.id: _column(r, "train", "grad_norm", skip_nonfinite=True) for r in group}
             norms = {k: v for k, v in norms.items() if v is not None}
@@ -219,42 +423,43 @@ def grad_norm(layout: Layout, path: Path) -> Path | None:
                 continue
             median = _by_step(norms).median(axis=1)
             smooth = median.rolling(max(1, len(median) // 100), center=True, min_periods=1).median()
-            color = layout.color(group)
-            ax.plot(median.index, median, color=color, lw=0.5, alpha=0.35)
-            ax.plot(smooth.index, smooth, color=color, lw=1.8, label=layout.label(group))
-            clip = group[0].config["train"].get("clip", {})
-            if clip.get("kind") == "norm":  # in the group's colour only when the colours tell clips apart
-                ax.axhline(clip["max_norm"], color=color if layout.hue == "clip" else "black", ls=":", lw=1.5)
-                ax.plot([], [], color="gray", ls=":", label="norm-clipping threshold")
-            drawn = True
+            ax.plot(median.index, median, color=layout.color(group), ls=layout.linestyle(group), lw=0.5,
+                    alpha=0.35)
+            series.append((group, smooth.index, smooth))
+            clip = group[0].config.get("train", {}).get("clip", {})
+            if isinstance(clip, dict) and clip.get("kind") == "norm" and clip.get("max_norm") is not None:
+                thresholds.add(clip["max_norm"])
+        draw_groups(ax, layout, series)
+        drawn = drawn or bool(series)
+        for t in sorted(thresholds):  # black: a threshold is not a group's line (its label names the value)
+            ax.axhline(t, color="black", ls=":", lw=1.5, label="norm-clipping threshold (max_norm)")
         ax.set(title=layout.title(panel), xlabel="training step", ylabel="‖g‖ before clipping (log scale)")
         ax.set_yscale("log", nonpositive="mask")
     if not drawn:
-        plt.close(fig)
         return None
-    return _finish(fig, axes, path, "Global gradient norm before clipping, median over seeds "
-                                    "(thin: every step; thick: running median)")
+    return _finish(fig, axes, "Global gradient norm before clipping, median over seeds "
+                              "(thin: every step; thick: running median)")
 
 
-def grad_profile(layout: Layout, path: Path) -> Path | None:
+def grad_profile(layout: Layout) -> Figure | None:
     fig, axes = layout.figure(len(layout.panels))
     drawn = False
     for ax, panel in zip(axes, layout.panels):
-        dep_lag, groups = None, layout.in_panel(panel)
+        dep_lag, groups, series = None, layout.in_panel(panel), []
         for group in groups:
             profiles = [r.profile["grad_norm"] for r in group if r.profile is not None]
             if not profiles:
                 continue
-            color = layout.color(group)
             final = _median([_normalised(p[-1]) for p in profiles])  # (S,)
             first = _median([_normalised(p[0]) for p in profiles])
             lags = np.arange(len(final))
-            ax.plot(lags, final[::-1], color=color, lw=1.8, label=layout.label(group))
-            ax.plot(lags, first[::-1], color=color, lw=1, ls="--", alpha=0.6)
+            ax.plot(lags, first[::-1], color=layout.color(group), ls=layout.linestyle(group), lw=0.9, alpha=0.5)
+            series.append((group, lags, final[::-1]))
             dep_lag = dep_lag or next((r.summary.get("dependency_lag") for r in group), None)
-            drawn = True
-        ax.plot([], [], color="gray", lw=1.8, label="end of training")
-        ax.plot([], [], color="gray", lw=1, ls="--", label="first evaluation")
+        draw_groups(ax, layout, series)
+        drawn = drawn or bool(series)
+        ax.plot([], [], color="black", lw=1.8, label="thick: end of training")
+        ax.plot([], [], color="black", lw=0.9, alpha=0.5, label="thin, faint: first evaluation")
         fraction = groups[0][0].config.get("diagnostics", {}).get("horizon_fraction", DEFAULTS.horizon_fraction)
         ax.axhline(fraction, color="gray", ls=":", lw=1, label=f"horizon threshold ({fraction:g} of peak)")
         if dep_lag is not None:
@@ -262,33 +467,33 @@ def grad_profile(layout: Layout, path: Path) -> Path | None:
         ax.set(title=layout.title(panel), xlabel="lag k (steps before the last step)",
                ylabel=r"$\Vert\partial L/\partial h_{T-k}\Vert$ / its peak (log scale)")
         ax.set_yscale("log", nonpositive="mask")
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     if not drawn:
-        plt.close(fig)
         return None
-    return _finish(fig, axes, path, "Gradient through time, normalised to its peak, median over seeds "
-                                    "(a line falling to the right = vanishing gradient)")
+    return _finish(fig, axes, "Gradient through time, normalised to its peak, median over seeds "
+                              "(a line falling to the right = vanishing gradient)")
 
 
-def heatmaps(layout: Layout, out: Path) -> list[Path]:
-    """One heatmap per group (its lowest-seed run with a profile), every hue before any repeats."""
+def heatmap_runs(layout: Layout) -> list[tuple[list[Run], Run]]:
+    """One run per group (its lowest-seed run with a profile), every hue value before any repeats."""
     chosen, seen = [], {}
     for group in layout.groups:
         with_profile = sorted((r for r in group if r.profile is not None), key=lambda r: str(r.params.get("seed")))
         if with_profile:
-            hue = str(group[0].params.get(layout.hue))
+            hue = str(layout.value(group[0], layout.hue_keys))
             seen[hue] = seen.get(hue, -1) + 1
             chosen.append((seen[hue], group, with_profile[0]))
     chosen.sort(key=lambda c: c[0])  # round-robin over hue values; sort is stable within a round
-    return [heatmap(layout, group, run, out / f"profile_heatmap_{run.id}.png")
-            for _, group, run in chosen[:MAX_HEATMAPS]]
+    return [(group, run) for _, group, run in chosen[:MAX_HEATMAPS]]
 
 
-def heatmap(layout: Layout, group: list[Run], run: Run, path: Path) -> Path:
+def heatmap(layout: Layout, group: list[Run], run: Run) -> Figure:
     steps, g = run.profile["step"], np.asarray(run.profile["grad_norm"], dtype=np.float64)  # (E,), (E, S)
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.where(g > 0, np.log10(g), np.nan)[:, ::-1]  # (E, S) by lag; no gradient -> blank
     lag_edges = np.arange(g.shape[1] + 1) - 0.5
-    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    fig = new_figure((8, 5))
+    ax = fig.subplots()
     mesh = ax.pcolormesh(lag_edges, _edges(steps), np.ma.masked_invalid(logs), cmap="viridis")
     fig.colorbar(mesh, ax=ax, label="log10 ‖∂L/∂h‖ (summed over the diagnostic batch)")
     dep_lag = run.summary.get("dependency_lag")
@@ -296,13 +501,15 @@ def heatmap(layout: Layout, group: list[Run], run: Run, path: Path) -> Path:
         ax.axvline(dep_lag, color="red", ls="-.", lw=1.2, label="lag of the task's dependency")
         ax.legend(loc="upper right", fontsize=8)
     p = run.params
-    extras = [describe(k, p.get(k)) for k in [*layout.panel_keys[2:], layout.hue] if k != "cell"]
+    keys = [*layout.panel_keys[2:], *layout.hue_keys, *layout.style_keys]
+    extras = [describe(k, p.get(k)) for k in keys if k != "cell"]
     what = f"{p.get('cell')} on {p['task']}, T={p['length']}" + (f" — {', '.join(extras)}" if extras else "")
-    ax.set(title=f"{what}, seed {p.get('seed')}:\ngradient reaching each lag over training (blank: no gradient)",
+    ax.set(title=textwrap.fill(f"{what}, seed {p.get('seed')}:", 70)
+           + "\ngradient reaching each lag over training (blank: no gradient)",
            xlabel="lag k (steps before the last step)", ylabel="training step of the evaluation")
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    for axis in (ax.xaxis, ax.yaxis):  # lags and steps are whole numbers
+        axis.set_major_locator(ticker.MaxNLocator(integer=True))
+    return fig
 
 
 def _edges(steps: np.ndarray) -> np.ndarray:
@@ -330,13 +537,13 @@ def _normalised(profile: np.ndarray) -> np.ndarray:
 def _column(run: Run, kind: str, column: str, skip_nonfinite: bool = False) -> pd.Series | None:
     """One metric of a run's ``kind`` rows, indexed by step; None when it was not recorded."""
     m = run.metrics
-    if m is None or column not in m.columns or "kind" not in m.columns:
+    if m is None or column not in m.columns:
         return None
     rows = m[m["kind"] == kind]
     if skip_nonfinite and "nonfinite" in rows.columns:
         rows = rows[rows["nonfinite"] != 1]  # a skipped step's norm is not a norm
     values = pd.to_numeric(rows[column], errors="coerce")
-    values.index = rows["step"]
+    values.index = pd.to_numeric(rows["step"], errors="coerce")
     return values if values.notna().any() else None
 
 

@@ -298,3 +298,9 @@ def test_a_truncated_summary_is_named_and_skipped_not_a_traceback(tiny_results, 
         named = [line for line in result.stderr.splitlines() if str(summary) in line]
         assert named == [f"skipped: {summary}: truncated or corrupt JSON (Expecting ',' delimiter at line 3)"] \
             or (len(named) == 1 and named[0].startswith(f"skipped: {summary}: truncated or corrupt JSON")), named
+    # plot draws what is whole and names what it left out (issue 12): one line, exit 0
+    result = runner.invoke(app, ["plot", str(copy), "-o", str(tmp_path / "plots")])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"skipped: {summary}: truncated or corrupt JSON: "), lines
+    assert lines[0].endswith("; the run is left out")

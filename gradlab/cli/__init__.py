@@ -353,17 +353,22 @@ def plot(
 ):
     """Draw learning curves, gradient norms and the gradient-through-time profiles as PNGs.
 
+    Over several experiments, each gets its own folder OUTPUT/<experiment>/. A damaged run
+    directory is left out with one line on stderr naming the file; exit 2 when nothing is left.
+
     Example: gradlab plot results/quickstart -o plots/
     """
     if not directory.is_dir():
         fail(f"{directory}: no such directory")
-    from gradlab.plots import plot as draw
+    from gradlab.plots import draw
 
-    written = draw(directory, output or directory / "plots")
-    if not written:
+    drawing = draw(directory, output or directory / "plots")
+    for skipped in drawing.skipped:
+        err_console.print(f"skipped: {skipped}", markup=False, highlight=False, soft_wrap=True)
+    if not drawing.written:
         fail(f"no finished runs to plot under {directory}")
-    for path in written:
-        out_console.print(str(path))
+    for path in drawing.written:
+        out_console.print(str(path), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
