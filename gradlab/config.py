@@ -21,7 +21,7 @@ from pathlib import Path
 from gradlab import expectations
 from gradlab.cells import CELLS, INITS
 from gradlab.diagnostics import Thresholds
-from gradlab.grid import check_between_keys, check_grid, check_same_runs, expand
+from gradlab.grid import check_between_keys, check_grid, check_same_runs, expand, too_many_runs
 from gradlab.remedies import CLIPS
 from gradlab.results import clip_label, tbptt_label
 from gradlab.tasks import TASKS
@@ -523,6 +523,9 @@ def validate(data: dict, source: str = "<config>", lines: dict | None = None,
     if data.get("grid") == {}:
         problems.append(f"{where('grid')}: the grid is empty; remove it or give it keys")
     base = _base(data, bad)
+    huge = too_many_runs(grid, len(base["seeds"]), where)
+    if huge:  # nothing else can be checked without expanding it
+        raise ConfigError(in_file_order(problems + [huge], source))
     points = expand(grid)
     configs = [_resolve_point(base, point) for point in points]
     problems += check_between_keys(data, points, configs, bad, where, _value_label)
