@@ -21,7 +21,6 @@ from pathlib import Path
 
 import yaml
 
-
 MAX_BYTES = 64 * 1024    # a config file: ~18x the largest shipped one; PyYAML reads it in ~1-3 s
 MAX_DEPTH = 32           # levels of nesting; a config needs ~6 (grid: {model: [{clip: {kind: ...}}]})
 MAX_VALUES = 100_000     # YAML nodes (keys, values, items) with the aliases expanded
@@ -217,6 +216,23 @@ def set_path(data: dict, path: str, value) -> None:
             node[p] = {}
         node = node[p]
     node[parts[-1]] = value
+
+
+def not_a_mapping(data: dict, path: str) -> str | None:
+    """The section on ``path``'s way that the data holds as something else than a mapping, or None.
+
+    ``set_path`` would replace it by a mapping, so a ``--set train.lr=0.1`` would hide a file's
+    ``train: [1, 2]`` from validation; the caller leaves such a --set out and the file's problem shows.
+    """
+    parts = ["grid", path[len("grid."):]] if path.startswith("grid.") else path.split(".")
+    node = data
+    for i, p in enumerate(parts[:-1]):
+        if p not in node:
+            return None
+        node = node[p]
+        if not isinstance(node, dict):
+            return ".".join(parts[:i + 1])
+    return None
 
 
 def get_path(data: dict, path: str):
