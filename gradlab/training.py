@@ -201,18 +201,24 @@ def train_step(model, task, batch, optimizer, clip: dict | Clipper, window: int 
     return row
 
 
-def diverged(final_loss: float, nonfinite_steps: int, steps_done: int, steps: int) -> bool:
+def diverged(final_loss: float, nonfinite: list[int], steps: int) -> bool:
     """Whether a run diverged, by one definition for both ``train.on_nonfinite`` policies.
 
-    Diverged: the final evaluation loss is not finite, or more than half of the run's ``steps``
-    batches gave no update for a non-finite loss or gradient. Under ``skip`` those are the dropped
-    ones; under ``stop``, the one that stopped the run and every batch after it, never trained. So an
-    IRNN at SGD lr 10 that overflows from its second step is diverged under both (under skip it
-    dropped 198 of 200 updates and ended at a loss of 2.9e23, which a finite-loss test called healthy),
-    while one bad batch late in a run is not, under either.
+    nonfinite: per batch trained, 1 where an update was non-finite; steps: the batches the run was
+    to train (``train.steps``). Diverged: the final evaluation loss is not finite, or, from the
+    first non-finite update on, more than half of the run's remaining batches gave no update. Under
+    ``skip`` those are the dropped ones; under ``stop`` the run ends at the first, so none after it
+    is made: a stopped run is diverged, and so is a skipping run that blew up and stayed so (an IRNN
+    at SGD lr 10 that dropped 198 of its 200 updates and ended at a finite loss of 2.9e23), while a
+    skipping run that drops a few updates and trains on is not.
     """
-    lost = nonfinite_steps + (steps - steps_done)
-    return not math.isfinite(final_loss) or lost > steps / 2
+    if not math.isfinite(final_loss):
+        return True
+    first = next((i for i, flag in enumerate(nonfinite) if flag), None)
+    if first is None:
+        return False
+    lost = sum(nonfinite[first:]) + (steps - len(nonfinite))  # dropped, then never trained (stop)
+    return lost > (steps - first) / 2
 
 
 def _largest(a: float, b: float) -> float:
@@ -350,7 +356,7 @@ def _train(cfg: dict, progress, rows: list) -> dict:
         "baseline_loss": task.baseline(length),
         "solved": bool(last_eval["solved"]),
         "steps_to_solve": steps_to_solve,
-        "diverged": diverged(final_loss, nonfinite_steps, len(train_rows), tc["steps"]),
+        "diverged": diverged(final_loss, [r["nonfinite"] for r in train_rows], tc["steps"]),
         "diverged_step": diverged_step,
         "nonfinite_steps": nonfinite_steps,
         "steps_done": len(train_rows),
