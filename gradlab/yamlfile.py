@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-MAX_BYTES = 64 * 1024    # a config file: ~18x the largest shipped one; PyYAML reads it in ~1-3 s
+MAX_BYTES = 64 * 1024    # a config file: ~18x the largest shipped one; PyYAML reads 64 KB in ~0.6 s of CPU
 MAX_DEPTH = 32           # levels of nesting; a config needs ~6 (grid: {model: [{clip: {kind: ...}}]})
 MAX_VALUES = 100_000     # YAML nodes (keys, values, items) with the aliases expanded
 
