@@ -618,9 +618,14 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         data, lines, problems = parse_yaml(text, source)
     except ConfigError as e:
         raise ConfigError(e.problems + set_problems) from None
-    sets = [(key, value) for key, value in sets if not not_a_mapping(data, key)]  # the file's problem shows
+    where = locator(source, lines, ())
+    for key, _ in sets:  # set_path would replace it by a mapping, hiding what the file holds
+        if blocked := not_a_mapping(data, key):
+            set_problems.append(f"--set {key}: cannot set a key in {blocked}, which is "
+                                f"{get_path(data, blocked)!r} ({where(blocked)}), not a mapping")
+    sets = [(key, value) for key, value in sets if not not_a_mapping(data, key)]
     for key, value in sets:
         set_path(data, key, value)
-    set_problems += set_in_grid(data.get("grid"), sets, locator(source, lines, ()))
+    set_problems += set_in_grid(data.get("grid"), sets, where)
     runs = validate(data, source, lines, tuple(key for key, _ in sets), problems + set_problems)
     return Experiment(data.get("name", Config.name), runs, data.get("expect", []), header_comment(text), source)

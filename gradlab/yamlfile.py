@@ -222,7 +222,7 @@ def not_a_mapping(data: dict, path: str) -> str | None:
     """The section on ``path``'s way that the data holds as something else than a mapping, or None.
 
     ``set_path`` would replace it by a mapping, so a ``--set train.lr=0.1`` would hide a file's
-    ``train: [1, 2]`` from validation; the caller leaves such a --set out and the file's problem shows.
+    ``train: [1, 2]`` from validation: the caller refuses such a --set instead.
     """
     parts = ["grid", path[len("grid."):]] if path.startswith("grid.") else path.split(".")
     node = data

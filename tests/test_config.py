@@ -322,12 +322,17 @@ def test_the_committed_paper_studies_keep_their_run_ids():
 
 
 def test_a_set_does_not_hide_a_section_that_is_not_a_mapping(tmp_path):
-    path = write(tmp_path, "name: x\ntrain: [1, 2]\ngrid: 3\n")
-    result = runner.invoke(app, ["validate", str(path), "--set", "train.lr=0.1", "--set", "grid.model.cell=[gru]"])
+    path = write(tmp_path, "name: x\ntrain: [1, 2]\ngrid: 3\nmodel: {cell: lstm, hidden: 16}\n")
+    result = runner.invoke(app, ["validate", str(path), "--set", "train.lr=0.1", "--set", "grid.model.cell=[gru]",
+                                 "--set", "model.hidden.x=1"])
     assert result.exit_code == 2
     assert result.output.splitlines() == [
         f"error: {path}:2: train: expected a mapping, got [1, 2]",
-        f"error: {path}:3: grid: expected a mapping of dotted.path: [values], got 3"]
+        f"error: {path}:3: grid: expected a mapping of dotted.path: [values], got 3",
+        f"error: --set train.lr: cannot set a key in train, which is [1, 2] ({path}:2: train), not a mapping",
+        f"error: --set grid.model.cell: cannot set a key in grid, which is 3 ({path}:3: grid), not a mapping",
+        f"error: --set model.hidden.x: cannot set a key in model.hidden, which is 16 ({path}:4: model.hidden), "
+        "not a mapping"]
 
 
 @pytest.mark.parametrize("args, line", [
