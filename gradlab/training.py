@@ -65,7 +65,9 @@ def environment(cfg: dict) -> dict:
     device = torch.device(cfg["device"])
     env = {"gradlab": gradlab.__version__, "torch": torch.__version__, "python": platform.python_version(),
            "platform": platform.platform(), "host": platform.node(), "cpu_count": os.cpu_count(),
-           "device": str(device), "threads": torch.get_num_threads(), "seed": cfg["seed"],
+           # the run's threads (torch_settings sets them): a failed run's environment is taken after
+           # the caller's came back
+           "device": str(device), "threads": cfg["threads"], "seed": cfg["seed"],
            "dtype": cfg["dtype"],
            # the SIMD kernels torch picked (AVX2, AVX512, ...): float32 sums round differently on
            # each, so a run is bit-for-bit reproducible only where this and the rest match

@@ -250,6 +250,8 @@ def test_divergence_is_a_non_finite_loss_or_most_updates_lost_after_the_first_no
 
 
 def test_a_run_restores_the_callers_threads_and_denormal_mode():
+    from gradlab.config import Run
+    from gradlab.sweeps import train_run
     from gradlab.training import flushes_denormals
 
     threads = torch.get_num_threads()
@@ -271,6 +273,8 @@ def test_a_run_restores_the_callers_threads_and_denormal_mode():
         torch.set_flush_denormal(True)
         train(tiny_config())
         assert flushes_denormals()  # a caller that flushes keeps flushing
+        failed = train_run(Run("r", tiny_config(), {}), progress=lambda step, steps: 1 / 0)
+        assert failed["error"].startswith("ZeroDivisionError") and failed["env"]["threads"] == 1  # the run's
     finally:
         torch.set_num_threads(threads)
         torch.set_flush_denormal(False)
