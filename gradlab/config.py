@@ -272,6 +272,7 @@ CHECKS = {
     "threads": _int_at_least(1),
 }
 
+
 def unchecked(config_cls, sections: dict, checks: dict) -> list[str]:
     """Dotted keys of the dataclasses without a check, and checks of no key (``grid`` is checked apart).
 
