@@ -8,8 +8,8 @@ only ``grid`` is special here, as its keys are whole dotted paths.
 
 The input is bounded before anything walks it (issue 13: an alias bomb grew past 1.8 GB, 500
 levels of nesting raised RecursionError, 50 MB took 200 s): at most MAX_BYTES of text, MAX_DEPTH
-levels of nesting and MAX_VALUES values, both counted with the aliases expanded, as what reads the
-data (the line walk below, ``repr`` in a message, ``json.dumps`` of a run) sees them expanded.
+levels of nesting, MAX_VALUES values and MAX_TEXT characters, counted with the aliases expanded, as
+what reads the data (the line walk below, ``repr`` in a message, ``json.dumps`` of a run) sees them so.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import yaml
 MAX_BYTES = 64 * 1024    # a config file: ~18x the largest shipped one; PyYAML reads 64 KB in ~0.6 s of CPU
 MAX_DEPTH = 32           # levels of nesting; a config needs ~6 (grid: {model: [{clip: {kind: ...}}]})
 MAX_VALUES = 100_000     # YAML nodes (keys, values, items) with the aliases expanded
+MAX_TEXT = 1_000_000     # characters of the scalars with the aliases expanded: what a message's repr may print
 
 
 class ConfigError(Exception):
@@ -38,7 +39,7 @@ class ConfigError(Exception):
 # Reading YAML with line numbers.
 
 class InputTooLarge(yaml.YAMLError):
-    """The YAML passes MAX_DEPTH or MAX_VALUES; ``mark`` is where (PyYAML's position, 0-based line)."""
+    """The YAML passes MAX_DEPTH, MAX_VALUES or MAX_TEXT; ``mark`` is where (PyYAML's, 0-based line)."""
 
     def __init__(self, problem: str, mark):
         super().__init__(problem)
@@ -47,17 +48,17 @@ class InputTooLarge(yaml.YAMLError):
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader reading YAML 1.2 floats (PyYAML's YAML 1.1 resolver wants a dot, so 1e-3 was a string),
-    and refusing input nested deeper than MAX_DEPTH or holding more than MAX_VALUES values, aliases expanded.
+    and refusing input nested deeper than MAX_DEPTH or larger than MAX_VALUES or MAX_TEXT, aliases expanded.
 
     PyYAML's composer returns an alias as the very node its anchor names, so 9 anchors of 9 aliases
     each are a graph of ~90 nodes that every reader of the data expands to 9^9. Each composed node's
-    expanded size and height are kept, so an alias costs one look-up and the check never expands it.
+    expanded size, text and height are kept, so an alias costs one look-up and the check never expands it.
     """
 
     def __init__(self, stream):
         super().__init__(stream)
         self._depth = 0                       # nodes being composed, root to here (PyYAML recurses)
-        self._expanded: dict[int, tuple[int, int]] = {}  # id(node) -> (values, height), aliases expanded
+        self._expanded: dict[int, tuple[int, int, int]] = {}  # id(node) -> (values, text, height), expanded
 
     def compose_node(self, parent, index):
         mark, alias = self.peek_event().start_mark, self.check_event(yaml.AliasEvent)
@@ -73,18 +74,19 @@ class _Loader(yaml.SafeLoader):
                 raise InputTooLarge("an alias refers to the collection that holds it (a recursive structure)", mark)
             return node
         if isinstance(node, yaml.ScalarNode):
-            children = []
-        elif isinstance(node, yaml.SequenceNode):
-            children = node.value
+            children, text = [], len(node.value)
         else:
-            children = [n for pair in node.value for n in pair]
+            children = node.value if isinstance(node, yaml.SequenceNode) else [n for kv in node.value for n in kv]
+            text = sum(self._expanded[id(c)][1] for c in children)
         values = 1 + sum(self._expanded[id(c)][0] for c in children)
-        height = 1 + max((self._expanded[id(c)][1] for c in children), default=0)
+        height = 1 + max((self._expanded[id(c)][2] for c in children), default=0)
         if values > MAX_VALUES:
             raise InputTooLarge(f"more than {MAX_VALUES:,} values with the aliases expanded", node.start_mark)
+        if text > MAX_TEXT:
+            raise InputTooLarge(f"more than {MAX_TEXT:,} characters with the aliases expanded", node.start_mark)
         if height > MAX_DEPTH:
             raise InputTooLarge(f"nested deeper than {MAX_DEPTH} levels with the aliases expanded", node.start_mark)
-        self._expanded[id(node)] = (values, height)
+        self._expanded[id(node)] = (values, text, height)
         return node
 
 

@@ -18,7 +18,7 @@ from gradlab import results
 from gradlab.cli import app
 from gradlab.config import MAX_ID_BYTES, load_experiment
 from gradlab.grid import MAX_RUNS, too_many_runs
-from gradlab.yamlfile import MAX_BYTES, MAX_DEPTH, MAX_VALUES
+from gradlab.yamlfile import MAX_BYTES, MAX_DEPTH, MAX_TEXT, MAX_VALUES
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -49,6 +49,13 @@ def test_an_alias_bomb_is_refused_where_it_passes_the_limit(tmp_path):
     # a0 is 2 values (the list, "lol"), a_k = 1 + 9 a_(k-1): 19, 172, 1549, 13942, then a5 125,479 (line 7)
     assert refused(tmp_path, bomb()) == [f"{tmp_path / 'hostile.yaml'}:7: more than {MAX_VALUES:,} values "
                                          "with the aliases expanded"]
+
+
+def test_aliases_of_a_long_string_are_counted_by_their_text(tmp_path):
+    # 30 KB of text, 100 aliases of it in seeds: 3 MB for the error message's repr to print
+    text = f"name: x\nlong: &s {'x' * 30_000}\nseeds: [{', '.join(['*s'] * 100)}]\n"
+    assert refused(tmp_path, text) == [f"{tmp_path / 'hostile.yaml'}:3: more than {MAX_TEXT:,} characters "
+                                       "with the aliases expanded"]
 
 
 def test_aliases_within_the_limit_still_work(tmp_path):
