@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from gradlab.cells import Probe, RecurrentNet
+from gradlab.training import torch_settings
 
 FUSED = {"vanilla": (nn.RNN, "tanh"), "irnn": (nn.RNN, "relu"), "orthogonal": (nn.RNN, "tanh"),
          "lstm": (nn.LSTM, None), "gru": (nn.GRU, None)}
@@ -160,17 +161,12 @@ def _keep_heap():
 
 @contextlib.contextmanager
 def _one_thread(device):
-    """On CPU: one thread and flushed denormals for the duration (the thread count is restored)."""
+    """On CPU: one thread and flushed denormals for the duration (the caller's come back after)."""
     if torch.device(device).type != "cpu":
         yield
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.set_flush_denormal(True)
-    try:
+    with torch_settings(torch.device(device), 1):
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def peak_memory(cell, length, batch=64, hidden=128, device="cpu", engine="scan", probe=True) -> int:

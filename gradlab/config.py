@@ -21,7 +21,7 @@ from pathlib import Path
 from gradlab import expectations
 from gradlab.cells import CELLS, INITS
 from gradlab.diagnostics import Thresholds
-from gradlab.grid import check_between_keys, check_grid, check_same_runs, expand
+from gradlab.grid import check_between_keys, check_grid, check_same_runs, expand, set_in_grid, too_many_runs
 from gradlab.remedies import CLIPS
 from gradlab.results import clip_label, tbptt_label
 from gradlab.tasks import TASKS
@@ -32,6 +32,7 @@ from gradlab.yamlfile import (
     header_comment,
     in_file_order,
     locator,
+    not_a_mapping,
     parse_override,
     parse_yaml,
     read_text,
@@ -101,6 +102,9 @@ NOT_IN_RUN_ID = ("device", "threads")
 # Thresholds change a run's verdicts, so they are hashed; a section left entirely at its defaults is not,
 # which keeps the ids of runs recorded before it was hashed.
 HASHED_WHEN_SET = ("diagnostics",)
+# A run id names a directory (at most 255 bytes on Linux, macOS and Windows); 200 leaves room for the
+# names made from it, e.g. plots' profile_heatmap_<id>.png.
+MAX_ID_BYTES = 200
 
 
 @dataclass
@@ -189,6 +193,8 @@ def _name(v):
     """The experiment name is a directory name under --out."""
     if not isinstance(v, str) or not v or not all(c.isalnum() or c in "-_." for c in v) or v[0] == ".":
         return f"expected a name of letters, digits, '-', '_' or '.', got {v!r}"
+    if len(v.encode()) > MAX_ID_BYTES:  # a directory name, like a run id
+        return f"at most {MAX_ID_BYTES} bytes (a directory name), got {len(v.encode())}"
 
 
 def _device(v):
@@ -265,6 +271,21 @@ CHECKS = {
     "dtype": _choice({"float32": 0, "float64": 0}, "dtype"),
     "threads": _int_at_least(1),
 }
+
+
+def unchecked(config_cls, sections: dict, checks: dict) -> list[str]:
+    """Dotted keys of the dataclasses without a check, and checks of no key (``grid`` is checked apart).
+
+    A field without a check would be accepted as a key yet never reach a run (``_base`` copies the
+    checked keys): a default silently standing in for what the file says.
+    """
+    keys = {f.name for f in dataclasses.fields(config_cls) if f.name not in sections and f.name != "grid"}
+    keys |= {f"{s}.{f.name}" for s, cls in sections.items() for f in dataclasses.fields(cls)}
+    return sorted(keys ^ set(checks))
+
+
+if unchecked(Config, SECTIONS, CHECKS):  # at import: a new field cannot ship without its check
+    raise TypeError(f"config keys and CHECKS differ: {', '.join(unchecked(Config, SECTIONS, CHECKS))}")
 
 # Remedies a config sets by key (the others are named in a registry), for `gradlab ls`:
 # dotted key -> (its values, one line with the source).
@@ -407,11 +428,19 @@ def _value_label(path: str, value) -> str:
     return str(value)
 
 
+@functools.cache
+def _resolved_defaults() -> dict:
+    """The defaults as a run's config holds them (the clip resolved); built once, as every run id reads
+    them (a third of validating a grid), and never changed."""
+    defaults = _defaults()
+    defaults["train"]["clip"] = resolve_clip(defaults["train"]["clip"])
+    return defaults
+
+
 def _identity(cfg: dict) -> dict:
     """What makes a run what it is: the resolved config minus NOT_IN_RUN_ID and minus every value
     equal to its default, so a key added to gradlab later (at its default) keeps existing ids."""
-    defaults = _defaults()
-    defaults["train"]["clip"] = resolve_clip(defaults["train"]["clip"])
+    defaults = _resolved_defaults()
     identity = {}
     for k, v in cfg.items():
         if k in NOT_IN_RUN_ID:
@@ -427,7 +456,12 @@ def _identity(cfg: dict) -> dict:
 
 
 def run_id(cfg: dict, overrides: dict) -> str:
-    """Stable id: readable grid values and seed, then a hash of what differs from the defaults."""
+    """Stable id: readable grid values and seed, then a hash of what differs from the defaults.
+
+    An id is a directory name, so at most MAX_ID_BYTES: a longer one keeps the first grid values
+    that fit, cut where ``~`` marks (a character the readable part never holds otherwise), then the
+    seed and the hash, which alone identifies the run.
+    """
     identity = _identity(cfg)
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     parts = []
@@ -436,9 +470,18 @@ def run_id(cfg: dict, overrides: dict) -> str:
             parts.append(",".join(f"{k}={v}" for k, v in value.items()))
         else:  # a tbptt of 5/10 becomes 5-10 below
             parts.append(f"{path.split('.')[-1]}={_value_label(path, value)}")
-    slug = "_".join(parts + [f"seed={cfg['seed']}"])
-    slug = "".join(c if c.isalnum() or c in "=._-()" else "-" for c in slug)
-    return f"{slug}_{digest}"
+    seed = f"seed={cfg['seed']}"
+    slug = _filename_safe("_".join(parts + [seed]))
+    if len(f"{slug}_{digest}".encode()) <= MAX_ID_BYTES:
+        return f"{slug}_{digest}"
+    tail = f"~_{seed}_{digest}"
+    head = _filename_safe("_".join(parts)).encode()[:MAX_ID_BYTES - len(tail)]
+    return head.decode("utf-8", "ignore") + tail  # "ignore": a character cut in two is dropped
+
+
+def _filename_safe(text: str) -> str:
+    """Letters, digits and ``=._-()+`` kept, anything else ``-``: ``+`` is kept, so 1e+30 is not 1e-30."""
+    return "".join(c if c.isalnum() or c in "=._-()+" else "-" for c in text)
 
 
 def _base(data: dict, bad: set[str]) -> dict:
@@ -523,6 +566,9 @@ def validate(data: dict, source: str = "<config>", lines: dict | None = None,
     if data.get("grid") == {}:
         problems.append(f"{where('grid')}: the grid is empty; remove it or give it keys")
     base = _base(data, bad)
+    huge = too_many_runs(grid, len(base["seeds"]), where)
+    if huge:  # nothing else can be checked without expanding it
+        raise ConfigError(in_file_order(problems + [huge], source))
     points = expand(grid)
     configs = [_resolve_point(base, point) for point in points]
     problems += check_between_keys(data, points, configs, bad, where, _value_label)
@@ -573,7 +619,14 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         data, lines, problems = parse_yaml(text, source)
     except ConfigError as e:
         raise ConfigError(e.problems + set_problems) from None
+    where = locator(source, lines, ())
+    for key, _ in sets:  # set_path would replace it by a mapping, hiding what the file holds
+        if blocked := not_a_mapping(data, key):
+            set_problems.append(f"--set {key}: cannot set a key in {blocked}, which is "
+                                f"{get_path(data, blocked)!r} ({where(blocked)}), not a mapping")
+    sets = [(key, value) for key, value in sets if not not_a_mapping(data, key)]
     for key, value in sets:
         set_path(data, key, value)
+    set_problems += set_in_grid(data.get("grid"), sets, where)
     runs = validate(data, source, lines, tuple(key for key, _ in sets), problems + set_problems)
     return Experiment(data.get("name", Config.name), runs, data.get("expect", []), header_comment(text), source)

@@ -8,6 +8,7 @@ prints and never writes files: the caller (``sweeps``) stores what it returns.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -29,13 +30,34 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 PROFILE_BATCH = 128  # sequences of the evaluation set the gradient profile is measured on
 
 
-def setup_torch(device: torch.device, threads: int) -> None:
-    """Per-process settings every run needs."""
+@contextlib.contextmanager
+def torch_settings(device: torch.device, threads: int):
+    """The process settings a run needs, for the duration of the ``with`` block; the caller's come back after.
+
+    A library user, a notebook or a serial sweep (every run in the driver's process) keeps its own
+    thread count and denormal mode, whatever the run set and however it ended.
+    """
+    threads_before, flush_before = torch.get_num_threads(), flushes_denormals()
     torch.set_num_threads(threads)
     if device.type == "cpu":
         # Vanishing gradients produce subnormal floats, which x86 processes many
-        # times slower (REFERENCE §6: an LSTM step went from ~1100 ms to ~80 ms).
+        # times slower (an LSTM step went from ~1100 ms to ~80 ms when flushed).
         torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads_before)
+        torch.set_flush_denormal(flush_before)
+
+
+def flushes_denormals() -> bool:
+    """Whether torch flushes subnormal floats to zero on this thread.
+
+    torch has ``set_flush_denormal`` but no getter, so this makes a subnormal and looks: the
+    smallest float64 subnormal, 1e-323, becomes 0 when the mode is on (the example in the docs of
+    ``torch.set_flush_denormal``, https://pytorch.org/docs/stable/generated/torch.set_flush_denormal.html).
+    """
+    return torch.tensor([1e-323], dtype=torch.float64).item() == 0.0
 
 
 def environment(cfg: dict) -> dict:
@@ -43,7 +65,9 @@ def environment(cfg: dict) -> dict:
     device = torch.device(cfg["device"])
     env = {"gradlab": gradlab.__version__, "torch": torch.__version__, "python": platform.python_version(),
            "platform": platform.platform(), "host": platform.node(), "cpu_count": os.cpu_count(),
-           "device": str(device), "threads": torch.get_num_threads(), "seed": cfg["seed"],
+           # the run's threads (torch_settings sets them): a failed run's environment is taken after
+           # the caller's came back
+           "device": str(device), "threads": cfg["threads"], "seed": cfg["seed"],
            "dtype": cfg["dtype"],
            # the SIMD kernels torch picked (AVX2, AVX512, ...): float32 sums round differently on
            # each, so a run is bit-for-bit reproducible only where this and the rest match
@@ -182,6 +206,26 @@ def train_step(model, task, batch, optimizer, clip: dict | Clipper, window: int 
     return row
 
 
+def diverged(final_loss: float, nonfinite: list[int], steps: int) -> bool:
+    """Whether a run diverged, by one definition for both ``train.on_nonfinite`` policies.
+
+    nonfinite: per batch trained, 1 where an update was non-finite; steps: the batches the run was
+    to train (``train.steps``). Diverged: the final evaluation loss is not finite, or, from the
+    first non-finite update on, more than half of the run's remaining batches gave no update. Under
+    ``skip`` those are the dropped ones; under ``stop`` the run ends at the first, so none after it
+    is made: a stopped run is diverged, and so is a skipping run that blew up and stayed so (an IRNN
+    at SGD lr 10 that dropped 198 of its 200 updates and ended at a finite loss of 2.9e23), while a
+    skipping run that drops a few updates and trains on is not.
+    """
+    if not math.isfinite(final_loss):
+        return True
+    first = next((i for i, flag in enumerate(nonfinite) if flag), None)
+    if first is None:
+        return False
+    lost = sum(nonfinite[first:]) + (steps - len(nonfinite))  # dropped, then never trained (stop)
+    return lost > (steps - first) / 2
+
+
 def _largest(a: float, b: float) -> float:
     """max(a, b), but NaN when either is NaN (Python's max keeps whichever comes first)."""
     return math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
@@ -254,10 +298,15 @@ def train(cfg: dict, progress=None, rows: list | None = None) -> dict:
     profile at each evaluation (layer 0's), and for a stack "grad_norm_layers"
     (E, L, S) every layer's, bottom first}. progress(step, steps), if given, is called after
     every training step. rows, if given, receives the metric rows as they are
-    made, so a caller keeps them when training raises.
+    made, so a caller keeps them when training raises. The run's thread count and denormal
+    mode (``torch_settings``) hold while it trains; the caller's are back when it returns or raises.
     """
+    with torch_settings(torch.device(cfg["device"]), cfg["threads"]):
+        return _train(cfg, progress, [] if rows is None else rows)
+
+
+def _train(cfg: dict, progress, rows: list) -> dict:
     device, dtype = torch.device(cfg["device"]), DTYPES[cfg["dtype"]]
-    setup_torch(device, cfg["threads"])
     task, tc, length = resolve(cfg["task"]), cfg["train"], cfg["task"]["length"]  # no "variant" key = None
     thresholds, seed = Thresholds(**cfg["diagnostics"]), cfg["seed"]
     dependency = task.dependency(length)
@@ -272,7 +321,6 @@ def train(cfg: dict, progress=None, rows: list | None = None) -> dict:
     optimizer = OPTIMIZERS[tc["optimizer"]](remedies.decay_groups(model, weight_decay), lr=tc["lr"])
     clipper = make_clipper(tc["clip"], model)  # one per run: AutoClip's history, ZClip's statistics
 
-    rows = [] if rows is None else rows
     profiles, profile_steps = [], []
     last_eval, steps_to_solve, diverged_step, nonfinite_steps = None, None, None, 0
     start = time.perf_counter()
@@ -313,7 +361,7 @@ def train(cfg: dict, progress=None, rows: list | None = None) -> dict:
         "baseline_loss": task.baseline(length),
         "solved": bool(last_eval["solved"]),
         "steps_to_solve": steps_to_solve,
-        "diverged": diverged_step is not None or not math.isfinite(final_loss),
+        "diverged": diverged(final_loss, [r["nonfinite"] for r in train_rows], tc["steps"]),
         "diverged_step": diverged_step,
         "nonfinite_steps": nonfinite_steps,
         "steps_done": len(train_rows),

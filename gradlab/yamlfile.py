@@ -5,6 +5,11 @@ must keep what PyYAML throws away: the line each key was written on, and keys gi
 (PyYAML silently keeps the later one). The loader reads YAML 1.2 floats (``1e-3`` is a
 number, not a string). The keys themselves, their defaults and checks are ``config``'s;
 only ``grid`` is special here, as its keys are whole dotted paths.
+
+The input is bounded before anything walks it (issue 13: an alias bomb grew past 1.8 GB, 500
+levels of nesting raised RecursionError, 50 MB took 200 s): at most MAX_BYTES of text, MAX_DEPTH
+levels of nesting, MAX_VALUES values and MAX_TEXT characters, counted with the aliases expanded, as
+what reads the data (the line walk below, ``repr`` in a message, ``json.dumps`` of a run) sees them so.
 """
 
 from __future__ import annotations
@@ -15,6 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+
+MAX_BYTES = 64 * 1024    # a config file: ~18x the largest shipped one; PyYAML reads 64 KB in ~0.6 s of CPU
+MAX_DEPTH = 32           # levels of nesting; a config needs ~6 (grid: {model: [{clip: {kind: ...}}]})
+MAX_VALUES = 100_000     # YAML nodes (keys, values, items) with the aliases expanded
+MAX_TEXT = 1_000_000     # characters of the scalars with the aliases expanded: what a message's repr may print
 
 
 class ConfigError(Exception):
@@ -28,8 +38,56 @@ class ConfigError(Exception):
 # ---------------------------------------------------------------------------
 # Reading YAML with line numbers.
 
+class InputTooLarge(yaml.YAMLError):
+    """The YAML passes MAX_DEPTH, MAX_VALUES or MAX_TEXT; ``mark`` is where (PyYAML's, 0-based line)."""
+
+    def __init__(self, problem: str, mark):
+        super().__init__(problem)
+        self.problem, self.mark = problem, mark
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader reading YAML 1.2 floats: PyYAML's YAML 1.1 resolver wants a dot, so 1e-3 was a string."""
+    """SafeLoader reading YAML 1.2 floats (PyYAML's YAML 1.1 resolver wants a dot, so 1e-3 was a string),
+    and refusing input nested deeper than MAX_DEPTH or larger than MAX_VALUES or MAX_TEXT, aliases expanded.
+
+    PyYAML's composer returns an alias as the very node its anchor names, so 9 anchors of 9 aliases
+    each are a graph of ~90 nodes that every reader of the data expands to 9^9. Each composed node's
+    expanded size, text and height are kept, so an alias costs one look-up and the check never expands it.
+    """
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0                       # nodes being composed, root to here (PyYAML recurses)
+        self._expanded: dict[int, tuple[int, int, int]] = {}  # id(node) -> (values, text, height), expanded
+
+    def compose_node(self, parent, index):
+        mark, alias = self.peek_event().start_mark, self.check_event(yaml.AliasEvent)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:  # before PyYAML's recursion reaches Python's limit
+                raise InputTooLarge(f"nested deeper than {MAX_DEPTH} levels", mark)
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if alias:
+            if id(node) not in self._expanded:  # its anchor's node is still being composed: it holds itself
+                raise InputTooLarge("an alias refers to the collection that holds it (a recursive structure)", mark)
+            return node
+        if isinstance(node, yaml.ScalarNode):
+            children, text = [], len(node.value)
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else [n for kv in node.value for n in kv]
+            text = sum(self._expanded[id(c)][1] for c in children)
+        values = 1 + sum(self._expanded[id(c)][0] for c in children)
+        height = 1 + max((self._expanded[id(c)][2] for c in children), default=0)
+        if values > MAX_VALUES:
+            raise InputTooLarge(f"more than {MAX_VALUES:,} values with the aliases expanded", node.start_mark)
+        if text > MAX_TEXT:
+            raise InputTooLarge(f"more than {MAX_TEXT:,} characters with the aliases expanded", node.start_mark)
+        if height > MAX_DEPTH:
+            raise InputTooLarge(f"nested deeper than {MAX_DEPTH} levels with the aliases expanded", node.start_mark)
+        self._expanded[id(node)] = (values, text, height)
+        return node
 
 
 _FLOAT = "tag:yaml.org,2002:float"
@@ -84,6 +142,8 @@ def parse_yaml(text: str, source: str) -> tuple[dict, dict[str, int], list[str]]
     """A config file's text -> (data, key path -> line, problems found while reading: keys given twice)."""
     try:
         data, lines, twice = _read_yaml(text)
+    except InputTooLarge as e:
+        raise ConfigError([f"{source}:{e.mark.line + 1}: {e.problem}"]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
@@ -106,6 +166,8 @@ def parse_override(item: str) -> tuple[str, object]:
         raise ConfigError([f"--set {item}: expected dotted.path=value"])
     try:
         value, _, twice = _read_yaml(raw) if raw.strip() else (None, {}, [])
+    except InputTooLarge as e:
+        raise ConfigError([f"--set {path}: {e.problem}"]) from None
     except yaml.YAMLError:
         raise ConfigError([f"--set {item}: the value is not valid YAML"]) from None
     if twice:
@@ -114,11 +176,15 @@ def parse_override(item: str) -> tuple[str, object]:
 
 
 def read_text(path: Path, source: str) -> str:
-    """The file as UTF-8 text; an unreadable or undecodable file is a ConfigError."""
+    """The file as UTF-8 text; an unreadable, undecodable or too large (MAX_BYTES) file is a ConfigError."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)  # never more: the file may be huge, or endless (/dev/zero)
     except OSError as e:
         raise ConfigError([f"{source}: cannot read the config: {e.strerror}"]) from None
+    if len(raw) > MAX_BYTES:
+        raise ConfigError([f"{source}: the config is larger than {MAX_BYTES // 1024} KB; "
+                           "a config lists values, not data"])
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:  # a binary or Latin-1 file: one located line, not a traceback
@@ -152,6 +218,23 @@ def set_path(data: dict, path: str, value) -> None:
             node[p] = {}
         node = node[p]
     node[parts[-1]] = value
+
+
+def not_a_mapping(data: dict, path: str) -> str | None:
+    """The section on ``path``'s way that the data holds as something else than a mapping, or None.
+
+    ``set_path`` would replace it by a mapping, so a ``--set train.lr=0.1`` would hide a file's
+    ``train: [1, 2]`` from validation: the caller refuses such a --set instead.
+    """
+    parts = ["grid", path[len("grid."):]] if path.startswith("grid.") else path.split(".")
+    node = data
+    for i, p in enumerate(parts[:-1]):
+        if p not in node:
+            return None
+        node = node[p]
+        if not isinstance(node, dict):
+            return ".".join(parts[:i + 1])
+    return None
 
 
 def get_path(data: dict, path: str):

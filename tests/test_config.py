@@ -319,3 +319,64 @@ def test_the_committed_paper_studies_keep_their_run_ids():
         name, runs = load(config)
         missing = [r.id for r in runs if not (ROOT / "results" / name / r.id / "summary.json").exists()]
         assert not missing, (config.name, missing)
+
+
+def test_a_set_does_not_hide_a_section_that_is_not_a_mapping(tmp_path):
+    path = write(tmp_path, "name: x\ntrain: [1, 2]\ngrid: 3\nmodel: {cell: lstm, hidden: 16}\n")
+    result = runner.invoke(app, ["validate", str(path), "--set", "train.lr=0.1", "--set", "grid.model.cell=[gru]",
+                                 "--set", "model.hidden.x=1"])
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [
+        f"error: {path}:2: train: expected a mapping, got [1, 2]",
+        f"error: {path}:3: grid: expected a mapping of dotted.path: [values], got 3",
+        f"error: --set train.lr: cannot set a key in train, which is [1, 2] ({path}:2: train), not a mapping",
+        f"error: --set grid.model.cell: cannot set a key in grid, which is 3 ({path}:3: grid), not a mapping",
+        f"error: --set model.hidden.x: cannot set a key in model.hidden, which is 16 ({path}:4: model.hidden), "
+        "not a mapping"]
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--set", "model.cell=gru"], "--set model.cell: the grid sets model.cell ({path}:4: grid.model.cell), and its "
+                                  "values override this one; set them instead: --set grid.model.cell=[gru]"),
+    (["--set", "model={cell: gru}"], "--set model: the grid sets model.cell ({path}:4: grid.model.cell), and its "
+                                     "values override this one; set them instead: --set grid.model.cell=[...]"),
+    (["--set", "train.clip={kind: norm, max_norm: 2}"],
+     "--set train.clip: the grid sets train.clip ({path}:5: grid.train.clip), and its values override this one; "
+     "set them instead: --set grid.train.clip=[{kind: norm, max_norm: 2}]"),
+    (["--set", "task.length=30"], "--set task.length: the grid sets task ({path}:6: grid.task), and its values "
+                                  "override this one; set them instead: --set grid.task=[...]"),
+])
+def test_a_set_of_a_key_the_grid_sets_is_an_error_naming_the_grid_key(tmp_path, args, line):
+    path = write(tmp_path, "name: x\nseeds: [0]\ngrid:\n  model.cell: [lstm]\n  train.clip: [none, norm]\n"
+                           "  task: [{length: 10}, {name: copy}]\n")
+    for command in (["validate", str(path)], ["run", str(path), "--dry-run", "--out", str(tmp_path / "o")]):
+        result = runner.invoke(app, command + args)
+        assert result.exit_code == 2 and result.output.splitlines() == ["error: " + line.replace("{path}", str(path))]
+
+
+def test_a_set_of_what_the_grid_leaves_alone_still_applies(tmp_path):
+    path = write(tmp_path, "name: x\ngrid:\n  model: [{cell: lstm}, {cell: gru}]\n")
+    runs = load(path, ["model.hidden=8", "grid.train.lr=[0.1]", "task.name=copy"])[1]
+    assert [(r.config["model"]["cell"], r.config["model"]["hidden"], r.config["train"]["lr"], r.config["task"]["name"])
+            for r in runs] == [("lstm", 8, 0.1, "copy"), ("gru", 8, 0.1, "copy")]
+
+
+def test_every_config_field_has_a_check_and_every_check_a_field():
+    import dataclasses
+
+    from gradlab.config import CHECKS, SECTIONS, Config, unchecked
+
+    assert unchecked(Config, SECTIONS, CHECKS) == []
+
+    @dataclasses.dataclass
+    class Toy:
+        lr: float = 0.1
+        momentum: float = 0.9  # no check below
+
+    @dataclasses.dataclass
+    class ToyConfig:
+        toy: Toy = dataclasses.field(default_factory=Toy)
+        seed: int = 0
+
+    assert unchecked(ToyConfig, {"toy": Toy}, {"toy.lr": None, "seed": None, "toy.gone": None}) == [
+        "toy.gone", "toy.momentum"]

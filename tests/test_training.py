@@ -245,3 +245,72 @@ def test_recurrent_clip_counts_the_updates_it_changed(mode):
         step_batch = Batch(x, y, batch.loss_mask, batch.score_mask)
         row = train_step(model, TASKS["adding"], step_batch, opt, clip, None, "skip")
         assert row["clip_active"] == expected
+
+
+@pytest.mark.parametrize("seed, first", [(0, 2), (3, 13)])
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_a_run_that_overflows_and_stays_so_is_diverged_under_either_policy(policy, seed, first):
+    # the IRNN at SGD lr 10 overflows at step `first` and never recovers: skip drops every update
+    # from there on and ends at a finite loss (~5e19, ~1e37), stop ends the run there
+    cfg = {**tiny_config(optimizer="sgd", lr=10.0, steps=20, eval_every=20, batch_size=32, on_nonfinite=policy),
+           "task": {"name": "adding", "length": 20, "eval_size": 100}, "seed": seed}
+    cfg["model"] = {**cfg["model"], "cell": "irnn", "hidden": 16}
+    summary = train(cfg)["summary"]
+    dropped = 20 - first + 1 if policy == "skip" else 1
+    assert summary["nonfinite_steps"] == dropped and math.isfinite(summary["final_loss"])
+    assert summary["steps_done"] == (20 if policy == "skip" else first) and summary["diverged"]
+
+
+def test_divergence_is_a_non_finite_loss_or_most_updates_lost_after_the_first_non_finite():
+    from gradlab.training import diverged
+
+    assert diverged(math.nan, [0] * 10, 10) and diverged(math.inf, [0] * 10, 10)
+    assert not diverged(1.0, [0] * 10, 10)
+    assert diverged(1.0, [0, 0, 0, 0, 1, 1, 0, 1, 1, 0], 10)  # skip: 4 of the 6 batches from step 5 dropped
+    assert not diverged(1.0, [0, 0, 0, 0, 1, 1, 0, 1, 0, 0], 10)  # 3 of 6, half: it trained on
+    assert diverged(1.0, [0] * 9 + [1], 10)  # the last update non-finite: nothing shows it recovered
+    assert diverged(1.0, [0, 0, 0, 0, 0, 0, 0, 1], 10)  # stop at step 8: 1 dropped, 2 never made
+
+
+def test_a_run_restores_the_callers_threads_and_denormal_mode():
+    from gradlab.config import Run
+    from gradlab.sweeps import train_run
+    from gradlab.training import flushes_denormals
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    torch.set_flush_denormal(False)
+    seen = []
+
+    def progress(step, steps):  # inside the run: its own settings
+        seen.append((torch.get_num_threads(), flushes_denormals()))
+        if step == 3:
+            raise KeyboardInterrupt  # a run ended from outside restores them too
+
+    try:
+        train(tiny_config())
+        assert (torch.get_num_threads(), flushes_denormals()) == (2, False)
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny_config(), progress=progress)
+        assert seen == [(1, True)] * 3 and (torch.get_num_threads(), flushes_denormals()) == (2, False)
+        torch.set_flush_denormal(True)
+        train(tiny_config())
+        assert flushes_denormals()  # a caller that flushes keeps flushing
+        failed = train_run(Run("r", tiny_config(), {}), progress=lambda step, steps: 1 / 0)
+        assert failed["error"].startswith("ZeroDivisionError") and failed["env"]["threads"] == 1  # the run's
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(False)
+
+
+def test_flushes_denormals_reads_the_mode():
+    assert torch.set_flush_denormal(True)  # this machine supports the mode (x86 with SSE3, or AArch64)
+    try:
+        from gradlab.training import flushes_denormals
+
+        assert flushes_denormals()
+        torch.set_flush_denormal(False)
+        assert not flushes_denormals()
+        assert torch.tensor([1e-323], dtype=torch.float64).item() > 0  # a subnormal survives
+    finally:
+        torch.set_flush_denormal(False)
