@@ -59,6 +59,7 @@ def split() -> Split:
                                                                        test_x, test_y.astype(np.int64))))
 
 
+@functools.lru_cache(maxsize=1)
 def permutation() -> torch.Tensor:
     """(64,) the fixed pixel order of ``digits[permuted]``: step t reads pixel permutation()[t]."""
     return torch.from_numpy(np.random.RandomState(PERMUTATION_SEED).permutation(PIXELS))
