@@ -230,8 +230,17 @@ def test_bad_lengths_and_variants_are_located_one_liners(tmp_path, text, line):
 # A real run through the normal training path
 
 
-def test_a_tiny_lstm_beats_the_baseline_on_rows(tmp_path):
+def test_a_tiny_lstm_beats_the_baseline_on_rows(tmp_path, monkeypatch):
     from gradlab.training import train
+
+    evaluated, real = [], digits.Digits.evaluation_set
+
+    def spy(self, size, length, generator):
+        batch = real(self, size, length, generator)
+        evaluated.append(batch.x.shape[1])
+        return batch
+
+    monkeypatch.setattr(digits.Digits, "evaluation_set", spy)
 
     _, (run,) = load_config(tmp_path, "task: {name: digits, variant: rows}\nmodel: {cell: lstm, hidden: 16}\n"
                                       "train: {steps: 150, batch_size: 32, lr: 0.02, eval_every: 150}\n")
@@ -240,3 +249,4 @@ def test_a_tiny_lstm_beats_the_baseline_on_rows(tmp_path):
     assert summary["baseline_loss"] == pytest.approx(ROWS.baseline(8))
     assert summary["final_loss"] < 0.5 * summary["baseline_loss"]
     assert summary["final_accuracy"] > 0.6  # chance: 0.1
+    assert evaluated == [450]  # scored on the test part, all 450 images
