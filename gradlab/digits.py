@@ -75,8 +75,8 @@ class Digits(Task):
     steps S: the image fills the first 64 (rows: 8) and the rest, up to S, are blank
     (zero), so the same data tests a dependency of any length. The class is read at
     the last step, with cross-entropy. The first pixel, at step 0, is the lag of
-    S - 1 steps the gradient profile is judged at (``dependency`` 0); in row-major
-    order the image's first row is nearly blank (its pixel 0 is 0 in every image).
+    S - 1 steps the gradient profile is judged at (``dependency`` 0); that corner
+    pixel is 0 in every image, the top row's middle pixels (steps 2-5) carry ink.
     Training batches draw images uniformly, with replacement, from the training part;
     the evaluation set is the first ``eval_size`` images of the test part (all 450
     with the default 1000). Solved at test accuracy >= 0.9.
