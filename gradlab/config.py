@@ -24,7 +24,7 @@ from gradlab.diagnostics import Thresholds
 from gradlab.grid import check_between_keys, check_grid, check_same_runs, expand, set_in_grid, too_many_runs
 from gradlab.remedies import CLIPS
 from gradlab.results import clip_label, tbptt_label
-from gradlab.tasks import TASKS
+from gradlab.tasks import TASKS, resolve
 from gradlab.yamlfile import (
     ConfigError,
     did_you_mean,
@@ -46,7 +46,7 @@ from gradlab.yamlfile import (
 @dataclass
 class TaskConfig:
     name: str = "adding"        # a key of gradlab.tasks.TASKS
-    length: int = 50            # T: the dependency length (copy: the delay)
+    length: int = 50            # T: the dependency length (copy: the delay); a task may have its own (digits: 64)
     eval_size: int = 1000       # sequences in the fixed held-out evaluation set
     variant: str | None = None  # a source variant, a key of gradlab.tasks.VARIANTS[name]; None = the task itself
 
@@ -498,14 +498,34 @@ def _base(data: dict, bad: set[str]) -> dict:
     return base
 
 
-def _resolve_point(base: dict, point: dict) -> dict:
-    """One grid point's resolved config, without its seed; ``point`` is {dotted path: (index, value)}."""
+def _length_given(data: dict) -> bool:
+    """Whether the config (or --set) states task.length itself, so no task's own default applies."""
+    return isinstance(data.get("task"), dict) and "length" in data["task"]
+
+
+def _task_default_length(task_cfg: dict) -> int:
+    """task.length for a point that states none: the task's own default (digits: 64), else TaskConfig's."""
+    try:
+        own = resolve(task_cfg).default_length
+    except ValueError:  # an unknown task or variant: reported by its own check
+        own = None
+    return TaskConfig.length if own is None else own
+
+
+def _resolve_point(base: dict, point: dict, length_given: bool = True) -> dict:
+    """One grid point's resolved config, without its seed; ``point`` is {dotted path: (index, value)}.
+
+    ``length_given``: the config states task.length; if not, and the point does not either, the
+    point's task gets its own default length.
+    """
     cfg = copy.deepcopy(base)
     for path, (_, value) in point.items():
         if path in SECTIONS:  # a section variant: its keys over the section
             cfg[path].update(copy.deepcopy(value))
         else:
             set_path(cfg, path, copy.deepcopy(value))
+    if not (length_given or "task.length" in point or "length" in point.get("task", (None, {}))[1]):
+        cfg["task"]["length"] = _task_default_length(cfg["task"])
     cfg.pop("grid")
     cfg.pop("seeds")
     cfg["train"]["clip"] = resolve_clip(cfg["train"]["clip"])
@@ -565,14 +585,16 @@ def validate(data: dict, source: str = "<config>", lines: dict | None = None,
     grid = check_grid(data["grid"], CHECKS, VARIANT_SECTIONS, where, problems, bad) if "grid" in data else {}
     if data.get("grid") == {}:
         problems.append(f"{where('grid')}: the grid is empty; remove it or give it keys")
-    base = _base(data, bad)
+    base, length_given = _base(data, bad), _length_given(data)
     huge = too_many_runs(grid, len(base["seeds"]), where)
     if huge:  # nothing else can be checked without expanding it
         raise ConfigError(in_file_order(problems + [huge], source))
     points = expand(grid)
-    configs = [_resolve_point(base, point) for point in points]
+    configs = [_resolve_point(base, point, length_given) for point in points]
     problems += check_between_keys(data, points, configs, bad, where, _value_label)
-    problems += check_same_runs(grid, points, configs, functools.partial(_resolve_point, base), where, _value_label)
+    problems += check_same_runs(grid, points, configs, functools.partial(_resolve_point, base,
+                                                                         length_given=length_given),
+                                where, _value_label)
     runs = []
     for point, cfg in zip(points, configs):
         overrides = {path: value for path, (_, value) in point.items()}

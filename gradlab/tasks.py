@@ -10,7 +10,9 @@ Add a task by writing a small subclass of ``Task`` (``generate``, ``baseline``,
 ``lag``, ``dependency``, ``solved``) and an entry in ``TASKS``. A task may have
 *variants* that follow other sources (``adding``: ``hochreiter``, ``pascanu``,
 ``tcn``), listed in ``VARIANTS``; ``resolve`` turns a config's ``task`` section
-(``name`` and ``variant``) into the ``Task`` it names.
+(``name`` and ``variant``) into the ``Task`` it names. A task on a real data set
+lives in its own module (``gradlab.digits``), which adds its entries to ``TASKS``
+and ``VARIANTS``; this module imports it last.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class Task:
     output_size: int  # regression: 1; classification: the number of classes
     min_length: int  # the shortest `length` the definition allows
     variant: str | None = None  # a key of VARIANTS[name]; None for the task itself
+    default_length: int | None = None  # task.length when a config gives none; None = the config's default
 
     @property
     def label(self) -> str:
@@ -84,6 +87,11 @@ class Task:
     def generate(self, batch: int, length: int, generator: torch.Generator) -> Batch:
         """A fresh batch of ``batch`` sequences, drawn from ``generator`` on its device."""
         raise NotImplementedError
+
+    def evaluation_set(self, size: int, length: int, generator: torch.Generator) -> Batch:
+        """The fixed held-out set a run is evaluated on: ``size`` fresh sequences from ``generator``
+        (a data-set task returns its test part instead)."""
+        return self.generate(size, length, generator)
 
     def baseline(self, length: int) -> float:
         """The memoryless baseline: the loss of the best model that ignores the long dependency."""
@@ -599,6 +607,11 @@ VARIANTS: dict[str, dict[str, Task]] = {
     },
 }
 """Variants of a task that follow other sources, chosen with ``task.variant``; absent = the task itself."""
+
+
+# The data-set tasks subclass Task and add their entries to TASKS and VARIANTS on import; imported here,
+# last, so the registries are complete whichever module is imported first.
+import gradlab.digits  # noqa: E402, F401
 
 
 def resolve(task_cfg: dict) -> Task:

@@ -312,7 +312,7 @@ def _train(cfg: dict, progress, rows: list) -> dict:
     dependency = task.dependency(length)
 
     eval_gen = torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET)
-    eval_batch = task.generate(cfg["task"]["eval_size"], length, eval_gen).to(device, dtype)
+    eval_batch = task.evaluation_set(cfg["task"]["eval_size"], length, eval_gen).to(device, dtype)
     probe = probe_batch(task, eval_batch)
     train_gen = torch.Generator().manual_seed(seed)
     model = build_model(cfg, task, device, dtype)
