@@ -169,7 +169,7 @@ def varying_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def _distinct(column: pd.Series) -> int:
-    return column.map(lambda v: json.dumps(_clean(v), sort_keys=True, default=str)).nunique()
+    return column.map(group_key).nunique()
 
 
 def group_columns(frame: pd.DataFrame, by: list[str] | None = None) -> tuple[list[str], list[str]]:
@@ -207,7 +207,7 @@ def group_columns(frame: pd.DataFrame, by: list[str] | None = None) -> tuple[lis
 
 
 def _groups(frame: pd.DataFrame, by: list[str]):
-    keys = frame[by].map(lambda v: json.dumps(_clean(v), sort_keys=True, default=str))
+    keys = frame[by].map(group_key)
     return frame.groupby([keys[c] for c in by], sort=False, dropna=False)
 
 
@@ -237,6 +237,8 @@ def compare(frame: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
     varies between the runs, so each grid point is its own group (``group_columns``
     adds what an explicit ``by`` leaves out but the baselines need).
     """
+    if frame.empty:
+        raise ValueError("no runs to compare")
     by, _ = group_columns(frame, by)
     keys = frame[by].astype(object).where(frame[by].notna(), "null")  # group on None too (tbptt: null)
     keys = keys.map(lambda v: json.dumps(v, default=str) if isinstance(v, (list, dict)) else v)
@@ -253,9 +255,18 @@ def _clean(v):
         return None
     if hasattr(v, "item"):  # numpy scalar -> python
         return _clean(v.item())
-    if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
-        return v
     return v
+
+
+def group_key(v) -> str:
+    """A grouping value as one text, the same for 1.0 and 1 (a column with gaps is float) and for NaN and None."""
+    v = _clean(v)
+    return json.dumps(int(v) if isinstance(v, float) and v.is_integer() else v, sort_keys=True, default=str)
+
+
+def _strict(v):
+    """JSON has no infinity: a non-finite figure (a diverged run's loss ratio) is written as null."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def to_records(table: pd.DataFrame) -> list[dict]:
@@ -314,7 +325,8 @@ def to_csv(table: pd.DataFrame) -> str:
 def render(table: pd.DataFrame, fmt_name: str) -> str:
     """The table as text: ``json`` (a list of group objects, each with ``schema``), ``csv`` or ``markdown``."""
     if fmt_name == "json":
-        return json.dumps([{"schema": SCHEMA, **r} for r in to_records(table)], indent=2) + "\n"
+        return json.dumps([{"schema": SCHEMA, **{k: _strict(v) for k, v in r.items()}} for r in to_records(table)],
+                          indent=2, allow_nan=False) + "\n"
     if fmt_name == "csv":
         return to_csv(table)
     if fmt_name == "markdown":
@@ -354,8 +366,9 @@ def _regressions(base: dict, cand: dict, tol: dict) -> list[tuple[str, str]]:
     b, c = _num(base["steps_to_solve_median"]), _num(cand["steps_to_solve_median"])
     if b is not None and c is not None and c > b * (1 + tol["steps_to_solve"]):
         why.append(("steps", f"steps_to_solve_median {fmt(b)} -> {fmt(c)}"))
-    if base["verdict"] == "healthy" and cand["verdict"] in ("vanishing", "exploding"):
-        why.append(("verdict", f"verdict healthy -> {cand['verdict']}"))
+    bad = [v for v in ("vanishing", "exploding") if v in (cand.get("verdicts") or cand["verdict"] or "")]
+    if base["verdict"] == "healthy" and bad:  # also a tie: "1 exploding, 1 healthy" is no longer healthy
+        why.append(("verdict", f"verdict healthy -> {cand['verdict']} ({cand.get('verdicts') or cand['verdict']})"))
     for count, name in (("diverged", "diverged"), ("failed", "failed runs")):
         # rates, not counts: the sets may differ in seeds (1 of 2 diverged is worse than 2 of 10)
         b, c = base[count] or 0, cand[count] or 0
@@ -400,21 +413,17 @@ def _group_ratios(frame: pd.DataFrame | None, by: list[str]) -> dict[tuple, list
         return {}
     out = {}
     for _, g in _groups(frame, by):
-        rec = {c: _clean(g[c].iloc[0]) for c in by}
         ok = g[g["status"] == "ok"]
-        out[tuple(json.dumps(_whole(rec[c]), default=str) for c in by)] = _numbers(ok["loss_ratio"])
+        out[tuple(group_key(g[c].iloc[0]) for c in by)] = _numbers(ok["loss_ratio"])
     return out
-
-
-def _whole(v):
-    return int(v) if isinstance(v, float) and v.is_integer() else v
 
 
 def _statistics(base: dict, cand: dict, xs: list[float], ys: list[float]) -> dict:
     """The tests of one changed group: Mann–Whitney U on the loss ratios, the probability of
     improvement with its interval, Fisher's exact test on the solved counts."""
     low, high = statistics.prob_improvement_interval(ys, xs)
-    return {"p_loss": statistics.mann_whitney(ys, xs), "p_better": statistics.prob_improvement(ys, xs),
+    return {"p_loss": statistics.mann_whitney(ys, xs), "p_exact": statistics.exact_applies(ys, xs),
+            "p_better": statistics.prob_improvement(ys, xs),
             "p_better_ci_low": low, "p_better_ci_high": high,
             "p_solved": statistics.fisher(base["solved"], base["runs"], cand["solved"], cand["runs"])}
 
@@ -430,7 +439,7 @@ def _supported(why: list[tuple[str, str]], stats: dict, n: int, m: int) -> tuple
         test = "Fisher" if figure == "solved" else "Mann–Whitney"
         ok = p < statistics.ALPHA
         verdicts.append(ok)
-        floor = statistics.smallest_p(n, m) if figure == "loss" else None
+        floor = statistics.smallest_p(n, m) if figure == "loss" and stats.get("p_exact") else None
         note = f"supported ({test} p={p:.2g})" if ok else f"not supported at {n} vs {m} runs ({test} p={p:.2g}" + (
             f", cannot go below {floor:.2g})" if floor is not None and floor >= statistics.ALPHA else ")")
         reasons.append(f"{text}, {note}")
@@ -451,7 +460,7 @@ def diff(base: pd.DataFrame, cand: pd.DataFrame, by: list[str], tolerances: dict
     ``supported``: whether a regression holds at p < 0.05.
     """
     tol = {**TOLERANCES, **(tolerances or {})}
-    key = lambda rec: tuple(json.dumps(rec[c], default=str) for c in by)  # noqa: E731
+    key = lambda rec: tuple(group_key(rec[c]) for c in by)  # noqa: E731
     base_rows = {key(r): r for r in to_records(base)}
     cand_rows = {key(r): r for r in to_records(cand)}
     base_ratios, cand_ratios = _group_ratios(base_runs, by), _group_ratios(cand_runs, by)
@@ -473,8 +482,9 @@ def diff(base: pd.DataFrame, cand: pd.DataFrame, by: list[str], tolerances: dict
         else:
             why = _regressions(b, c, tol)
             if k in base_ratios and k in cand_ratios:
-                row.update(_statistics(b, c, base_ratios[k], cand_ratios[k]))
-                row["supported"], reasons = _supported(why, row, len(base_ratios[k]), len(cand_ratios[k]))
+                tests = _statistics(b, c, base_ratios[k], cand_ratios[k])
+                row.update({s: tests[s] for s in DIFF_STATS if s in tests})
+                row["supported"], reasons = _supported(why, tests, len(base_ratios[k]), len(cand_ratios[k]))
             else:
                 reasons = [text for _, text in why]
             row["status"] = "regression" if why else "ok"

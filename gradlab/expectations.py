@@ -292,17 +292,18 @@ def check_results(root, entries: list | None = None, frame=None, only: set[str] 
     if only is not None:
         frame = frame[frame["run_hash"].isin(only)]
     if entries is not None:
-        sets = [(None, None, entries, None)]
+        sets = [(None, None, entries, None, set())]
     else:
         sets = sweep_sets(root)
     report = []
-    for name, sweep, raw, hashes in sets:
+    for name, sweep, raw, hashes, unclaimed_by in sets:
         parsed, problems = parse(raw)
         if problems:
             raise ValueError("; ".join(f"{path}: {msg}" for path, msg in problems))
         runs = frame if name is None else frame[frame["experiment"] == name]
         if hashes is not None:
             runs = runs[runs["run_hash"].isin(hashes)]
+        runs = runs[~runs["run_hash"].isin(unclaimed_by)]
         if runs.empty:
             continue
         for exp in parsed:
@@ -314,12 +315,13 @@ def check_results(root, entries: list | None = None, frame=None, only: set[str] 
     return report
 
 
-def sweep_sets(root) -> list[tuple[str, str | None, list, set | None]]:
-    """(experiment, sweep's command line, expect list, run hashes) for every sweep recorded under
-    ``root`` that stated expectations; sweeps of one command line (shards, resumes) are merged.
+def sweep_sets(root) -> list[tuple[str, str | None, list, set | None, set]]:
+    """(experiment, sweep's command line, expect list, run hashes, hashes left out) for every sweep
+    recorded under ``root`` that stated expectations; sweeps of one command line (shards, resumes)
+    are merged.
 
-    ``experiment.json`` from before sweeps recorded their runs gives its expectations for every
-    run of the experiment that no recorded sweep claims (hashes None = all)."""
+    An ``experiment.json`` from before sweeps recorded their runs gives its expectations for every
+    run of the experiment that no recorded sweep claims (hashes None = all, less those claimed)."""
     import json
     from pathlib import Path
 
@@ -327,21 +329,23 @@ def sweep_sets(root) -> list[tuple[str, str | None, list, set | None]]:
 
     merged: dict[tuple, tuple] = {}
     legacy: dict[str, list] = {}
+    claimed: dict[str, set] = {}
     for path in sorted(Path(root).rglob(EXPERIMENT_FILE)):
         stored = results.read_json(path)
         name = stored.get("name")
         recorded = [s for s in stored.get("sweeps", []) if "runs" in s]
-        if not recorded:
-            legacy.setdefault(name, stored.get("expect") or [])
+        if len(recorded) < len(stored.get("sweeps", [])) or not stored.get("sweeps"):
+            legacy.setdefault(name, stored.get("expect") or [])  # sweeps from before runs were recorded
         for s in recorded:
+            claimed.setdefault(name, set()).update(s["runs"])
             if not s.get("expect"):
                 continue
             command = " ".join(["gradlab run", s.get("source") or "?", *(f"--set {x}" for x in s.get("set", []))])
             key = (name, command, json.dumps(s["expect"], sort_keys=True))
-            _, _, expect, hashes = merged.get(key, (name, command, s["expect"], set()))
-            merged[key] = (name, command, expect, hashes | set(s["runs"]))
+            _, _, expect, hashes, _ = merged.get(key, (name, command, s["expect"], set(), set()))
+            merged[key] = (name, command, expect, hashes | set(s["runs"]), set())
     out = list(merged.values())
     for name, expect in legacy.items():
-        if expect and not any(n == name for n, *_ in out):
-            out.append((name, None, expect, None))
+        if expect:
+            out.append((name, None, expect, None, claimed.get(name, set())))
     return out

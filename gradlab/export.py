@@ -44,8 +44,9 @@ def export_tensorboard(root: Path, logdir: Path) -> list[Path]:
     """
     proto = _protos()
     written, seen = [], set()
-    for run_dir in results.find_runs(root):
-        record = results.load_run(run_dir)
+    records, _ = results.scan_runs(root)  # a damaged run directory is left out (compare names it)
+    for record in records:
+        run_dir = Path(record["dir"])
         experiment = record["config"].get("name") or run_dir.parent.name
         key = (experiment, results.run_hash(record["id"]))
         if key in seen:

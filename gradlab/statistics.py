@@ -59,10 +59,11 @@ def _interval(result) -> tuple[float | None, float | None]:
 
 
 def iqm_interval(values) -> tuple[float | None, float | None]:
-    """A 95% BCa bootstrap interval of the IQM (``scipy.stats.bootstrap``, fixed seed);
-    (None, None) below ``MIN_RUNS_FOR_INTERVAL`` values. All values equal: that value twice."""
-    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
-    if len(x) < MIN_RUNS_FOR_INTERVAL:
+    """A 95% BCa bootstrap interval of the IQM (``scipy.stats.bootstrap``, fixed seed), over the same
+    values as ``iqm``; (None, None) below ``MIN_RUNS_FOR_INTERVAL`` values or when one is not finite
+    (a diverged run: resamples holding it have no finite IQM). All values equal: that value twice."""
+    x = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if len(x) < MIN_RUNS_FOR_INTERVAL or not np.isfinite(x).all():
         return None, None
     if np.ptp(x) == 0:
         return float(x[0]), float(x[0])
@@ -106,6 +107,13 @@ def mann_whitney(candidate, base) -> float | None:
     if not len(x) or not len(y) or np.ptp(np.concatenate([x, y])) == 0:
         return None
     return float(stats.mannwhitneyu(x, y, alternative="two-sided").pvalue)
+
+
+def exact_applies(candidate, base) -> bool:
+    """Whether ``mann_whitney`` used the exact distribution: scipy does when a side has at most 8
+    values and nothing ties (else the normal approximation, which ``smallest_p`` does not bound)."""
+    values = np.concatenate([np.asarray(candidate, dtype=np.float64), np.asarray(base, dtype=np.float64)])
+    return min(len(candidate), len(base)) <= 8 and len(np.unique(values)) == len(values)
 
 
 def smallest_p(n: int, m: int) -> float:

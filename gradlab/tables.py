@@ -78,7 +78,7 @@ def horizon_text(r: dict) -> str:
 
 
 def clip_text(r: dict) -> str:
-    """The share of updates the clipping rule changed: ``never`` says a remedy did not act."""
+    """The share of training steps whose update the clipping rule changed: ``never`` says a remedy did not act."""
     rate = r.get("clip_rate_mean")
     if r.get("clip") == "none" or rate is None:
         return "–"
@@ -108,19 +108,20 @@ WIDE = {"solved": solved_text, "final_loss_mean": lambda r: fmt(r["final_loss_me
 
 def legend(records: list[dict], wide: bool = False, letters: bool = True) -> str:
     """What the figures mean, for the table's caption: which interval each column shows."""
-    counts = [r["runs"] - r["failed"] for r in records]
+    shown = [r["loss_ratio_ci_low"] is not None for r in records if r["loss_ratio_iqm"] is not None]
     small = statistics.MIN_RUNS_FOR_INTERVAL
-    if all(n >= small for n in counts):
+    if shown and all(shown):
         spread = "[95% bootstrap interval]"
-    elif all(n < small for n in counts):
+    elif not any(shown):
         spread = f"(min–max of the runs; no interval below {small} runs)"
     else:
-        spread = f"(min–max) below {small} runs, [95% bootstrap interval] from {small} on"
+        spread = (f"[95% bootstrap interval] from {small} runs, else (min–max of the runs; also when a run "
+                  "diverged)")
     parts = ["solved: k/n (Wilson 95% interval)",
              f"loss ÷ baseline: final eval loss over the task's memoryless baseline (1 = no better than "
              f"guessing), interquartile mean over runs {spread}",
              "horizon: steps back the gradient reaches, median, first evaluation→end",
-             "clipped: share of updates the clip changed"]
+             "clipped: share of training steps whose update the clip changed"]
     if letters and not wide:
         parts.append("verdicts: E exploding, V vanishing, H healthy")
     return " · ".join(parts)

@@ -186,6 +186,9 @@ def train_step(model, task, batch, optimizer, clip: dict | Clipper, window: int 
         row["grad_norm_clipped"] = _largest(row["grad_norm_clipped"], after_v)
         for g, v in zip(groups, group_v):
             row[f"grad_norm_{g}"] = _largest(row[f"grad_norm_{g}"], v)
+        # the update was changed: its norm cut after backward, or a ∂L/∂h_t clipped inside it (read now,
+        # so a dropped update's clipping is not credited to the next one)
+        engaged = in_backward.engaged() if in_backward is not None else after_v < norm_v * (1 - 1e-6)
         if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
             row["nonfinite"] = 1
             if on_nonfinite == "stop":
@@ -194,8 +197,6 @@ def train_step(model, task, batch, optimizer, clip: dict | Clipper, window: int 
         optimizer.step()
         row["updates"] += 1
         row["loss"] += loss_v
-        # the update was changed: its norm cut after backward, or a ∂L/∂h_t clipped inside it
-        engaged = in_backward.engaged() if in_backward is not None else after_v < norm_v * (1 - 1e-6)
         row["clip_active"] |= int(engaged)
         if omega:
             row["omega"] += omega_v

@@ -33,11 +33,11 @@ ADDING, TEMPORAL = 1 / 6, math.log(4)  # the memoryless baselines of adding and 
 
 def write_run(root, name, *, task="adding", length=40, cell="lstm", seed=0, clip=None, steps=2000, final_loss=0.1,
               baseline=ADDING, solved=False, steps_to_solve=None, verdict="healthy", horizon=39, horizon_init=5,
-              clip_rate=0.1, suggested_clip=1.0, grad_norm_max=10.0, forget_bias=None):
+              clip_rate=0.1, suggested_clip=1.0, grad_norm_max=10.0, forget_bias=None, lr=0.01):
     clip = clip or {"kind": "norm", "max_norm": 1.0}
     config = {"name": name, "task": {"name": task, "length": length, "eval_size": 500, "variant": None},
               "model": {"cell": cell, "hidden": 64, "layers": 1, "forget_bias": forget_bias},
-              "train": {"steps": steps, "batch_size": 64, "optimizer": "adam", "lr": 0.01, "clip": clip, "tbptt": None,
+              "train": {"steps": steps, "batch_size": 64, "optimizer": "adam", "lr": lr, "clip": clip, "tbptt": None,
                         "eval_every": 250},
               "device": "cpu", "dtype": "float32", "threads": 1, "seed": seed}
     digest = f"{abs(hash(json.dumps(config, sort_keys=True))) % 16**8:08x}"
@@ -405,3 +405,89 @@ def test_html_report_fits_1200_px_with_contents_and_the_terminal_labels(quicksta
     scroll = int(re.search(r'data-scroll="([0-9]+)"', out.stdout).group(1))
     assert right <= 1200 and scroll <= 1200, (right, scroll)
     assert re.search(r'data-links="2"', out.stdout)
+
+
+# ---------------------------------------------------------------------------
+# Found in review
+
+
+@pytest.mark.parametrize("study", ["clipping", "arjovsky2016_copy", "pascanu2013_clipping"])
+def test_committed_studies_fit_80_columns_whole(study):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "results" / study
+    table = comparison.compare(comparison.load_frame([root]))
+    console = Console(width=80, record=True, markup=False, emoji=False, highlight=False)
+    console.print(rich_table(table, study, width=80))
+    text = console.export_text()
+    assert all(len(line.rstrip()) <= 80 for line in text.splitlines()) and "verdicts" in text
+    tokens = set(re.findall(r"[^\s()\[\],–→]+", text))
+    for group in comparison.to_records(table):
+        letters = [f"{n}{v[0].upper()}" for n, v in (p.split(" ") for p in group["verdicts"].split(", "))]
+        assert set(letters) <= tokens and f"{group['solved']}/{group['runs']}" in tokens, (group, text)
+        assert sig3(group["loss_ratio_iqm"]) in tokens
+
+
+def test_diff_tests_every_group_also_at_whole_float_values(tmp_path):
+    for seed, lr in itertools.product(range(6), (0.1, 1.0)):
+        write_run(tmp_path / "base", "lrs", seed=seed, lr=lr, final_loss=0.01 + 0.001 * seed)
+        write_run(tmp_path / "cand", "lrs", seed=seed, lr=lr, final_loss=0.15 + 0.001 * seed)
+    diff = json.loads(runner.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "cand"),
+                                          "-f", "json"]).stdout)["diff"]
+    assert sorted(r["lr"] for r in diff) == [0.1, 1.0]
+    assert all(r["p_loss"] is not None and r["supported"] is True for r in diff), diff
+
+
+def test_a_diff_by_cell_never_pools_two_tasks(tmp_path):
+    for side, loss in (("base", 0.01), ("cand", 0.02)):
+        for seed in range(2):
+            write_run(tmp_path / side, "adding", cell="vanilla", seed=seed, final_loss=loss + 0.001 * seed)
+            write_run(tmp_path / side, "order", task="temporal_order", length=20, cell="vanilla", seed=seed,
+                      final_loss=1.3 + 0.001 * seed, baseline=TEMPORAL)
+    result = runner.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "cand"), "--by", "cell,clip",
+                                 "-f", "json"])
+    diff = json.loads(result.stdout)["diff"]
+    assert sorted(r["task"] for r in diff) == ["adding", "temporal_order"]
+    assert all(r["runs_base"] == 2 and r["runs_candidate"] == 2 for r in diff)
+    assert "grouping by task" in result.stderr
+
+
+def test_old_expectations_still_cover_the_runs_no_new_sweep_claims(tmp_path):
+    old = [write_run(tmp_path, "q", cell=cell, seed=seed) for cell in ("lstm", "vanilla") for seed in (0, 1)]
+    new = [write_run(tmp_path, "q", cell="lstm", seed=seed, steps=500) for seed in (0, 1)]
+    expect = [{"where": {"cell": "lstm"}, "runs": 2}]
+    doc = {"name": "q", "expect": expect, "sweeps": [{"seconds": 1.0}]}  # written before sweeps recorded runs
+    results.write_json(tmp_path / "q" / "experiment.json", doc)
+    doc["sweeps"].append({"id": "x", "source": "q.yaml", "set": ["train.steps=500"], "expect": expect,
+                          "runs": [results.run_hash(p.name) for p in new]})
+    results.write_json(tmp_path / "q" / "experiment.json", doc)
+    from gradlab.expectations import check_results
+
+    checks = check_results(tmp_path)
+    assert sorted(c["runs"] for c in checks) == [2, 4] and all(c["passed"] for c in checks)
+    assert len(old) == 4
+
+
+def test_a_diverged_run_keeps_the_iqm_and_its_spread_together(tmp_path):
+    for seed in range(7):
+        write_run(tmp_path, "d", seed=seed, final_loss=float("nan") if seed < 2 else 0.1 + 0.01 * seed)
+    assert statistics.iqm_interval([0.5, 0.6, 0.7, 0.8, 0.9, math.inf]) == (None, None)
+    result = runner.invoke(app, ["compare", str(tmp_path), "-f", "json"])
+    [group] = json.loads(result.stdout)  # strict JSON: no Infinity
+    assert group["loss_ratio_max"] is None and group["loss_ratio_ci_low"] is None
+    assert "Infinity" not in result.stdout
+    assert "(0.72–inf)" in runner.invoke(app, ["compare", str(tmp_path)], terminal_width=100).stdout
+
+
+def test_a_tie_with_a_bad_verdict_is_a_regression_from_healthy(tmp_path):
+    for seed in (0, 1):
+        write_run(tmp_path / "base", "v", seed=seed, verdict="healthy")
+        write_run(tmp_path / "cand", "v", seed=seed, verdict="exploding" if seed else "healthy")
+    [row] = json.loads(runner.invoke(app, ["compare", str(tmp_path / "base"), str(tmp_path / "cand"),
+                                           "-f", "json"]).stdout)["diff"]
+    assert row["verdict_candidate"] == "mixed" and row["status"] == "regression" and "verdict healthy" in row["reasons"]
+
+
+def test_the_floor_of_p_is_only_claimed_for_the_exact_test():
+    assert statistics.exact_applies([0.1, 0.2], [0.3, 0.4])
+    assert not statistics.exact_applies([math.inf] * 3, [0.1, 0.2, 0.3])  # ties: the normal approximation

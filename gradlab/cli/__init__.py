@@ -43,10 +43,13 @@ def comparison_table(dirs: list[Path], by: str | None, only: set[str] | None = N
 
     damaged = []
     frame = load_frame(dirs, damaged)
+    if only is not None:  # a sweep's own runs, and its own damaged ones
+        from gradlab.results import run_hash
+
+        damaged = [d for d in damaged if run_hash(d.path.parent.name) in only]
+        frame = frame[frame["run_hash"].isin(only)].reset_index(drop=True) if not frame.empty else frame
     for d in damaged:
         err_console.print(f"skipped: {d}", soft_wrap=True)
-    if not frame.empty and only is not None:
-        frame = frame[frame["run_hash"].isin(only)].reset_index(drop=True)
     if frame.empty:
         fail(f"no finished runs under {', '.join(map(str, dirs))}" + (" that can be read" if damaged else ""))
     try:
@@ -242,7 +245,7 @@ def compare(
 def compare_two(base_dir: Path, cand_dir: Path, by: str | None, fmt_name: str, output: Path | None, check: bool,
                 expect: Path | None):
     """The diff of two result sets, group by group; ``--expect`` is checked on the candidate."""
-    from gradlab.comparison import cell_text, compare, diff, diff_keys, load_frame, to_records
+    from gradlab.comparison import cell_text, compare, diff, diff_keys, group_columns, load_frame, to_records
 
     damaged = []
     frames = [load_frame([d], damaged) for d in (base_dir, cand_dir)]
@@ -254,6 +257,11 @@ def compare_two(base_dir: Path, cand_dir: Path, by: str | None, fmt_name: str, o
     # group by each set's own grid axes; a key that differs only between the sets is the change under test
     columns, changes = diff_keys(*frames, [c.strip() for c in by.split(",")] if by else None)
     try:
+        # what each side needs so that no group pools baselines; both sides line up on all of it
+        needed = [group_columns(frame, columns) for frame in frames]
+        columns = list(dict.fromkeys(c for cols, _ in needed for c in cols if all(c in f.columns for f in frames)))
+        for note in dict.fromkeys(n for _, notes in needed for n in notes):
+            err_console.print(f"note: {note}", soft_wrap=True)
         table = diff(compare(frames[0], columns), compare(frames[1], columns), columns,
                      base_runs=frames[0], cand_runs=frames[1])
     except ValueError as e:

@@ -33,20 +33,51 @@ out_console = Console(width=None if sys.stdout.isatty() else 160, **PLAIN)
 err_console = Console(stderr=True, **PLAIN)
 
 
-def rich_table(table, title: str | None = None, wide: bool = False) -> Group:
+def rich_table(table, title: str | None = None, wide: bool = False, width: int | None = None) -> Group:
     """The comparison as a terminal table (``tables.view``), compact by default, every figure with
-    ``wide``: grouping columns that never vary go into the title, the legend below."""
+    ``wide``: grouping columns that never vary go into the title, the legend below. ``width``: the
+    console's (default: stdout's), so a table too wide for it breaks its ranges after the dash."""
     from gradlab.tables import view
 
     shown, heading, rows, labels, legend = view(table, wide)
-    t = _table(" · ".join(x for x in (title, ", ".join(heading)) if x), shown + labels, rows,
-               left=len(shown), text_labels=("verdicts",))
+    caption = " · ".join(x for x in (title, ", ".join(heading)) if x)
+    t = _table(caption, shown + labels, rows, left=len(shown), text_labels=("verdicts",), width=width)
+    if len(shown) > 1 and _needed_width(t, width or out_console.width) > (width or out_console.width):
+        # still too wide: the grouping values share one column, which wraps between them
+        merged = [[" ".join(row[:len(shown)]), *row[len(shown):]] for row in rows]
+        t = _table(f"{caption} · group: {', '.join(shown)}", ["group", *labels], merged, left=1,
+                   text_labels=("verdicts",), width=width)
     return Group(t, Text(legend, style="dim"))
 
 
-def _table(title: str, labels: list[str], rows: list[list], left: int, text_labels=()) -> Table:
-    """A borderless table whose cells are never cut: a column may wrap at spaces, but never
-    below its longest word, so every number stays whole at any width."""
+BREAKS = ("–", "→")  # where a range or a base→candidate pair may go onto a second line
+
+
+def _table(title: str, labels: list[str], rows: list[list], left: int, text_labels=(), width=None) -> Table:
+    """A borderless table whose cells are never cut: a column may wrap at spaces, but never below its
+    longest word, so every number stays whole at any width. When even that is too wide for the console,
+    ranges (``0.00044–0.00074``) and pairs (``3/3→2/2``) may break after their dash or arrow."""
+    t = _build(title, labels, rows, left, text_labels)
+    width = width or out_console.width
+    if _needed_width(t, width) > width:
+        def breakable(cell):
+            if isinstance(cell, Text):
+                return cell
+            for mark in BREAKS:
+                cell = cell.replace(mark, mark + " ")
+            return cell
+        t = _build(title, labels, [[breakable(c) for c in row] for row in rows], left, text_labels)
+    return t
+
+
+def _needed_width(t: Table, width: int) -> int:
+    """The width the table takes at ``width``: rich crops a table whose columns' minimum widths (plus
+    padding and rules) do not fit, so this is what tells whether every number will show whole."""
+    extra = t._extra_width  # rich's rules and edges; rich has no public measure of the laid-out width
+    return sum(t._calculate_column_widths(out_console, out_console.options.update_width(width - extra))) + extra
+
+
+def _build(title: str, labels: list[str], rows: list[list], left: int, text_labels) -> Table:
     t = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for i, label in enumerate(labels):
         whole = max([len(label.split()[0])] + [len(tok) for row in rows for tok in str(row[i]).split()])
@@ -109,7 +140,7 @@ def write_or_print(text: str, output: Path | None) -> None:
         sys.stdout.write(text)
 
 
-def diff_rich_table(table, columns, title) -> Group:
+def diff_rich_table(table, columns, title, width: int | None = None) -> Group:
     """Base → candidate per figure, with the test of each changed group (``tables.diff_view``)."""
     from gradlab.tables import diff_legend, diff_view
 
@@ -118,7 +149,7 @@ def diff_rich_table(table, columns, title) -> Group:
     at = labels.index("status")  # the status, in its colour
     rows = [[*row[:at], Text(row[at], style=styles.get(row[at], "")), *row[at + 1:]] for row in rows]
     t = _table(" · ".join(x for x in (title, ", ".join(heading)) if x), labels, rows, left=at + 1,
-               text_labels=("verdicts",))
+               text_labels=("verdicts",), width=width)
     return Group(t, Text(diff_legend(), style="dim"))
 
 
