@@ -34,9 +34,20 @@ app = typer.Typer(
 FORMATS = ("table", "markdown", "csv", "json")
 
 
+def report_incomplete(dirs: list[Path]) -> None:
+    """One line on stderr per run directory whose summary promises files it lacks (compare leaves it out)."""
+    from gradlab.results import incomplete_runs
+
+    for d in dirs:
+        for run_dir, missing in incomplete_runs(d):
+            err_console.print(f"warning: {run_dir}: incomplete run (no {', '.join(missing)}), left out; "
+                              "gradlab run redoes it", soft_wrap=True)
+
+
 def comparison_table(dirs: list[Path], by: str | None):
     from gradlab.comparison import compare, load_frame
 
+    report_incomplete(dirs)
     frame = load_frame(dirs)
     if frame.empty:
         fail(f"no finished runs under {', '.join(map(str, dirs))}")
@@ -97,11 +108,11 @@ def run(
     experiment = load_config(config, set_)
     if check and not experiment.expect:
         fail(f"--check: {config} has no expect: list")
-    from gradlab.sweeps import plan, preflight, record_experiment, run_dir, select
+    from gradlab.sweeps import experiment_lock, plan, preflight, record_experiment, run_dir, select
 
     name, runs = experiment.name, select(experiment.runs, shard_spec)
+    todo, done = plan(name, runs, out, force)
     if dry_run:
-        todo, done = plan(name, runs, out, force)
         for r in runs:
             out_console.print(f"{'done' if r in done else 'run '}  {run_dir(out, name, r)}", markup=False,
                               highlight=False)
@@ -118,13 +129,21 @@ def run(
         fail(problems)
     from gradlab.sweeps import ExecutorUnavailable
 
-    record_experiment(out, experiment)
+    if todo:  # a finished archive may be read-only: nothing to run, nothing written
+        with experiment_lock(out, name):
+            record_experiment(out, experiment)
+    else:
+        err_console.print(f"0 to run, {len(done)} already done in {out / name}", soft_wrap=True)
     try:
         outcomes = sweep_with_progress(name, runs, out, quiet or fmt_name != "table", jobs=jobs, force=force,
                                        executor=executor, address=address)
     except ExecutorUnavailable as e:
         fail(str(e))
     failed = [o for o in outcomes if o.status == "failed"]
+    elsewhere = sum(o.status == "elsewhere" for o in outcomes)
+    if elsewhere:
+        err_console.print(f"{elsewhere} of {len(runs)} runs were trained meanwhile by another gradlab run on "
+                          f"{out / name} (it held their lock); their results are included", soft_wrap=True)
     table = comparison_table([out / name], None)
     checks = evaluate_checks(out / name, None) if check else None
     emit(table, fmt_name, None, title=f"{name}: {len(runs)} runs in {out / name}", checks=checks)
@@ -213,6 +232,7 @@ def compare_two(base_dir: Path, cand_dir: Path, by: str | None, fmt_name: str, o
     """The diff of two result sets, group by group; ``--expect`` is checked on the candidate."""
     from gradlab.comparison import cell_text, compare, diff, diff_keys, load_frame, to_records
 
+    report_incomplete([base_dir, cand_dir])
     frames = [load_frame([d]) for d in (base_dir, cand_dir)]
     for d, frame in zip((base_dir, cand_dir), frames):
         if frame.empty:

@@ -1,15 +1,17 @@
 """How the command line fails: exit codes, and every user error as one line, never a traceback.
 
 Exit codes: 0 success, 1 some runs (or expectations) failed, 2 bad input (config,
-arguments, paths); 130 interrupted. ``fail`` prints one line per problem; ``user_errors``
-turns the errors of the user's environment (unwritable paths, corrupt results, Ctrl-C)
-into such lines; ``read_config`` does the same for a config's problems.
+arguments, paths); 128 + the signal when a signal stopped it (130 SIGINT, 143 SIGTERM).
+``fail`` prints one line per problem; ``user_errors`` turns the errors of the user's
+environment (unwritable paths, a full disk, corrupt results, Ctrl-C, SIGTERM) into such
+lines; ``read_config`` does the same for a config's problems.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import signal
 from pathlib import Path
 
 import typer
@@ -38,9 +40,21 @@ def user_errors(command):
             dirs = [p for v in kwargs.values() for p in (v if isinstance(v, list) else [v])
                     if isinstance(p, Path) and p.is_dir()]
             fail(unreadable_results(dirs) or f"a results file is not readable JSON: {e}")
-        except KeyboardInterrupt:
-            fail("interrupted: finished runs are kept; the same command finishes the rest", code=130)
+        except KeyboardInterrupt as e:  # Ctrl-C, or sweeps.Interrupted (SIGINT or SIGTERM during a sweep)
+            signum = getattr(e, "signum", signal.SIGINT)
+            fail(interrupted_line(e, signum), code=128 + signum)
     return wrapper
+
+
+def interrupted_line(e: KeyboardInterrupt, signum: int) -> str:
+    """What an interruption kept: after a sweep's signal, the runs saved, in flight and not started."""
+    if not hasattr(e, "saved"):
+        return "interrupted: finished runs are kept; the same command finishes the rest"
+
+    def runs(n):
+        return f"{n} run{'' if n == 1 else 's'}"
+    return (f"interrupted by {signal.Signals(signum).name}: {runs(e.saved)} saved, {runs(e.in_flight)} in flight "
+            f"not saved, {runs(e.not_started)} not started; the same command finishes the rest")
 
 
 def unreadable_results(dirs: list[Path]) -> list[str]:
