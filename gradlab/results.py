@@ -56,10 +56,7 @@ def stage(path: Path, text: str | bytes) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
         os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; give the mode open() would have
-        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(fd, text)
         return Path(tmp)
     except BaseException as e:
         if tmp is not None:
@@ -67,6 +64,13 @@ def stage(path: Path, text: str | bytes) -> Path:
         if isinstance(e, OSError) and e.filename is None:
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
+
+
+def _write_synced(fd: int, text: str | bytes) -> None:
+    with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def stale_temporary(path: Path) -> bool:
