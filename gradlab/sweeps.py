@@ -168,11 +168,11 @@ EXECUTORS = ("local", "ray")
 
 
 class _Signals:
-    """While a sweep runs (main thread only): SIGINT and SIGTERM raise ``Interrupted``, except inside
+    """While a sweep runs (main thread only): SIGINT and SIGTERM raise ``Interrupted`` once, except inside
     ``shield()`` (storing a run), whose end they wait for; a signal the process ignored stays ignored."""
 
     def __init__(self):
-        self.pending, self.shielded, self.old = None, False, {}
+        self.signum, self.raised, self.shielded, self.old = None, False, False, {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -186,10 +186,14 @@ class _Signals:
             signal.signal(s, handler)
 
     def _handle(self, signum, frame):
-        if self.pending is None and not self.shielded:
-            self.pending = signum
-            raise Interrupted(signum)
-        self.pending = self.pending or signum  # the first signal is being handled, or a store finishes first
+        self.signum = self.signum or signum
+        if not self.shielded:
+            self._raise()
+
+    def _raise(self):
+        if self.signum is not None and not self.raised:  # a second signal does not cut the cleanup short
+            self.raised = True
+            raise Interrupted(self.signum)
 
     @contextlib.contextmanager
     def shield(self):
@@ -198,8 +202,7 @@ class _Signals:
             yield
         finally:
             self.shielded = False
-        if self.pending is not None:
-            raise Interrupted(self.pending)
+        self._raise()
 
 
 @dataclass
@@ -318,17 +321,17 @@ def run_sweep(name: str, runs: list[Run], out: Path, *, jobs: int = 1, force: bo
                 else:
                     run_parallel(waiting, jobs, sweep)
                 waiting = sweep.wait_elsewhere()
+            outcomes = {o.run.id: o for o in sweep.outcomes.values()}
+            if todo:
+                with signals.shield(), experiment_lock(out, name):
+                    record_sweep(out, name, [outcomes[r.id] for r in todo if outcomes[r.id].status != "elsewhere"],
+                                 time.monotonic() - started, jobs, executor)
         except Interrupted as e:
             e.saved, e.in_flight = sweep.saved, len(sweep.locks)
             e.not_started = len(todo) - len(sweep.outcomes) - e.in_flight
             raise
         finally:
             sweep.release()
-        outcomes = {o.run.id: o for o in sweep.outcomes.values()}
-        if todo:
-            with signals.shield(), experiment_lock(out, name):
-                record_sweep(out, name, [outcomes[r.id] for r in todo if outcomes[r.id].status != "elsewhere"],
-                             time.monotonic() - started, jobs, executor)
     for run in done:
         path = run_dir(out, name, run)
         outcomes[run.id] = Outcome(run, path, "skipped", results.read_json(path / results.SUMMARY))

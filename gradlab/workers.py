@@ -65,12 +65,25 @@ def run_parallel(waiting: list, jobs: int, sweep) -> None:
                     del busy[conn]
                     idle.append(worker)
                     sweep.store(run, path, message[0])
-    except BaseException:  # interrupted, or the results cannot be written: the runs in flight are dropped
+    except BaseException as e:  # interrupted, or the results cannot be written: the runs in flight are dropped
+        if isinstance(e, KeyboardInterrupt):
+            _store_arrived(busy, sweep)
         for worker in started:
             worker.kill()
         raise
     for worker in started:
         worker.stop()
+
+
+def _store_arrived(busy: dict, sweep) -> None:
+    """Store the runs whose payload is already in their pipe: their training finished before the signal."""
+    for conn, (_, run, path) in busy.items():
+        with contextlib.suppress(EOFError, OSError):
+            while conn.poll(0):
+                kind, *message = conn.recv()
+                if kind == "done":
+                    sweep.store(run, path, message[0])
+                    break
 
 
 class Worker:

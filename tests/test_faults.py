@@ -5,7 +5,8 @@ Each test provokes the fault for real where the machine allows it (signals, SIGK
 a small tmpfs and a read-only mount when running as root) and checks what the user is promised: the
 exit code, one line on stderr and no traceback, no process left behind, every saved run whole, and a
 re-run that ends with the results of an uninterrupted sweep, byte for byte.
-GRADLAB_FAULT_TRIALS=n repeats each signal trial n times (the README's figures: n=5).
+GRADLAB_FAULT_TRIALS=n repeats each signal trial n times, and GRADLAB_FAULT_LOG=FILE appends one JSON
+line per trial (signal, exit code, seconds to exit, runs saved): the README's figures.
 """
 
 import contextlib
@@ -85,6 +86,11 @@ def children(pid: int) -> list[tuple[int, str]]:
     return [(p, cmd) for _, p, cmd in sorted(found)]
 
 
+def spawned(pid: int) -> list[int]:
+    """The multiprocessing children of ``pid`` (workers, and a manager if any), oldest first."""
+    return [p for p, cmd in children(pid) if "spawn_main" in cmd]
+
+
 def wait_for(condition, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -127,17 +133,20 @@ def reference(tmp_path_factory):
     return snapshot(tmp / "out")
 
 
-KILLS = [("SIGINT", "driver", 130), ("SIGTERM", "driver", 143), ("SIGINT", "group", 130),
-         ("SIGTERM", "group", 143), ("SIGKILL", "driver", -9)]
+KILLS = [("SIGINT", "driver", 130, 2), ("SIGTERM", "driver", 143, 2), ("SIGINT", "group", 130, 2),
+         ("SIGTERM", "group", 143, 2), ("SIGKILL", "driver", -9, 2), ("SIGINT", "group", 130, 1)]
 
 
 @pytest.mark.parametrize("trial", range(TRIALS))
-@pytest.mark.parametrize("sig,target,code", KILLS)
-def test_a_signal_ends_the_sweep_at_once_keeping_every_saved_run(tmp_path, reference, sig, target, code, trial):
+@pytest.mark.parametrize("sig,target,code,jobs", KILLS)
+def test_a_signal_ends_the_sweep_at_once_keeping_every_saved_run(tmp_path, reference, sig, target, code, jobs,
+                                                                   trial):
     path, out = config(tmp_path), tmp_path / "out"
-    proc = start(path, out, "--jobs", "2")
-    # a random moment once runs are being claimed (the first lock file): training, storing or in between
-    wait_for(lambda: (out / "faults" / results.LOCKS).is_dir() or proc.poll() is not None)
+    proc = start(path, out, "--jobs", str(jobs))
+    if jobs == 1:  # training in the driver: a random moment once the first run trains
+        wait_for(lambda: (out / "faults").is_dir() or proc.poll() is not None)
+    else:  # a random moment once its 2 workers (and any helper process) run: training, storing or in between
+        wait_for(lambda: len(spawned(proc.pid)) >= 2 or proc.poll() is not None)
     time.sleep(random.Random(f"{sig}{target}{trial}").uniform(0, 2.5))
     signalled = time.monotonic()
     (os.killpg if target == "group" else os.kill)(proc.pid, getattr(signal, sig))
@@ -156,6 +165,10 @@ def test_a_signal_ends_the_sweep_at_once_keeping_every_saved_run(tmp_path, refer
             assert int(line.split(": ")[2].split()[0]) == len(results.find_runs(out))
     assert_whole(out)
     saved = snapshot(out)
+    if os.environ.get("GRADLAB_FAULT_LOG"):
+        with open(os.environ["GRADLAB_FAULT_LOG"], "a") as log:
+            log.write(json.dumps({"signal": sig, "to": target, "jobs": jobs, "exit": proc.returncode,
+                                  "seconds": round(seconds, 2), "saved": len(saved)}) + "\n")
     for run_id in saved:  # what was saved is what an uninterrupted sweep gives
         assert saved[run_id]["metrics"] == reference[run_id]["metrics"]
     again = runner.invoke(app, ["run", str(path), "--out", str(out), "-j", "1", "-q"])
@@ -203,11 +216,10 @@ def test_a_run_another_process_holds_is_waited_for_and_a_dead_holder_is_taken_ov
 def test_killed_helper_processes_fail_no_run_and_print_nothing(tmp_path, reference):
     path, out = config(tmp_path, steps=60), tmp_path / "out"
     proc = start(path, out, "--jobs", "2")
-    wait_for(lambda: len([c for c in children(proc.pid) if "spawn_main" in c[1]]) >= 2 or proc.poll() is not None)
+    wait_for(lambda: len(spawned(proc.pid)) >= 2 or proc.poll() is not None)
     time.sleep(0.5)
-    spawned = [c for c in children(proc.pid) if "spawn_main" in c[1]]
     helpers = [p for p, cmd in children(proc.pid) if "resource_tracker" in cmd]
-    helpers += [p for p, _ in spawned[:len(spawned) - 2]]  # a multiprocessing manager beside the 2 workers
+    helpers += spawned(proc.pid)[:-2]  # a multiprocessing manager, started before the 2 workers
     assert helpers, children(proc.pid)
     for pid in helpers:
         os.kill(pid, signal.SIGKILL)
