@@ -65,14 +65,18 @@ def run_parallel(waiting: list, jobs: int, sweep) -> None:
                     del busy[conn]
                     idle.append(worker)
                     sweep.store(run, path, message[0])
+        for worker in started:  # all done: ask the workers to exit, and give them a moment
+            with contextlib.suppress(OSError):
+                worker.conn.send(None)
+        for worker in started:
+            worker.process.join(timeout=5)
     except BaseException as e:  # interrupted, or the results cannot be written: the runs in flight are dropped
         if isinstance(e, KeyboardInterrupt):
             _store_arrived(busy, sweep)
+        raise
+    finally:  # whatever happened above (a signal may come while they exit), no worker is left
         for worker in started:
             worker.kill()
-        raise
-    for worker in started:
-        worker.stop()
 
 
 def _store_arrived(busy: dict, sweep) -> None:
@@ -112,8 +116,9 @@ class Worker:
         # The child inherits SIG_IGN from its first instruction (a handler would be reset at exec),
         # so a Ctrl-C while it imports cannot print a traceback. The main thread blocks both signals
         # meanwhile, so one sent to the driver now waits for the handler instead of being ignored.
+        main = threading.current_thread() is threading.main_thread()  # signal.signal works only there
         old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-        handlers = {s: signal.signal(s, signal.SIG_IGN) for s in SIGNALS}
+        handlers = {s: signal.signal(s, signal.SIG_IGN) for s in SIGNALS} if main else {}
         try:
             with warnings.catch_warnings():  # a killed resource tracker is relaunched with a warning
                 warnings.simplefilter("ignore")
@@ -131,14 +136,8 @@ class Worker:
         self.conn.close()
         self.process.join(timeout=1)
 
-    def stop(self):
-        """Ask an idle worker to exit; kill it if it does not."""
-        with contextlib.suppress(OSError):
-            self.conn.send(None)
-        self.process.join(timeout=5)
-        self.kill()
-
     def kill(self):
+        """Kill the process if it still runs (it ignores SIGTERM), reap it, close the pipe."""
         if self.process.is_alive():
             self.process.kill()
         self.process.join(timeout=5)

@@ -143,11 +143,14 @@ def test_a_signal_ends_the_sweep_at_once_keeping_every_saved_run(tmp_path, refer
                                                                    trial):
     path, out = config(tmp_path), tmp_path / "out"
     proc = start(path, out, "--jobs", str(jobs))
-    if jobs == 1:  # training in the driver: a random moment once the first run trains
-        wait_for(lambda: (out / "faults").is_dir() or proc.poll() is not None)
-    else:  # a random moment once its 2 workers (and any helper process) run: training, storing or in between
+    # a random moment: while the workers start or the first runs train (k = 0), or just after the k-th run
+    # is stored, while the next ones are stored or train
+    rng = random.Random(f"{sig}{target}{jobs}{trial}")
+    k = rng.randrange(4)
+    if k == 0 and jobs > 1:
         wait_for(lambda: len(spawned(proc.pid)) >= 2 or proc.poll() is not None)
-    time.sleep(random.Random(f"{sig}{target}{trial}").uniform(0, 2.5))
+    wait_for(lambda: len(list(out.rglob("summary.json"))) >= k or proc.poll() is not None)
+    time.sleep(rng.uniform(0, 2.5 if k == 0 else 0.3))
     signalled = time.monotonic()
     (os.killpg if target == "group" else os.kill)(proc.pid, getattr(signal, sig))
     _, stderr = proc.communicate(timeout=60)
