@@ -30,7 +30,6 @@ from pathlib import Path
 
 SUMMARY, CONFIG, ENV, METRICS, ERROR = "summary.json", "config.json", "env.json", "metrics.csv", "error.txt"
 PROFILE = "profile.npz"
-LOCKS = ".locks"  # <out>/<experiment>/.locks/<run hash>: who is training a run (see ``lock``)
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:
@@ -234,7 +233,8 @@ def missing_files(run_dir: Path) -> list[str]:
 
     ``save_run`` writes config, env and metrics for every run and ``error.txt`` for a
     failed one (``profile.npz`` is optional); a directory missing one was damaged or
-    copied in part, so it is neither done for ``run`` nor a result for ``compare``.
+    copied in part: it is not done for ``run``, and ``compare`` names it (and leaves it
+    out when it has no config).
     """
     run_dir = Path(run_dir)
     try:
@@ -245,8 +245,9 @@ def missing_files(run_dir: Path) -> list[str]:
 
 
 def find_runs(root: Path) -> list[Path]:
-    """Every finished, whole run directory under ``root``, recursively, in a stable order."""
-    return [d for d in _summarised(root) if not missing_files(d)]
+    """Every finished run directory under ``root`` with its config, recursively, in a stable order
+    (a run without metrics is still read: its summary and profile; ``incomplete_runs`` names it)."""
+    return [d for d in _summarised(root) if (d / CONFIG).is_file()]
 
 
 def incomplete_runs(root: Path) -> list[tuple[Path, list[str]]]:
@@ -288,5 +289,6 @@ def lock(path: Path, wait: bool = False):
 
 
 def run_lock(experiment_dir: Path, run_id: str) -> Path:
-    """The lock file of a run: one per resolved config (its hash), whichever directory name it has."""
-    return Path(experiment_dir) / LOCKS / run_hash(run_id)
+    """The lock file of a run, ``<experiment>/.<run hash>.lock``: one per resolved config, whichever
+    directory name the run has; a hidden file, so listings of the run directories do not change."""
+    return Path(experiment_dir) / f".{run_hash(run_id)}.lock"

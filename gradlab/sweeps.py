@@ -280,7 +280,7 @@ def store(run: Run, path: Path, payload: dict) -> Outcome:
 
 def experiment_lock(out: Path, name: str):
     """Hold while reading and rewriting ``experiment.json``: two sweeps on one folder keep both records."""
-    return contextlib.closing(results.lock(Path(out) / name / results.LOCKS / "experiment.json", wait=True))
+    return contextlib.closing(results.lock(Path(out) / name / ".experiment.json.lock", wait=True))
 
 
 def run_sweep(name: str, runs: list[Run], out: Path, *, jobs: int = 1, force: bool = False,

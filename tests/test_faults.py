@@ -217,7 +217,7 @@ def test_a_run_another_process_holds_is_waited_for_and_a_dead_holder_is_taken_ov
 
 
 def test_killed_helper_processes_fail_no_run_and_print_nothing(tmp_path, reference):
-    path, out = config(tmp_path, steps=60), tmp_path / "out"
+    path, out = config(tmp_path, steps=30), tmp_path / "out"
     proc = start(path, out, "--jobs", "2")
     wait_for(lambda: len(spawned(proc.pid)) >= 2 or proc.poll() is not None)
     time.sleep(0.5)

@@ -35,12 +35,14 @@ FORMATS = ("table", "markdown", "csv", "json")
 
 
 def report_incomplete(dirs: list[Path]) -> None:
-    """One line on stderr per run directory whose summary promises files it lacks (compare leaves it out)."""
-    from gradlab.results import incomplete_runs
+    """One line on stderr per run directory whose summary promises files it lacks (without its config,
+    compare cannot read it and leaves it out)."""
+    from gradlab.results import CONFIG, incomplete_runs
 
     for d in dirs:
         for run_dir, missing in incomplete_runs(d):
-            err_console.print(f"warning: {run_dir}: incomplete run (no {', '.join(missing)}), left out; "
+            left_out = ", left out" if CONFIG in missing else ""
+            err_console.print(f"warning: {run_dir}: incomplete run (no {', '.join(missing)}){left_out}; "
                               "gradlab run redoes it", soft_wrap=True)
 
 
