@@ -20,6 +20,7 @@ without it.
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import math
@@ -33,19 +34,59 @@ PROFILE = "profile.npz"
 
 def write_atomic(path: Path, text: str | bytes) -> None:
     """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = stage(path, text)
     try:
-        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; give the mode open() would have
-        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def stage(path: Path, text: str | bytes) -> Path:
+    """``text`` written and fsynced to a temporary file beside ``path``, ready to be renamed onto it.
+
+    The temporary name carries this process's id (``.<name>.<pid>.<random>.tmp``): another
+    process's cleanup leaves it alone while this process lives. An error names ``path``
+    (a full disk's ENOSPC comes from ``write`` with no file name).
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; give the mode open() would have
+        _write_synced(fd, text)
+        return Path(tmp)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+
+
+def _write_synced(fd: int, text: str | bytes) -> None:
+    with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def stale_temporary(path: Path) -> bool:
+    """A ``.tmp`` file no live process will rename: left by a killed write (``stage``'s name ends
+    ``.<pid>.<random>.tmp``; a name without a pid is an older gradlab's)."""
+    pid = path.name.split(".")[-3] if path.name.count(".") >= 4 else ""
+    if not pid.isdigit():
+        return True
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, run by another user
+        pass
+    return False
 
 
 def umask() -> int:
@@ -74,8 +115,12 @@ def _finite(x):
     return x
 
 
+def _json_text(data) -> str:
+    return json.dumps(_finite(data), indent=2, default=str) + "\n"
+
+
 def write_json(path: Path, data) -> None:
-    write_atomic(path, json.dumps(_finite(data), indent=2, default=str) + "\n")
+    write_atomic(path, _json_text(data))
 
 
 def read_json(path: Path):
@@ -105,11 +150,15 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def write_profile(path: Path, profile: dict) -> None:
     """The gradient-through-time profiles as a compressed .npz (numpy arrays), atomically."""
+    write_atomic(path, _npz_bytes(profile))
+
+
+def _npz_bytes(profile: dict) -> bytes:
     import numpy as np
 
     buf = io.BytesIO()
     np.savez_compressed(buf, **profile)
-    write_atomic(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def read_profile(run_dir: Path) -> dict | None:
@@ -127,24 +176,33 @@ def save_run(run_dir: Path, config: dict, env: dict, rows: list[dict], summary: 
              error: str | None = None, profile: dict | None = None) -> None:
     """Write one run's files; ``summary.json`` last, so it marks a finished run.
 
-    The files of an earlier attempt (a ``--force`` re-run, a failed run run again)
-    are removed first, so a run directory never mixes two attempts: a failed
-    re-run leaves no previous ``profile.npz`` beside its summary.
+    Every file is staged (written in full to a temporary name) before anything of an
+    earlier attempt is touched, so a full disk leaves the earlier attempt whole. Then
+    the files of that attempt (a ``--force`` re-run, a failed run run again) are
+    removed and the new ones renamed into place: a run directory never mixes two
+    attempts, and a failed re-run leaves no previous ``profile.npz`` beside its summary.
+    The caller holds the run's lock (``RunLock``), so no other process writes here.
     """
     run_dir = Path(run_dir)
-    (run_dir / SUMMARY).unlink(missing_ok=True)  # a re-run must not look finished until it is
-    if run_dir.is_dir():
-        for stale in run_dir.iterdir():  # every file the run wrote before, and .tmp files of a killed write
-            if not stale.is_dir():
-                stale.unlink(missing_ok=True)
-    write_json(run_dir / CONFIG, config)
-    write_json(run_dir / ENV, env)
-    write_atomic(run_dir / METRICS, metrics_csv(rows))
+    texts = {CONFIG: _json_text(config), ENV: _json_text(env), METRICS: metrics_csv(rows)}
     if profile is not None:
-        write_profile(run_dir / PROFILE, profile)
+        texts[PROFILE] = _npz_bytes(profile)
     if error is not None:
-        write_atomic(run_dir / ERROR, error)
-    write_json(run_dir / SUMMARY, summary)
+        texts[ERROR] = error
+    staged = {}
+    try:
+        for name, text in [*texts.items(), (SUMMARY, _json_text(summary))]:
+            staged[name] = stage(run_dir / name, text)
+        (run_dir / SUMMARY).unlink(missing_ok=True)  # a re-run must not look finished until it is
+        for old in run_dir.iterdir():  # every file the run wrote before, and .tmp files of a killed write
+            if not old.is_dir() and old.name not in staged and (old.suffix != ".tmp" or stale_temporary(old)):
+                old.unlink(missing_ok=True)
+        for name, tmp in staged.items():  # summary.json last: dicts keep insertion order
+            os.replace(tmp, run_dir / name)
+    except BaseException:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def clip_label(clip: dict) -> str:
@@ -179,10 +237,35 @@ def is_finished(run_dir: Path) -> bool:
     return (Path(run_dir) / SUMMARY).is_file()
 
 
+def missing_files(run_dir: Path) -> list[str]:
+    """The files a finished run's summary promises and its directory lacks (none: the run is whole).
+
+    ``save_run`` writes config, env and metrics for every run and ``error.txt`` for a
+    failed one (``profile.npz`` is optional); a directory missing one was damaged or
+    copied in part: it is not done for ``run``, and ``compare`` names it (and leaves it
+    out when it has no config).
+    """
+    run_dir = Path(run_dir)
+    try:
+        failed = read_json(run_dir / SUMMARY).get("status") == "failed"
+    except (OSError, ValueError, AttributeError):  # unreadable: the readers name the file themselves
+        failed = False
+    return [name for name in (CONFIG, ENV, METRICS, *([ERROR] if failed else [])) if not (run_dir / name).is_file()]
+
+
 def find_runs(root: Path) -> list[Path]:
-    """Every finished run directory under ``root`` (one holding ``summary.json``), recursively, in a stable order."""
-    root = Path(root)
-    return sorted(p.parent for p in root.rglob(SUMMARY))
+    """Every finished run directory under ``root`` with its config, recursively, in a stable order
+    (a run without metrics is still read: its summary and profile; ``incomplete_runs`` names it)."""
+    return [d for d in _summarised(root) if (d / CONFIG).is_file()]
+
+
+def incomplete_runs(root: Path) -> list[tuple[Path, list[str]]]:
+    """(directory, missing files) of every run under ``root`` whose summary promises files it lacks."""
+    return [(d, missing) for d in _summarised(root) if (missing := missing_files(d))]
+
+
+def _summarised(root: Path) -> list[Path]:
+    return sorted(p.parent for p in Path(root).rglob(SUMMARY))
 
 
 def load_run(run_dir: Path) -> dict:
@@ -260,9 +343,37 @@ def check_run(run_dir: Path) -> dict:
 def scan_runs(root: Path) -> tuple[list[dict], list[Damaged]]:
     """Every finished run under ``root`` as a checked record, and the damaged ones, each named by file."""
     records, damaged = [], []
-    for d in find_runs(root):
+    for d in _summarised(root):  # a run without its config too: it is damaged, and named
         try:
             records.append(check_run(d))
         except Damaged as e:
             damaged.append(e)
     return records, damaged
+
+
+def lock(path: Path, wait: bool = False):
+    """An exclusive advisory lock (``flock``) on ``path``, as an open file to ``close()``; None when
+    another process holds it and ``wait`` is false.
+
+    The kernel drops a lock when its holder exits, however it exits (``kill -9`` too), so
+    a dead process's lock is free at once. Lock files stay: removing one would let two
+    processes lock two different files under one name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        f.close()
+        return None
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def run_lock(experiment_dir: Path, run_id: str) -> Path:
+    """The lock file of a run, ``<experiment>/.<run hash>.lock``: one per resolved config, whichever
+    directory name the run has; a hidden file, so listings of the run directories do not change."""
+    return Path(experiment_dir) / f".{run_hash(run_id)}.lock"

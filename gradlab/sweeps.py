@@ -5,38 +5,45 @@ environment (or its error and traceback) to the driver, and the driver writes
 the run directory. So an executor needs no shared filesystem, and a worker
 that dies leaves nothing half-written.
 
-Resuming: a run whose directory holds a successful ``summary.json`` is done
-and skipped (a directory belongs to a run by the hash of its resolved config,
-the end of the run id; see ``run_dir``); failed and interrupted runs are run
-again. A run that raises is recorded as failed, with what it had computed,
-and the sweep goes on; so does a sweep whose worker process dies (a segfault,
-an out-of-memory kill): the runs it had in flight are recorded as failed.
+Resuming: a run whose directory holds a successful ``summary.json`` and every
+file it promises is done and skipped (a directory belongs to a run by the hash
+of its resolved config, the end of the run id; see ``run_dir``); failed and
+interrupted runs are run again. A run that raises is recorded as failed, with
+what it had computed, and the sweep goes on; so does a sweep whose worker
+process dies (a segfault, an out-of-memory kill): the run it was training is
+recorded as failed.
+
+Concurrent sweeps on one folder: the driver trains a run only while it holds
+the run's lock (``results.lock``); a run another live process holds is left to
+it and waited for at the end, so no run is trained twice.
+
+Signals: SIGINT and SIGTERM end the sweep at once (``Interrupted``): the runs
+stored so far stay, the workers are killed, the runs in flight are not stored.
+Workers ignore both signals (the driver ends them) and exit when the driver is
+gone, even after a ``kill -9``.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import contextlib
 import os
-import queue
+import signal
 import threading
 import time
 import traceback
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gradlab import results
 from gradlab.config import Run
-
-PROGRESS_INTERVAL = 0.2  # seconds between a worker's progress messages
+from gradlab.workers import SIGNALS, run_parallel
 
 
 @dataclass
 class Outcome:
     run: Run
     dir: Path
-    status: str            # ok | failed | skipped
+    status: str            # ok | failed | skipped (done before) | elsewhere (trained meanwhile by another process)
     summary: dict | None
     error: str | None = None
 
@@ -128,7 +135,9 @@ def run_dir(out: Path, name: str, run: Run) -> Path:
 
 
 def is_done(path: Path) -> bool:
-    return results.is_finished(path) and results.read_json(path / results.SUMMARY).get("status") == "ok"
+    """A successful run with every file its summary promises (a damaged directory is run again)."""
+    return (results.is_finished(path) and results.read_json(path / results.SUMMARY).get("status") == "ok"
+            and not results.missing_files(path))
 
 
 def select(runs: list[Run], shard: tuple[int, int] | None) -> list[Run]:
@@ -164,31 +173,139 @@ def train_run(run: Run, progress=None) -> dict:
                 "error": error, "traceback": traceback.format_exc()}
 
 
-def store(run: Run, path: Path, payload: dict) -> Outcome:
-    results.save_run(path, run.config, payload["env"], payload["rows"], payload["summary"],
-                     error=payload["traceback"], profile=payload.get("profile"))
-    status = "failed" if payload["error"] else "ok"
-    return Outcome(run, path, status, payload["summary"], payload["error"])
-
-
-def _worker(run: Run, messages) -> dict:
-    """Runs in a worker process: train, reporting progress at most every PROGRESS_INTERVAL."""
-    last = [0.0]
-
-    def progress(step, steps):
-        now = time.monotonic()
-        if now - last[0] >= PROGRESS_INTERVAL or step == steps:
-            last[0] = now
-            messages.put((run.id, step, steps))
-
-    return train_run(run, progress)
-
-
 class ExecutorUnavailable(Exception):
     """The chosen executor cannot start here (e.g. Ray is not installed)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM ended the sweep: the runs stored before it are kept, those in flight are not.
+
+    A KeyboardInterrupt, so code that handles Ctrl-C handles SIGTERM alike; ``signum``
+    gives the exit code (128 + signum) and the counts what was kept.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum, self.saved, self.in_flight, self.not_started = signum, 0, 0, 0
+
+
 EXECUTORS = ("local", "ray")
+
+
+class _Signals:
+    """While a sweep runs (main thread only): SIGINT and SIGTERM raise ``Interrupted`` once, except inside
+    ``shield()`` (storing a run), whose end they wait for; a signal the process ignored stays ignored."""
+
+    def __init__(self):
+        self.signum, self.raised, self.shielded, self.old = None, False, False, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in SIGNALS:
+                if signal.getsignal(s) is not signal.SIG_IGN:
+                    self.old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.old.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame):
+        self.signum = self.signum or signum
+        if not self.shielded:
+            self._raise()
+
+    def _raise(self):
+        if self.signum is not None and not self.raised:  # a second signal does not cut the cleanup short
+            self.raised = True
+            raise Interrupted(self.signum)
+
+    @contextlib.contextmanager
+    def shield(self):
+        self.shielded = True
+        try:
+            yield
+        finally:
+            self.shielded = False
+        self._raise()
+
+
+@dataclass
+class _Sweep:
+    """One sweep's state: which runs this process holds the lock of, what it stored, what others hold."""
+
+    name: str
+    out: Path
+    force: bool
+    notify: object
+    signals: _Signals
+    outcomes: dict = field(default_factory=dict)   # run id -> Outcome
+    locks: dict = field(default_factory=dict)      # run id -> open lock file: the runs in flight
+    elsewhere: list = field(default_factory=list)  # runs another live process holds
+    saved: int = 0
+
+    def claim(self, run: Run) -> Path | None:
+        """Lock ``run`` and return its directory to train it into; None when another process holds it
+        (kept in ``elsewhere``) or has finished it since ``plan`` (stored as an ``elsewhere`` outcome)."""
+        lock = results.lock(results.run_lock(self.out / self.name, run.id))
+        if lock is None:
+            self.elsewhere.append(run)
+            self.notify("elsewhere", run)
+            return None
+        path = run_dir(self.out, self.name, run)
+        if not self.force and is_done(path):
+            lock.close()
+            self.outcomes[run.id] = Outcome(run, path, "elsewhere", results.read_json(path / results.SUMMARY))
+            self.notify("done", run, outcome=self.outcomes[run.id])
+            return None
+        self.locks[run.id] = lock
+        return path
+
+    def store(self, run: Run, path: Path, payload: dict) -> Outcome:
+        """Write a trained run (a signal meanwhile waits for the end of it) and release its lock."""
+        with self.signals.shield():
+            try:
+                outcome = store(run, path, payload)
+            finally:
+                self.locks.pop(run.id).close()
+            self.saved += 1
+            self.outcomes[run.id] = outcome
+        self.notify("done", run, outcome=outcome)
+        return outcome
+
+    def wait_elsewhere(self) -> list[Run]:
+        """Wait until the other processes release the runs they held; return those runs to look at again
+        (done by then: an ``elsewhere`` outcome; if the other process died or was stopped: trained here)."""
+        runs, self.elsewhere = self.elsewhere, []
+        for run in runs:
+            results.lock(results.run_lock(self.out / self.name, run.id), wait=True).close()
+        return runs
+
+    def release(self) -> None:
+        for lock in self.locks.values():
+            lock.close()
+        self.locks.clear()
+
+
+def store(run: Run, path: Path, payload: dict) -> Outcome:
+    """Write a run's directory. If that fails (a full disk), the run is recorded as failed where the
+    disk still allows and has no earlier record, and the error, naming the file, goes on up."""
+    try:
+        results.save_run(path, run.config, payload["env"], payload["rows"], payload["summary"],
+                         error=payload["traceback"], profile=payload.get("profile"))
+    except OSError as e:
+        if not results.is_finished(path):
+            error = f"could not store the results: {e.filename}: {e.strerror}"
+            with contextlib.suppress(OSError):
+                results.save_run(path, run.config, {}, [], {"status": "failed", "error": error}, error=error)
+        raise
+    status = "failed" if payload["error"] else "ok"
+    return Outcome(run, path, status, payload["summary"], payload["error"])
+
+
+def experiment_lock(out: Path, name: str):
+    """Hold while reading and rewriting ``experiment.json``: two sweeps on one folder keep both records."""
+    return contextlib.closing(results.lock(Path(out) / name / ".experiment.json.lock", wait=True))
 
 
 def run_sweep(name: str, runs: list[Run], out: Path, *, jobs: int = 1, force: bool = False,
@@ -201,100 +318,62 @@ def run_sweep(name: str, runs: list[Run], out: Path, *, jobs: int = 1, force: bo
     ``address`` or on a local Ray instance; results come back to this process,
     which writes them.
 
+    A run another process is training (it holds the run's lock) is left to it;
+    once the rest is done the sweep waits for it and takes its result (outcome
+    ``elsewhere``), or trains it if that process stopped without finishing it.
+    SIGINT or SIGTERM raise ``Interrupted`` (with what was kept) after killing the
+    workers; the runs stored before it are whole, those in flight not written.
+
     on_event(event, run, **info) reports progress to the caller: ``step``
     (step, steps) while a run trains, ``done`` (outcome) when it is stored or
-    found already done. Training itself never prints. ``sweep_id``: the entry
-    ``record_experiment`` made in ``experiment.json``, which gets this sweep's timing.
+    found already done, ``elsewhere`` when another process holds it. Training
+    itself never prints. ``sweep_id``: the entry ``record_experiment`` made in
+    ``experiment.json``, which gets this sweep's timing.
     """
     notify = on_event or (lambda *a, **k: None)
     started = time.monotonic()
     todo, done = plan(name, runs, out, force)
-    outcomes = {}
+    for run in done:
+        path = run_dir(out, name, run)
+        notify("done", run, outcome=Outcome(run, path, "skipped", results.read_json(path / results.SUMMARY)))
+    with _Signals() as signals:
+        sweep = _Sweep(name, Path(out), force, notify, signals)
+        try:
+            waiting = todo
+            while waiting:  # a second round only for the runs other processes held
+                if executor == "ray":  # nothing left: no Ray import, no cluster started or joined
+                    _run_ray(waiting, address, sweep)
+                elif jobs <= 1 or len(waiting) <= 1:
+                    _run_serial(waiting, sweep)
+                else:
+                    run_parallel(waiting, jobs, sweep)
+                waiting = sweep.wait_elsewhere()
+            outcomes = {o.run.id: o for o in sweep.outcomes.values()}
+            if todo:
+                with signals.shield(), experiment_lock(out, name):
+                    record_sweep(out, name, [outcomes[r.id] for r in todo if outcomes[r.id].status != "elsewhere"],
+                                 time.monotonic() - started, jobs, executor, sweep_id)
+        except Interrupted as e:
+            e.saved, e.in_flight = sweep.saved, len(sweep.locks)
+            e.not_started = len(todo) - len(sweep.outcomes) - e.in_flight
+            raise
+        finally:
+            sweep.release()
     for run in done:
         path = run_dir(out, name, run)
         outcomes[run.id] = Outcome(run, path, "skipped", results.read_json(path / results.SUMMARY))
-        notify("done", run, outcome=outcomes[run.id])
-    if executor == "ray" and todo:  # nothing left: no Ray import, no cluster started or joined
-        for outcome in _run_ray(name, todo, out, address, notify):
-            outcomes[outcome.run.id] = outcome
-    elif jobs <= 1 or len(todo) <= 1:
-        for run in todo:
-            payload = train_run(run, lambda s, n, run=run: notify("step", run, step=s, steps=n))
-            outcomes[run.id] = store(run, run_dir(out, name, run), payload)
-            notify("done", run, outcome=outcomes[run.id])
-    else:
-        for outcome in _run_parallel(name, todo, out, jobs, notify):
-            outcomes[outcome.run.id] = outcome
-    if todo:
-        record_sweep(out, name, [outcomes[r.id] for r in todo], time.monotonic() - started, jobs, executor,
-                     sweep_id)
     return [outcomes[r.id] for r in runs]
 
 
-def _run_parallel(name, todo, out, jobs, notify):
-    # spawn, not fork: a forked torch process can deadlock on its thread pools
-    ctx = multiprocessing.get_context("spawn")
-    by_id = {r.id: r for r in todo}
-    waiting = list(reversed(todo))  # .pop() gives the next run in order
-    with ctx.Manager() as manager:
-        messages = manager.Queue()
-        stop = threading.Event()
-
-        def relay():  # worker progress -> the caller's callback, on this process's side
-            while not stop.is_set():
-                try:
-                    run_id, step, steps = messages.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                notify("step", by_id[run_id], step=step, steps=steps)
-
-        relay_thread = threading.Thread(target=relay, daemon=True)
-        relay_thread.start()
-        try:
-            while waiting:  # a fresh pool for what is left each time a worker process dies
-                yield from _pool_pass(ctx, jobs, waiting, messages, name, out, notify)
-        finally:
-            stop.set()
-            relay_thread.join()
+def _run_serial(waiting: list[Run], sweep: _Sweep) -> None:
+    for run in waiting:
+        path = sweep.claim(run)
+        if path is not None:
+            payload = train_run(run, lambda s, n, run=run: sweep.notify("step", run, step=s, steps=n))
+            sweep.store(run, path, payload)
 
 
-def _pool_pass(ctx, jobs, waiting, messages, name, out, notify):
-    """Train runs from ``waiting`` on one process pool until none is left or a worker process dies.
-
-    At most ``jobs`` runs are submitted at a time, so the runs in flight are known:
-    when a worker dies (segfault, out-of-memory kill, ``os._exit``) the pool breaks,
-    those runs are recorded as failed, and the rest stay in ``waiting`` for a new pool.
-    """
-    running, broken = {}, False
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        while running or (waiting and not broken):
-            while waiting and not broken and len(running) < jobs:
-                run = waiting.pop()
-                try:
-                    running[pool.submit(_worker, run, messages)] = run
-                except BrokenProcessPool:
-                    waiting.append(run)
-                    broken = True
-            if not running:
-                break
-            in_flight = len(running)
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for f in finished:
-                run = running.pop(f)
-                try:
-                    payload = f.result()
-                except BrokenProcessPool as e:
-                    broken = True
-                    payload = _lost(e, f"a worker process died (crash, out-of-memory kill or exit) while this run "
-                                       f"was one of {in_flight} in flight; runs not started yet go on in a new pool")
-                except Exception as e:  # the payload could not come back
-                    payload = _lost(e)
-                outcome = store(run, run_dir(out, name, run), payload)
-                notify("done", run, outcome=outcome)
-                yield outcome
-
-
-def _lost(e: BaseException, why: str = "worker lost") -> dict:
+def lost(e: BaseException, why: str = "worker lost") -> dict:
     """The payload of a run whose worker died before it could report."""
     error = f"{why}: {type(e).__name__}: {e}"
     return {"summary": {"status": "failed", "error": error}, "rows": [], "env": {}, "profile": None,
@@ -304,28 +383,39 @@ def _lost(e: BaseException, why: str = "worker lost") -> dict:
 RAY_RETRIES = 3  # re-submissions of a run whose worker process or node was lost
 
 
-def _run_ray(name, todo, out, address, notify):
+def _run_ray(waiting: list[Run], address: str | None, sweep: _Sweep) -> None:
     try:
         import ray
     except ImportError:
         raise ExecutorUnavailable("the ray executor needs Ray: pip install 'gradlab[ray]'") from None
-    if not ray.is_initialized():
+    ours = not ray.is_initialized()
+    if ours:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     # max_retries re-runs a task whose worker died; exceptions inside training are caught
     # by train_run and come back as a failed payload, so they are never retried
     remote = ray.remote(max_retries=RAY_RETRIES, num_cpus=1)(train_run)
     refs = {}
-    for run in todo:
-        gpus = 1 if run.config["device"].startswith("cuda") else 0
-        refs[remote.options(num_gpus=gpus).remote(run)] = run
-    pending = list(refs)
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        run = refs[ready[0]]
-        try:
-            payload = ray.get(ready[0])
-        except Exception as e:  # lost beyond the retries
-            payload = _lost(e)
-        outcome = store(run, run_dir(out, name, run), payload)
-        notify("done", run, outcome=outcome)
-        yield outcome
+    try:
+        for run in waiting:
+            path = sweep.claim(run)
+            if path is not None:
+                gpus = 1 if run.config["device"].startswith("cuda") else 0
+                refs[remote.options(num_gpus=gpus).remote(run)] = (run, path)
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)  # a timeout: signals get a turn
+            for ref in ready:
+                run, path = refs.pop(ref)
+                try:
+                    payload = ray.get(ref)
+                except Exception as e:  # lost beyond the retries
+                    payload = lost(e)
+                sweep.store(run, path, payload)
+    except BaseException:  # interrupted: cancel what is left and leave no Ray process of ours behind
+        for ref in refs:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        if ours:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+        raise

@@ -121,11 +121,11 @@ def run(
     experiment = load_config(config, set_)
     if check and not experiment.expect:
         fail(f"--check: {config} has no expect: list")
-    from gradlab.sweeps import plan, preflight, record_experiment, run_dir, select
+    from gradlab.sweeps import experiment_lock, plan, preflight, record_experiment, run_dir, select
 
     name, runs = experiment.name, select(experiment.runs, shard_spec)
+    todo, done = plan(name, runs, out, force)
     if dry_run:
-        todo, done = plan(name, runs, out, force)
         for r in runs:
             out_console.print(f"{'done' if r in done else 'run '}  {run_dir(out, name, r)}", markup=False,
                               highlight=False)
@@ -142,13 +142,22 @@ def run(
         fail(problems)
     from gradlab.sweeps import ExecutorUnavailable
 
-    sweep_id = record_experiment(out, experiment, set_, runs)
+    sweep_id = None
+    if todo:  # a finished archive may be read-only: nothing to run, nothing written
+        with experiment_lock(out, name):
+            sweep_id = record_experiment(out, experiment, set_, runs)
+    else:
+        err_console.print(f"0 to run, {len(done)} already done in {out / name}", soft_wrap=True)
     try:
         outcomes = sweep_with_progress(name, runs, out, quiet or fmt_name != "table", jobs=jobs, force=force,
                                        executor=executor, address=address, sweep_id=sweep_id)
     except ExecutorUnavailable as e:
         fail(str(e))
     failed = [o for o in outcomes if o.status == "failed"]
+    elsewhere = sum(o.status == "elsewhere" for o in outcomes)
+    if elsewhere:
+        err_console.print(f"{elsewhere} of {len(runs)} runs were trained meanwhile by another gradlab run on "
+                          f"{out / name} (it held their lock); their results are included", soft_wrap=True)
     from gradlab.results import run_hash
 
     # exactly this sweep's runs: earlier sweeps into the folder (other --set values) are compare's to show

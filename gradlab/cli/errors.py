@@ -1,15 +1,19 @@
 """How the command line fails: exit codes, and every user error as one line, never a traceback.
 
 Exit codes: 0 success, 1 some runs (or expectations) failed, 2 bad input (config,
-arguments, paths); 130 interrupted. ``fail`` prints one line per problem; ``user_errors``
-turns the errors of the user's environment (unwritable paths, corrupt results, Ctrl-C)
-into such lines; ``read_config`` does the same for a config's problems.
+arguments, paths); 128 + the signal when a signal stopped it (130 SIGINT, 143 SIGTERM).
+``fail`` prints one line per problem; ``user_errors`` turns the errors of the user's
+environment (unwritable paths, a full disk, corrupt results, Ctrl-C, SIGTERM) into such
+lines; ``read_config`` does the same for a config's problems.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import signal
+import threading
 from pathlib import Path
 
 import typer
@@ -27,20 +31,53 @@ def fail(problems: list[str] | str, code: int = EXIT_BAD_INPUT):
 
 
 def user_errors(command):
-    """Errors of the user's environment (unwritable --out, full disk, Ctrl-C) as one line, not a traceback."""
+    """Errors of the user's environment (unwritable --out, full disk, Ctrl-C, SIGTERM) as one line, not a traceback."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            with terminate_as_interrupt():
+                return command(*args, **kwargs)
         except OSError as e:
             fail(f"{e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}")
         except (json.JSONDecodeError, UnicodeDecodeError) as e:  # a results file cut short or corrupted
             dirs = [p for v in kwargs.values() for p in (v if isinstance(v, list) else [v])
                     if isinstance(p, Path) and p.is_dir()]
             fail(unreadable_results(dirs) or f"a results file is not readable JSON: {e}")
-        except KeyboardInterrupt:
-            fail("interrupted: finished runs are kept; the same command finishes the rest", code=130)
+        except KeyboardInterrupt as e:  # Ctrl-C; SIGTERM; sweeps.Interrupted (either, during a sweep)
+            signum = getattr(e, "signum", signal.SIGINT)
+            fail(interrupted_line(e, signum), code=128 + signum)
     return wrapper
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a sweep (which handles its own): stop as Ctrl-C does, exit 143."""
+
+    signum = signal.SIGTERM
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """While a command runs (in the main thread), SIGTERM raises ``Terminated`` instead of killing silently."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        yield
+        return
+
+    def terminated(signum, frame):
+        raise Terminated()
+    old = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def interrupted_line(e: KeyboardInterrupt, signum: int) -> str:
+    """What an interruption kept: after a sweep's signal, the runs saved, in flight and not started."""
+    def runs(n):
+        return f"{n} run{'' if n == 1 else 's'}"
+    kept = (f"{runs(e.saved)} saved, {runs(e.in_flight)} in flight not saved, {runs(e.not_started)} not started"
+            if hasattr(e, "saved") else "finished runs are kept")
+    return f"interrupted by {signal.Signals(signum).name}: {kept}; the same command finishes the rest"
 
 
 def unreadable_results(dirs: list[Path]) -> list[str]:

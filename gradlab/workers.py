@@ -1,0 +1,192 @@
+"""The local executor's worker processes: ``jobs`` of them, each fed one run at a time over a pipe.
+
+A worker trains the runs the driver sends it and sends back progress and each
+run's payload; the driver stores it (see ``sweeps``). Workers ignore SIGINT and
+SIGTERM, because the driver ends them when a sweep stops, and they end with the
+driver even when it is killed with ``kill -9``, so no process outlives a sweep.
+This module imports only the standard library at the top: a worker sets that up
+before it imports torch (seconds on a busy machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PROGRESS_INTERVAL = 0.2  # seconds between a worker's progress messages
+
+
+def run_parallel(waiting: list, jobs: int, sweep) -> None:
+    """Train ``waiting`` on ``jobs`` worker processes, each fed one run at a time over its own pipe.
+
+    A worker sends progress and then the payload back on its pipe. A worker that dies
+    (segfault, out-of-memory kill, ``os._exit``) closes its pipe: only the run it was
+    training is recorded as failed, and a new worker takes its place. No manager
+    process or shared queue: nothing outside the workers can fail a run.
+    """
+    from gradlab.sweeps import lost
+
+    ctx = multiprocessing.get_context("spawn")  # not fork: a forked torch process can deadlock on its thread pools
+    left = list(reversed(waiting))  # .pop() gives the next run in order
+    idle: list[Worker] = []
+    busy: dict = {}  # pipe -> (worker, run, run directory)
+    started: list[Worker] = []
+    try:
+        while left or busy:
+            while left and len(busy) < jobs:
+                run = left.pop()
+                path = sweep.claim(run)
+                if path is None:
+                    continue
+                worker = Worker.give(run, idle.pop() if idle else None, ctx, started)
+                busy[worker.conn] = (worker, run, path)
+            for conn in multiprocessing.connection.wait(list(busy), timeout=0.5):
+                worker, run, path = busy[conn]
+                try:
+                    kind, *message = conn.recv()
+                except (EOFError, OSError) as e:  # the worker process died
+                    del busy[conn]
+                    worker.close()
+                    sweep.store(run, path, lost(e, "a worker process died (crash, out-of-memory kill or exit) "
+                                                   "while training this run; the other runs go on"))
+                    continue
+                if kind == "step":
+                    sweep.notify("step", run, step=message[0], steps=message[1])
+                else:
+                    del busy[conn]
+                    idle.append(worker)
+                    sweep.store(run, path, message[0])
+        for worker in started:  # all done: ask the workers to exit, and give them a moment
+            with contextlib.suppress(OSError):
+                worker.conn.send(None)
+        for worker in started:
+            worker.process.join(timeout=5)
+    except BaseException as e:  # interrupted, or the results cannot be written: the runs in flight are dropped
+        if isinstance(e, KeyboardInterrupt):
+            _store_arrived(busy, sweep)
+        raise
+    finally:  # whatever happened above (a signal may come while they exit), no worker is left
+        for worker in started:
+            worker.kill()
+
+
+def _store_arrived(busy: dict, sweep) -> None:
+    """Store the runs whose payload is already in their pipe: their training finished before the signal."""
+    for conn, (_, run, path) in busy.items():
+        with contextlib.suppress(EOFError, OSError):
+            while conn.poll(0):
+                kind, *message = conn.recv()
+                if kind == "done":
+                    sweep.store(run, path, message[0])
+                    break
+
+
+class Worker:
+    """One worker process and the driver's end of its pipe."""
+
+    def __init__(self, process, conn):
+        self.process, self.conn = process, conn
+
+    @classmethod
+    def give(cls, run, worker: Worker | None, ctx, started: list) -> Worker:
+        """Send ``run`` to ``worker`` (idle), or to a new worker if there is none or it died idle."""
+        if worker is not None:
+            try:
+                worker.conn.send(run)
+                return worker
+            except OSError:  # killed while idle: its pipe is closed
+                worker.close()
+        worker = cls.start(ctx, started)
+        worker.conn.send(run)
+        return worker
+
+    @classmethod
+    def start(cls, ctx, started: list) -> Worker:
+        ours, theirs = ctx.Pipe()
+        process = ctx.Process(target=worker_main, args=(theirs, os.getpid()), daemon=True)
+        # The child inherits SIG_IGN from its first instruction (a handler would be reset at exec),
+        # so a Ctrl-C while it imports cannot print a traceback. The main thread blocks both signals
+        # meanwhile, so one sent to the driver now waits for the handler instead of being ignored.
+        main = threading.current_thread() is threading.main_thread()  # signal.signal works only there
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        handlers = {s: signal.signal(s, signal.SIG_IGN) for s in SIGNALS} if main else {}
+        try:
+            with warnings.catch_warnings():  # a killed resource tracker is relaunched with a warning
+                warnings.simplefilter("ignore")
+                process.start()
+        finally:
+            for s, handler in handlers.items():
+                signal.signal(s, handler)
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        theirs.close()  # only the child holds its end: the child's death is EOF here
+        worker = cls(process, ours)
+        started.append(worker)
+        return worker
+
+    def close(self):
+        self.conn.close()
+        self.process.join(timeout=1)
+
+    def kill(self):
+        """Kill the process if it still runs (it ignores SIGTERM), reap it, close the pipe."""
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5)
+        self.conn.close()
+
+
+def worker_main(conn, parent: int) -> None:
+    """A worker process: train each run the driver sends on ``conn``; send progress, then the payload.
+
+    It ignores SIGINT and SIGTERM (the driver kills it when the sweep stops) and exits
+    when the driver is gone (a ``kill -9`` of the driver alone), so no worker outlives it.
+    """
+    for s in SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    _exit_with(parent)
+    from gradlab.sweeps import lost, train_run  # imports torch: after the above, which must come first
+    last = [0.0]  # when the last progress message went
+
+    def progress(step, steps):
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_INTERVAL or step == steps:
+            last[0] = now
+            conn.send(("step", step, steps))
+
+    while True:
+        try:
+            run = conn.recv()
+        except EOFError:
+            return
+        if run is None:
+            return
+        payload = train_run(run, progress)
+        try:
+            conn.send(("done", payload))
+        except Exception as e:  # e.g. a payload that does not pickle: the run fails, not the worker
+            conn.send(("done", lost(e, "the run's results could not be sent back")))
+
+
+def _exit_with(parent: int) -> None:
+    """End this process when ``parent`` ends: on Linux the kernel kills it (PR_SET_PDEATHSIG, at
+    once, even while a C call holds the GIL); elsewhere a thread sees the parent change."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # gone before the above took effect
+        os._exit(1)
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()

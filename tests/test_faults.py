@@ -1,0 +1,358 @@
+"""Fault injection: signals to a sweep's driver and to its process group, two sweeps on one folder, killed
+helper processes, a full disk, a read-only results archive, damaged run directories.
+
+Each test provokes the fault for real where the machine allows it (signals, SIGKILL, a second process,
+a small tmpfs and a read-only mount when running as root) and checks what the user is promised: the
+exit code, one line on stderr and no traceback, no process left behind, every saved run whole, and a
+re-run that ends with the results of an uninterrupted sweep, byte for byte.
+GRADLAB_FAULT_TRIALS=n repeats each signal trial n times, and GRADLAB_FAULT_LOG=FILE appends one JSON
+line per trial (signal, exit code, seconds to exit, runs saved): the README's figures.
+"""
+
+import contextlib
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from gradlab import results
+from gradlab.cli import app
+from gradlab.config import load
+from gradlab.sweeps import run_sweep
+
+runner = CliRunner()
+TRIALS = int(os.environ.get("GRADLAB_FAULT_TRIALS", "1"))
+SWEEP = """\
+name: faults
+task: {name: adding, length: 10, eval_size: 16}
+model: {hidden: 8}
+train: {steps: STEPS, batch_size: 8, eval_every: 10}
+seeds: [0, 1]
+grid:
+  model.cell: [vanilla, gru]
+"""
+
+
+def config(tmp_path: Path, steps: int = 20) -> Path:
+    path = tmp_path / "faults.yaml"
+    path.write_text(SWEEP.replace("STEPS", str(steps)))
+    return path
+
+
+def start(path: Path, out: Path, *extra: str) -> subprocess.Popen:
+    """``gradlab run`` in its own session, so its process group and every descendant can be found."""
+    return subprocess.Popen([sys.executable, "-m", "gradlab", "run", str(path), "--out", str(out), "-q", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def session(sid: int) -> list[str]:
+    """Live processes of session ``sid`` (zombies left to a non-reaping init do not count), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rpartition(")")[2].split()  # state ppid pgrp session ...
+            if int(fields[3]) == sid and fields[0] != "Z":
+                found.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:120])
+    return found
+
+
+def left_behind(sid: int, within: float = 5.0) -> list[str]:
+    deadline = time.monotonic() + within
+    while (alive := session(sid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
+
+
+def children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the direct children of ``pid``, oldest first."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                start_time = int(fields[19])
+                cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                found.append((start_time, int(stat.parent.name), cmd))
+    return [(p, cmd) for _, p, cmd in sorted(found)]
+
+
+def spawned(pid: int) -> list[int]:
+    """The multiprocessing children of ``pid`` (workers, and a manager if any), oldest first."""
+    return [p for p, cmd in children(pid) if "spawn_main" in cmd]
+
+
+def wait_for(condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the sweep did not get there in time"
+        time.sleep(0.02)
+
+
+def snapshot(root: Path) -> dict[str, dict]:
+    """Every run's metrics.csv and summary (less its timings) and profile, by run id."""
+    found = {}
+    for d in results.find_runs(root):
+        summary = results.read_json(d / "summary.json")
+        found[d.name] = {"metrics": (d / "metrics.csv").read_bytes(), "profile": results.read_profile(d),
+                         "summary": {k: v for k, v in summary.items() if k not in ("wall_seconds", "steps_per_second")}}
+    return found
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys() and a
+    for run_id in a:
+        assert a[run_id]["metrics"] == b[run_id]["metrics"], run_id  # byte-identical
+        assert a[run_id]["summary"] == b[run_id]["summary"], run_id
+        np.testing.assert_array_equal(a[run_id]["profile"]["grad_norm"], b[run_id]["profile"]["grad_norm"])
+
+
+def assert_whole(root: Path) -> None:
+    """Every directory that looks finished is a whole, successful run; nothing half-written is left."""
+    assert not results.incomplete_runs(root)
+    for d in results.find_runs(root):
+        assert results.read_json(d / "summary.json")["status"] == "ok", d
+    assert not [p for p in root.rglob("*.tmp")]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted sweep, trained in this process (serially: ``--jobs 2`` gives the same bytes)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    name, runs = load(config(tmp))
+    run_sweep(name, runs, tmp / "out", jobs=1)
+    return snapshot(tmp / "out")
+
+
+KILLS = [("SIGINT", "driver", 130, 2), ("SIGTERM", "driver", 143, 2), ("SIGINT", "group", 130, 2),
+         ("SIGTERM", "group", 143, 2), ("SIGKILL", "driver", -9, 2), ("SIGINT", "group", 130, 1)]
+
+
+@pytest.mark.parametrize("trial", range(TRIALS))
+@pytest.mark.parametrize("sig,target,code,jobs", KILLS)
+def test_a_signal_ends_the_sweep_at_once_keeping_every_saved_run(tmp_path, reference, sig, target, code, jobs,
+                                                                   trial):
+    path, out = config(tmp_path), tmp_path / "out"
+    proc = start(path, out, "--jobs", str(jobs))
+    # a random moment: while the workers start or the first runs train (k = 0), or just after the k-th run
+    # is stored, while the next ones are stored or train
+    rng = random.Random(f"{sig}{target}{jobs}{trial}")
+    k = rng.randrange(4)
+    if k == 0 and jobs > 1:
+        wait_for(lambda: len(spawned(proc.pid)) >= 2 or proc.poll() is not None)
+    wait_for(lambda: len(list(out.rglob("summary.json"))) >= k or proc.poll() is not None)
+    time.sleep(rng.uniform(0, 2.5 if k == 0 else 0.3))
+    signalled = time.monotonic()
+    (os.killpg if target == "group" else os.kill)(proc.pid, getattr(signal, sig))
+    _, stderr = proc.communicate(timeout=60)
+    seconds = time.monotonic() - signalled
+    stderr = stderr.decode()
+    finished = len(results.find_runs(out)) == 4  # the signal came after the sweep: it may exit 0 (or die)
+    assert proc.returncode == code or (finished and proc.returncode in (0, -getattr(signal, sig))), stderr
+    assert seconds < 10, f"exit {seconds:.1f} s after {sig}"
+    assert left_behind(proc.pid) == []  # workers, resource tracker: none outlives the sweep
+    assert "Traceback" not in stderr
+    if proc.returncode == code and sig != "SIGKILL":
+        [line] = stderr.splitlines()  # one line saying what was kept
+        assert line.startswith(f"error: interrupted by {sig}: "), line
+        if "in flight" in line:  # during the sweep: its counts are true
+            assert int(line.split(": ")[2].split()[0]) == len(results.find_runs(out))
+    assert_whole(out)
+    saved = snapshot(out)
+    if os.environ.get("GRADLAB_FAULT_LOG"):
+        with open(os.environ["GRADLAB_FAULT_LOG"], "a") as log:
+            log.write(json.dumps({"signal": sig, "to": target, "jobs": jobs, "exit": proc.returncode,
+                                  "seconds": round(seconds, 2), "saved": len(saved)}) + "\n")
+    for run_id in saved:  # what was saved is what an uninterrupted sweep gives
+        assert saved[run_id]["metrics"] == reference[run_id]["metrics"]
+    again = runner.invoke(app, ["run", str(path), "--out", str(out), "-j", "1", "-q"])
+    assert again.exit_code == 0, again.output
+    assert_same(snapshot(out), reference)
+
+
+def test_two_sweeps_on_one_folder_train_each_run_once(tmp_path, reference):
+    path, out = config(tmp_path), tmp_path / "out"
+    procs = [start(path, out, "--jobs", jobs) for jobs in ("2", "1")]  # the parallel and the serial path
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr.decode()
+        assert "error" not in stderr.decode() and "Traceback" not in stderr.decode()
+    sweeps = results.read_json(out / "faults" / "experiment.json")["sweeps"]
+    assert sum(s["trained"] for s in sweeps) == 4  # every run trained exactly once, by one of the two
+    assert_whole(out)
+    assert_same(snapshot(out), reference)
+
+
+def test_a_run_another_process_holds_is_waited_for_and_a_dead_holder_is_taken_over(tmp_path, reference):
+    name, runs = load(config(tmp_path))
+    out = tmp_path / "out"
+    lock = results.run_lock(out / name, runs[0].id)
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print(flush=True); time.sleep(60)", str(lock)],
+                              stdout=subprocess.PIPE)
+    holder.stdout.readline()  # it holds the lock
+    assert results.lock(lock) is None
+    events = []
+
+    def on_event(event, run, **info):
+        if event == "elsewhere":
+            events.append(run.id)
+            holder.kill()  # the holder dies without writing: its lock is free at once
+
+    outcomes = run_sweep(name, runs, out, jobs=1, on_event=on_event)
+    holder.wait()
+    assert events == [runs[0].id]
+    assert [o.status for o in outcomes] == ["ok"] * 4  # the held run was trained here after its holder died
+    assert_same(snapshot(out), reference)
+
+
+def test_killed_helper_processes_fail_no_run_and_print_nothing(tmp_path, reference):
+    path, out = config(tmp_path, steps=30), tmp_path / "out"
+    proc = start(path, out, "--jobs", "2")
+    wait_for(lambda: len(spawned(proc.pid)) >= 2 or proc.poll() is not None)
+    time.sleep(0.5)
+    helpers = [p for p, cmd in children(proc.pid) if "resource_tracker" in cmd]
+    helpers += spawned(proc.pid)[:-2]  # a multiprocessing manager, started before the 2 workers
+    assert helpers, children(proc.pid)
+    for pid in helpers:
+        os.kill(pid, signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and stderr.decode() == "", stderr.decode()
+    assert len(results.find_runs(out)) == 4
+    assert_whole(out)
+
+
+@contextlib.contextmanager
+def small_filesystem(where: Path, size: str):
+    """A tmpfs of ``size`` at ``where`` (needs root); None where the machine does not allow mounting."""
+    where.mkdir()
+    mounted = os.geteuid() == 0 and shutil.which("mount") and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True).returncode == 0
+    try:
+        yield where if mounted else None
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def test_a_full_disk_names_the_file_and_loses_nothing_already_written(tmp_path, reference):
+    path = config(tmp_path)
+    with small_filesystem(tmp_path / "disk", "256k") as disk:
+        if disk is None:
+            pytest.skip("no tmpfs here (mounting needs root); the in-process ENOSPC test below still runs")
+        out = disk / "out"
+        assert runner.invoke(app, ["run", str(path), "--out", str(out), "-j", "1", "-q"]).exit_code == 0
+        before = snapshot(out)
+        with contextlib.suppress(OSError):  # fill the disk to the last block
+            with open(disk / "filler", "wb") as f:
+                while True:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+        # room for experiment.json's new version and a file or two of a run: the run's files cannot all fit
+        os.truncate(disk / "filler", (disk / "filler").stat().st_size - 3 * 4096)
+        result = runner.invoke(app, ["run", str(path), "--out", str(out), "-j", "1", "-q", "--force"])
+        assert result.exit_code == 2, result.output
+        [line] = result.stderr.splitlines()
+        assert line.startswith(f"error: {out}/") and line.endswith(": No space left on device"), line
+        assert "Traceback" not in result.output
+        assert_same(snapshot(out), before)  # the earlier results are whole and unchanged
+        assert not [p for p in out.rglob("*.tmp")]
+
+
+def test_a_run_that_cannot_be_stored_is_recorded_as_failed_where_the_disk_allows(tmp_path, monkeypatch):
+    """ENOSPC injected in-process into the first write of a metrics.csv (the tmpfs test needs root)."""
+    write, hits = results._write_synced, []
+
+    def full_for_metrics(fd, text):
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if ".metrics.csv." in name and not hits:
+            os.close(fd)
+            hits.append(name)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as write() raises it: no file name
+        write(fd, text)
+
+    monkeypatch.setattr(results, "_write_synced", full_for_metrics)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(config(tmp_path)), "--out", str(out), "-j", "1", "-q"])
+    assert result.exit_code == 2
+    metrics = Path(hits[0]).parent / "metrics.csv"
+    assert result.stderr == f"error: {metrics}: No space left on device\n"
+    assert results.read_json(metrics.parent / "summary.json") == {
+        "status": "failed", "error": f"could not store the results: {metrics}: No space left on device"}
+    assert not results.incomplete_runs(out) and not list(out.rglob("*.tmp"))
+
+
+@contextlib.contextmanager
+def read_only(tree: Path):
+    """``tree`` made read-only: a read-only bind mount over it for root (whom permissions do not stop),
+    file modes otherwise."""
+    if os.geteuid() == 0:
+        if subprocess.run(["mount", "--bind", str(tree), str(tree)], capture_output=True).returncode != 0:
+            pytest.skip("root cannot bind-mount here, and file modes do not stop root")
+        try:
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(tree)], check=True)
+            yield
+        finally:
+            subprocess.run(["umount", "-l", str(tree)], check=True)
+        return
+    modes = {p: p.stat().st_mode for p in [tree, *tree.rglob("*")]}
+    for p in modes:
+        p.chmod(modes[p] & ~0o222)
+    try:
+        yield
+    finally:
+        for p, mode in modes.items():
+            p.chmod(mode)
+
+
+def test_a_read_only_finished_archive_runs_nothing_and_exits_0(tmp_path):
+    path, out = config(tmp_path), tmp_path / "out"
+    assert runner.invoke(app, ["run", str(path), "--out", str(out), "-j", "1", "-q"]).exit_code == 0
+    with read_only(out):
+        with pytest.raises(OSError):
+            (out / "probe").write_text("x")
+        result = runner.invoke(app, ["run", str(path), "--out", str(out), "-j", "1", "-q"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("0 to run, 4 already done")
+
+
+def test_a_run_missing_a_file_its_summary_promises_is_not_done_and_compare_says_so(tmp_path):
+    path, out = config(tmp_path, steps=2), tmp_path / "out"
+    assert runner.invoke(app, ["run", str(path), "--out", str(out), "-j", "1", "-q"]).exit_code == 0
+    damaged = results.find_runs(out)[0]
+    (damaged / "config.json").unlink()
+    compare = runner.invoke(app, ["compare", str(out), "-f", "json"])
+    assert compare.exit_code == 0
+    assert sum(r["runs"] for r in json.loads(compare.stdout)) == 3
+    assert compare.stderr == f"warning: {damaged}: incomplete run (no config.json), left out; gradlab run redoes it\n"
+    dry = runner.invoke(app, ["run", str(path), "--out", str(out), "--dry-run"])
+    assert f"run   {damaged}" in dry.stdout and "1 to run, 3 already done" in dry.stdout
+    assert runner.invoke(app, ["run", str(path), "--out", str(out), "-j", "1", "-q"]).exit_code == 0
+    assert not results.incomplete_runs(out) and len(results.find_runs(out)) == 4
+
+
+def test_a_cleanup_leaves_a_live_process_temporary_files_alone(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        theirs = run_dir / f".metrics.csv.{live.pid}.k2j4h1.tmp"  # another live process's write in progress
+        dead = run_dir / ".metrics.csv.abcd1234.tmp"  # an older gradlab's, left by a killed write
+        theirs.write_text("x")
+        dead.write_text("x")
+        results.save_run(run_dir, {}, {}, [{"kind": "train", "step": 1}], {"status": "ok"})
+        assert theirs.exists() and not dead.exists()
+    finally:
+        live.kill()
+        live.wait()
+    assert results.stale_temporary(theirs)
