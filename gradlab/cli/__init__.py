@@ -214,7 +214,8 @@ def compare(
     directories: list[Path] = typer.Argument(..., help="A results directory (searched recursively), or two: "
                                              "BASELINE CANDIDATE to diff."),
     by: str | None = typer.Option(None, "--by", help="Comma-separated grouping columns "
-                                  "(default: task,length,cell,clip,tbptt and every other key the grid varies)."),
+                                  "(default: task,length,cell,clip,tbptt and every other key the grid varies); a key "
+                                  "that changes the baseline (task, variant, length) is added, with a note."),
     fmt_name: str = typer.Option("table", "--format", "-f", help="One of: " + ", ".join(FORMATS) + "."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
     check: bool = typer.Option(False, "--check", help="Exit 1 when an expectation fails, or (two directories) "
