@@ -334,7 +334,7 @@ def test_a_run_missing_a_file_its_summary_promises_is_not_done_and_compare_says_
     compare = runner.invoke(app, ["compare", str(out), "-f", "json"])
     assert compare.exit_code == 0
     assert sum(r["runs"] for r in json.loads(compare.stdout)) == 3
-    assert compare.stderr == f"warning: {damaged}: incomplete run (no config.json), left out; gradlab run redoes it\n"
+    assert compare.stderr == f"skipped: {damaged / 'config.json'}: missing\n"
     dry = runner.invoke(app, ["run", str(path), "--out", str(out), "--dry-run"])
     assert f"run   {damaged}" in dry.stdout and "1 to run, 3 already done" in dry.stdout
     assert runner.invoke(app, ["run", str(path), "--out", str(out), "-j", "1", "-q"]).exit_code == 0
