@@ -10,8 +10,8 @@ the pixel MNIST of Le, Jaitly & Hinton 2015 §4.3 (784 steps; also Arjovsky et a
 The images are split once into a training and a test part (``split``: stratified
 by class, seeded, fixed). A training batch samples the training part with the
 run's generator; the evaluation set is the test part, the same for every run. The
-task registers itself in ``gradlab.tasks.TASKS`` and ``VARIANTS`` when imported
-(``gradlab.tasks`` imports it last); scikit-learn is imported on first use only.
+entries (``DIGITS``, ``DIGITS_VARIANTS``) are registered by ``gradlab.tasks``;
+scikit-learn is imported on first use only.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gradlab.tasks import TASKS, VARIANTS, Batch, Task, _last_step_mask
+from gradlab.task import Batch, Task, _last_step_mask
 
 SIDE = 8  # the images are SIDE x SIDE
 PIXELS = SIDE * SIDE
@@ -135,9 +135,9 @@ def _digits(variant: str | None, description: str, step_pixels: int = 1, permute
                   step_pixels=step_pixels, permuted=permuted)
 
 
-TASKS["digits"] = _digits(None, "8x8 digits (sklearn load_digits) read a pixel a step, class at the end; "
+DIGITS = _digits(None, "8x8 digits (sklearn load_digits) read a pixel a step, class at the end; "
                                 "length >= 64 adds blanks (Le 2015 pixel MNIST)")
-VARIANTS["digits"] = {
+DIGITS_VARIANTS = {
     "permuted": _digits("permuted", "digits with the 64 pixels in one fixed random order "
                                     "(Le 2015 permuted MNIST)", permuted=True),
     "rows": _digits("rows", "digits read one 8-pixel row per step, 8 steps; length >= 8 adds blank rows "

@@ -30,13 +30,12 @@ import os
 import signal
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gradlab import results
 from gradlab.config import Run
-from gradlab.workers import SIGNALS, run_parallel
+from gradlab.workers import SIGNALS, lost, run_parallel, train_run
 
 
 @dataclass
@@ -154,23 +153,6 @@ def plan(name: str, runs: list[Run], out: Path, force: bool = False) -> tuple[li
     for run in runs:
         (done if not force and is_done(run_dir(out, name, run)) else todo).append(run)
     return todo, done
-
-
-def train_run(run: Run, progress=None) -> dict:
-    """Train one run, catching everything: the payload the driver writes to disk."""
-    from gradlab.training import environment, train
-
-    rows: list[dict] = []
-    try:
-        return {**train(run.config, progress=progress, rows=rows), "error": None, "traceback": None}
-    except Exception as e:  # a failing run is recorded; the sweep goes on
-        try:
-            env = environment(run.config)
-        except Exception:
-            env = {}
-        error = f"{type(e).__name__}: {e}"
-        return {"summary": {"status": "failed", "error": error}, "rows": rows, "env": env, "profile": None,
-                "error": error, "traceback": traceback.format_exc()}
 
 
 class ExecutorUnavailable(Exception):
@@ -371,13 +353,6 @@ def _run_serial(waiting: list[Run], sweep: _Sweep) -> None:
         if path is not None:
             payload = train_run(run, lambda s, n, run=run: sweep.notify("step", run, step=s, steps=n))
             sweep.store(run, path, payload)
-
-
-def lost(e: BaseException, why: str = "worker lost") -> dict:
-    """The payload of a run whose worker died before it could report."""
-    error = f"{why}: {type(e).__name__}: {e}"
-    return {"summary": {"status": "failed", "error": error}, "rows": [], "env": {}, "profile": None,
-            "error": error, "traceback": traceback.format_exc()}
 
 
 RAY_RETRIES = 3  # re-submissions of a run whose worker process or node was lost

@@ -19,7 +19,12 @@ import signal
 import sys
 import threading
 import time
+import traceback
 import warnings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gradlab.config import Run
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PROGRESS_INTERVAL = 0.2  # seconds between a worker's progress messages
@@ -33,7 +38,6 @@ def run_parallel(waiting: list, jobs: int, sweep) -> None:
     training is recorded as failed, and a new worker takes its place. No manager
     process or shared queue: nothing outside the workers can fail a run.
     """
-    from gradlab.sweeps import lost
 
     ctx = multiprocessing.get_context("spawn")  # not fork: a forked torch process can deadlock on its thread pools
     left = list(reversed(waiting))  # .pop() gives the next run in order
@@ -153,7 +157,6 @@ def worker_main(conn, parent: int) -> None:
     for s in SIGNALS:
         signal.signal(s, signal.SIG_IGN)
     _exit_with(parent)
-    from gradlab.sweeps import lost, train_run  # imports torch: after the above, which must come first
     last = [0.0]  # when the last progress message went
 
     def progress(step, steps):
@@ -190,3 +193,27 @@ def _exit_with(parent: int) -> None:
             time.sleep(0.5)
         os._exit(1)
     threading.Thread(target=watch, daemon=True).start()
+
+
+def train_run(run: Run, progress=None) -> dict:
+    """Train one run, catching everything: the payload the driver writes to disk."""
+    from gradlab.training import environment, train  # imports torch: only in the process that trains
+
+    rows: list[dict] = []
+    try:
+        return {**train(run.config, progress=progress, rows=rows), "error": None, "traceback": None}
+    except Exception as e:  # a failing run is recorded; the sweep goes on
+        try:
+            env = environment(run.config)
+        except Exception:
+            env = {}
+        error = f"{type(e).__name__}: {e}"
+        return {"summary": {"status": "failed", "error": error}, "rows": rows, "env": env, "profile": None,
+                "error": error, "traceback": traceback.format_exc()}
+
+
+def lost(e: BaseException, why: str = "worker lost") -> dict:
+    """The payload of a run whose worker died before it could report."""
+    error = f"{why}: {type(e).__name__}: {e}"
+    return {"summary": {"status": "failed", "error": error}, "rows": [], "env": {}, "profile": None,
+            "error": error, "traceback": traceback.format_exc()}

@@ -1,0 +1,132 @@
+"""What a task is: a ``Batch`` of time-major sequences and the ``Task`` interface every entry of
+``gradlab.tasks.TASKS`` implements (generate, score, memoryless baseline, lag, success criterion).
+
+The synthetic tasks (``gradlab.tasks``) and the data-set task (``gradlab.digits``) both build on it,
+and ``gradlab.tasks`` registers them all, so the registry imports its entries, never the reverse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+SOLVED_MSE = 0.01  # adding: "solved" below this eval MSE (uRNN / IndRNN / expRNN convention)
+SOLVED_ACCURACY = 0.99  # classification: Pascanu 2013 asks < 1% error on fresh sequences
+# Pascanu 2013 code (RNN.py, 'lastLinear'): a regression sequence is wrong when its squared error is > .04
+PASCANU_SQUARED_ERROR = 0.04
+HOCHREITER_ABS_ERROR = 0.04  # Hochreiter & Schmidhuber 1997 Exp. 4: right when |error| < 0.04
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch, time-major.
+
+    x (S, B, I) float inputs; y (S, B) targets (float for regression, int64 class
+    index for classification; 0 where unused); loss_mask (S, B) bool: the steps the
+    loss averages over; score_mask (S, B) bool: the steps the accuracy is judged on.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    loss_mask: torch.Tensor
+    score_mask: torch.Tensor
+
+    def to(self, device, dtype) -> Batch:
+        """Move every field to ``device``; cast x (and y when it is a float target) to ``dtype``."""
+        y_dtype = dtype if self.y.is_floating_point() else self.y.dtype
+        return Batch(self.x.to(device, dtype), self.y.to(device, y_dtype),
+                     self.loss_mask.to(device), self.score_mask.to(device))
+
+    def slice(self, t0: int, t1: int) -> Batch:
+        """The time steps [t0, t1) of every field (a chunk for truncated BPTT)."""
+        return Batch(self.x[t0:t1], self.y[t0:t1], self.loss_mask[t0:t1], self.score_mask[t0:t1])
+
+
+@dataclass(frozen=True)
+class Task:
+    """What every task shares: its facts, its per-step loss and its evaluation.
+
+    Each task is a subclass that supplies ``generate``, ``baseline``, ``lag``,
+    ``dependency`` and ``solved``.
+    """
+
+    name: str
+    description: str  # one line with its source, shown by `gradlab ls`
+    kind: str  # "regression" | "classification"
+    input_size: int
+    output_size: int  # regression: 1; classification: the number of classes
+    min_length: int  # the shortest `length` the definition allows
+    variant: str | None = None  # a key of VARIANTS[name]; None for the task itself
+    default_length: int | None = None  # task.length when a config gives none; None = the config's default
+
+    @property
+    def label(self) -> str:
+        """``name``, or ``name[variant]`` for a variant: how `gradlab ls` and errors call it."""
+        return self.name if self.variant is None else f"{self.name}[{self.variant}]"
+
+    def sequence_length(self, length: int) -> int:
+        """S, the number of time steps of a sequence made for ``length`` (the longest S, for a task
+        whose length varies from batch to batch)."""
+        return length
+
+    def generate(self, batch: int, length: int, generator: torch.Generator) -> Batch:
+        """A fresh batch of ``batch`` sequences, drawn from ``generator`` on its device."""
+        raise NotImplementedError
+
+    def evaluation_set(self, size: int, length: int, generator: torch.Generator) -> Batch:
+        """The fixed held-out set a run is evaluated on: ``size`` fresh sequences from ``generator``
+        (a data-set task returns its test part instead)."""
+        return self.generate(size, length, generator)
+
+    def baseline(self, length: int) -> float:
+        """The memoryless baseline: the loss of the best model that ignores the long dependency."""
+        raise NotImplementedError
+
+    def lag(self, length: int) -> int:
+        """The longest distance in steps between an input the target depends on and where it is read."""
+        raise NotImplementedError
+
+    def dependency(self, length: int) -> int:
+        """A time index of the earliest input the loss depends on in a typical sequence."""
+        raise NotImplementedError
+
+    def solved(self, loss: float, accuracy: float | None) -> bool:
+        """The task's success criterion (REFERENCE §1)."""
+        raise NotImplementedError
+
+    def check_length(self, length: int) -> None:
+        if length < self.min_length:
+            raise ValueError(f"task {self.label!r} needs length >= {self.min_length}, got {length}")
+
+    def step_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """out (S, B, O), y (S, B) -> (S, B) loss per element, differentiable.
+
+        Regression: squared error of out[..., 0]; classification: cross-entropy of the logits.
+        """
+        if self.kind == "regression":
+            return (out[..., 0] - y) ** 2
+        logits = out.flatten(0, 1)  # (S * B, O): cross_entropy wants the classes in dim 1
+        return F.cross_entropy(logits, y.flatten(), reduction="none").view_as(y)
+
+    def accuracy(self, out: torch.Tensor, batch: Batch) -> float | None:
+        """Fraction of the score_mask steps predicted right (classification); None for regression."""
+        if self.kind == "regression":
+            return None
+        right = out.argmax(dim=-1) == batch.y
+        return right[batch.score_mask].float().mean().item()
+
+    @torch.no_grad()
+    def evaluate(self, out: torch.Tensor, batch: Batch) -> dict:
+        """{"loss": masked mean of step_loss, "accuracy": float | None, "solved": bool}."""
+        losses = self.step_loss(out, batch.y)
+        loss = losses[batch.loss_mask].double().mean().item()  # indexing, not `* mask`: 0 · inf is nan
+        accuracy = self.accuracy(out, batch)
+        return {"loss": loss, "accuracy": accuracy, "solved": self.solved(loss, accuracy)}
+
+
+def _last_step_mask(S: int, B: int, device) -> torch.Tensor:
+    mask = torch.zeros(S, B, dtype=torch.bool, device=device)
+    mask[-1] = True
+    return mask
