@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 import gradlab
 from gradlab import comparison
@@ -22,14 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "results" / "horizon_by_cell"  # a committed result set
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine every parallel
-    call can wait milliseconds for the second core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def test_import_gradlab_loads_neither_torch_nor_pandas():

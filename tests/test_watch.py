@@ -25,14 +25,7 @@ MODULES = {  # name: (module class, its kwargs, the cell class of the reference 
 T, B, IN, H = 9, 3, 2, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine every parallel
-    call can wait milliseconds for the second core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def make(name, layers, batch_first, seed=0):
