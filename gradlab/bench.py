@@ -43,6 +43,7 @@ from torch import nn
 
 from gradlab.cells import Probe, RecurrentNet
 from gradlab.training import torch_settings
+from gradlab.vocabulary import CELL_NAMES
 
 FUSED = {"vanilla": (nn.RNN, "tanh"), "irnn": (nn.RNN, "relu"), "orthogonal": (nn.RNN, "tanh"),
          "lstm": (nn.LSTM, None), "gru": (nn.GRU, None)}
@@ -50,7 +51,7 @@ INPUTS = 2  # input channels, as in the adding task
 SCHEMA = "gradlab.bench/1"  # of `gradlab bench --json`'s rows; new keys keep it, a changed or dropped key bumps it
 
 
-def bench(cells=("vanilla", "irnn", "orthogonal", "skip", "lstm", "gru"), length=200, batch=64,
+def bench(cells=CELL_NAMES, length=200, batch=64,
           hidden=128, device="cpu", repeats=15, warmup=3, seed=0, clock="auto") -> list[dict]:
     """Median milliseconds of one training step per cell and contender, float32.
 

@@ -210,12 +210,19 @@ class RecurrentNet(nn.Module):
     - ``dtype``: the parameters' dtype. Initial values are always drawn in float32
       (so a seed gives the same numbers in either dtype); the constraint's base B
       is made orthogonal in the final dtype (to 1e-15 in float64, not 1e-7).
+
+    ``skip``, ``engine``, ``layers``, ``constrain`` left at None take ``gradlab.config.ModelConfig``'s
+    defaults, where a config's defaults live.
     """
 
     def __init__(self, cell: str, input_size: int, hidden: int, output_size: int, *,
-                 nonlinearity: str | None = None, skip: int = 10, engine: str = "scan",
-                 seed: int = 0, layers: int = 1, init: str | None = None, constrain: bool = False,
+                 nonlinearity: str | None = None, skip: int | None = None, engine: str | None = None,
+                 seed: int = 0, layers: int | None = None, init: str | None = None, constrain: bool | None = None,
                  forget_bias: float | str | None = None, t_max: int | None = None, dtype=None):
+        from gradlab.config import ModelConfig  # config imports this module: its defaults are read when called
+
+        skip, engine, layers, constrain = (getattr(ModelConfig, k) if v is None else v for k, v in (
+            ("skip", skip), ("engine", engine), ("layers", layers), ("constrain", constrain)))
         super().__init__()
         spec = CELLS[cell]
         _check_options(cell, layers, init, constrain, forget_bias)

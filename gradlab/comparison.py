@@ -17,6 +17,16 @@ from pathlib import Path
 import pandas as pd
 
 from gradlab import results, statistics
+from gradlab.vocabulary import (
+    EXPLODING,
+    FULL_BPTT,
+    HEALTHY,
+    MIXED,
+    TEXT_METRICS,
+    VANISHING,
+    VERDICTS,
+    config_columns,
+)
 
 DEFAULT_BY = ["task", "length", "cell", "clip", "tbptt"]
 # The version of every JSON document compare prints: the --check/diff object's "schema" and each
@@ -24,27 +34,9 @@ DEFAULT_BY = ["task", "length", "cell", "clip", "tbptt"]
 # 2: ``verdict`` is "mixed" on a tie (1: the worse of the tied verdicts).
 SCHEMA = "gradlab.compare/2"
 COUNTS = ("runs", "failed", "solved", "diverged")  # integers, also as <count>_base, _candidate, _delta of a diff
-# Metric columns of the comparison table, in order; ``runs`` counts every run of the group.
-METRICS = ["runs", "failed", "solved", "solved_rate", "solved_ci_low", "solved_ci_high",
-           "final_loss_mean", "final_loss_std", "baseline_loss",
-           "loss_ratio_iqm", "loss_ratio_min", "loss_ratio_max", "loss_ratio_ci_low", "loss_ratio_ci_high",
-           "steps_to_solve_median", "diverged", "verdict", "verdicts", "horizon_init_median", "horizon_median",
-           "clip_rate_mean", "grad_norm_max", "suggested_clip"]
+# The table's metric columns are gradlab.vocabulary.METRICS, in order.
 # Config columns that set a run's memoryless baseline loss: runs differing in one are never pooled.
 BASELINE_KEYS = ["task", "variant", "length"]
-VERDICTS = ("exploding", "vanishing", "healthy")  # in the order of severity: ties are never resolved by it
-
-
-def config_columns(cfg: dict) -> dict:
-    """A resolved run config as flat grouping columns: task, length, cell, clip (a label), tbptt, lr, ..."""
-    row = {"experiment": cfg.get("name"), "task": cfg["task"]["name"], "length": cfg["task"]["length"]}
-    row.update({k: v for k, v in cfg["task"].items() if k not in ("name", "length")})
-    row.update(cfg["model"])
-    row.update({k: v for k, v in cfg["train"].items()})
-    row["clip"] = results.clip_label(cfg["train"]["clip"])
-    row["tbptt"] = results.tbptt_label(cfg["train"].get("tbptt"))  # null, the window k, or "k1/k2"
-    row.update({k: cfg[k] for k in ("seed", "device", "dtype", "threads") if k in cfg})
-    return row
 
 
 def loss_ratio(summary: dict) -> float | None:
@@ -159,7 +151,7 @@ def _verdicts(ok: pd.DataFrame) -> dict:
     rank = {v: i for i, v in enumerate(VERDICTS)}
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], rank.get(kv[0], len(rank)), kv[0]))
     tie = len(ranked) > 1 and ranked[0][1] == ranked[1][1]
-    return {"verdict": "mixed" if tie else ranked[0][0], "verdicts": ", ".join(f"{n} {v}" for v, n in ranked)}
+    return {"verdict": MIXED if tie else ranked[0][0], "verdicts": ", ".join(f"{n} {v}" for v, n in ranked)}
 
 
 def varying_columns(frame: pd.DataFrame) -> list[str]:
@@ -300,7 +292,7 @@ def fmt(v) -> str:
 
 def cell_text(column: str, v) -> str:
     """``fmt`` with the column's meaning: a missing tbptt window is full BPTT."""
-    return "full" if column == "tbptt" and _clean(v) is None else fmt(v)
+    return FULL_BPTT if column == "tbptt" and _clean(v) is None else fmt(v)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -346,7 +338,6 @@ TOLERANCES = {
 }
 DIFF_METRICS = ["runs", "failed", "solved", "solved_rate", "final_loss_mean", "loss_ratio_iqm", "steps_to_solve_median",
                 "diverged", "verdict", "verdicts"]
-TEXT_METRICS = ("verdict", "verdicts")
 DIFF_STATS = ["p_loss", "p_better", "p_better_ci_low", "p_better_ci_high", "p_solved", "supported"]
 
 
@@ -366,9 +357,9 @@ def _regressions(base: dict, cand: dict, tol: dict) -> list[tuple[str, str]]:
     b, c = _num(base["steps_to_solve_median"]), _num(cand["steps_to_solve_median"])
     if b is not None and c is not None and c > b * (1 + tol["steps_to_solve"]):
         why.append(("steps", f"steps_to_solve_median {fmt(b)} -> {fmt(c)}"))
-    bad = [v for v in ("vanishing", "exploding") if v in (cand.get("verdicts") or cand["verdict"] or "")]
-    if base["verdict"] == "healthy" and bad:  # also a tie: "1 exploding, 1 healthy" is no longer healthy
-        why.append(("verdict", f"verdict healthy -> {cand['verdict']} ({cand.get('verdicts') or cand['verdict']})"))
+    bad = [v for v in (VANISHING, EXPLODING) if v in (cand.get("verdicts") or cand["verdict"] or "")]
+    if base["verdict"] == HEALTHY and bad:  # also a tie: "1 exploding, 1 healthy" is no longer healthy
+        why.append(("verdict", f"verdict {HEALTHY} -> {cand['verdict']} ({cand.get('verdicts') or cand['verdict']})"))
     for count, name in (("diverged", "diverged"), ("failed", "failed runs")):
         # rates, not counts: the sets may differ in seeds (1 of 2 diverged is worse than 2 of 10)
         b, c = base[count] or 0, cand[count] or 0

@@ -13,8 +13,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +21,20 @@ from gradlab.cells import CELLS, INITS
 from gradlab.diagnostics import Thresholds
 from gradlab.grid import check_between_keys, check_grid, check_same_runs, expand, set_in_grid, too_many_runs
 from gradlab.remedies import CLIPS
-from gradlab.results import clip_label, tbptt_label
 from gradlab.tasks import TASKS, resolve
+from gradlab.vocabulary import (
+    COLUMN_KEYS,
+    DTYPES,
+    ENGINES,
+    FULL_BPTT,
+    MAX_ID_BYTES,
+    OPTIMIZERS,
+    clip_label,
+    config_columns,
+    config_hash,
+    format_run_id,
+    tbptt_label,
+)
 from gradlab.yamlfile import (
     ConfigError,
     did_you_mean,
@@ -96,15 +106,11 @@ class Config:
 
 SECTIONS = {"task": TaskConfig, "model": ModelConfig, "train": TrainConfig, "diagnostics": Thresholds}
 VARIANT_SECTIONS = ("task", "model", "train")  # a grid may list variants of these: grid: {model: [{cell: lstm}, ...]}
-OPTIMIZERS = ("sgd", "adam", "rmsprop")
 # where a run ran does not change what it is
 NOT_IN_RUN_ID = ("device", "threads")
 # Thresholds change a run's verdicts, so they are hashed; a section left entirely at its defaults is not,
 # which keeps the ids of runs recorded before it was hashed.
 HASHED_WHEN_SET = ("diagnostics",)
-# A run id names a directory (at most 255 bytes on Linux, macOS and Windows); 200 leaves room for the
-# names made from it, e.g. plots' profile_heatmap_<id>.png.
-MAX_ID_BYTES = 200
 
 
 @dataclass
@@ -246,14 +252,14 @@ CHECKS = {
     "model.hidden": _int_at_least(1),
     "model.nonlinearity": _optional(_choice({"tanh": 0, "relu": 0}, "nonlinearity")),
     "model.skip": _int_at_least(1),
-    "model.engine": _choice({"scan": 0, "autograd": 0}, "engine"),
+    "model.engine": _choice(dict.fromkeys(ENGINES), "engine"),
     "model.layers": _int_at_least(1),
     "model.init": _optional(_choice(INITS, "init")),
     "model.constrain": _bool,
     "model.forget_bias": _optional(_forget_bias),
     "train.steps": _int_at_least(1),
     "train.batch_size": _int_at_least(1),
-    "train.optimizer": _choice(dict.fromkeys(OPTIMIZERS), "optimizer"),
+    "train.optimizer": _choice(OPTIMIZERS, "optimizer"),
     "train.lr": _positive_number,
     "train.clip": _clip,
     "train.tbptt": _tbptt,
@@ -268,7 +274,7 @@ CHECKS = {
     "diagnostics.spike_window": _int_at_least(1),
     "seeds": _seeds,
     "device": _device,
-    "dtype": _choice({"float32": 0, "float64": 0}, "dtype"),
+    "dtype": _choice(dict.fromkeys(DTYPES), "dtype"),
     "threads": _int_at_least(1),
 }
 
@@ -422,7 +428,7 @@ def _value_label(path: str, value) -> str:
     if path == "train.clip":
         return clip_label(resolve_clip(value))
     if path == "train.tbptt":
-        return "full" if value is None else str(tbptt_label(resolve_tbptt(value)))
+        return FULL_BPTT if value is None else str(tbptt_label(resolve_tbptt(value)))
     if path in SECTIONS:
         return "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
     return str(value)
@@ -458,30 +464,15 @@ def _identity(cfg: dict) -> dict:
 def run_id(cfg: dict, overrides: dict) -> str:
     """Stable id: readable grid values and seed, then a hash of what differs from the defaults.
 
-    An id is a directory name, so at most MAX_ID_BYTES: a longer one keeps the first grid values
-    that fit, cut where ``~`` marks (a character the readable part never holds otherwise), then the
-    seed and the hash, which alone identifies the run.
+    The id's format (and its limit of MAX_ID_BYTES) is ``gradlab.vocabulary.format_run_id``'s.
     """
-    identity = _identity(cfg)
-    digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     parts = []
     for path, value in overrides.items():
         if path in SECTIONS:
             parts.append(",".join(f"{k}={v}" for k, v in value.items()))
         else:  # a tbptt of 5/10 becomes 5-10 below
             parts.append(f"{path.split('.')[-1]}={_value_label(path, value)}")
-    seed = f"seed={cfg['seed']}"
-    slug = _filename_safe("_".join(parts + [seed]))
-    if len(f"{slug}_{digest}".encode()) <= MAX_ID_BYTES:
-        return f"{slug}_{digest}"
-    tail = f"~_{seed}_{digest}"
-    head = _filename_safe("_".join(parts)).encode()[:MAX_ID_BYTES - len(tail)]
-    return head.decode("utf-8", "ignore") + tail  # "ignore": a character cut in two is dropped
-
-
-def _filename_safe(text: str) -> str:
-    """Letters, digits and ``=._-()+`` kept, anything else ``-``: ``+`` is kept, so 1e+30 is not 1e-30."""
-    return "".join(c if c.isalnum() or c in "=._-()+" else "-" for c in text)
+    return format_run_id(parts, cfg["seed"], config_hash(_identity(cfg)))
 
 
 def _base(data: dict, bad: set[str]) -> dict:
@@ -536,13 +527,9 @@ def _resolve_point(base: dict, point: dict, length_given: bool = True) -> dict:
     return cfg
 
 
-# expect: grouping columns -> the config key behind each, where the name differs (see comparison.config_columns)
-_COLUMN_KEYS = {"task": "task.name", "length": "task.length", "clip": "train.clip", "tbptt": "train.tbptt",
-                "seed": "seeds"}
-
-
 def _column_key(column: str) -> str:
-    return _COLUMN_KEYS.get(column) or next(
+    """An ``expect:`` grouping column's config key (``gradlab.vocabulary.COLUMN_KEYS``)."""
+    return COLUMN_KEYS.get(column) or next(
         (f"{s}.{column}" for s in ("task", "model", "train") if f"{s}.{column}" in CHECKS), column)
 
 
@@ -552,8 +539,6 @@ def _check_expect(entries, runs: list[Run], where, unsure: set[str]) -> list[str
     A selector on a key in ``unsure`` (wrong, or some of its grid values wrong) is not matched: the
     runs it would match may be missing for that reason, which is reported already.
     """
-    from gradlab.comparison import config_columns
-
     rows = [config_columns(r.config) for r in runs]
     columns = [c for c in rows[0] if c not in ("experiment", "device", "threads")]
     parsed, problems = expectations.parse(entries, columns)

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gradlab.vocabulary import EXPLODING, HEALTHY, VANISHING
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -58,7 +60,6 @@ class Thresholds:
 
 DEFAULTS = Thresholds()
 
-VERDICTS = ("healthy", "exploding", "vanishing")
 GATE_NAMES = {1: ("",), 3: ("r", "z", "n"), 4: ("i", "f", "g", "o")}  # torch's stacking order
 
 
@@ -261,8 +262,8 @@ def verdict(norms, nonfinite_steps: int, profile, dependency: int,
         figures.update({k: v for k, v in summary.items() if k != "peak"})
         figures["dependency_lag"] = len(profile) - 1 - dependency
     if nonfinite_steps > 0 or spikes > 0:
-        return "exploding", figures
+        return EXPLODING, figures
     ratio = figures["dependency_ratio"]
     if ratio is not None and ratio < thresholds.vanishing_ratio:
-        return "vanishing", figures
-    return "healthy", figures
+        return VANISHING, figures
+    return HEALTHY, figures

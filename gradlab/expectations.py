@@ -32,14 +32,12 @@ import operator
 import re
 from dataclasses import dataclass, field
 
+from gradlab.vocabulary import EXPERIMENT_FILE, EXPLODING, HEALTHY, METRICS, MIXED, TEXT_METRICS, VANISHING, VERDICTS
 from gradlab.yamlfile import did_you_mean
 
-# The aggregated columns an expectation may assert on (see gradlab.comparison.METRICS).
-COLUMNS = ("runs", "failed", "solved", "solved_rate", "solved_ci_low", "solved_ci_high", "final_loss_mean",
-           "final_loss_std", "baseline_loss", "loss_ratio_iqm", "loss_ratio_min", "loss_ratio_max",
-           "loss_ratio_ci_low", "loss_ratio_ci_high", "steps_to_solve_median", "diverged", "verdict",
-           "horizon_init_median", "horizon_median", "clip_rate_mean", "grad_norm_max", "suggested_clip")
-TEXT_COLUMNS = ("verdict",)
+# The aggregated columns an expectation may assert on: every metric column of the comparison table.
+COLUMNS = tuple(METRICS)
+TEXT_COLUMNS = TEXT_METRICS
 # Grouping columns an EXPR may name besides the aggregated ones, so that a claim can scale
 # with the task: ``horizon_median: ">= length / 2"`` holds its meaning at any length.
 EXPR_GROUP_COLUMNS = ("length",)
@@ -115,10 +113,10 @@ def parse_check(column: str, spec) -> Check:
         raise ValueError(f"unknown column {column!r}{did_you_mean(column, COLUMNS)}; valid: {', '.join(COLUMNS)}")
     if column in TEXT_COLUMNS:
         text = str(spec).strip()
-        m = re.match(r"^(==|!=)\s*(\S+)$", text)
+        m = re.match(r"^(==|!=)\s*(.+)$", text)
         op, value = (m.group(1), m.group(2)) if m else ("==", text)
-        if column == "verdict" and value not in ("healthy", "exploding", "vanishing", "mixed"):
-            raise ValueError(f"verdict must be healthy, exploding, vanishing or mixed (a tie), got {value!r}")
+        if column == "verdict" and value not in (*VERDICTS, MIXED):
+            raise ValueError(f"verdict must be {HEALTHY}, {EXPLODING}, {VANISHING} or {MIXED} (a tie), got {value!r}")
         return Check(column, op, value, None)
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
         return Check(column, "==", repr(spec), _parse_expr(repr(spec)))
@@ -262,9 +260,6 @@ def evaluate(expectations: list[Expectation], rows: list[dict], group_columns: l
                        "passed": bool(groups) and all(g["passed"] for g in groups),
                        "groups": groups, "matched": len(groups)})
     return report
-
-
-EXPERIMENT_FILE = "experiment.json"  # written by `gradlab run` next to its runs: name and expect list
 
 
 def check_results(root, entries: list | None = None, frame=None, only: set[str] | None = None) -> list[dict]:

@@ -42,10 +42,20 @@ from matplotlib.figure import Figure
 from gradlab import results
 from gradlab.diagnostics import DEFAULTS
 from gradlab.readers import Skipped, attempt, experiment_folder, read_json, read_metrics, read_profile, run_config
+from gradlab.vocabulary import (
+    CELL_NAMES,
+    CONFIG_FILE,
+    FULL_BPTT,
+    HEATMAP_FILE,
+    MAIN_PLOTS,
+    METRICS_FILE,
+    PROFILE_FILE,
+    SUMMARY_FILE,
+    config_columns,
+)
 
-# gradlab.cells.CELLS in registry order, held here because gradlab.cells imports torch (a test keeps the two
-# equal): each cell keeps its tab10 colour in every figure; a cell not listed takes the next free colour
-CELL_NAMES = ("vanilla", "irnn", "orthogonal", "skip", "lstm", "gru")
+# each cell keeps its tab10 colour (its place in CELL_NAMES) in every figure; a cell not listed takes the
+# next free colour
 CELL_PALETTE = matplotlib.colormaps["tab10"].colors + matplotlib.colormaps["tab20"].colors[1::2]
 OTHER_PALETTE = matplotlib.colormaps["Dark2"].colors  # colours by clip, lr, ...: never mistaken for a cell
 STYLES = ("-", "--", "-.", (0, (1, 1)), (0, (5, 1, 1, 1, 1, 1)), (0, (8, 2)), (0, (3, 1, 1, 1, 1, 1, 1, 1)))
@@ -54,6 +64,7 @@ IDENTICAL_RTOL = 1e-6  # float32 round-off: runs whose remedy never acted match 
 OVERLAP_RTOL = 0.01  # closer than 1% everywhere: on a log axis the lines cover each other
 HUE_ORDER = ("cell", "clip", "tbptt")  # the first of these that differs colours the lines, the next styles them
 NOT_GROUPED = ("seed",)  # runs differing only in these are one group
+NOT_PARAMS = ("experiment", "device", "threads")  # config columns that do not make a run a different line
 MAX_HEATMAPS = 12  # one heatmap per group, at most this many: a sweep of 36 groups stays browsable
 DPI = 120
 GROUP = "group"  # the gid of a group's line: the legend lists them first, then the reference lines
@@ -103,13 +114,12 @@ def draw_experiment(runs: list[Run], out: Path) -> list[Path]:
         return []
     layout = Layout(runs)
     written = []
-    for name, build in (("learning_curves.png", learning_curves), ("grad_norm.png", grad_norm),
-                        ("grad_profile.png", grad_profile)):
+    for name, build in zip(MAIN_PLOTS, (learning_curves, grad_norm, grad_profile)):
         fig = build(layout)
         if fig is not None:
             written.append(save(fig, out / name))
     for group, run in heatmap_runs(layout):
-        written.append(save(heatmap(layout, group, run), out / f"profile_heatmap_{run.id}.png"))
+        written.append(save(heatmap(layout, group, run), out / HEATMAP_FILE.format(run_id=run.id)))
     return written
 
 
@@ -134,16 +144,16 @@ def load_runs(root: Path) -> tuple[list[Run], list[Skipped]]:
     ``metrics.csv`` leaves out its curves, a damaged ``profile.npz`` its profile.
     """
     runs, skipped = [], []
-    for d in sorted({p.parent for p in Path(root).rglob(results.SUMMARY)}):
-        summary = attempt(skipped, d / results.SUMMARY, read_json, "the run is left out")
+    for d in sorted({p.parent for p in Path(root).rglob(SUMMARY_FILE)}):
+        summary = attempt(skipped, d / SUMMARY_FILE, read_json, "the run is left out")
         if summary is None or summary.get("status") != "ok":  # a failed run is a result, not damage
             continue
-        config = attempt(skipped, d / results.CONFIG, run_config, "the run is left out")
+        config = attempt(skipped, d / CONFIG_FILE, run_config, "the run is left out")
         if config is None:
             continue
-        metrics = attempt(skipped, d / results.METRICS, functools.partial(read_metrics, summary=summary,
+        metrics = attempt(skipped, d / METRICS_FILE, functools.partial(read_metrics, summary=summary,
                           config=config), "the run's curves are left out")
-        profile = attempt(skipped, d / results.PROFILE, read_profile, "the run's gradient profile is left out")
+        profile = attempt(skipped, d / PROFILE_FILE, read_profile, "the run's gradient profile is left out")
         if metrics is not None or profile is not None:
             runs.append(Run(d.name, flat_params(config), summary, config, metrics, profile,
                             (experiment_folder(d, Path(root)), config.get("name"))))
@@ -172,15 +182,10 @@ def experiments(runs: list[Run], root: Path) -> dict[Path, list[Run]]:
 
 
 def flat_params(cfg: dict) -> dict:
-    """The config keys that make a run what it is, flat and hashable (clip as its label)."""
-    flat = {"task": cfg["task"]["name"], "length": cfg["task"]["length"]}
-    flat.update({k: v for k, v in cfg["task"].items() if k not in ("name", "length")})
-    for section in ("model", "train"):
-        for k, v in cfg.get(section, {}).items():
-            flat[k] = results.clip_label(v) if k == "clip" and isinstance(v, dict) and "kind" in v \
-                else results.tbptt_label(v) if k == "tbptt" else v
-    flat.update({k: cfg[k] for k in ("dtype", "seed") if k in cfg})
-    return {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in flat.items()}
+    """The config columns that make a run what it is (``config_columns``, clip as its label), hashable:
+    a list or mapping as JSON text."""
+    return {k: json.dumps(v) if isinstance(v, (dict, list)) else v
+            for k, v in config_columns(cfg).items() if k not in NOT_PARAMS}
 
 
 # ---------------------------------------------------------------------------
@@ -315,7 +320,7 @@ def describe(key: str, value) -> str:
     if key == "tbptt":
         if isinstance(value, str) and "/" in value:  # TBPTT(k1, k2)
             return "TBPTT k1/k2 = " + value
-        return "full BPTT" if value is None else f"TBPTT window {value}"
+        return f"{FULL_BPTT} BPTT" if value is None else f"TBPTT window {value}"
     return f"{key}={value}"
 
 

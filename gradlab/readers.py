@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from gradlab.expectations import EXPERIMENT_FILE
+from gradlab.vocabulary import EXPERIMENT_FILE
 
 
 class Skipped(NamedTuple):

@@ -17,6 +17,7 @@ import pandas as pd
 
 from gradlab import comparison, results
 from gradlab.comparison import SCHEMA, cell_text, fmt, to_markdown, to_records
+from gradlab.vocabulary import EXPERIMENT_FILE, MAIN_PLOTS
 
 
 def json_document(table: pd.DataFrame | None, checks: list[dict] | None = None,
@@ -261,8 +262,6 @@ def html_report(root: Path, checks: list[dict] | None = None, title: str = "grad
 # ---------------------------------------------------------------------------
 # A results book: one Markdown page over many experiments (results/README.md).
 
-MAIN_PLOTS = ("learning_curves.png", "grad_norm.png", "grad_profile.png")
-
 
 def _machine(frame: pd.DataFrame, sweeps: list[dict]) -> str:
     """``2 CPUs (x86_64), torch 2.13.0+cpu, 1 thread per run; 12 min 3 s wall-clock with --jobs 2``."""
@@ -304,7 +303,7 @@ def markdown_book(root: Path, out_file: Path, title: str = "gradlab results") ->
     aggregated over seeds, its plots (written to ``<experiment>/plots/``), a
     hand-written ``NOTES.md`` if the folder has one, and the machine and time it took.
     Image links are relative to ``out_file``'s folder. None when no experiment has runs."""
-    from gradlab.expectations import EXPERIMENT_FILE, check_results
+    from gradlab.expectations import check_results
     from gradlab.plots import plot
 
     root = Path(root)

@@ -28,8 +28,14 @@ import os
 import tempfile
 from pathlib import Path
 
-SUMMARY, CONFIG, ENV, METRICS, ERROR = "summary.json", "config.json", "env.json", "metrics.csv", "error.txt"
-PROFILE = "profile.npz"
+# results' short names of the files (gradlab.vocabulary holds the names)
+from gradlab.vocabulary import CONFIG_FILE as CONFIG
+from gradlab.vocabulary import ENV_FILE as ENV
+from gradlab.vocabulary import ERROR_FILE as ERROR
+from gradlab.vocabulary import METRICS_FILE as METRICS
+from gradlab.vocabulary import PROFILE_FILE as PROFILE
+from gradlab.vocabulary import SUMMARY_FILE as SUMMARY
+from gradlab.vocabulary import run_hash
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:
@@ -203,34 +209,6 @@ def save_run(run_dir: Path, config: dict, env: dict, rows: list[dict], summary: 
         for tmp in staged.values():
             tmp.unlink(missing_ok=True)
         raise
-
-
-def clip_label(clip: dict) -> str:
-    """A resolved clip spec as a readable label: ``none``, ``norm(1.0)``, ``value(0.5)``."""
-    args = [str(v) for k, v in clip.items() if k != "kind"]
-    return clip["kind"] + (f"({', '.join(args)})" if args else "")
-
-
-def tbptt_label(tbptt):
-    """``train.tbptt`` as the comparison shows it: None (full BPTT), the window k (an int, k1 = k2 = k),
-    or ``"k1/k2"`` for TBPTT(k1, k2) with k2 > k1."""
-    if isinstance(tbptt, dict):
-        k1, k2 = tbptt["k1"], tbptt["k2"]
-        return k1 if k1 == k2 else f"{k1}/{k2}"
-    return tbptt
-
-
-def run_hash(run_id: str) -> str:
-    """A run id's identity: the hash of its resolved config after the last ``_``.
-
-    The readable part before it depends on the grid (key order, and whether a
-    value came from the grid or the base config), so two ids of one resolved
-    config differ there but share the hash. An id without a hash (a directory
-    made by hand) is its own identity.
-    """
-    head, _, digest = run_id.rpartition("_")
-    is_hash = head and len(digest) == 8 and all(c in "0123456789abcdef" for c in digest)
-    return digest if is_hash else run_id
 
 
 def is_finished(run_dir: Path) -> bool:

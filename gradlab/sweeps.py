@@ -35,6 +35,7 @@ from pathlib import Path
 
 from gradlab import results
 from gradlab.config import Run
+from gradlab.vocabulary import EXPERIMENT_FILE, EXPERIMENT_LOCK
 from gradlab.workers import SIGNALS, lost, run_parallel, train_run
 
 
@@ -73,8 +74,6 @@ def record_experiment(out: Path, experiment, overrides: list[str] = (), runs: li
     applies each sweep's expectations to that sweep's runs), then its timing (``record_sweep``).
     The same command again (a resume) re-uses the last entry, so one with nothing to train adds none.
     """
-    from gradlab.expectations import EXPERIMENT_FILE
-
     path = Path(out) / experiment.name / EXPERIMENT_FILE
     old = results.read_json(path) if path.exists() else {}
     sweeps = old.get("sweeps", [])
@@ -94,8 +93,6 @@ def record_sweep(out: Path, name: str, outcomes: list[Outcome], seconds: float, 
                  sweep_id: str | None = None) -> None:
     """Add one sweep's wall-clock time and machine to its entry in ``experiment.json``, for the report."""
     import platform
-
-    from gradlab.expectations import EXPERIMENT_FILE
 
     path = Path(out) / name / EXPERIMENT_FILE
     doc = results.read_json(path) if path.exists() else {"name": name}
@@ -287,7 +284,7 @@ def store(run: Run, path: Path, payload: dict) -> Outcome:
 
 def experiment_lock(out: Path, name: str):
     """Hold while reading and rewriting ``experiment.json``: two sweeps on one folder keep both records."""
-    return contextlib.closing(results.lock(Path(out) / name / ".experiment.json.lock", wait=True))
+    return contextlib.closing(results.lock(Path(out) / name / EXPERIMENT_LOCK, wait=True))
 
 
 def run_sweep(name: str, runs: list[Run], out: Path, *, jobs: int = 1, force: bool = False,

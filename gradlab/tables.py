@@ -25,9 +25,11 @@ but never shortens. Torch-free.
 from __future__ import annotations
 
 from gradlab import statistics
-from gradlab.comparison import METRICS, cell_text, fmt, to_records
+from gradlab.comparison import cell_text, fmt, to_records
+from gradlab.vocabulary import METRICS, VERDICTS
 
-LETTERS = {"exploding": "E", "vanishing": "V", "healthy": "H"}
+LETTERS = {v: v[0].upper() for v in VERDICTS}  # E, V, H
+LETTERS_LEGEND = "verdicts: " + ", ".join(f"{letter} {v}" for v, letter in LETTERS.items())
 LABELS = {"runs": "runs", "failed": "failed", "diverged": "diverged", "solved": "solved",
           "loss_ratio": "loss ÷ baseline", "horizon": "horizon", "clip_rate": "clipped", "verdicts": "verdicts",
           "final_loss_mean": "eval loss", "final_loss_std": "± std", "baseline_loss": "baseline",
@@ -123,7 +125,7 @@ def legend(records: list[dict], wide: bool = False, letters: bool = True) -> str
              "horizon: steps back the gradient reaches, median, first evaluation→end",
              "clipped: share of training steps whose update the clip changed"]
     if letters and not wide:
-        parts.append("verdicts: E exploding, V vanishing, H healthy")
+        parts.append(LETTERS_LEGEND)
     return " · ".join(parts)
 
 
@@ -190,4 +192,4 @@ def diff_legend() -> str:
     return ("P(better): probability that a candidate run's loss ÷ baseline is below a base run's "
             "[95% bootstrap interval from 5 runs a side] · p: two-sided Mann–Whitney U test of the loss "
             "ratios; a regression is 'supported' when p < 0.05 (at 2 against 2 runs p cannot go below 0.33) · "
-            "verdicts: E exploding, V vanishing, H healthy")
+            + LETTERS_LEGEND)

@@ -9,6 +9,7 @@ prints and never writes files: the caller (``sweeps``) stores what it returns.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import platform
@@ -20,13 +21,13 @@ import torch
 import gradlab
 from gradlab import diagnostics, remedies
 from gradlab.cells import GATES, Probe, RecurrentNet
+from gradlab.config import ModelConfig, TrainConfig
 from gradlab.diagnostics import Thresholds
 from gradlab.remedies import Clipper, clip_gradients, global_norm, make_clipper
 from gradlab.tasks import Batch, resolve
+from gradlab.vocabulary import OPTIMIZERS
 
 EVAL_SEED_OFFSET = 1_000_003  # the evaluation set's generator seed is seed + this: never a training batch
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 PROFILE_BATCH = 128  # sequences of the evaluation set the gradient profile is measured on
 
 
@@ -78,13 +79,18 @@ def environment(cfg: dict) -> dict:
     return env
 
 
+def with_defaults(section: dict, defaults) -> dict:
+    """A config section over its dataclass's defaults: hand-written and older configs may lack the
+    later keys, whose defaults switch their option off."""
+    return {**dataclasses.asdict(defaults()), **section}
+
+
 def build_model(cfg: dict, task, device, dtype) -> RecurrentNet:
-    m = cfg["model"]
-    # .get: hand-written and older configs may lack the later keys; their defaults switch the option off
+    m = with_defaults(cfg["model"], ModelConfig)
     net = RecurrentNet(m["cell"], task.input_size, m["hidden"], task.output_size,
                        nonlinearity=m["nonlinearity"], skip=m["skip"], engine=m["engine"], seed=cfg["seed"],
-                       layers=m.get("layers", 1), init=m.get("init"), constrain=m.get("constrain", False),
-                       forget_bias=m.get("forget_bias"), t_max=task.lag(cfg["task"]["length"]), dtype=dtype)
+                       layers=m["layers"], init=m["init"], constrain=m["constrain"],
+                       forget_bias=m["forget_bias"], t_max=task.lag(cfg["task"]["length"]), dtype=dtype)
     return net.to(device=device, dtype=dtype)
 
 
@@ -307,8 +313,9 @@ def train(cfg: dict, progress=None, rows: list | None = None) -> dict:
 
 
 def _train(cfg: dict, progress, rows: list) -> dict:
-    device, dtype = torch.device(cfg["device"]), DTYPES[cfg["dtype"]]
-    task, tc, length = resolve(cfg["task"]), cfg["train"], cfg["task"]["length"]  # no "variant" key = None
+    device, dtype = torch.device(cfg["device"]), getattr(torch, cfg["dtype"])  # vocabulary.DTYPES: torch's names
+    task, length = resolve(cfg["task"]), cfg["task"]["length"]  # no "variant" key = None
+    tc = with_defaults(cfg["train"], TrainConfig)
     thresholds, seed = Thresholds(**cfg["diagnostics"]), cfg["seed"]
     dependency = task.dependency(length)
 
@@ -317,9 +324,9 @@ def _train(cfg: dict, progress, rows: list) -> dict:
     probe = probe_batch(task, eval_batch)
     train_gen = torch.Generator().manual_seed(seed)
     model = build_model(cfg, task, device, dtype)
-    # hand-written configs may lack the later keys: their defaults switch the remedy off
-    omega, weight_decay = tc.get("omega", 0.0), tc.get("weight_decay", 0.0)
-    optimizer = OPTIMIZERS[tc["optimizer"]](remedies.decay_groups(model, weight_decay), lr=tc["lr"])
+    omega, weight_decay = tc["omega"], tc["weight_decay"]
+    optimizer = getattr(torch.optim, OPTIMIZERS[tc["optimizer"]])(remedies.decay_groups(model, weight_decay),
+                                                                  lr=tc["lr"])
     clipper = make_clipper(tc["clip"], model)  # one per run: AutoClip's history, ZClip's statistics
 
     profiles, profile_steps = [], []
@@ -379,7 +386,7 @@ def _train(cfg: dict, progress, rows: list) -> dict:
         "steps_per_second": len(train_rows) / wall if wall > 0 else None,
     }
     # the diagnostics above saw every step; the stored metrics may keep every k-th (lean result sets)
-    log_every = tc.get("log_every", 1)
+    log_every = tc["log_every"]
     if log_every > 1:
         rows[:] = [r for r in rows if r["kind"] == "eval" or r["step"] % log_every == 0 or r["nonfinite"]]
     by_layer = np.stack(profiles).astype(np.float32)  # (E, L, S)

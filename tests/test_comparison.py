@@ -12,7 +12,7 @@ from rich.console import Console
 from scipy.stats import norm
 from typer.testing import CliRunner
 
-from gradlab import comparison, results, statistics
+from gradlab import comparison, results, statistics, vocabulary
 from gradlab.cli import app
 from gradlab.cli.render import rich_table
 
@@ -106,7 +106,7 @@ def test_wide_table_has_every_figure_and_markdown_keeps_every_column(quickstart)
         assert label in wide
     md = runner.invoke(app, ["compare", str(quickstart), "-f", "markdown"]).stdout
     header = [c.strip() for c in md.splitlines()[0].strip("|").split("|")]
-    assert set(comparison.METRICS) <= set(header)
+    assert set(vocabulary.METRICS) <= set(header)
 
 
 # ---------------------------------------------------------------------------

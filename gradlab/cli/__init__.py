@@ -25,6 +25,7 @@ from gradlab.cli.render import (
     out_console,
     sweep_with_progress,
 )
+from gradlab.vocabulary import CELL_NAMES
 
 app = typer.Typer(
     help="gradlab: see vanishing and exploding gradients in recurrent networks and compare the remedies.",
@@ -423,7 +424,7 @@ def export(
 @app.command()
 @user_errors
 def bench(
-    cells: str = typer.Option("vanilla,irnn,orthogonal,skip,lstm,gru", "--cells", help="Comma-separated cells."),
+    cells: str = typer.Option(",".join(CELL_NAMES), "--cells", help="Comma-separated cells."),
     length: int = typer.Option(200, "--length", min=1, help="Sequence length T."),
     batch: int = typer.Option(64, "--batch", min=1, help="Batch size B."),
     hidden: int = typer.Option(128, "--hidden", min=1, help="Hidden units H."),

@@ -86,12 +86,11 @@ def unreadable_results(dirs: list[Path]) -> list[str]:
     A gate must not pass on a subset of its runs, so such a result set is bad input
     (exit 2), named file by file; nothing else of it is touched.
     """
-    from gradlab.expectations import EXPERIMENT_FILE
-    from gradlab.results import CONFIG, SUMMARY
+    from gradlab.vocabulary import CONFIG_FILE, EXPERIMENT_FILE, SUMMARY_FILE
 
     problems = []
     for d in dirs:
-        for path in sorted(p for name in (SUMMARY, CONFIG, EXPERIMENT_FILE) for p in d.rglob(name)):
+        for path in sorted(p for name in (SUMMARY_FILE, CONFIG_FILE, EXPERIMENT_FILE) for p in d.rglob(name)):
             try:
                 json.loads(path.read_bytes().decode("utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -1,0 +1,143 @@
+"""The words both sides share: file names, run ids, labels, comparison columns, metric and verdict names.
+
+Training writes results under these names and the reading side (comparison, expectations,
+reports, plots) reads them back, so each is defined here once and imported by both. This
+module imports only the standard library: never torch, never pandas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+# ---------------------------------------------------------------------------
+# File names (``gradlab.results`` describes a run directory's files).
+
+CONFIG_FILE = "config.json"        # the resolved run config
+ENV_FILE = "env.json"              # versions, device, threads, seed, host
+METRICS_FILE = "metrics.csv"       # one row per training step and per evaluation
+SUMMARY_FILE = "summary.json"      # written last: marks a finished run
+PROFILE_FILE = "profile.npz"       # the gradient-through-time profiles
+ERROR_FILE = "error.txt"           # a failed run's traceback
+EXPERIMENT_FILE = "experiment.json"  # written by `gradlab run` next to its runs: name, expect list, sweeps
+EXPERIMENT_LOCK = f".{EXPERIMENT_FILE}.lock"  # held while experiment.json is read and rewritten
+# The figures of ``gradlab plot``, in the order a report shows them; then one heatmap per group.
+MAIN_PLOTS = ("learning_curves.png", "grad_norm.png", "grad_profile.png")
+HEATMAP_FILE = "profile_heatmap_{run_id}.png"
+
+# ---------------------------------------------------------------------------
+# Names of registry entries and options that config (validation), training and bench share.
+
+# gradlab.cells.CELLS in registry order (a test keeps the two equal), held here because gradlab.cells
+# imports torch: plots give each cell its colour by it; bench times these by default
+CELL_NAMES = ("vanilla", "irnn", "orthogonal", "skip", "lstm", "gru")
+OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "rmsprop": "RMSprop"}  # train.optimizer -> its torch.optim class
+DTYPES = ("float32", "float64")    # dtype: each is torch's name of it
+ENGINES = ("scan", "autograd")     # model.engine: hand-written BPTT | the cell unrolled under autograd
+
+# ---------------------------------------------------------------------------
+# Run ids: ``<grid values>_seed=<s>_<hash>``; the hash alone identifies a run.
+
+HASH_CHARS = 8
+# A run id names a directory (at most 255 bytes on Linux, macOS and Windows); 200 leaves room for the
+# names made from it, e.g. plots' profile_heatmap_<id>.png.
+MAX_ID_BYTES = 200
+CUT = "~"  # marks where a long id's readable part was cut (a character the readable part never holds)
+
+
+def config_hash(identity: dict) -> str:
+    """The first HASH_CHARS hex digits of the SHA-1 of ``identity`` as sorted JSON."""
+    return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:HASH_CHARS]
+
+
+def filename_safe(text: str) -> str:
+    """Letters, digits and ``=._-()+`` kept, anything else ``-``: ``+`` is kept, so 1e+30 is not 1e-30."""
+    return "".join(c if c.isalnum() or c in "=._-()+" else "-" for c in text)
+
+
+def format_run_id(parts: list[str], seed: int, digest: str) -> str:
+    """``parts`` (the readable grid values, ``key=value`` each), the seed and the hash as one id.
+
+    At most MAX_ID_BYTES: a longer id keeps the first grid values that fit, cut where CUT
+    marks, then the seed and the hash, which alone identifies the run.
+    """
+    seed_part = f"seed={seed}"
+    slug = filename_safe("_".join(parts + [seed_part]))
+    if len(f"{slug}_{digest}".encode()) <= MAX_ID_BYTES:
+        return f"{slug}_{digest}"
+    tail = f"{CUT}_{seed_part}_{digest}"
+    head = filename_safe("_".join(parts)).encode()[:MAX_ID_BYTES - len(tail)]
+    return head.decode("utf-8", "ignore") + tail  # "ignore": a character cut in two is dropped
+
+
+def run_hash(run_id: str) -> str:
+    """A run id's identity: the hash of its resolved config after the last ``_``.
+
+    The readable part before it depends on the grid (key order, and whether a
+    value came from the grid or the base config), so two ids of one resolved
+    config differ there but share the hash. An id without a hash (a directory
+    made by hand) is its own identity.
+    """
+    head, _, digest = run_id.rpartition("_")
+    is_hash = head and len(digest) == HASH_CHARS and all(c in "0123456789abcdef" for c in digest)
+    return digest if is_hash else run_id
+
+
+# ---------------------------------------------------------------------------
+# Labels, and a run config flattened into the columns a comparison groups on.
+
+FULL_BPTT = "full"  # the label of train.tbptt: null
+
+
+def clip_label(clip: dict) -> str:
+    """A resolved clip spec as a readable label: ``none``, ``norm(1.0)``, ``value(0.5)``."""
+    args = [str(v) for k, v in clip.items() if k != "kind"]
+    return clip["kind"] + (f"({', '.join(args)})" if args else "")
+
+
+def tbptt_label(tbptt):
+    """``train.tbptt`` as the comparison shows it: None (full BPTT), the window k (an int, k1 = k2 = k),
+    or ``"k1/k2"`` for TBPTT(k1, k2) with k2 > k1."""
+    if isinstance(tbptt, dict):
+        k1, k2 = tbptt["k1"], tbptt["k2"]
+        return k1 if k1 == k2 else f"{k1}/{k2}"
+    return tbptt
+
+
+def config_columns(cfg: dict) -> dict:
+    """A resolved run config as flat grouping columns: task, length, cell, clip (a label), tbptt, lr, ...
+
+    The comparison's and the figures' columns. ``.get``: a config on disk may lack a section
+    (written by hand, or by an older gradlab); its columns are then absent.
+    """
+    task, model, train = cfg["task"], cfg.get("model", {}), cfg.get("train", {})
+    row = {"experiment": cfg.get("name"), "task": task["name"], "length": task["length"]}
+    row.update({k: v for k, v in task.items() if k not in ("name", "length")})
+    row.update(model)
+    row.update(train)
+    if isinstance(train.get("clip"), dict) and "kind" in train["clip"]:
+        row["clip"] = clip_label(train["clip"])
+    row["tbptt"] = tbptt_label(train.get("tbptt"))  # null, the window k, or "k1/k2"
+    row.update({k: cfg[k] for k in ("seed", "device", "dtype", "threads") if k in cfg})
+    return row
+
+
+# The columns of ``config_columns`` named otherwise than their config key: column -> dotted key
+# (the rest are a section's key of the same name).
+COLUMN_KEYS = {"task": "task.name", "length": "task.length", "clip": "train.clip", "tbptt": "train.tbptt",
+               "seed": "seeds"}
+
+# ---------------------------------------------------------------------------
+# Metric columns of the comparison table and the verdicts in them.
+
+# In table order; ``runs`` counts every run of the group.
+METRICS = ["runs", "failed", "solved", "solved_rate", "solved_ci_low", "solved_ci_high",
+           "final_loss_mean", "final_loss_std", "baseline_loss",
+           "loss_ratio_iqm", "loss_ratio_min", "loss_ratio_max", "loss_ratio_ci_low", "loss_ratio_ci_high",
+           "steps_to_solve_median", "diverged", "verdict", "verdicts", "horizon_init_median", "horizon_median",
+           "clip_rate_mean", "grad_norm_max", "suggested_clip"]
+TEXT_METRICS = ("verdict", "verdicts")  # the rest are numbers
+
+# A run's verdict (gradlab.diagnostics.verdict), and a group's: the verdict of most of its runs, or MIXED on a tie.
+EXPLODING, VANISHING, HEALTHY, MIXED = "exploding", "vanishing", "healthy", "mixed"
+VERDICTS = (EXPLODING, VANISHING, HEALTHY)  # in the order of severity: ties are never resolved by it
