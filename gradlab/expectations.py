@@ -32,7 +32,17 @@ import operator
 import re
 from dataclasses import dataclass, field
 
-from gradlab.vocabulary import EXPERIMENT_FILE, EXPLODING, HEALTHY, METRICS, MIXED, TEXT_METRICS, VANISHING, VERDICTS
+from gradlab.vocabulary import (
+    EXPERIMENT_FILE,
+    EXPLODING,
+    FULL_BPTT,
+    HEALTHY,
+    METRICS,
+    MIXED,
+    TEXT_METRICS,
+    VANISHING,
+    VERDICTS,
+)
 from gradlab.yamlfile import did_you_mean
 
 # The aggregated columns an expectation may assert on: every metric column of the comparison table.
@@ -185,7 +195,7 @@ def matches(row: dict, where: dict) -> bool:
     """Equality on grouping columns; numbers compare as numbers, None matches null (and tbptt's ``full``)."""
     for k, want in where.items():
         have = row.get(k)
-        if k == "tbptt" and want == "full":  # every table shows full BPTT (tbptt null) as full
+        if k == "tbptt" and want == FULL_BPTT:  # every table shows full BPTT (tbptt null) as full
             want = None
         if isinstance(want, (int, float)) and isinstance(have, (int, float)):
             if not math.isclose(float(want), float(have)):
