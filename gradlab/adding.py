@@ -1,4 +1,4 @@
-"""The adding family: two marked values in a sequence of noise, and a function of them read at the end.
+"""The adding family: two marked values among random ones, and a function of them read at the end.
 
 The adding problem (Hochreiter & Schmidhuber 1997, Exp. 4) in the form the RNN benchmarks use
 (Arjovsky et al. 2016), the multiplication problem (Hochreiter 1997 Exp. 5; Pascanu et al. 2013),

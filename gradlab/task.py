@@ -1,7 +1,7 @@
 """What a task is: a ``Batch`` of time-major sequences and the ``Task`` interface every entry of
 ``gradlab.tasks.TASKS`` implements (generate, score, memoryless baseline, lag, success criterion).
 
-The synthetic tasks (``gradlab.tasks``) and the data-set task (``gradlab.digits``) both build on it,
+The synthetic tasks (``gradlab.adding``, ``gradlab.symbols``) and the data-set task (``gradlab.digits``) build on it,
 and ``gradlab.tasks`` registers them all, so the registry imports its entries, never the reverse.
 """
 

@@ -1,4 +1,4 @@
-"""Synthetic long-dependency tasks: generators, losses, memoryless baselines, success criteria.
+"""The task registry: every long-dependency task and variant by the name a config gives it.
 
 A task turns ``(batch, length, generator)`` into a ``Batch`` of time-major
 tensors and knows how to score a model's outputs on it. Each task also states
