@@ -114,6 +114,20 @@ def context():
     return multiprocessing.get_context("spawn")
 
 
+def start_server() -> None:
+    """Start the fork server workers are forked from, if it is not running (Linux; elsewhere nothing).
+
+    It returns at once: the server loads torch meanwhile, so a caller that starts it early
+    (``gradlab run``, before it validates the config) has its first worker sooner. The server
+    ignores SIGINT and SIGTERM, and so do the workers it forks; it ends with this process.
+    """
+    if context().get_start_method() == "forkserver":
+        import multiprocessing.forkserver  # not at the top: the module is POSIX-only
+
+        with _starting():
+            multiprocessing.forkserver.ensure_running()
+
+
 @contextlib.contextmanager
 def _starting():
     """While a process starts from the driver: it begins with SIGINT and SIGTERM ignored.
@@ -159,13 +173,9 @@ class Worker:
         ours, theirs = ctx.Pipe()
         process = ctx.Process(target=worker_main, args=(theirs, os.getpid()), daemon=True)
         if ctx.get_start_method() == "forkserver":
-            # The server is started (or restarted, if it died) from the driver and ignores the
-            # signals; its children inherit that. The start of the first worker waits until the
-            # server has loaded torch: signals are not blocked meanwhile, so they stop the sweep.
-            import multiprocessing.forkserver  # not at the top: the module is POSIX-only
-
-            with _starting():
-                multiprocessing.forkserver.ensure_running()
+            # The start of the first worker waits until the server has loaded torch: signals are
+            # not blocked meanwhile, so they stop the sweep.
+            start_server()  # restarts it if it died
             process.start()
         else:
             with _starting():

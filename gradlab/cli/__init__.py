@@ -118,6 +118,10 @@ def run(
     if address is not None and executor != "ray":
         fail(f"--address {address}: only the ray executor joins a cluster; add --executor ray")
     shard_spec = parse_shard(shard)
+    if executor == "local" and jobs > 1 and not dry_run:  # the workers' torch loads while the config is checked
+        from gradlab.workers import start_server
+
+        start_server()
     experiment = load_config(config, set_)
     if check and not experiment.expect:
         fail(f"--check: {config} has no expect: list")
