@@ -197,15 +197,15 @@ class Worker:
         self.conn.close()
 
 
-def worker_main(conn, parent: int) -> None:
-    """A worker process: train each run the driver sends on ``conn``; send progress, then the payload.
+def worker_main(conn, driver: int) -> None:
+    """A worker process: train each run the driver (pid ``driver``) sends on ``conn``; send progress, then the payload.
 
     It ignores SIGINT and SIGTERM (the driver kills it when the sweep stops) and exits
     when the driver is gone (a ``kill -9`` of the driver alone), so no worker outlives it.
     """
     for s in SIGNALS:
         signal.signal(s, signal.SIG_IGN)
-    _exit_with(parent)
+    _exit_with(driver)
     last = [0.0]  # when the last progress message went
 
     def progress(step, steps):
