@@ -8,9 +8,11 @@ holds what the commands show (tables, PASS/FAIL lines, progress bars, the
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 import typer
@@ -152,6 +154,10 @@ def run(
             sweep_id = record_experiment(out, experiment, set_, runs)
     else:
         err_console.print(f"0 to run, {len(done)} already done in {out / name}", soft_wrap=True)
+    if len(todo) > 1 and jobs > 1 and executor == "local":
+        # The driver now mostly waits (for the fork server, then for its workers): the comparison it
+        # prints at the end imports pandas and scipy (about 1 s) meanwhile, not after the last run.
+        threading.Thread(target=importlib.import_module, args=("gradlab.comparison",), daemon=True).start()
     try:
         outcomes = sweep_with_progress(name, runs, out, quiet or fmt_name != "table", jobs=jobs, force=force,
                                        executor=executor, address=address, sweep_id=sweep_id)
