@@ -17,10 +17,15 @@ element and never steps it, and the server forks its workers single-threaded
 
 import contextlib
 import ctypes
+import os
 import signal
 import sys
 
 FORK_SERVER = "from multiprocessing.forkserver import main"  # how CPython starts the server (its -c command)
+
+# The fork server's pid, in it and in every worker forked from it (None elsewhere): a worker checks
+# that its parent is still this process (``workers._exit_with``).
+SERVER = os.getpid() if any(arg.startswith(FORK_SERVER) for arg in sys.orig_argv) else None
 
 
 def _end_with_parent() -> None:
@@ -31,12 +36,13 @@ def _end_with_parent() -> None:
     and each worker holds a copy. If the driver ended before this took effect, the server
     sees that pipe closed and stops before it forks anything.
     """
-    if sys.platform.startswith("linux") and any(arg.startswith(FORK_SERVER) for arg in sys.orig_argv):
+    if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
 
 
-_end_with_parent()
+if SERVER is not None:
+    _end_with_parent()
 
 import torch  # noqa: E402  (after the line above: the import takes seconds, the driver may end meanwhile)
 

@@ -233,36 +233,22 @@ def _exit_with(driver: int) -> None:
 
     Its parent is the driver (spawn) or the fork server, which the kernel kills with the
     driver (``preload``). On Linux the kernel kills this process with its parent
-    (PR_SET_PDEATHSIG: at once, even while a C call holds the GIL); elsewhere, or when the
-    parent was gone before that took effect, a thread sees the driver go.
+    (PR_SET_PDEATHSIG: at once, even while a C call holds the GIL); elsewhere a thread sees
+    the parent change.
     """
-    parent = os.getppid()
+    preload = sys.modules.get("gradlab.preload")  # imported (and forked) by the fork server only
+    parent = getattr(preload, "SERVER", None) or driver
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    if not _alive(driver, parent):
+    if os.getppid() != parent:  # gone before the above took effect
         os._exit(1)
 
     def watch():
-        while _alive(driver, parent):
+        while os.getppid() == parent:
             time.sleep(0.5)
         os._exit(1)
     threading.Thread(target=watch, daemon=True).start()
-
-
-def _alive(driver: int, parent: int) -> bool:
-    """Whether the driver still runs, for a process whose parent was ``parent`` when it started."""
-    if os.getppid() != parent:  # the parent ended (the driver, or the server the driver's end ends)
-        return False
-    if parent == driver:
-        return True
-    try:
-        os.kill(driver, 0)  # signal 0 sends nothing: it only checks that the process exists
-    except ProcessLookupError:
-        return False
-    except OSError:  # it exists (PermissionError)
-        pass
-    return True
 
 
 def train_run(run: Run, progress=None) -> dict:
