@@ -54,13 +54,14 @@ def preflight(runs: list[Run], executor: str = "local") -> list[str]:
     Only the local executor trains here: Ray's workers run on the cluster's nodes
     (a CPU-only head node can drive GPU workers) and each run checks its own device.
     """
-    if executor != "local":
+    cuda = sorted({r.config["device"] for r in runs if r.config["device"].startswith("cuda")})
+    if executor != "local" or not cuda:  # a CPU sweep's driver need not import torch for this
         return []
     import torch
 
     problems = []
-    for device in sorted({r.config["device"] for r in runs}):
-        if device.startswith("cuda") and not torch.cuda.is_available():
+    for device in cuda:
+        if not torch.cuda.is_available():
             problems.append(f"device: {device} requested, but torch {torch.__version__} sees no CUDA device")
     return problems
 

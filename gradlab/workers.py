@@ -4,8 +4,16 @@ A worker trains the runs the driver sends it and sends back progress and each
 run's payload; the driver stores it (see ``sweeps``). Workers ignore SIGINT and
 SIGTERM, because the driver ends them when a sweep stops, and they end with the
 driver even when it is killed with ``kill -9``, so no process outlives a sweep.
-This module imports only the standard library at the top: a worker sets that up
-before it imports torch (seconds on a busy machine).
+
+Start-up: on Linux the workers are forked from multiprocessing's fork server, a
+process started once per driver that has imported torch and the training modules and
+built an optimizer (``preload``), so a worker trains within milliseconds instead of
+paying those seconds again. Not forked from the driver: a forked process whose parent
+has run parallel torch ops can deadlock on the inherited thread pools; the server never
+runs one. Elsewhere (macOS, Windows, where forking a process that loaded system
+frameworks is unsafe) each worker is a fresh ``spawn`` interpreter that imports torch
+itself. This module imports only the standard library at the top: a spawned worker
+sets up its signals before it imports torch.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ def run_parallel(waiting: list, jobs: int, sweep) -> None:
     process or shared queue: nothing outside the workers can fail a run.
     """
 
-    ctx = multiprocessing.get_context("spawn")  # not fork: a forked torch process can deadlock on its thread pools
+    ctx = context()
     left = list(reversed(waiting))  # .pop() gives the next run in order
     idle: list[Worker] = []
     busy: dict = {}  # pipe -> (worker, run, run directory)
@@ -94,6 +102,53 @@ def _store_arrived(busy: dict, sweep) -> None:
                     break
 
 
+PRELOAD = ["gradlab.preload"]  # what the fork server imports before it forks a worker
+
+
+def context():
+    """The multiprocessing context workers start from: the fork server on Linux, else spawn."""
+    if sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def start_server() -> None:
+    """Start the fork server workers are forked from, if it is not running (Linux; elsewhere nothing).
+
+    It returns at once: the server loads torch meanwhile, so a caller that starts it early
+    (``gradlab run``, before it validates the config) has its first worker sooner. The server
+    ignores SIGINT and SIGTERM, and so do the workers it forks; it ends with this process.
+    """
+    if context().get_start_method() == "forkserver":
+        import multiprocessing.forkserver  # not at the top: the module is POSIX-only
+
+        with _starting():
+            multiprocessing.forkserver.ensure_running()
+
+
+@contextlib.contextmanager
+def _starting():
+    """While a process starts from the driver: it begins with SIGINT and SIGTERM ignored.
+
+    The child inherits SIG_IGN from its first instruction (a handler would be reset at exec),
+    so a Ctrl-C while it imports cannot print a traceback. The main thread blocks both signals
+    meanwhile, so one sent to the driver now waits for the handler instead of being ignored.
+    """
+    main = threading.current_thread() is threading.main_thread()  # signal.signal works only there
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    handlers = {s: signal.signal(s, signal.SIG_IGN) for s in SIGNALS} if main else {}
+    try:
+        with warnings.catch_warnings():  # a killed resource tracker is relaunched with a warning
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 class Worker:
     """One worker process and the driver's end of its pipe."""
 
@@ -117,20 +172,14 @@ class Worker:
     def start(cls, ctx, started: list) -> Worker:
         ours, theirs = ctx.Pipe()
         process = ctx.Process(target=worker_main, args=(theirs, os.getpid()), daemon=True)
-        # The child inherits SIG_IGN from its first instruction (a handler would be reset at exec),
-        # so a Ctrl-C while it imports cannot print a traceback. The main thread blocks both signals
-        # meanwhile, so one sent to the driver now waits for the handler instead of being ignored.
-        main = threading.current_thread() is threading.main_thread()  # signal.signal works only there
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-        handlers = {s: signal.signal(s, signal.SIG_IGN) for s in SIGNALS} if main else {}
-        try:
-            with warnings.catch_warnings():  # a killed resource tracker is relaunched with a warning
-                warnings.simplefilter("ignore")
+        if ctx.get_start_method() == "forkserver":
+            # The start of the first worker waits until the server has loaded torch: signals are
+            # not blocked meanwhile, so they stop the sweep.
+            start_server()  # restarts it if it died
+            process.start()
+        else:
+            with _starting():
                 process.start()
-        finally:
-            for s, handler in handlers.items():
-                signal.signal(s, handler)
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         theirs.close()  # only the child holds its end: the child's death is EOF here
         worker = cls(process, ours)
         started.append(worker)
@@ -148,15 +197,15 @@ class Worker:
         self.conn.close()
 
 
-def worker_main(conn, parent: int) -> None:
-    """A worker process: train each run the driver sends on ``conn``; send progress, then the payload.
+def worker_main(conn, driver: int) -> None:
+    """A worker process: train each run the driver (pid ``driver``) sends on ``conn``; send progress, then the payload.
 
     It ignores SIGINT and SIGTERM (the driver kills it when the sweep stops) and exits
     when the driver is gone (a ``kill -9`` of the driver alone), so no worker outlives it.
     """
     for s in SIGNALS:
         signal.signal(s, signal.SIG_IGN)
-    _exit_with(parent)
+    _exit_with(driver)
     last = [0.0]  # when the last progress message went
 
     def progress(step, steps):
@@ -179,9 +228,16 @@ def worker_main(conn, parent: int) -> None:
             conn.send(("done", lost(e, "the run's results could not be sent back")))
 
 
-def _exit_with(parent: int) -> None:
-    """End this process when ``parent`` ends: on Linux the kernel kills it (PR_SET_PDEATHSIG, at
-    once, even while a C call holds the GIL); elsewhere a thread sees the parent change."""
+def _exit_with(driver: int) -> None:
+    """End this process when the ``driver`` ends.
+
+    Its parent is the driver (spawn) or the fork server, which the kernel kills with the
+    driver (``preload``). On Linux the kernel kills this process with its parent
+    (PR_SET_PDEATHSIG: at once, even while a C call holds the GIL); elsewhere a thread sees
+    the parent change.
+    """
+    preload = sys.modules.get("gradlab.preload")  # imported (and forked) by the fork server only
+    parent = getattr(preload, "SERVER", None) or driver
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG

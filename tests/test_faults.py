@@ -86,9 +86,16 @@ def children(pid: int) -> list[tuple[int, str]]:
     return [(p, cmd) for _, p, cmd in sorted(found)]
 
 
+def fork_servers(pid: int) -> list[int]:
+    """The multiprocessing fork server ``pid`` started (Linux: its workers are forked from it)."""
+    return [p for p, cmd in children(pid) if "forkserver import main" in cmd]
+
+
 def spawned(pid: int) -> list[int]:
-    """The multiprocessing children of ``pid`` (workers, and a manager if any), oldest first."""
-    return [p for p, cmd in children(pid) if "spawn_main" in cmd]
+    """The worker processes of the sweep driven by ``pid``, oldest first: its spawned children, or the
+    children of its fork server."""
+    return [p for p, cmd in children(pid) if "spawn_main" in cmd] + [
+        p for server in fork_servers(pid) for p, _ in children(server)]
 
 
 def wait_for(condition, timeout: float = 120.0) -> None:
@@ -222,13 +229,37 @@ def test_killed_helper_processes_fail_no_run_and_print_nothing(tmp_path, referen
     wait_for(lambda: len(spawned(proc.pid)) >= 2 or proc.poll() is not None)
     time.sleep(0.5)
     helpers = [p for p, cmd in children(proc.pid) if "resource_tracker" in cmd]
-    helpers += spawned(proc.pid)[:-2]  # a multiprocessing manager, started before the 2 workers
     assert helpers, children(proc.pid)
     for pid in helpers:
         os.kill(pid, signal.SIGKILL)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0 and stderr.decode() == "", stderr.decode()
     assert len(results.find_runs(out)) == 4
+    assert_whole(out)
+
+
+def test_a_killed_fork_server_fails_only_the_runs_its_workers_had_in_flight(tmp_path):
+    """The workers end with the server they were forked from (as with a killed driver); the driver
+    records their runs as failed, starts a new server and goes on, and a re-run completes the sweep."""
+    path, out = config(tmp_path, steps=300), tmp_path / "out"
+    proc = start(path, out, "--jobs", "2")
+    wait_for(lambda: len(spawned(proc.pid)) >= 2 or proc.poll() is not None)
+    servers = fork_servers(proc.pid)
+    if not servers:
+        proc.communicate(timeout=300)
+        pytest.skip("the workers are spawned here, not forked from a server")
+    time.sleep(0.3)  # both are training their first run: 300 steps take seconds
+    os.kill(servers[0], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=300)
+    stderr = stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in stderr, stderr
+    failed = [line for line in stderr.splitlines() if line.startswith("failed: ")]
+    assert 1 <= len(failed) <= 2 and all("a worker process died" in line for line in failed), stderr
+    assert stderr.splitlines()[-1] == f"{len(failed)} of 4 runs failed"
+    assert len(results.find_runs(out)) == 4  # every run is recorded: the others trained in new workers
+    assert left_behind(proc.pid) == []
+    again = runner.invoke(app, ["run", str(path), "--out", str(out), "-j", "2", "-q"])
+    assert again.exit_code == 0, again.output
     assert_whole(out)
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from gradlab import results
+from gradlab import results, workers
 from gradlab.cli import app
 from gradlab.config import load
 from gradlab.sweeps import preflight, run_sweep, select
@@ -64,6 +64,32 @@ def test_jobs_2_gives_the_same_results_as_jobs_1(tmp_path):
         assert result.exit_code == 0, result.output
     assert len(run_files(tmp_path / "1")) == 6
     assert_same_results(run_files(tmp_path / "1"), run_files(tmp_path / "2"))
+
+
+def worker_state(conn):
+    """Run in a worker process: what it inherited, and its denormal mode while a run trains."""
+    from gradlab.training import flushes_denormals, torch_settings
+
+    with torch_settings(torch.device("cpu"), 1):
+        flushing = flushes_denormals()
+    status = Path(f"/proc/{os.getppid()}/status").read_text() if sys.platform.startswith("linux") else ""
+    threads = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("Threads:")), None)
+    conn.send({"dynamo": "torch._dynamo" in sys.modules, "flushing": flushing, "parent_threads": threads})
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork server is used on Linux only")
+def test_workers_are_forked_warm_from_a_single_threaded_server():
+    """A worker starts with torch._dynamo imported (the optimizer warm-up ran in the server), its parent
+    (the server) has never started a thread pool, and a run still flushes denormals in it."""
+    ctx = workers.context()
+    assert ctx.get_start_method() == "forkserver"
+    ours, theirs = ctx.Pipe()
+    process = ctx.Process(target=worker_state, args=(theirs,))
+    process.start()
+    theirs.close()
+    state = ours.recv()
+    process.join()
+    assert state == {"dynamo": True, "flushing": True, "parent_threads": 1}
 
 
 def test_shards_cover_every_run_exactly_once(tmp_path):

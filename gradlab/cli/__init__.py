@@ -8,9 +8,11 @@ holds what the commands show (tables, PASS/FAIL lines, progress bars, the
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 import typer
@@ -119,6 +121,10 @@ def run(
     if address is not None and executor != "ray":
         fail(f"--address {address}: only the ray executor joins a cluster; add --executor ray")
     shard_spec = parse_shard(shard)
+    if executor == "local" and jobs > 1 and not dry_run:  # the workers' torch loads while the config is checked
+        from gradlab.workers import start_server
+
+        start_server()
     experiment = load_config(config, set_)
     if check and not experiment.expect:
         fail(f"--check: {config} has no expect: list")
@@ -149,6 +155,10 @@ def run(
             sweep_id = record_experiment(out, experiment, set_, runs)
     else:
         err_console.print(f"0 to run, {len(done)} already done in {out / name}", soft_wrap=True)
+    if len(todo) > 1 and jobs > 1 and executor == "local":
+        # The driver now mostly waits (for the fork server, then for its workers): the comparison it
+        # prints at the end imports pandas and scipy (about 1 s) meanwhile, not after the last run.
+        threading.Thread(target=importlib.import_module, args=("gradlab.comparison",), daemon=True).start()
     try:
         outcomes = sweep_with_progress(name, runs, out, quiet or fmt_name != "table", jobs=jobs, force=force,
                                        executor=executor, address=address, sweep_id=sweep_id)
