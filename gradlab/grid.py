@@ -18,7 +18,7 @@ import math
 
 import yaml
 
-from gradlab.cells import CELLS, FORGET_GATE
+from gradlab.cells import CELLS, refusal
 from gradlab.tasks import resolve
 from gradlab.yamlfile import did_you_mean, get_path
 
@@ -167,8 +167,8 @@ def _constrain_cell(cfg):
 
 def _forget_bias_cell(cfg):
     cell = cfg["model"]["cell"]
-    if cfg["model"]["forget_bias"] is not None and CELLS[cell].recurrence not in FORGET_GATE:
-        return f"only {' and '.join(FORGET_GATE)} have a forget gate", f", not {cell}"
+    if cfg["model"]["forget_bias"] is not None and "forget_bias" not in CELLS[cell].options:
+        return refusal("forget_bias"), f", not {cell}"
 
 
 def _omega_cell(cfg):

@@ -24,7 +24,7 @@ CASES = {  # name: (recurrence, nonlinearity, skip length k)
 }
 SIZES = [(1, 2, 1, 3), (5, 3, 2, 4), (13, 2, 3, 6), (37, 2, 2, 5)]  # (T, B, inputs, H); 37 > 2 chunks
 LOSSES = ["last", "every", "final", "all"]
-SCAN, UNROLL = engine.scan, cells.unroll
+SCAN, UNROLL = cells.scan, cells.unroll
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -44,7 +44,7 @@ def make(case, T, B, n_in, H, seed=0):
 
     def r(*shape, scale=1.0):
         return scale * torch.randn(*shape, generator=gen, dtype=F64)
-    g = cells.GATES[rec]
+    g = len(cells.RECURRENCES[rec].gates)
     params = [r(g * H, n_in, scale=n_in ** -0.5), r(g * H, H, scale=H ** -0.5),
               r(g * H, scale=0.3), r(g * H, scale=0.3)]
     if rec == "skip":
