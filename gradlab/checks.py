@@ -84,3 +84,27 @@ def boolean(v):
 
 def optional(check):
     return lambda v: None if v is None else check(v)
+
+
+def resolve_tbptt(v) -> int | dict | None:
+    """``null`` | ``k`` | ``{k1: 5, k2: 10}`` -> None | k | {"k1": 5, "k2": 10}; {k1: k, k2: k} -> k.
+
+    TBPTT(k1, k2) (Williams & Peng 1990): update every k1 steps, back-propagating
+    k2 >= k1 steps; the plain window k is k1 = k2 = k, written as the integer.
+    """
+    if v is None or (is_int(v) and v >= 1):
+        return v
+    if is_int(v):
+        raise ValueError(f"a window must be at least 1 step, got {v}")
+    if not isinstance(v, dict):
+        raise ValueError(f"expected null, a window length (integer) or {{k1: ..., k2: ...}}, got {v!r}")
+    problems = [f"tbptt has no key {k!r}{did_you_mean(k, ('k1', 'k2'))}; valid: k1, k2"
+                for k in v if k not in ("k1", "k2")]
+    problems += [f"tbptt.{k}: missing" for k in ("k1", "k2") if k not in v]
+    problems += [f"tbptt.{k}: {msg}" for k in ("k1", "k2") if k in v and (msg := int_at_least(1)(v[k]))]
+    if not problems and v["k2"] < v["k1"]:
+        problems.append(f"tbptt: k2 (steps back-propagated) must be at least k1 (steps per update), "
+                        f"got k1={v['k1']}, k2={v['k2']}")
+    if problems:
+        raise ValueError("\n".join(problems))
+    return v["k1"] if v["k1"] == v["k2"] else {"k1": v["k1"], "k2": v["k2"]}

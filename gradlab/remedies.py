@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from gradlab import checks
+from gradlab.yamlfile import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,37 @@ CLIPS: dict[str, ClipRule] = {
                           "clip ∂L/∂h_t at every backward step: element-wise or per-sample norm (Mikolov 2012)",
                           in_backward=RecurrentClip),
 }
+
+
+def resolve_clip(v) -> dict:
+    """``none`` | ``norm`` | ``{kind: norm, max_norm: 2}`` -> ``{"kind": "norm", "max_norm": 2.0}``.
+
+    Every parameter is checked by its rule's own check; a ValueError lists each problem on its own line.
+    """
+    if isinstance(v, str):
+        v = {"kind": v}
+    if not isinstance(v, dict):
+        raise ValueError(f"expected a clip kind or a mapping with 'kind', got {v!r}")
+    kind = v.get("kind")
+    if kind not in CLIPS:
+        raise ValueError(f"unknown clip kind {kind!r}{did_you_mean(kind, CLIPS)}; valid: {', '.join(CLIPS)}")
+    rule = CLIPS[kind]
+    resolved, problems = {"kind": kind}, []
+    for k in v:
+        if k != "kind" and k not in rule.params:
+            valid = ", ".join(rule.params) or "none"
+            problems.append(f"clip {kind!r} has no parameter {k!r}{did_you_mean(k, rule.params)}; "
+                            f"valid: {valid}")
+    for k, param in rule.params.items():
+        val = v.get(k, param.default)
+        msg = param.check(val)
+        if msg:
+            problems.append(f"clip {kind}.{k}: {msg}")
+        else:  # 1 -> 1.0 where the parameter is a float, so equal specs resolve (and hash) alike
+            resolved[k] = float(val) if isinstance(param.default, float) else val
+    if problems:
+        raise ValueError("\n".join(problems))
+    return resolved
 
 
 @dataclass
