@@ -159,13 +159,17 @@ def _cells(names: list[str]) -> str:
     return f"the {names[0]} cell" if len(names) == 1 else f"the {', '.join(names)} cells"
 
 
+def _and(names: list[str]) -> str:
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
 # What a cell that does not accept an option is told, from the cells that do (validation says it,
 # located, before any run; RecurrentNet says it too): option -> (the accepting cells -> message).
 REFUSALS = {
     "nonlinearity": lambda c: f"only {_cells(c)} take{'s' * (len(c) == 1)} a nonlinearity",
     "init": lambda c: f"only {_cells(c)} take{'s' * (len(c) == 1)} an init option",
     "constrain": lambda c: f"only {_cells(c)} can be kept orthogonal",
-    "forget_bias": lambda c: f"only {' and '.join(c)} ha{'s' if len(c) == 1 else 've'} a forget gate",
+    "forget_bias": lambda c: f"only {_and(c)} ha{'s' if len(c) == 1 else 've'} a forget gate",
     "omega": lambda c: (f"only for one layer of {_cells(c)} "
                         f"(Pascanu's Ω is defined for h_t = act(W x_t + U h_(t-1) + b))"),
 }

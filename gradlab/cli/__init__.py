@@ -498,7 +498,7 @@ def list_catalogue():
         for key, entry in registry.items():
             extra = ""
             if title == "clip":
-                extra = ", ".join(f"{k}={v}" for k, v in entry.params.items())
+                extra = ", ".join(f"{k}={p.default}" for k, p in entry.params.items())
             elif title == "task":
                 extra = entry.kind
             elif title == "cell":
