@@ -175,9 +175,14 @@ REFUSALS = {
 }
 
 
+def takers(option: str) -> list[str]:
+    """The cells whose entries accept ``option`` (of CELL_OPTIONS), in registry order."""
+    return [name for name, c in CELLS.items() if option in c.options]
+
+
 def refusal(option: str) -> str:
     """The one message for a cell that does not accept ``option`` (of CELL_OPTIONS): which cells do."""
-    return REFUSALS[option]([name for name, c in CELLS.items() if option in c.options])
+    return REFUSALS[option](takers(option))
 
 
 def recurrence_problem(cell: str, engine: str = "autograd") -> str | None:

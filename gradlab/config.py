@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gradlab.cells import takers
 from gradlab.diagnostics import Thresholds
 from gradlab.grid import VARIANT_SECTIONS, set_in_grid, value_label
 from gradlab.remedies import resolve_clip
@@ -121,24 +122,30 @@ def unchecked(config_cls, sections: dict, checks: dict) -> list[str]:
 if unchecked(Config, SECTIONS, CHECKS):  # at import: a new field cannot ship without its check
     raise TypeError(f"config keys and CHECKS differ: {', '.join(unchecked(Config, SECTIONS, CHECKS))}")
 
-# Remedies a config sets by key (the others are named in a registry), for `gradlab ls`:
-# dotted key -> (its values, one line with the source).
-OPTIONS = {
-    "model.layers": ("N >= 1", "N layers of the cell stacked, layer l's states are layer l+1's inputs; "
-                               "profiles per layer (Graves et al. 2013; Pascanu et al. 2014)"),
-    "model.init": ("null | henaff", "orthogonal cell: U = exp(A), A block-diagonal skew-symmetric with 2x2 "
-                                    "blocks, angles ~ U[-pi, pi] (Henaff, Szlam & LeCun 2016)"),
-    "model.constrain": ("false | true", "orthogonal cell: U kept orthogonal through training, U = B·exp(A) "
-                                        "(Lezcano-Casado & Martinez-Rubio 2019)"),
-    "model.forget_bias": ("null | number | chrono", "lstm, gru: forget-gate bias, a constant (Gers et al. 2000) "
-                                                     "or log U[1, T_max-1] (chrono: Tallec & Ollivier 2018)"),
-    "train.tbptt": ("null | k | {k1, k2}", "truncated BPTT: update every k1 steps, back-propagating k2 >= k1 "
-                                           "steps (Williams & Peng 1990)"),
-    "train.omega": ("alpha >= 0", "Pascanu's regulariser: keeps ‖δ_t ∂h_t/∂h_(t-1)‖ near ‖δ_t‖, weight alpha "
-                                  "(Pascanu, Mikolov & Bengio 2013, eq. 9); vanilla, irnn, orthogonal"),
-    "train.weight_decay": ("lambda >= 0", "L2 on the input and recurrent weight matrices, not biases or the "
-                                          "readout (Krogh & Hertz 1992)"),
-}
+def options() -> dict[str, tuple[str, str]]:
+    """Remedies a config sets by key (the others are named in a registry), for `gradlab ls`:
+    dotted key -> (its values, one line with the source); the cells each applies to from their entries."""
+    def cells(option):
+        names = takers(option)
+        return f"{names[0]} cell" if len(names) == 1 else f"{', '.join(names)} cells"
+    return {
+        "model.layers": ("N >= 1", "N layers of the cell stacked, layer l's states are layer l+1's inputs; "
+                                   "profiles per layer (Graves et al. 2013; Pascanu et al. 2014)"),
+        "model.init": ("null | henaff", f"{cells('init')}: U = exp(A), A block-diagonal skew-symmetric with 2x2 "
+                                        "blocks, angles ~ U[-pi, pi] (Henaff, Szlam & LeCun 2016)"),
+        "model.constrain": ("false | true", f"{cells('constrain')}: U kept orthogonal through training, "
+                                            "U = B·exp(A) (Lezcano-Casado & Martinez-Rubio 2019)"),
+        "model.forget_bias": ("null | number | chrono", f"{', '.join(takers('forget_bias'))}: forget-gate bias, a "
+                                                         "constant (Gers et al. 2000) or log U[1, T_max-1] (chrono: "
+                                                         "Tallec & Ollivier 2018)"),
+        "train.tbptt": ("null | k | {k1, k2}", "truncated BPTT: update every k1 steps, back-propagating k2 >= k1 "
+                                               "steps (Williams & Peng 1990)"),
+        "train.omega": ("alpha >= 0", "Pascanu's regulariser: keeps ‖δ_t ∂h_t/∂h_(t-1)‖ near ‖δ_t‖, weight alpha "
+                                      f"(Pascanu, Mikolov & Bengio 2013, eq. 9); {', '.join(takers('omega'))}"),
+        "train.weight_decay": ("lambda >= 0", "L2 on the input and recurrent weight matrices, not biases or the "
+                                              "readout (Krogh & Hertz 1992)"),
+    }
+
 
 # ---------------------------------------------------------------------------
 # Validation and run ids.

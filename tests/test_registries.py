@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from gradlab import checks
 from gradlab.cells import CELLS, RECURRENCES, Cell, init_uniform
 from gradlab.cli import app
-from gradlab.config import ConfigError, validate
+from gradlab.config import ConfigError, options, validate
 from gradlab.remedies import CLIPS, ClipRule, Param
 from gradlab.tasks import TASKS, Adding, catalogue
 
@@ -167,6 +167,7 @@ def test_ls_lists_each_entry_in_its_own_row():
     assert listed["cells"] == [(name, cell.recurrence, cell.description) for name, cell in CELLS.items()]
     assert listed["clips"] == [(name, ", ".join(f"{k}={p.default}" for k, p in rule.params.items()),
                                 rule.description) for name, rule in CLIPS.items()]
+    assert listed["options"] == [(key, *entry) for key, entry in options().items()]
 
 
 def _first_column(readme: str, header: str) -> list[str]:

@@ -506,9 +506,9 @@ def list_catalogue():
             rows.append((key, extra, entry.description))
         headers = (title, "parameters" if title == "clip" else "", "description")
         out_console.print(catalogue_table(f"{title}s", headers, rows, caption))
-    from gradlab.config import OPTIONS
+    from gradlab.config import options
 
-    rows = [(key, values, description) for key, (values, description) in OPTIONS.items()]
+    rows = [(key, values, description) for key, (values, description) in options().items()]
     out_console.print(catalogue_table("options (remedies set by a config key)", ("key", "values", "description"),
                                       rows))
 
