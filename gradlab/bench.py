@@ -8,7 +8,7 @@ step, backward, Adam step) on the same data:
 - ``fused``: torch's own module for the cell, its registry entry's ``fused``
   twin (``nn.RNN`` tanh/ReLU, ``nn.LSTM``, ``nn.GRU``; none exists for skip),
   which cannot record them;
-- ``autograd``: the cell unrolled under autograd (``cells.unroll``) with the
+- ``autograd``: the cell unrolled under autograd (``recurrences.unroll``) with the
   Probe on, the usual way to get per-step gradients.
 
 Timings are medians of ``repeats`` rounds after ``warmup`` rounds; within a
@@ -42,7 +42,8 @@ import time
 import torch
 from torch import nn
 
-from gradlab.cells import CELLS, Probe, RecurrentNet
+from gradlab.cells import CELLS, RecurrentNet
+from gradlab.recurrences import Probe
 from gradlab.training import torch_settings
 
 INPUTS = 2  # input channels, as in the adding task

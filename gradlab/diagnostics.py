@@ -141,7 +141,7 @@ def recurrent_spectrum(weight_hh, gates: tuple[str, ...] = ("",)) -> dict:
     """Spectral radius (max |eigenvalue|) and largest singular value of the recurrent matrix.
 
     weight_hh: (G·H, H), torch's layout, the G gate blocks stacked in torch's order;
-    gates: their names, as the recurrence's registry entry gives them (``cells.RECURRENCES``).
+    gates: their names, as the recurrence's registry entry gives them (``recurrences.RECURRENCES``).
     One block (``gates=("",)``): keys ``spectral_radius`` and ``sigma_max``. Gated
     cells: the same two figures for the H×H block of each gate, keyed by gate,
     LSTM (i, f, g, o) -> ``spectral_radius_i`` … ``sigma_max_o``, GRU (r, z, n).

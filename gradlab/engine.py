@@ -1,18 +1,18 @@
 """The fast path: back-propagation through time written out by hand.
 
 ``scan`` runs one recurrent layer over a sequence. Each recurrence has a kernel
-here (its ``cells.RECURRENCES`` entry names it) around a
+here (its ``recurrences.RECURRENCES`` entry names it) around a
 ``torch.autograd.Function`` whose forward loops over time *without* building an
 autograd graph and whose backward is BPTT written out (Werbos 1990,
 "Backpropagation through time: what it does and how to do it"; Williams &
 Zipser 1995): a sweep from the last step to the first computes the total
 ∂L/∂h_t and the gradient of every pre-activation, and the weight gradients are
 matmuls over many steps at once. The sweep holds ∂L/∂h_t of every step, so
-the per-step gradient norms (``cells.Probe``) and a per-step transform
+the per-step gradient norms (``recurrences.Probe``) and a per-step transform
 (recurrent-gradient clipping) cost next to nothing here, where a fused
 ``nn.RNN``/``nn.LSTM`` cannot expose them at all.
 
-Semantics are exactly those of the autograd reference ``cells.unroll`` (tested
+Semantics are exactly those of the autograd reference ``recurrences.unroll`` (tested
 against it and against torch's modules):
 
 - ``window``: truncated BPTT (Williams & Peng 1990). Before every step t with
@@ -27,7 +27,7 @@ against it and against torch's modules):
   It may modify g in place or return a new tensor; it is called once per
   step, from t = T-1 down to 0.
 - ``probe``: after backward, ``probe.norms`` (T, B) holds ‖∂L/∂h_t‖, recorded
-  *after* grad_transform, as ``cells.unroll``'s hooks record it.
+  *after* grad_transform, as ``recurrences.unroll``'s hooks record it.
 
 How it is made fast (CPU, one thread; REFERENCE §6). Forward: the input term
 W x_t + b of all steps is one matmul before the loop; each step then adds the
@@ -68,7 +68,7 @@ def scan(kernel, nonlinearity, x, state, params, *, window=None, grad_transform=
     """Run one recurrence's ``kernel`` (``elman``, ``skip``, ``lstm``, ``gru``) over x (T, B, I) -> (hs (T, B, H),
     final state).
 
-    A recurrence's registry entry (``cells.RECURRENCES``) names its kernel; ``cells.scan`` looks it up.
+    A recurrence's registry entry (``recurrences.RECURRENCES``) names its kernel; ``recurrences.scan`` looks it up.
     nonlinearity "tanh" | "relu" for elman and skip. params: [weight_ih, weight_hh, bias_ih, bias_hh] in
     torch's layouts (+ weight_skip (H, H) for skip). state: elman/gru (B, H), lstm (h, c), skip (k, B, H)
     the last k states, oldest first. The final state has the same structure as ``state``.

@@ -19,8 +19,9 @@ import torch
 
 import gradlab
 from gradlab import diagnostics, remedies
-from gradlab.cells import RECURRENCES, Probe, RecurrentNet
+from gradlab.cells import RecurrentNet
 from gradlab.diagnostics import Thresholds
+from gradlab.recurrences import RECURRENCES, Probe
 from gradlab.remedies import Clipper, clip_gradients, global_norm, make_clipper
 from gradlab.tasks import Batch, resolve
 

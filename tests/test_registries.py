@@ -17,9 +17,10 @@ from torch import nn
 from typer.testing import CliRunner
 
 from gradlab import checks
-from gradlab.cells import CELLS, RECURRENCES, Cell, init_uniform
+from gradlab.cells import CELLS, Cell, init_uniform
 from gradlab.cli import app
 from gradlab.config import ConfigError, options, validate
+from gradlab.recurrences import RECURRENCES
 from gradlab.remedies import CLIPS, ClipRule, Param
 from gradlab.tasks import TASKS, Adding, catalogue
 
