@@ -27,14 +27,12 @@ from torch.nn.utils import parametrizations, parametrize
 
 from gradlab.recurrences import RECURRENCES, scan, unroll
 
-# The options of ``model`` a cell may accept (Cell.options); any other model key applies to every cell.
-CELL_OPTIONS = ("nonlinearity", "init", "constrain", "forget_bias", "omega")
-
 
 @dataclass(frozen=True)
 class Cell:
     """A registry entry: its recurrence (a key of RECURRENCES), nonlinearity, initialisation, the options
-    it accepts (of CELL_OPTIONS; validation and ``RecurrentNet`` refuse the others), and its fused torch
+    it accepts (keys of REFUSALS; validation and ``RecurrentNet`` refuse the others; any other model key
+    applies to every cell), and its fused torch
     twin for ``bench``: (input_size, hidden) -> an nn.RNN/LSTM/GRU with the same equations, or None."""
 
     recurrence: str
@@ -169,12 +167,12 @@ REFUSALS = {
 
 
 def takers(option: str) -> list[str]:
-    """The cells whose entries accept ``option`` (of CELL_OPTIONS), in registry order."""
+    """The cells whose entries accept ``option`` (a key of REFUSALS), in registry order."""
     return [name for name, c in CELLS.items() if option in c.options]
 
 
 def refusal(option: str) -> str:
-    """The one message for a cell that does not accept ``option`` (of CELL_OPTIONS): which cells do."""
+    """The one message for a cell that does not accept ``option`` (a key of REFUSALS): which cells do."""
     return REFUSALS[option](takers(option))
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from gradlab import checks
-from gradlab.cells import CELLS, Cell, init_uniform
+from gradlab.cells import CELLS, REFUSALS, Cell, init_uniform
 from gradlab.cli import app
 from gradlab.config import ConfigError, options, validate
 from gradlab.recurrences import RECURRENCES
@@ -160,6 +160,14 @@ def ls_rows() -> dict[str, list[tuple[str, str, str]]]:
             else:  # the row's text wrapped onto this line
                 tables[title][-1] = [f"{a} {b}".strip() for a, b in zip(tables[title][-1], cells)]
     return {t: [tuple(r) for r in rows] for t, rows in tables.items()}
+
+
+def test_every_entry_is_whole():
+    """Each cell's recurrence and options exist, and each recurrence's gates name its parameters' blocks."""
+    for name, cell in CELLS.items():
+        assert cell.recurrence in RECURRENCES and cell.options <= set(REFUSALS), name
+        if "forget_bias" in cell.options:
+            assert RECURRENCES[cell.recurrence].forget_gate in RECURRENCES[cell.recurrence].gates, name
 
 
 def test_ls_lists_each_entry_in_its_own_row():
