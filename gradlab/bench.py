@@ -5,9 +5,10 @@ step, backward, Adam step) on the same data:
 
 - ``engine``: ``RecurrentNet(engine="scan")`` with a ``Probe`` on, so the
   per-step hidden-gradient norms are recorded;
-- ``fused``: torch's own module for the cell (``nn.RNN`` tanh/ReLU,
-  ``nn.LSTM``, ``nn.GRU``; none exists for skip), which cannot record them;
-- ``autograd``: the cell unrolled under autograd (``cells.unroll``) with the
+- ``fused``: torch's own module for the cell, its registry entry's ``fused``
+  twin (``nn.RNN`` tanh/ReLU, ``nn.LSTM``, ``nn.GRU``; none exists for skip),
+  which cannot record them;
+- ``autograd``: the cell unrolled under autograd (``recurrences.unroll``) with the
   Probe on, the usual way to get per-step gradients.
 
 Timings are medians of ``repeats`` rounds after ``warmup`` rounds; within a
@@ -41,12 +42,11 @@ import time
 import torch
 from torch import nn
 
-from gradlab.cells import Probe, RecurrentNet
+from gradlab.cells import CELLS, RecurrentNet
+from gradlab.recurrences import Probe
 from gradlab.training import torch_settings
 from gradlab.vocabulary import CELL_NAMES
 
-FUSED = {"vanilla": (nn.RNN, "tanh"), "irnn": (nn.RNN, "relu"), "orthogonal": (nn.RNN, "tanh"),
-         "lstm": (nn.LSTM, None), "gru": (nn.GRU, None)}
 INPUTS = 2  # input channels, as in the adding task
 SCHEMA = "gradlab.bench/1"  # of `gradlab bench --json`'s rows; new keys keep it, a changed or dropped key bumps it
 
@@ -77,7 +77,7 @@ def _bench_cell(cell, length, batch, hidden, device, repeats, warmup, seed, time
     y = torch.rand(batch, 1, generator=gen).to(device)
     steps = {"engine": _step(_gradlab(cell, hidden, seed, "scan", device), x, y, probe=True),
              "autograd": _step(_gradlab(cell, hidden, seed, "autograd", device), x, y, probe=True)}
-    if cell in FUSED:
+    if CELLS[cell].fused is not None:
         steps["fused"] = _step(_fused(cell, hidden, seed, device), x, y, probe=False)
     times = {name: [] for name in steps}
     for r in range(warmup + repeats):
@@ -102,9 +102,7 @@ class _Fused(nn.Module):
     def __init__(self, cell, hidden, seed):
         super().__init__()
         ref = RecurrentNet(cell, INPUTS, hidden, 1, seed=seed)
-        module, nonlinearity = FUSED[cell]
-        kwargs = {"nonlinearity": nonlinearity} if module is nn.RNN else {}
-        self.rnn = module(INPUTS, hidden, **kwargs)
+        self.rnn = CELLS[cell].fused(INPUTS, hidden)
         with torch.no_grad():
             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
                 getattr(self.rnn, name + "_l0").copy_(getattr(ref, name))

@@ -1,18 +1,12 @@
-"""Recurrent cells: their parameters, initialisation, and a reference step under autograd.
+"""Recurrent cells: the registry of cells, their parameters and initialisation, and the network of them.
 
 Every cell stores its weights under torch's names (``weight_ih``, ``weight_hh``,
 ``bias_ih``, ``bias_hh``, gate blocks stacked in torch's order) so that a cell can
-be checked against ``torch.nn.RNN/LSTM/GRU`` by copying weights across. Four
-*recurrences* serve the six cells:
-
-- ``rnn``  h_t = act(W x_t + b_ih + U h_{t-1} + b_hh)            (vanilla, irnn, orthogonal)
-- ``skip`` h_t = act(W x_t + b_ih + U h_{t-1} + b_hh + S h_{t-k}) (skip)
-- ``lstm`` torch.nn.LSTM's equations, gates (i, f, g, o)
-- ``gru``  torch.nn.GRU's equations, gates (r, z, n)
-
-State shapes: rnn/gru (B, H); lstm a pair (h, c) of (B, H); skip (k, B, H), the
-last k hidden states, oldest first. A stack of layers (``layers > 1``) has a
-list of such states, bottom layer first.
+be checked against ``torch.nn.RNN/LSTM/GRU`` by copying weights across. A cell
+entry names its recurrence (``gradlab.recurrences``: rnn for vanilla, irnn and
+orthogonal; skip; lstm; gru), its initialisation, the options it accepts and
+its fused torch twin. A stack of layers (``layers > 1``) has a list of the
+recurrence's states, bottom layer first.
 
 Remedies that live in the parameters (each cited where it is defined):
 ``init="henaff"`` (Henaff et al. 2016), ``constrain=True`` (U kept orthogonal
@@ -22,6 +16,7 @@ through training), ``forget_bias`` (a constant, or chrono: Tallec & Ollivier
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,18 +25,22 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrizations, parametrize
 
-GATES = {"rnn": 1, "skip": 1, "lstm": 4, "gru": 3}
-ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
+from gradlab.recurrences import RECURRENCES, scan, unroll
 
 
 @dataclass(frozen=True)
 class Cell:
-    """A registry entry: which recurrence, which nonlinearity, how to initialise."""
+    """A registry entry: its recurrence (a key of RECURRENCES), nonlinearity, initialisation, the options
+    it accepts (keys of REFUSALS; validation and ``RecurrentNet`` refuse the others; any other model key
+    applies to every cell), and its fused torch
+    twin for ``bench``: (input_size, hidden) -> an nn.RNN/LSTM/GRU with the same equations, or None."""
 
     recurrence: str
     nonlinearity: str | None
     init: Callable[[nn.Module, torch.Generator], None]
     description: str
+    options: frozenset = frozenset()
+    fused: Callable[[int, int], nn.Module] | None = None
 
 
 def init_uniform(layer: nn.Module, gen: torch.Generator) -> None:
@@ -94,11 +93,6 @@ def init_henaff(layer: nn.Module, gen: torch.Generator) -> None:
 
 INITS = {"henaff": init_henaff}  # model.init: replaces the cell's own initialisation
 
-# The gate block (in torch's stacking order) whose bias sets how much of the old state is kept:
-# LSTM f of (i, f, g, o); GRU z of (r, z, n), since torch's GRU is h_t = (1 - z)·n + z·h_{t-1}.
-FORGET_GATE = {"lstm": 1, "gru": 1}
-
-
 def init_forget_bias(layer: nn.Module, value: float | str, gen: torch.Generator, t_max: int | None = None) -> None:
     """Set the forget-gate bias b_f = bias_ih_f + bias_hh_f of every unit (LSTM f, GRU z).
 
@@ -116,7 +110,8 @@ def init_forget_bias(layer: nn.Module, value: float | str, gen: torch.Generator,
       for torch's z, which plays f's role; it has no separate input gate.
       ``t_max`` is required (T_max - 1 below 1 gives b_f = 0).
     """
-    H, f = layer.hidden, FORGET_GATE[layer.recurrence]
+    gates = RECURRENCES[layer.recurrence].gates
+    H, f = layer.hidden, gates.index(RECURRENCES[layer.recurrence].forget_gate)
     if value == "chrono":
         if t_max is None:
             raise ValueError("chrono forget-gate init needs t_max, the longest expected dependency")
@@ -126,22 +121,70 @@ def init_forget_bias(layer: nn.Module, value: float | str, gen: torch.Generator,
     with torch.no_grad():
         layer.bias_ih[f * H:(f + 1) * H] = b
         layer.bias_hh[f * H:(f + 1) * H] = 0.0
-        if value == "chrono" and layer.recurrence == "lstm":
+        if value == "chrono" and "i" in gates:  # a separate input gate: LSTM's
             layer.bias_ih[:H] = -b  # the input gate, block 0 of (i, f, g, o)
             layer.bias_hh[:H] = 0.0
 
 
+RNN_OPTIONS = frozenset({"omega"})  # Pascanu's Ω is defined for h_t = act(W x_t + U h_(t-1) + b)
 CELLS: dict[str, Cell] = {
-    "vanilla": Cell("rnn", "tanh", init_uniform, "tanh RNN, torch's default uniform init (Elman 1990)"),
-    "irnn": Cell("rnn", "relu", init_irnn, "ReLU RNN with identity recurrence, zero bias (Le et al. 2015)"),
+    "vanilla": Cell("rnn", "tanh", init_uniform, "tanh RNN, torch's default uniform init (Elman 1990)",
+                    RNN_OPTIONS, functools.partial(nn.RNN, nonlinearity="tanh")),
+    "irnn": Cell("rnn", "relu", init_irnn, "ReLU RNN with identity recurrence, zero bias (Le et al. 2015)",
+                 RNN_OPTIONS, functools.partial(nn.RNN, nonlinearity="relu")),
     "orthogonal": Cell("rnn", "tanh", init_orthogonal,
-                       "RNN with orthogonal recurrent init (Saxe et al. 2014; Arjovsky et al. 2016)"),
+                       "RNN with orthogonal recurrent init (Saxe et al. 2014; Arjovsky et al. 2016)",
+                       RNN_OPTIONS | {"nonlinearity", "init", "constrain"},
+                       functools.partial(nn.RNN, nonlinearity="tanh")),
     "skip": Cell("skip", "tanh", init_uniform,
                  "tanh RNN that also reads h[t-k]: a shortcut through time (Chang 2017; Campos 2018)"),
     "lstm": Cell("lstm", None, init_uniform,
-                 "long short-term memory, torch.nn.LSTM's equations (Hochreiter & Schmidhuber 1997)"),
-    "gru": Cell("gru", None, init_uniform, "gated recurrent unit, torch.nn.GRU's equations (Cho et al. 2014)"),
+                 "long short-term memory, torch.nn.LSTM's equations (Hochreiter & Schmidhuber 1997)",
+                 frozenset({"forget_bias"}), nn.LSTM),
+    "gru": Cell("gru", None, init_uniform, "gated recurrent unit, torch.nn.GRU's equations (Cho et al. 2014)",
+                frozenset({"forget_bias"}), nn.GRU),
 }
+
+
+def _cells(names: list[str]) -> str:
+    return f"the {names[0]} cell" if len(names) == 1 else f"the {', '.join(names)} cells"
+
+
+def _and(names: list[str]) -> str:
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
+# What a cell that does not accept an option is told, from the cells that do (validation says it,
+# located, before any run; RecurrentNet says it too): option -> (the accepting cells -> message).
+REFUSALS = {
+    "nonlinearity": lambda c: f"only {_cells(c)} take{'s' * (len(c) == 1)} a nonlinearity",
+    "init": lambda c: f"only {_cells(c)} take{'s' * (len(c) == 1)} an init option",
+    "constrain": lambda c: f"only {_cells(c)} can be kept orthogonal",
+    "forget_bias": lambda c: f"only {_and(c)} ha{'s' if len(c) == 1 else 've'} a forget gate",
+    "omega": lambda c: (f"only for one layer of {_cells(c)} "
+                        f"(Pascanu's Ω is defined for h_t = act(W x_t + U h_(t-1) + b))"),
+}
+
+
+def takers(option: str) -> list[str]:
+    """The cells whose entries accept ``option`` (a key of REFUSALS), in registry order."""
+    return [name for name, c in CELLS.items() if option in c.options]
+
+
+def refusal(option: str) -> str:
+    """The one message for a cell that does not accept ``option`` (a key of REFUSALS): which cells do."""
+    return REFUSALS[option](takers(option))
+
+
+def recurrence_problem(cell: str, engine: str = "autograd") -> str | None:
+    """Why ``cell`` cannot run on ``engine``: an unknown recurrence, or one without a hand-written
+    BPTT under engine scan; None when it can."""
+    name = CELLS[cell].recurrence
+    if name not in RECURRENCES:
+        return f"cell {cell!r} has an unknown recurrence {name!r}; valid: {', '.join(RECURRENCES)}"
+    if engine == "scan" and RECURRENCES[name].scan is None:
+        return f"the {name} recurrence of cell {cell!r} has no hand-written BPTT; use model.engine: autograd"
+    return None
 
 
 class RecurrentLayer(nn.Module):
@@ -154,16 +197,16 @@ class RecurrentLayer(nn.Module):
     def __init__(self, recurrence: str, input_size: int, hidden: int):
         super().__init__()
         self.recurrence, self.hidden = recurrence, hidden
-        g = GATES[recurrence]
+        g = len(RECURRENCES[recurrence].gates)
         self.weight_ih = nn.Parameter(torch.empty(g * hidden, input_size))
         self.weight_hh = nn.Parameter(torch.empty(g * hidden, hidden))
         self.bias_ih = nn.Parameter(torch.empty(g * hidden))
         self.bias_hh = nn.Parameter(torch.empty(g * hidden))
-        if recurrence == "skip":
-            self.weight_skip = nn.Parameter(torch.empty(hidden, hidden))
+        for name in RECURRENCES[recurrence].extra:
+            setattr(self, name, nn.Parameter(torch.empty(hidden, hidden)))
 
     def names(self) -> list[str]:
-        return ["weight_ih", "weight_hh", "bias_ih", "bias_hh"] + (["weight_skip"] if self.recurrence == "skip" else [])
+        return ["weight_ih", "weight_hh", "bias_ih", "bias_hh", *RECURRENCES[self.recurrence].extra]
 
     def recurrent_parameters(self) -> list[torch.Tensor]:
         """The engine's params, in its order; a constrained weight_hh is the tensor its parametrization makes."""
@@ -225,7 +268,7 @@ class RecurrentNet(nn.Module):
             ("skip", skip), ("engine", engine), ("layers", layers), ("constrain", constrain)))
         super().__init__()
         spec = CELLS[cell]
-        _check_options(cell, layers, init, constrain, forget_bias)
+        _check_options(cell, layers, engine, nonlinearity, init, constrain, forget_bias)
         self.cell, self.recurrence, self.hidden, self.engine = cell, spec.recurrence, hidden, engine
         self.nonlinearity = nonlinearity or spec.nonlinearity
         self.skip = skip
@@ -270,14 +313,9 @@ class RecurrentNet(nn.Module):
     def initial_state(self, batch: int, *, device=None, dtype=None):
         """Zeros: one layer's state for a one-layer net, a list of them (bottom first) for a stack."""
         z = lambda *shape: torch.zeros(*shape, device=device, dtype=dtype)  # noqa: E731
-
-        def one():
-            if self.recurrence == "lstm":
-                return (z(batch, self.hidden), z(batch, self.hidden))
-            if self.recurrence == "skip":
-                return z(self.skip, batch, self.hidden)
-            return z(batch, self.hidden)
-        return one() if len(self.layers) == 1 else [one() for _ in self.layers]
+        make = RECURRENCES[self.recurrence].initial_state
+        states = [make(z, batch, self.hidden, self.skip) for _ in self.layers]
+        return states[0] if len(self.layers) == 1 else states
 
     def forward(self, x, state, *, window=None, grad_transform=None, probe=None):
         """x (T, B, I) -> the top layer's hidden states (T, B, H), final state.
@@ -300,13 +338,9 @@ class RecurrentNet(nn.Module):
         return x, (finals if stacked else finals[0])
 
     def _layer(self, layer, x, state, window, grad_transform, probe):
-        params = layer.recurrent_parameters()
-        if self.engine == "autograd":
-            return unroll(self.recurrence, self.nonlinearity, x, state, params,
-                          window=window, grad_transform=grad_transform, probe=probe)
-        from gradlab import engine  # the fast hand-written BPTT (imported lazily: it is large)
-        return engine.scan(self.recurrence, self.nonlinearity, x, state, params,
-                           window=window, grad_transform=grad_transform, probe=probe)
+        run = unroll if self.engine == "autograd" else scan
+        return run(self.recurrence, self.nonlinearity, x, state, layer.recurrent_parameters(),
+                   window=window, grad_transform=grad_transform, probe=probe)
 
 
 def orthonormalize(u: torch.Tensor) -> torch.Tensor:
@@ -315,112 +349,18 @@ def orthonormalize(u: torch.Tensor) -> torch.Tensor:
     return q * torch.sign(torch.diagonal(r)).unsqueeze(0)
 
 
-def _check_options(cell: str, layers: int, init, constrain: bool, forget_bias) -> None:
+def _check_options(cell: str, layers: int, engine: str, nonlinearity, init, constrain: bool, forget_bias) -> None:
     """The options' preconditions (config validation reports the same, located, before any run)."""
-    recurrence = CELLS[cell].recurrence
     if layers < 1:
         raise ValueError(f"layers must be at least 1, got {layers}")
-    if init is not None and (init not in INITS or cell != "orthogonal"):
-        raise ValueError(f"init {init!r}: only the orthogonal cell takes an init option ({', '.join(INITS)})")
-    if constrain and cell != "orthogonal":
-        raise ValueError(f"constrain: only the orthogonal cell can be kept orthogonal, not {cell}")
-    if forget_bias is not None and recurrence not in FORGET_GATE:
-        raise ValueError(f"forget_bias: only {' and '.join(FORGET_GATE)} have a forget gate, not {cell}")
-
-
-class Probe:
-    """Receives the per-step hidden-gradient norms during the backward pass.
-
-    After ``loss.backward()``, ``norms`` is a (T, B) tensor: ‖∂L/∂h_t‖ for each
-    step t and sample b, the total derivative through the recurrence.
-    """
-
-    def __init__(self):
-        self.norms: torch.Tensor | None = None
-
-
-# ---------------------------------------------------------------------------
-# Reference path: the cells unrolled step by step under autograd.
-
-def rnn_step(x_t, h, p, act):
-    w_ih, w_hh, b_ih, b_hh = p
-    return act(x_t @ w_ih.T + b_ih + h @ w_hh.T + b_hh)
-
-
-def skip_step(x_t, h, h_skip, p, act):
-    w_ih, w_hh, b_ih, b_hh, w_skip = p
-    return act(x_t @ w_ih.T + b_ih + h @ w_hh.T + b_hh + h_skip @ w_skip.T)
-
-
-def lstm_step(x_t, state, p):
-    """torch.nn.LSTM's step (its documentation's equations), gates (i, f, g, o)."""
-    w_ih, w_hh, b_ih, b_hh = p
-    h, c = state
-    i, f, g, o = (x_t @ w_ih.T + b_ih + h @ w_hh.T + b_hh).chunk(4, dim=1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
-
-
-def gru_step(x_t, h, p):
-    """torch.nn.GRU's step: r, z gates; n = tanh(W_in x + b_in + r * (U_n h + b_hn))."""
-    w_ih, w_hh, b_ih, b_hh = p
-    gi, gh = x_t @ w_ih.T + b_ih, h @ w_hh.T + b_hh
-    ir, iz, in_ = gi.chunk(3, dim=1)
-    hr, hz, hn = gh.chunk(3, dim=1)
-    r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
-    n = torch.tanh(in_ + r * hn)
-    return (1 - z) * n + z * h
-
-
-def _detach(state):
-    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
-
-
-def unroll(recurrence, nonlinearity, x, state, params, *, window=None, grad_transform=None, probe=None):
-    """The autograd reference: x (T, B, I) -> (hs (T, B, H), final state).
-
-    Slow (one autograd node per operation per step) but obviously correct; the
-    engine is tested against it.
-    """
-    act = ACTIVATIONS.get(nonlinearity)
-    T = x.shape[0]
-    hs = []
-    norms = {}  # this forward's (T, B) probe tensor, made fresh by its first hook
-    if recurrence == "skip":
-        past = list(state.unbind(0))  # the last k states, oldest first
-    for t in range(T):
-        if window and t > 0 and t % window == 0:  # truncation: cut the recurrence here
-            state = _detach(state)
-            if recurrence == "skip":
-                past = [p.detach() for p in past]
-        if recurrence == "rnn":
-            state = h = rnn_step(x[t], state, params, act)
-        elif recurrence == "skip":
-            h = skip_step(x[t], past[-1], past[0], params, act)
-            past = past[1:] + [h]
-        elif recurrence == "lstm":
-            state = lstm_step(x[t], state, params)
-            h = state[0]
-        else:
-            state = h = gru_step(x[t], state, params)
-        if h.requires_grad and (grad_transform or probe):
-            h.register_hook(_hidden_hook(t, T, grad_transform, probe, norms))
-        hs.append(h)
-    if recurrence == "skip":
-        state = torch.stack(past)
-        # the final state is a view of hs' last k entries: keep them linked for autograd
-    return torch.stack(hs), state
-
-
-def _hidden_hook(t, T, grad_transform, probe, norms):
-    def hook(g):  # g: total ∂L/∂h_t, (B, H)
-        if grad_transform is not None:
-            g = grad_transform(t, g)
-        if probe is not None:
-            # a fresh tensor per forward: a reused Probe never overwrites (or mis-shapes) earlier norms
-            if "norms" not in norms:
-                norms["norms"] = g.new_zeros(T, g.shape[0])
-            probe.norms = norms["norms"]
-            probe.norms[t] = g.detach().norm(dim=-1)
-        return g
-    return hook
+    if problem := recurrence_problem(cell, engine):
+        raise ValueError(problem)
+    options = CELLS[cell].options
+    if nonlinearity is not None and "nonlinearity" not in options:
+        raise ValueError(f"nonlinearity {nonlinearity!r}: {refusal('nonlinearity')}, not {cell}")
+    if init is not None and (init not in INITS or "init" not in options):
+        raise ValueError(f"init {init!r}: {refusal('init')} ({', '.join(INITS)})")
+    if constrain and "constrain" not in options:
+        raise ValueError(f"constrain: {refusal('constrain')}, not {cell}")
+    if forget_bias is not None and "forget_bias" not in options:
+        raise ValueError(f"forget_bias: {refusal('forget_bias')}, not {cell}")

@@ -1,43 +1,29 @@
-"""Experiment configs: defaults in code, YAML overrides, validation, and the runs a config expands to.
+"""Experiment configs: defaults in code, YAML overrides, loading, and the runs (with their ids) a config expands to.
 
 A config file states only what differs from the defaults below. ``load``
 parses it, applies ``--set`` overrides, checks *every* key at once and
 expands ``grid`` × ``seeds`` into runs. Every problem is reported as one line
 ``file:line: key.path: message`` in a single ``ConfigError``. Reading the file
-(YAML with line numbers) is ``gradlab.yamlfile``'s; the grid's points and the checks
-between keys on each of them are ``gradlab.grid``'s.
+(YAML with line numbers) is ``gradlab.yamlfile``'s; the rules a config must follow
+and their evaluation are ``gradlab.rules``'; the grid's points and their resolution
+``gradlab.grid``'s.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gradlab import expectations
-from gradlab.cells import CELLS, INITS
+from gradlab.cells import takers
 from gradlab.diagnostics import Thresholds
-from gradlab.grid import check_between_keys, check_grid, check_same_runs, expand, set_in_grid, too_many_runs
-from gradlab.remedies import CLIPS
-from gradlab.tasks import TASKS, resolve
-from gradlab.vocabulary import (
-    COLUMN_KEYS,
-    DTYPES,
-    ENGINES,
-    FULL_BPTT,
-    MAX_ID_BYTES,
-    OPTIMIZERS,
-    clip_label,
-    config_columns,
-    config_hash,
-    format_run_id,
-    tbptt_label,
-)
+from gradlab.grid import VARIANT_SECTIONS, set_in_grid, value_label
+from gradlab.remedies import resolve_clip
+from gradlab.rules import CHECKS, check
+from gradlab.vocabulary import config_hash, format_run_id
 from gradlab.yamlfile import (
     ConfigError,
-    did_you_mean,
     get_path,
     header_comment,
     in_file_order,
@@ -105,7 +91,6 @@ class Config:
 
 
 SECTIONS = {"task": TaskConfig, "model": ModelConfig, "train": TrainConfig, "diagnostics": Thresholds}
-VARIANT_SECTIONS = ("task", "model", "train")  # a grid may list variants of these: grid: {model: [{cell: lstm}, ...]}
 # where a run ran does not change what it is
 NOT_IN_RUN_ID = ("device", "threads")
 # Thresholds change a run's verdicts, so they are hashed; a section left entirely at its defaults is not,
@@ -122,163 +107,6 @@ class Run:
     overrides: dict       # the grid values that make this run (dotted path -> value)
 
 
-# ---------------------------------------------------------------------------
-# Checks of single values; each returns an error message or None.
-
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _choice(registry, what):
-    def check(v):
-        if not isinstance(v, str):
-            return f"expected a {what} name (string), got {v!r}"
-        if v not in registry:
-            return f"unknown {what} {v!r}{did_you_mean(v, registry)}; valid: {', '.join(registry)}"
-    return check
-
-
-def _int_at_least(lo):
-    def check(v):
-        if not _is_int(v):
-            return f"expected an integer, got {v!r}"
-        if v < lo:
-            return f"must be at least {lo}, got {v}"
-    return check
-
-
-def _positive_number(v):
-    if not _is_number(v):
-        return f"expected a number, got {v!r}"
-    if not v > 0:
-        return f"must be positive, got {v}"
-
-
-def _non_negative_number(v):
-    if not _is_number(v):
-        return f"expected a number, got {v!r}"
-    if not v >= 0:
-        return f"must be zero or positive, got {v}"
-
-
-def _percentile(v):
-    if not _is_number(v):
-        return f"expected a number, got {v!r}"
-    if not 0 < v <= 100:
-        return f"must be in (0, 100], got {v}"
-
-
-def _fraction(v):
-    if not _is_number(v):
-        return f"expected a number, got {v!r}"
-    if not 0 < v < 1:
-        return f"must be between 0 and 1 (exclusive), got {v}"
-
-
-def _above_one(v):
-    if not _is_number(v):
-        return f"expected a number, got {v!r}"
-    if not v > 1:
-        return f"must be greater than 1, got {v}"
-
-
-def _string(v):
-    if not isinstance(v, str):
-        return f"expected a string, got {v!r}"
-
-
-def _optional(check):
-    return lambda v: None if v is None else check(v)
-
-
-def _name(v):
-    """The experiment name is a directory name under --out."""
-    if not isinstance(v, str) or not v or not all(c.isalnum() or c in "-_." for c in v) or v[0] == ".":
-        return f"expected a name of letters, digits, '-', '_' or '.', got {v!r}"
-    if len(v.encode()) > MAX_ID_BYTES:  # a directory name, like a run id
-        return f"at most {MAX_ID_BYTES} bytes (a directory name), got {len(v.encode())}"
-
-
-def _device(v):
-    if not isinstance(v, str) or not (v == "cpu" or v == "cuda" or v.startswith("cuda:")):
-        return f"expected cpu, cuda or cuda:N, got {v!r}"
-
-
-def _seeds(v):
-    if not isinstance(v, list) or not v:
-        return f"expected a non-empty list of integers, got {v!r}"
-    bad = [s for s in v if not _is_int(s) or s < 0]
-    if bad:
-        return f"seeds must be non-negative integers, got {bad!r}"
-    if len(set(v)) != len(v):
-        return f"seeds repeat: {v!r}"
-
-
-def _clip(v):
-    try:
-        resolve_clip(v)
-    except ValueError as e:
-        return str(e)
-
-
-def _bool(v):
-    if not isinstance(v, bool):
-        return f"expected true or false, got {v!r}"
-
-
-def _forget_bias(v):
-    if not (_is_number(v) or v == "chrono"):
-        return f"expected a number or chrono, got {v!r}"
-
-
-def _tbptt(v):
-    try:
-        resolve_tbptt(v)
-    except ValueError as e:
-        return str(e)
-
-
-CHECKS = {
-    "name": _name,
-    "task.name": _choice(TASKS, "task"),
-    "task.length": _int_at_least(2),
-    "task.eval_size": _int_at_least(1),
-    "task.variant": _optional(_string),
-    "model.cell": _choice(CELLS, "cell"),
-    "model.hidden": _int_at_least(1),
-    "model.nonlinearity": _optional(_choice({"tanh": 0, "relu": 0}, "nonlinearity")),
-    "model.skip": _int_at_least(1),
-    "model.engine": _choice(dict.fromkeys(ENGINES), "engine"),
-    "model.layers": _int_at_least(1),
-    "model.init": _optional(_choice(INITS, "init")),
-    "model.constrain": _bool,
-    "model.forget_bias": _optional(_forget_bias),
-    "train.steps": _int_at_least(1),
-    "train.batch_size": _int_at_least(1),
-    "train.optimizer": _choice(OPTIMIZERS, "optimizer"),
-    "train.lr": _positive_number,
-    "train.clip": _clip,
-    "train.tbptt": _tbptt,
-    "train.eval_every": _int_at_least(1),
-    "train.log_every": _int_at_least(1),
-    "train.on_nonfinite": _choice({"skip": 0, "stop": 0}, "on_nonfinite policy"),
-    "train.omega": _non_negative_number,
-    "train.weight_decay": _non_negative_number,
-    "diagnostics.horizon_fraction": _fraction,
-    "diagnostics.vanishing_ratio": _fraction,
-    "diagnostics.spike_factor": _above_one,
-    "diagnostics.spike_window": _int_at_least(1),
-    "seeds": _seeds,
-    "device": _device,
-    "dtype": _choice(dict.fromkeys(DTYPES), "dtype"),
-    "threads": _int_at_least(1),
-}
-
-
 def unchecked(config_cls, sections: dict, checks: dict) -> list[str]:
     """Dotted keys of the dataclasses without a check, and checks of no key (``grid`` is checked apart).
 
@@ -293,145 +121,49 @@ def unchecked(config_cls, sections: dict, checks: dict) -> list[str]:
 if unchecked(Config, SECTIONS, CHECKS):  # at import: a new field cannot ship without its check
     raise TypeError(f"config keys and CHECKS differ: {', '.join(unchecked(Config, SECTIONS, CHECKS))}")
 
-# Remedies a config sets by key (the others are named in a registry), for `gradlab ls`:
-# dotted key -> (its values, one line with the source).
-OPTIONS = {
-    "model.layers": ("N >= 1", "N layers of the cell stacked, layer l's states are layer l+1's inputs; "
-                               "profiles per layer (Graves et al. 2013; Pascanu et al. 2014)"),
-    "model.init": ("null | henaff", "orthogonal cell: U = exp(A), A block-diagonal skew-symmetric with 2x2 "
-                                    "blocks, angles ~ U[-pi, pi] (Henaff, Szlam & LeCun 2016)"),
-    "model.constrain": ("false | true", "orthogonal cell: U kept orthogonal through training, U = B·exp(A) "
-                                        "(Lezcano-Casado & Martinez-Rubio 2019)"),
-    "model.forget_bias": ("null | number | chrono", "lstm, gru: forget-gate bias, a constant (Gers et al. 2000) "
-                                                     "or log U[1, T_max-1] (chrono: Tallec & Ollivier 2018)"),
-    "train.tbptt": ("null | k | {k1, k2}", "truncated BPTT: update every k1 steps, back-propagating k2 >= k1 "
-                                           "steps (Williams & Peng 1990)"),
-    "train.omega": ("alpha >= 0", "Pascanu's regulariser: keeps ‖δ_t ∂h_t/∂h_(t-1)‖ near ‖δ_t‖, weight alpha "
-                                  "(Pascanu, Mikolov & Bengio 2013, eq. 9); vanilla, irnn, orthogonal"),
-    "train.weight_decay": ("lambda >= 0", "L2 on the input and recurrent weight matrices, not biases or the "
-                                          "readout (Krogh & Hertz 1992)"),
-}
-
-# The parameters of the clipping rules in gradlab.remedies.CLIPS, by name.
-CLIP_PARAM_CHECKS = {
-    "max_norm": _positive_number,        # norm, param_norm
-    "clip_value": _positive_number,      # value
-    "percentile": _percentile,           # autoclip
-    "clipping": _positive_number,        # agc: λ
-    "alpha": _fraction,                  # zclip: the EMA's factor
-    "z_thresh": _positive_number,        # zclip
-    "warmup": _int_at_least(1),          # zclip: the statistics need one norm (the code treats 0 as 1)
-    "threshold": _positive_number,       # recurrent
-    "mode": _choice({"value": 0, "norm": 0}, "recurrent clip mode"),  # recurrent
-}
-
-
-def resolve_tbptt(v) -> int | dict | None:
-    """``null`` | ``k`` | ``{k1: 5, k2: 10}`` -> None | k | {"k1": 5, "k2": 10}; {k1: k, k2: k} -> k.
-
-    TBPTT(k1, k2) (Williams & Peng 1990): update every k1 steps, back-propagating
-    k2 >= k1 steps; the plain window k is k1 = k2 = k, written as the integer.
-    """
-    if v is None or (_is_int(v) and v >= 1):
-        return v
-    if _is_int(v):
-        raise ValueError(f"a window must be at least 1 step, got {v}")
-    if not isinstance(v, dict):
-        raise ValueError(f"expected null, a window length (integer) or {{k1: ..., k2: ...}}, got {v!r}")
-    problems = [f"tbptt has no key {k!r}{did_you_mean(k, ('k1', 'k2'))}; valid: k1, k2"
-                for k in v if k not in ("k1", "k2")]
-    problems += [f"tbptt.{k}: missing" for k in ("k1", "k2") if k not in v]
-    problems += [f"tbptt.{k}: {msg}" for k in ("k1", "k2") if k in v and (msg := _int_at_least(1)(v[k]))]
-    if not problems and v["k2"] < v["k1"]:
-        problems.append(f"tbptt: k2 (steps back-propagated) must be at least k1 (steps per update), "
-                        f"got k1={v['k1']}, k2={v['k2']}")
-    if problems:
-        raise ValueError("\n".join(problems))
-    return v["k1"] if v["k1"] == v["k2"] else {"k1": v["k1"], "k2": v["k2"]}
-
-
-def resolve_clip(v) -> dict:
-    """``none`` | ``norm`` | ``{kind: norm, max_norm: 2}`` -> ``{"kind": "norm", "max_norm": 2.0}``.
-
-    Every parameter is checked; a ValueError lists each problem on its own line.
-    """
-    if isinstance(v, str):
-        v = {"kind": v}
-    if not isinstance(v, dict):
-        raise ValueError(f"expected a clip kind or a mapping with 'kind', got {v!r}")
-    kind = v.get("kind")
-    if kind not in CLIPS:
-        raise ValueError(f"unknown clip kind {kind!r}{did_you_mean(kind, CLIPS)}; valid: {', '.join(CLIPS)}")
-    rule = CLIPS[kind]
-    resolved, problems = {"kind": kind}, []
-    for k in v:
-        if k != "kind" and k not in rule.params:
-            valid = ", ".join(rule.params) or "none"
-            problems.append(f"clip {kind!r} has no parameter {k!r}{did_you_mean(k, rule.params)}; "
-                            f"valid: {valid}")
-    for k, default in rule.params.items():
-        val = v.get(k, default)
-        msg = CLIP_PARAM_CHECKS[k](val)
-        if msg:
-            problems.append(f"clip {kind}.{k}: {msg}")
-        else:  # 1 -> 1.0 where the parameter is a float, so equal specs resolve (and hash) alike
-            resolved[k] = float(val) if isinstance(default, float) else val
-    if problems:
-        raise ValueError("\n".join(problems))
-    return resolved
+def options() -> dict[str, tuple[str, str]]:
+    """Remedies a config sets by key (the others are named in a registry), for `gradlab ls`:
+    dotted key -> (its values, one line with the source); the cells each applies to from their entries."""
+    def cells(option):
+        names = takers(option)
+        return f"{names[0]} cell" if len(names) == 1 else f"{', '.join(names)} cells"
+    return {
+        "model.layers": ("N >= 1", "N layers of the cell stacked, layer l's states are layer l+1's inputs; "
+                                   "profiles per layer (Graves et al. 2013; Pascanu et al. 2014)"),
+        "model.init": ("null | henaff", f"{cells('init')}: U = exp(A), A block-diagonal skew-symmetric with 2x2 "
+                                        "blocks, angles ~ U[-pi, pi] (Henaff, Szlam & LeCun 2016)"),
+        "model.constrain": ("false | true", f"{cells('constrain')}: U kept orthogonal through training, "
+                                            "U = B·exp(A) (Lezcano-Casado & Martinez-Rubio 2019)"),
+        "model.forget_bias": ("null | number | chrono", f"{', '.join(takers('forget_bias'))}: forget-gate bias, a "
+                                                         "constant (Gers et al. 2000) or log U[1, T_max-1] (chrono: "
+                                                         "Tallec & Ollivier 2018)"),
+        "train.tbptt": ("null | k | {k1, k2}", "truncated BPTT: update every k1 steps, back-propagating k2 >= k1 "
+                                               "steps (Williams & Peng 1990)"),
+        "train.omega": ("alpha >= 0", "Pascanu's regulariser: keeps ‖δ_t ∂h_t/∂h_(t-1)‖ near ‖δ_t‖, weight alpha "
+                                      f"(Pascanu, Mikolov & Bengio 2013, eq. 9); {', '.join(takers('omega'))}"),
+        "train.weight_decay": ("lambda >= 0", "L2 on the input and recurrent weight matrices, not biases or the "
+                                              "readout (Krogh & Hertz 1992)"),
+    }
 
 
 # ---------------------------------------------------------------------------
-# Validation and expansion.
+# Validation and run ids.
 
 def _defaults() -> dict:
     return dataclasses.asdict(Config())
 
 
-def _check_keys(data: dict, where, problems: list[str], bad: set[str]) -> None:
-    """Unknown keys at the top level and in each section; a section that is not a mapping goes to ``bad``."""
-    top = [f.name for f in dataclasses.fields(Config)] + ["expect"]
-    for k in data:
-        if k not in top:
-            problems.append(f"{where(k)}: unknown key {k!r}{did_you_mean(k, top)}")
-    for section, cls in SECTIONS.items():
-        value = data.get(section)
-        if value is None:
-            continue
-        if not isinstance(value, dict):
-            problems.append(f"{where(section)}: expected a mapping, got {value!r}")
-            bad.add(section)
-            continue
-        names = [f.name for f in dataclasses.fields(cls)]
-        for k in value:
-            if k not in names:
-                problems.append(f"{where(f'{section}.{k}')}: unknown key {section}.{k}"
-                                f"{did_you_mean(k, names)}; valid: {', '.join(names)}")
+def validate(data: dict, source: str = "<config>", lines: dict | None = None,
+             set_paths: tuple = (), problems: tuple | list = ()) -> list[Run]:
+    """Check everything at once (``gradlab.rules.check``); return the expanded runs or raise ConfigError
+    with every problem, in file order.
 
-
-def _check_values(data: dict, where, problems: list[str], bad: set[str]) -> None:
-    """Each key's own value; the paths of wrong ones go to ``bad``."""
-    for path, check in CHECKS.items():
-        try:
-            value = get_path(data, path)
-        except (KeyError, TypeError):
-            continue  # absent: the default applies
-        msg = check(value)
-        if msg:  # one line per problem (a clip spec may have several)
-            bad.add(path)
-            problems += [f"{where(path)}: {line}" for line in msg.splitlines()]
-
-
-def _value_label(path: str, value) -> str:
-    """A grid value as problems and run ids name it: norm(1.0) for a clip spec, full for full BPTT, {cell: lstm}
-    for a section (run ids write a section their own way)."""
-    if path == "train.clip":
-        return clip_label(resolve_clip(value))
-    if path == "train.tbptt":
-        return FULL_BPTT if value is None else str(tbptt_label(resolve_tbptt(value)))
-    if path in SECTIONS:
-        return "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
-    return str(value)
+    ``problems`` are those found earlier (keys given twice, malformed --set), reported with the rest.
+    """
+    checked = check(data, locator(source, lines or {}, set_paths), _defaults())
+    if problems or checked.problems:
+        raise ConfigError(in_file_order([*problems, *checked.problems], source))
+    return [Run(run_id(cfg, overrides), cfg, overrides) for cfg, overrides in checked.runs]
 
 
 @functools.cache
@@ -468,132 +200,11 @@ def run_id(cfg: dict, overrides: dict) -> str:
     """
     parts = []
     for path, value in overrides.items():
-        if path in SECTIONS:
+        if path in VARIANT_SECTIONS:
             parts.append(",".join(f"{k}={v}" for k, v in value.items()))
         else:  # a tbptt of 5/10 becomes 5-10 below
-            parts.append(f"{path.split('.')[-1]}={_value_label(path, value)}")
+            parts.append(f"{path.split('.')[-1]}={value_label(path, value)}")
     return format_run_id(parts, cfg["seed"], config_hash(_identity(cfg)))
-
-
-def _base(data: dict, bad: set[str]) -> dict:
-    """The defaults with the config's valid values over them (a wrong value's default stands in)."""
-    base = _defaults()
-    for path in CHECKS:
-        if path in bad or path.split(".")[0] in bad:
-            continue
-        try:
-            value = get_path(data, path)
-        except (KeyError, TypeError):
-            continue  # absent: the default applies
-        set_path(base, path, copy.deepcopy(value))
-    return base
-
-
-def _length_given(data: dict) -> bool:
-    """Whether the config (or --set) states task.length itself, so no task's own default applies."""
-    return isinstance(data.get("task"), dict) and "length" in data["task"]
-
-
-def _task_default_length(task_cfg: dict) -> int:
-    """task.length for a point that states none: the task's own default (digits: 64), else TaskConfig's."""
-    try:
-        own = resolve(task_cfg).default_length
-    except ValueError:  # an unknown task or variant: reported by its own check
-        own = None
-    return TaskConfig.length if own is None else own
-
-
-def _resolve_point(base: dict, point: dict, length_given: bool = True) -> dict:
-    """One grid point's resolved config, without its seed; ``point`` is {dotted path: (index, value)}.
-
-    ``length_given``: the config states task.length; if not, and the point does not either, the
-    point's task gets its own default length.
-    """
-    cfg = copy.deepcopy(base)
-    for path, (_, value) in point.items():
-        if path in SECTIONS:  # a section variant: its keys over the section
-            cfg[path].update(copy.deepcopy(value))
-        else:
-            set_path(cfg, path, copy.deepcopy(value))
-    if not (length_given or "task.length" in point or "length" in point.get("task", (None, {}))[1]):
-        cfg["task"]["length"] = _task_default_length(cfg["task"])
-    cfg.pop("grid")
-    cfg.pop("seeds")
-    cfg["train"]["clip"] = resolve_clip(cfg["train"]["clip"])
-    cfg["train"]["tbptt"] = resolve_tbptt(cfg["train"]["tbptt"])
-    # 50 -> 50.0 where the threshold is a float, so equal settings hash alike
-    cfg["diagnostics"] = {k: float(v) if isinstance(getattr(Thresholds, k), float) else v
-                          for k, v in cfg["diagnostics"].items()}
-    return cfg
-
-
-def _column_key(column: str) -> str:
-    """An ``expect:`` grouping column's config key (``gradlab.vocabulary.COLUMN_KEYS``)."""
-    return COLUMN_KEYS.get(column) or next(
-        (f"{s}.{column}" for s in ("task", "model", "train") if f"{s}.{column}" in CHECKS), column)
-
-
-def _check_expect(entries, runs: list[Run], where, unsure: set[str]) -> list[str]:
-    """The ``expect:`` list: syntax, known columns, and every ``where`` matching some run.
-
-    A selector on a key in ``unsure`` (wrong, or some of its grid values wrong) is not matched: the
-    runs it would match may be missing for that reason, which is reported already.
-    """
-    rows = [config_columns(r.config) for r in runs]
-    columns = [c for c in rows[0] if c not in ("experiment", "device", "threads")]
-    parsed, problems = expectations.parse(entries, columns)
-    out = [f"{where(path)}: {msg}" for path, msg in problems]
-    for exp in parsed:
-        for key, selector in (("where", exp.where), ("versus", exp.versus or {})):
-            keys = [_column_key(k) for k in selector]
-            if any(k not in columns for k in selector) or any(k in unsure or k.split(".")[0] in unsure
-                                                              for k in keys + ["grid"]):
-                continue
-            if selector and not any(expectations.matches(row, selector) for row in rows):
-                out.append(f"{where(f'expect[{exp.index}].{key}')}: matches no run of this config: "
-                           + ", ".join(f"{k}={v!r}" for k, v in selector.items()))
-    return out
-
-
-def validate(data: dict, source: str = "<config>", lines: dict | None = None,
-             set_paths: tuple = (), problems: tuple | list = ()) -> list[Run]:
-    """Check everything at once; return the expanded runs or raise ConfigError with every problem.
-
-    ``problems`` are those found earlier (keys given twice, malformed --set), reported with the rest.
-    Constraints between keys are checked wherever the keys involved are valid, on the runs the valid
-    part of the config expands to.
-    """
-    where = locator(source, lines or {}, set_paths)
-    problems, bad = list(problems), set()
-    _check_keys(data, where, problems, bad)
-    _check_values(data, where, problems, bad)
-    grid = check_grid(data["grid"], CHECKS, VARIANT_SECTIONS, where, problems, bad) if "grid" in data else {}
-    if data.get("grid") == {}:
-        problems.append(f"{where('grid')}: the grid is empty; remove it or give it keys")
-    base, length_given = _base(data, bad), _length_given(data)
-    huge = too_many_runs(grid, len(base["seeds"]), where)
-    if huge:  # nothing else can be checked without expanding it
-        raise ConfigError(in_file_order(problems + [huge], source))
-    points = expand(grid)
-    configs = [_resolve_point(base, point, length_given) for point in points]
-    problems += check_between_keys(data, points, configs, bad, where, _value_label)
-    problems += check_same_runs(grid, points, configs, functools.partial(_resolve_point, base,
-                                                                         length_given=length_given),
-                                where, _value_label)
-    runs = []
-    for point, cfg in zip(points, configs):
-        overrides = {path: value for path, (_, value) in point.items()}
-        for seed in base["seeds"]:
-            run = {**copy.deepcopy(cfg), "seed": seed}
-            runs.append(Run(run_id(run, overrides), run, overrides))
-    if "expect" in data:
-        given = data["grid"] if isinstance(data.get("grid"), dict) else {}
-        unsure = bad | {p for p, values in given.items()
-                        if p not in grid or (isinstance(values, list) and len(grid[p]) < len(values))}
-        problems += _check_expect(data["expect"], runs, where, unsure)
-    if problems:
-        raise ConfigError(in_file_order(problems, source))
-    return runs
 
 
 @dataclass

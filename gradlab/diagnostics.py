@@ -60,7 +60,6 @@ class Thresholds:
 
 DEFAULTS = Thresholds()
 
-GATE_NAMES = {1: ("",), 3: ("r", "z", "n"), 4: ("i", "f", "g", "o")}  # torch's stacking order
 
 
 # ---------------------------------------------------------------------------
@@ -139,11 +138,12 @@ def _slope(x: np.ndarray, y: np.ndarray) -> float:
 # ---------------------------------------------------------------------------
 # The recurrent matrix.
 
-def recurrent_spectrum(weight_hh, gates: int = 1) -> dict:
+def recurrent_spectrum(weight_hh, gates: tuple[str, ...] = ("",)) -> dict:
     """Spectral radius (max |eigenvalue|) and largest singular value of the recurrent matrix.
 
-    weight_hh: (gates·H, H), torch's layout, gate blocks stacked in torch's order.
-    One block (``gates=1``): keys ``spectral_radius`` and ``sigma_max``. Gated
+    weight_hh: (G·H, H), torch's layout, the G gate blocks stacked in torch's order;
+    gates: their names, as the recurrence's registry entry gives them (``recurrences.RECURRENCES``).
+    One block (``gates=("",)``): keys ``spectral_radius`` and ``sigma_max``. Gated
     cells: the same two figures for the H×H block of each gate, keyed by gate,
     LSTM (i, f, g, o) -> ``spectral_radius_i`` … ``sigma_max_o``, GRU (r, z, n).
     σ_max < 1/γ suffices for the long-term gradient through that block to vanish
@@ -155,12 +155,12 @@ def recurrent_spectrum(weight_hh, gates: int = 1) -> dict:
     import torch
 
     w = torch.as_tensor(weight_hh).detach().to("cpu", torch.float64)
-    if gates not in GATE_NAMES or w.ndim != 2 or w.shape[0] != gates * w.shape[1]:
-        raise ValueError(f"expected a ({gates}·H, H) matrix with gates in {sorted(GATE_NAMES)}, "
-                         f"got shape {tuple(w.shape)} and gates={gates}")
+    if not gates or w.ndim != 2 or w.shape[0] != len(gates) * w.shape[1]:
+        raise ValueError(f"expected a ({len(gates)}·H, H) matrix for the gates {gates}, "
+                         f"got shape {tuple(w.shape)}")
     finite = bool(torch.isfinite(w).all())
     out = {}
-    for name, block in zip(GATE_NAMES[gates], w.split(w.shape[1])):
+    for name, block in zip(gates, w.split(w.shape[1])):
         suffix = f"_{name}" if name else ""
         radius = torch.linalg.eigvals(block).abs().max().item() if finite else math.nan
         sigma = torch.linalg.matrix_norm(block, ord=2).item() if finite else math.nan

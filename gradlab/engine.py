@@ -1,17 +1,18 @@
 """The fast path: back-propagation through time written out by hand.
 
-``scan`` runs one recurrent layer over a sequence. Each recurrence is a
+``scan`` runs one recurrent layer over a sequence. Each recurrence has a kernel
+here (its ``recurrences.RECURRENCES`` entry names it) around a
 ``torch.autograd.Function`` whose forward loops over time *without* building an
 autograd graph and whose backward is BPTT written out (Werbos 1990,
 "Backpropagation through time: what it does and how to do it"; Williams &
 Zipser 1995): a sweep from the last step to the first computes the total
 ∂L/∂h_t and the gradient of every pre-activation, and the weight gradients are
 matmuls over many steps at once. The sweep holds ∂L/∂h_t of every step, so
-the per-step gradient norms (``cells.Probe``) and a per-step transform
+the per-step gradient norms (``recurrences.Probe``) and a per-step transform
 (recurrent-gradient clipping) cost next to nothing here, where a fused
 ``nn.RNN``/``nn.LSTM`` cannot expose them at all.
 
-Semantics are exactly those of the autograd reference ``cells.unroll`` (tested
+Semantics are exactly those of the autograd reference ``recurrences.unroll`` (tested
 against it and against torch's modules):
 
 - ``window``: truncated BPTT (Williams & Peng 1990). Before every step t with
@@ -26,7 +27,7 @@ against it and against torch's modules):
   It may modify g in place or return a new tensor; it is called once per
   step, from t = T-1 down to 0.
 - ``probe``: after backward, ``probe.norms`` (T, B) holds ‖∂L/∂h_t‖, recorded
-  *after* grad_transform, as ``cells.unroll``'s hooks record it.
+  *after* grad_transform, as ``recurrences.unroll``'s hooks record it.
 
 How it is made fast (CPU, one thread; REFERENCE §6). Forward: the input term
 W x_t + b of all steps is one matmul before the loop; each step then adds the
@@ -63,33 +64,44 @@ from torch.autograd.function import once_differentiable
 aten = torch.ops.aten
 
 
-def scan(recurrence, nonlinearity, x, state, params, *, window=None, grad_transform=None, probe=None):
-    """Run a recurrence over x (T, B, I) -> (hs (T, B, H), final state).
+def scan(kernel, nonlinearity, x, state, params, *, window=None, grad_transform=None, probe=None):
+    """Run one recurrence's ``kernel`` (``elman``, ``skip``, ``lstm``, ``gru``) over x (T, B, I) -> (hs (T, B, H),
+    final state).
 
-    recurrence: "rnn" | "skip" | "lstm" | "gru"; nonlinearity "tanh" | "relu"
-    for rnn and skip. params: [weight_ih, weight_hh, bias_ih, bias_hh] in
-    torch's layouts (+ weight_skip (H, H) for skip). state: rnn/gru (B, H),
-    lstm (h, c), skip (k, B, H) the last k states, oldest first. The final
-    state has the same structure as ``state``.
+    A recurrence's registry entry (``recurrences.RECURRENCES``) names its kernel; ``recurrences.scan`` looks it up.
+    nonlinearity "tanh" | "relu" for elman and skip. params: [weight_ih, weight_hh, bias_ih, bias_hh] in
+    torch's layouts (+ weight_skip (H, H) for skip). state: elman/gru (B, H), lstm (h, c), skip (k, B, H)
+    the last k states, oldest first. The final state has the same structure as ``state``.
     """
     if window is not None and window < 0:
         raise ValueError(f"window must be a positive number of steps, or None/0 for full BPTT; got {window}")
     if x.shape[0] == 0:
         raise ValueError("x has no time steps")
-    opts = _Options(nonlinearity, window or None, grad_transform, probe)
-    if recurrence == "rnn":
-        hs = _ElmanScan.apply(x, state.unsqueeze(0), *params, None, opts)
-        return hs, hs[-1]
-    if recurrence == "skip":
-        hs = _ElmanScan.apply(x, state, *params, opts)
-        return hs, _skip_final_state(state, hs, opts.window)
-    if recurrence == "lstm":
-        hs, c = _LSTMScan.apply(x, state[0], state[1], *params, opts)
-        return hs, (hs[-1], c)
-    if recurrence == "gru":
-        hs = _GRUScan.apply(x, state, *params, opts)
-        return hs, hs[-1]
-    raise ValueError(f"unknown recurrence {recurrence!r}; available: rnn, skip, lstm, gru")
+    return kernel(x, state, params, _Options(nonlinearity, window or None, grad_transform, probe))
+
+
+def elman(x, state, params, opts):
+    """h_t = act(W x_t + b_ih + U h_{t-1} + b_hh); state (B, H)."""
+    hs = _ElmanScan.apply(x, state.unsqueeze(0), *params, None, opts)
+    return hs, hs[-1]
+
+
+def skip(x, state, params, opts):
+    """Elman plus S h_{t-k}; state (k, B, H), the last k states, oldest first."""
+    hs = _ElmanScan.apply(x, state, *params, opts)
+    return hs, _skip_final_state(state, hs, opts.window)
+
+
+def lstm(x, state, params, opts):
+    """torch.nn.LSTM's equations; state (h, c), each (B, H)."""
+    hs, c = _LSTMScan.apply(x, state[0], state[1], *params, opts)
+    return hs, (hs[-1], c)
+
+
+def gru(x, state, params, opts):
+    """torch.nn.GRU's equations; state (B, H)."""
+    hs = _GRUScan.apply(x, state, *params, opts)
+    return hs, hs[-1]
 
 
 @dataclass(frozen=True)

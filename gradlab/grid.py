@@ -1,79 +1,28 @@
-"""The grid: ``grid:`` expanded into points, and the checks that need every point.
+"""The grid: ``grid:`` expanded into points, and each point resolved into a run's config.
 
 A config's ``grid`` maps dotted keys (or whole sections, as lists of variants) to lists of
-values; every combination is one point, and every point times every seed one run. A constraint
-between keys (CROSS_CHECKS) may hold at some points and not others, so it is checked on each
-point's resolved config and reported once, at the key that causes it, naming the grid values
-where it holds. Two grid values that resolve to one run are reported too: they would train twice.
-
-The config's keys are ``config``'s: it passes in the value checks, how to resolve a point into a
-config and how to label a grid value, so the import goes one way, config -> grid.
+values; every combination is one point, and every point times every seed one run. A point
+is resolved over the config's valid values (``base``), which lie over the defaults: the
+caller (``gradlab.config``) hands those in as a plain dict, so the import goes one way,
+config -> rules -> grid. The checks on every point are ``gradlab.rules``'; the helpers here
+name where a point's value comes from and which points a problem holds at.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
-import json
 import math
 
 import yaml
 
-from gradlab.cells import CELLS, FORGET_GATE
+from gradlab.checks import resolve_tbptt
+from gradlab.remedies import resolve_clip
 from gradlab.tasks import resolve
-from gradlab.yamlfile import did_you_mean, get_path
+from gradlab.vocabulary import FULL_BPTT, clip_label, tbptt_label
+from gradlab.yamlfile import get_path, set_path
 
-
-def check_grid(grid, checks: dict, sections, where, problems: list[str], bad: set[str]) -> dict:
-    """Each grid key and value, by ``checks`` (dotted path -> check of one value); a grid key in ``sections``
-    lists partial sections. Returns the valid part, dotted path -> [(index, value)]; a path with no valid
-    value goes to ``bad``."""
-    if not isinstance(grid, dict):
-        problems.append(f"{where('grid')}: expected a mapping of dotted.path: [values], got {grid!r}")
-        bad.add("grid")
-        return {}
-    valid = {}
-    for path, values in grid.items():
-        loc = where(f"grid.{path}")
-        kept = []
-        if path in sections:  # a list of partial sections, e.g. model variants
-            if not isinstance(values, list) or not values:
-                problems.append(f"{loc}: expected a non-empty list of {path} mappings, got {values!r}")
-                values = []
-            for i, variant in enumerate(values):
-                at = f"grid.{path}[{i}]"
-                if not isinstance(variant, dict) or not variant:
-                    problems.append(f"{where(at)}: expected a mapping of {path} keys, got {variant!r}")
-                    continue
-                found = len(problems)
-                for k, v in variant.items():
-                    key = f"{path}.{k}"
-                    if key not in checks:
-                        valid_keys = [c.split(".", 1)[1] for c in checks if c.startswith(path + ".")]
-                        problems.append(f"{where(at)}: unknown {path} key {k!r}{did_you_mean(k, valid_keys)}")
-                        continue
-                    msg = checks[key](v)
-                    if msg:
-                        problems += [f"{where(at)}.{k}: {line}" for line in msg.splitlines()]
-                if len(problems) == found:
-                    kept.append((i, variant))
-        elif path not in checks or path in ("seeds", "name"):
-            settable = [k for k in checks if k not in ("seeds", "name")]
-            problems.append(f"{loc}: grid over unknown key {path!r}{did_you_mean(path, settable)}")
-            continue
-        elif not isinstance(values, list) or not values:
-            problems.append(f"{loc}: expected a non-empty list of values, got {values!r}")
-        else:
-            for i, v in enumerate(values):
-                msg = checks[path](v)
-                if msg:
-                    problems += [f"{where(f'grid.{path}[{i}]')}: {line}" for line in msg.splitlines()]
-                else:
-                    kept.append((i, v))
-        if kept:
-            valid[path] = kept
-        else:
-            bad.add(path)
-    return valid
+VARIANT_SECTIONS = ("task", "model", "train")  # a grid may list variants of these: grid: {model: [{cell: lstm}, ...]}
 
 
 # The most runs (grid points x seeds) a config may expand to: over 100 times the largest shipped sweep
@@ -130,70 +79,78 @@ def expand(grid: dict) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------
-# Constraints between keys, checked on each grid point. Each returns None or (problem, detail): the
-# detail names the other key's value, left out where it differs between the grid points that show the
-# problem (they are listed instead).
+# A point resolved into a run's config.
 
-def _variant_exists(cfg):
+def value_label(path: str, value) -> str:
+    """A grid value as problems and run ids name it: norm(1.0) for a clip spec, full for full BPTT, {cell: lstm}
+    for a section (run ids write a section their own way)."""
+    if path == "train.clip":
+        return clip_label(resolve_clip(value))
+    if path == "train.tbptt":
+        return FULL_BPTT if value is None else str(tbptt_label(resolve_tbptt(value)))
+    if path in VARIANT_SECTIONS:
+        return "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def base(defaults: dict, data: dict, paths, bad: set[str]) -> dict:
+    """The defaults with the config's valid values at ``paths`` over them (a wrong value's default stands in)."""
+    out = copy.deepcopy(defaults)
+    for path in paths:
+        if path in bad or path.split(".")[0] in bad:
+            continue
+        try:
+            value = get_path(data, path)
+        except (KeyError, TypeError):
+            continue  # absent: the default applies
+        set_path(out, path, copy.deepcopy(value))
+    return out
+
+
+def length_given(data: dict) -> bool:
+    """Whether the config (or --set) states task.length itself, so no task's own default applies."""
+    return isinstance(data.get("task"), dict) and "length" in data["task"]
+
+
+def _task_default_length(task_cfg: dict, default: int) -> int:
+    """task.length for a point that states none: the task's own default (digits: 64), else ``default``."""
     try:
-        resolve(cfg["task"])
-    except ValueError as e:
-        return str(e), ""
+        own = resolve(task_cfg).default_length
+    except ValueError:  # an unknown task or variant: reported by its own check
+        own = None
+    return default if own is None else own
 
 
-def _long_enough(cfg):
-    try:
-        task = resolve(cfg["task"])
-    except ValueError:
-        return None  # the variant's own problem
-    if cfg["task"]["length"] < task.min_length:
-        return f"{task.label} needs length >= {task.min_length}", f", got {cfg['task']['length']}"
+def resolve_point(over: dict, point: dict, defaults: dict, length_given: bool = True) -> dict:
+    """One grid point's resolved config over ``over`` (``base``), without its seed; ``point`` is
+    {dotted path: (index, value)}.
+
+    ``length_given``: the config states task.length; if not, and the point does not either, the
+    point's task gets its own default length. ``defaults``: the config's defaults, which tell the
+    default length and which thresholds are floats.
+    """
+    cfg = copy.deepcopy(over)
+    for path, (_, value) in point.items():
+        if path in VARIANT_SECTIONS:  # a section variant: its keys over the section
+            cfg[path].update(copy.deepcopy(value))
+        else:
+            set_path(cfg, path, copy.deepcopy(value))
+    if not (length_given or "task.length" in point or "length" in point.get("task", (None, {}))[1]):
+        cfg["task"]["length"] = _task_default_length(cfg["task"], defaults["task"]["length"])
+    cfg.pop("grid")
+    cfg.pop("seeds")
+    cfg["train"]["clip"] = resolve_clip(cfg["train"]["clip"])
+    cfg["train"]["tbptt"] = resolve_tbptt(cfg["train"]["tbptt"])
+    # 50 -> 50.0 where the threshold is a float, so equal settings hash alike
+    cfg["diagnostics"] = {k: float(v) if isinstance(defaults["diagnostics"][k], float) else v
+                          for k, v in cfg["diagnostics"].items()}
+    return cfg
 
 
-def _nonlinearity_cell(cfg):
-    if cfg["model"]["nonlinearity"] is not None and cfg["model"]["cell"] != "orthogonal":
-        return "only the orthogonal cell takes a nonlinearity", f" ({cfg['model']['cell']} has its own)"
+# ---------------------------------------------------------------------------
+# Where a point's values come from, for the checks on every point (gradlab.rules).
 
-
-def _init_cell(cfg):
-    if cfg["model"]["init"] is not None and cfg["model"]["cell"] != "orthogonal":
-        return "only the orthogonal cell takes an init option", f", not {cfg['model']['cell']}"
-
-
-def _constrain_cell(cfg):
-    if cfg["model"]["constrain"] and cfg["model"]["cell"] != "orthogonal":
-        return "only the orthogonal cell can be kept orthogonal", f", not {cfg['model']['cell']}"
-
-
-def _forget_bias_cell(cfg):
-    cell = cfg["model"]["cell"]
-    if cfg["model"]["forget_bias"] is not None and CELLS[cell].recurrence not in FORGET_GATE:
-        return f"only {' and '.join(FORGET_GATE)} have a forget gate", f", not {cell}"
-
-
-def _omega_cell(cfg):
-    cell, layers = cfg["model"]["cell"], cfg["model"]["layers"]
-    if cfg["train"]["omega"] and (CELLS[cell].recurrence != "rnn" or layers != 1):
-        omega_cells = ", ".join(k for k, c in CELLS.items() if c.recurrence == "rnn")
-        got = cell if layers == 1 else f"{layers} layers"
-        return (f"only for one layer of the {omega_cells} cells "
-                f"(Pascanu's Ω is defined for h_t = act(W x_t + U h_(t-1) + b))", f", got {got}")
-
-
-# (the key at fault, then the keys it is checked against; check). A check runs where all are valid;
-# its error is located at the key at fault, or, where that is at its default, at the first one set.
-CROSS_CHECKS = [
-    (("task.variant", "task.name"), _variant_exists),
-    (("task.length", "task.name", "task.variant"), _long_enough),
-    (("model.nonlinearity", "model.cell"), _nonlinearity_cell),
-    (("model.init", "model.cell"), _init_cell),
-    (("model.constrain", "model.cell"), _constrain_cell),
-    (("model.forget_bias", "model.cell"), _forget_bias_cell),
-    (("train.omega", "model.cell", "model.layers"), _omega_cell),
-]
-
-
-def _grid_origin(path: str, point: dict) -> str | None:
+def grid_origin(path: str, point: dict) -> str | None:
     """Where the grid sets ``path`` at this point (grid.PATH[i] or grid.SECTION[i].KEY); None if it does not."""
     section, _, key = path.partition(".")
     for gpath, (i, value) in reversed(point.items()):  # a later grid key overrides an earlier one
@@ -204,9 +161,9 @@ def _grid_origin(path: str, point: dict) -> str | None:
     return None
 
 
-def _origin(path: str, point: dict, data: dict) -> str | None:
+def origin(path: str, point: dict, data: dict) -> str | None:
     """Where the value of ``path`` at this point comes from: the grid, the config (or --set), or None: its default."""
-    found = _grid_origin(path, point)
+    found = grid_origin(path, point)
     if found:
         return found
     try:
@@ -216,13 +173,13 @@ def _origin(path: str, point: dict, data: dict) -> str | None:
     return path
 
 
-def _which_points(points: list[dict], failing: list[int], location: str, label) -> str:
+def which_points(points: list[dict], failing: list[int], location: str) -> str:
     """`` (for grid model.cell=lstm|gru)``: the grid values where a problem holds, when it is not all of them.
 
     The grid key the problem is located at is left out: its location already names the value.
     """
     keys = [k for k in (points[0] if points else {}) if not location.startswith(f"grid.{k}[")]
-    labels = {k: {pt[k][0]: label(k, pt[k][1]) for pt in points} for k in keys}
+    labels = {k: {pt[k][0]: value_label(k, pt[k][1]) for pt in points} for k in keys}
     seen = sorted({tuple(points[n][k][0] for k in keys) for n in failing})
     if len(seen) == math.prod(len(v) for v in labels.values()):
         return ""  # whatever the other grid values
@@ -233,46 +190,3 @@ def _which_points(points: list[dict], failing: list[int], location: str, label) 
     shown = "; ".join(", ".join(f"{k}={labels[k][i]}" for k, i in zip(keys, combo)) for combo in seen[:3])
     more = f"; and {len(seen) - 3} more" if len(seen) > 3 else ""
     return f" (for grid points {shown}{more})"
-
-
-def check_between_keys(data: dict, points: list[dict], configs: list[dict], bad: set[str], where,
-                       label) -> list[str]:
-    """CROSS_CHECKS on every grid point, each distinct problem reported once, at the key that causes it."""
-    found: dict[tuple[str, str], dict] = {}  # (location, problem) -> its details and grid points
-    for n, (point, cfg) in enumerate(zip(points, configs)):
-        for keys, check in CROSS_CHECKS:
-            if any((k in bad or k.split(".")[0] in bad) and not _grid_origin(k, point) for k in keys):
-                continue  # a value that is itself wrong, reported as such
-            problem = check(cfg)
-            if problem:
-                location = next((o for k in keys if (o := _origin(k, point, data))), keys[0])
-                seen = found.setdefault((location, problem[0]), {"details": set(), "points": []})
-                seen["details"].add(problem[1])
-                seen["points"].append(n)
-    out = []
-    for (location, problem), seen in found.items():
-        detail = next(iter(seen["details"])) if len(seen["details"]) == 1 else ""
-        out.append(f"{where(location)}: {problem}{detail}{_which_points(points, seen['points'], location, label)}")
-    return out
-
-
-def check_same_runs(grid: dict, points: list[dict], configs: list[dict], resolve_point, where,
-                    label) -> list[str]:
-    """Grid values that resolve to one run (lstm twice; none and {kind: none}), which would train twice."""
-    problems = []
-    for path, values in grid.items():
-        resolved = [resolve_point({path: iv}) for iv in values]
-        for a, b in itertools.combinations(range(len(values)), 2):
-            if resolved[a] == resolved[b] and all(resolved[c] != resolved[b] for c in range(a)):
-                (i, u), (j, v) = values[a], values[b]
-                problems.append(f"{where(f'grid.{path}')}: [{i}] {label(path, u)} and [{j}] "
-                                f"{label(path, v)} are the same run; keep one")
-    if problems:
-        return problems
-    first: dict[str, int] = {}  # values that differ yet combine into one run, e.g. across a section grid
-    for n, cfg in enumerate(configs):
-        m = first.setdefault(json.dumps(cfg, sort_keys=True), n)
-        if m != n:
-            shown = [", ".join(f"{k}={label(k, v)}" for k, (_, v) in points[x].items()) for x in (m, n)]
-            problems.append(f"{where('grid')}: the grid points [{shown[0]}] and [{shown[1]}] are the same run")
-    return problems

@@ -2,13 +2,14 @@
 regulariser, weight decay.
 
 A clipping rule is a plain registry entry (``CLIPS``): its parameters with their
-defaults, a function that clips the gradients of a list of parameters in place,
-and a one-line description. A run binds its rule once into a ``Clipper``, which
-keeps the state the adaptive rules carry across steps (AutoClip's norm history,
-ZClip's moving statistics). ``recurrent`` clips inside the backward pass instead,
-through the engine's ``grad_transform`` hook, so its after-backward stage does
-nothing. Truncated BPTT lives in the training loop (it decides where the
-backward pass stops), not here.
+defaults and checks (validation reads them), a one-line description, and where it
+acts: a function that clips the gradients of a list of parameters in place after
+backward, or (``recurrent``) a per-step clip of ∂L/∂h_t handed to the engine's
+``grad_transform`` hook inside backward. A new rule is one entry and one function.
+A run binds its rule once into a ``Clipper``, which keeps the state the adaptive
+rules carry across steps (AutoClip's norm history, ZClip's moving statistics).
+Truncated BPTT lives in the training loop (it decides where the backward pass
+stops), not here.
 """
 
 from __future__ import annotations
@@ -20,22 +21,38 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from gradlab import checks
+from gradlab.yamlfile import did_you_mean
+
+
+@dataclass(frozen=True)
+class Param:
+    """A clipping rule's parameter: its default and its check (``gradlab.checks``: value -> message or None)."""
+
+    default: object
+    check: Callable
+
 
 @dataclass(frozen=True)
 class ClipRule:
-    params: dict           # parameter name -> default value
-    apply: Callable        # (params, norm, state, **params) -> None: clips each p.grad in place
+    """A registry entry: the rule's parameters and where it acts.
+
+    ``after_backward(params, norm, state, **parameters)`` clips each p.grad in place once backward is
+    done; ``in_backward(**parameters)`` makes a ``grad_transform(t, g)`` that clips ∂L/∂h_t (B, H) at every
+    step inside backward, with an ``engaged()`` that says whether it clipped since last asked. A rule has
+    either, or neither (``none``).
+    """
+
+    params: dict[str, Param]
     description: str
+    after_backward: Callable | None = None
+    in_backward: Callable | None = None
     clips_readout: bool = True  # False: the readout's gradient is left as it is (AGC)
 
 
 def global_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     """‖g‖₂ over all parameters together (Pascanu et al. 2013, Algorithm 1), as a 0-d tensor."""
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-
-
-def clip_none(params, norm, state) -> None:
-    return None
 
 
 def clip_norm(params, norm, state, max_norm: float) -> None:
@@ -167,34 +184,63 @@ class RecurrentClip:
         return bool(hit) if hit is not None else False
 
 
-def recurrent_clip(threshold: float, mode: str) -> RecurrentClip:
-    """The per-step clip of ∂L/∂h_t (``RecurrentClip``)."""
-    return RecurrentClip(threshold, mode)
-
-
-def clip_in_backward(params, norm, state, threshold: float, mode: str) -> None:
-    """``recurrent``'s stage after backward: nothing left to do (``recurrent_clip`` did it)."""
-    return None
-
-
+MAX_NORM = Param(1.0, checks.positive_number)
 CLIPS: dict[str, ClipRule] = {
-    "none": ClipRule({}, clip_none, "no clipping"),
-    "norm": ClipRule({"max_norm": 1.0}, clip_norm,
-                     "rescale the global gradient norm to at most max_norm (Pascanu et al. 2013, Alg. 1)"),
-    "value": ClipRule({"clip_value": 0.5}, clip_value,
-                      "clamp every gradient element to [-clip_value, clip_value] (Mikolov 2012)"),
-    "param_norm": ClipRule({"max_norm": 1.0}, clip_param_norm,
-                           "rescale each parameter's gradient to norm <= max_norm (Keras clipnorm, Chollet 2015)"),
-    "autoclip": ClipRule({"percentile": 10.0}, clip_autoclip,
-                         "clip the global norm to the percentile of all norms so far (Seetharaman et al. 2020)"),
-    "agc": ClipRule({"clipping": 0.01}, clip_agc,
+    "none": ClipRule({}, "no clipping"),
+    "norm": ClipRule({"max_norm": MAX_NORM},
+                     "rescale the global gradient norm to at most max_norm (Pascanu et al. 2013, Alg. 1)", clip_norm),
+    "value": ClipRule({"clip_value": Param(0.5, checks.positive_number)},
+                      "clamp every gradient element to [-clip_value, clip_value] (Mikolov 2012)", clip_value),
+    "param_norm": ClipRule({"max_norm": MAX_NORM},
+                           "rescale each parameter's gradient to norm <= max_norm (Keras clipnorm, Chollet 2015)",
+                           clip_param_norm),
+    "autoclip": ClipRule({"percentile": Param(10.0, checks.percentile)},
+                         "clip the global norm to the percentile of all norms so far (Seetharaman et al. 2020)",
+                         clip_autoclip),
+    "agc": ClipRule({"clipping": Param(0.01, checks.positive_number)},  # λ
                     "unit-wise: ‖G_i‖ <= clipping·max(‖W_i‖, 1e-3), readout not clipped (Brock et al. 2021)",
-                    clips_readout=False),
-    "zclip": ClipRule({"alpha": 0.97, "z_thresh": 2.5, "warmup": 25}, clip_zclip,
-                      "clip norm spikes by their z-score against an EMA of the norm (Kumar et al. 2025)"),
-    "recurrent": ClipRule({"threshold": 1.0, "mode": "value"}, clip_in_backward,
-                          "clip ∂L/∂h_t at every backward step: element-wise or per-sample norm (Mikolov 2012)"),
+                    clip_agc, clips_readout=False),
+    "zclip": ClipRule({"alpha": Param(0.97, checks.fraction),  # the EMA's factor
+                       "z_thresh": Param(2.5, checks.positive_number),
+                       # the statistics need one norm (the code treats 0 as 1)
+                       "warmup": Param(25, checks.int_at_least(1))},
+                      "clip norm spikes by their z-score against an EMA of the norm (Kumar et al. 2025)", clip_zclip),
+    "recurrent": ClipRule({"threshold": Param(1.0, checks.positive_number),
+                           "mode": Param("value", checks.choice({"value": 0, "norm": 0}, "recurrent clip mode"))},
+                          "clip ∂L/∂h_t at every backward step: element-wise or per-sample norm (Mikolov 2012)",
+                          in_backward=RecurrentClip),
 }
+
+
+def resolve_clip(v) -> dict:
+    """``none`` | ``norm`` | ``{kind: norm, max_norm: 2}`` -> ``{"kind": "norm", "max_norm": 2.0}``.
+
+    Every parameter is checked by its rule's own check; a ValueError lists each problem on its own line.
+    """
+    if isinstance(v, str):
+        v = {"kind": v}
+    if not isinstance(v, dict):
+        raise ValueError(f"expected a clip kind or a mapping with 'kind', got {v!r}")
+    kind = v.get("kind")
+    if kind not in CLIPS:
+        raise ValueError(f"unknown clip kind {kind!r}{did_you_mean(kind, CLIPS)}; valid: {', '.join(CLIPS)}")
+    rule = CLIPS[kind]
+    resolved, problems = {"kind": kind}, []
+    for k in v:
+        if k != "kind" and k not in rule.params:
+            valid = ", ".join(rule.params) or "none"
+            problems.append(f"clip {kind!r} has no parameter {k!r}{did_you_mean(k, rule.params)}; "
+                            f"valid: {valid}")
+    for k, param in rule.params.items():
+        val = v.get(k, param.default)
+        msg = param.check(val)
+        if msg:
+            problems.append(f"clip {kind}.{k}: {msg}")
+        else:  # 1 -> 1.0 where the parameter is a float, so equal specs resolve (and hash) alike
+            resolved[k] = float(val) if isinstance(param.default, float) else val
+    if problems:
+        raise ValueError("\n".join(problems))
+    return resolved
 
 
 @dataclass
@@ -209,27 +255,35 @@ class Clipper:
     state: dict = field(default_factory=dict)       # AutoClip's history, ZClip's statistics
 
     @property
+    def rule(self) -> ClipRule:
+        return CLIPS[self.spec["kind"]]
+
+    @property
+    def settings(self) -> dict:
+        """The rule's parameters, resolved: the spec without its kind."""
+        return {k: v for k, v in self.spec.items() if k != "kind"}
+
+    @property
     def grad_transform(self) -> Callable | None:
-        """What the forward pass hands the engine: the per-step clip of ``recurrent``, else None."""
-        if self.spec["kind"] != "recurrent":
-            return None
-        return recurrent_clip(self.spec["threshold"], self.spec["mode"])
+        """What the forward pass hands the engine: a fresh per-step clip of ∂L/∂h_t for a rule that acts
+        inside backward, else None."""
+        return self.rule.in_backward(**self.settings) if self.rule.in_backward else None
 
     def __call__(self, parameters) -> tuple[torch.Tensor, torch.Tensor]:
         """Clip in place; return (pre-clip global norm, post-clip global norm), 0-d tensors.
 
-        ``recurrent`` has already clipped during backward: both norms are those of the
-        gradient that backward produced.
+        A rule with no stage after backward (``none``; ``recurrent``, which clipped during it)
+        leaves the gradient as backward produced it: both norms are its norm.
         """
         params = [p for p in parameters if p.grad is not None]
         grads = [p.grad for p in params]
         norm = global_norm(grads)
-        kind = self.spec["kind"]
-        rule = CLIPS[kind]
+        rule = self.rule
+        if rule.after_backward is None:
+            return norm, norm
         targets = params if rule.clips_readout else [p for p in params if id(p) not in self.readout]
-        rule.apply(targets, norm, self.state, **{k: v for k, v in self.spec.items() if k != "kind"})
-        after = norm if kind in ("none", "recurrent") else global_norm(grads)
-        return norm, after
+        rule.after_backward(targets, norm, self.state, **self.settings)
+        return norm, global_norm(grads)
 
 
 def make_clipper(clip: dict, model=None) -> Clipper:

@@ -20,9 +20,10 @@ import torch
 
 import gradlab
 from gradlab import diagnostics, remedies
-from gradlab.cells import GATES, Probe, RecurrentNet
+from gradlab.cells import RecurrentNet
 from gradlab.config import ModelConfig, TrainConfig
 from gradlab.diagnostics import Thresholds
+from gradlab.recurrences import RECURRENCES, Probe
 from gradlab.remedies import Clipper, clip_gradients, global_norm, make_clipper
 from gradlab.tasks import Batch, resolve
 from gradlab.vocabulary import OPTIMIZERS
@@ -293,7 +294,7 @@ def diagnose(model, task, probe: Batch, window, dependency: int, thresholds: Thr
     if len(profiles) > 1:
         summary["depth_ratio"] = diagnostics.depth_ratio(profiles)
     for i, layer in enumerate(model.layers):
-        spectrum = diagnostics.recurrent_spectrum(layer.weight_hh.detach(), GATES[model.recurrence])
+        spectrum = diagnostics.recurrent_spectrum(layer.weight_hh.detach(), RECURRENCES[model.recurrence].gates)
         summary.update({k if i == 0 else f"{k}_l{i}": v for k, v in spectrum.items()})
     return summary, profiles
 

@@ -5,12 +5,12 @@ torch's fused modules keep the hidden states' gradients inside their kernel:
 total derivative through the recurrence (for a loss at the last step it is 0 at
 every earlier step), and the way around it, rewriting the model as a ``*Cell``
 loop with hooks, is several times slower. Inside ``with watch(module) as probe:``
-the module's forward runs on gradlab's engine (``engine.scan``), which has
+the module's forward runs on gradlab's engine (``recurrences.scan``), which has
 torch's equations and weight layout (gate blocks i, f, g, o and r, z, n), with
 the module's own Parameters: the outputs are the module's to float tolerance,
 its parameters receive the gradients autograd gives through the module, and the
 engine's backward sweep records ‖∂L/∂h_t‖ of every layer, step and sample as it
-goes (``cells.Probe``), at no extra cost.
+goes (``recurrences.Probe``), at no extra cost.
 
 Supported: any ``num_layers``, ``batch_first`` or not, batched (B, ·) and
 unbatched input, ``bias=False``, nn.RNN with tanh or relu, an initial state
@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradlab import diagnostics, engine
-from gradlab.cells import GATES, Probe
+from gradlab import diagnostics, recurrences
 from gradlab.diagnostics import DEFAULTS, Thresholds
+from gradlab.recurrences import Probe
 
 # torch's ``mode`` of the module -> (gradlab's recurrence, nonlinearity)
 RECURRENCES = {"RNN_TANH": ("rnn", "tanh"), "RNN_RELU": ("rnn", "relu"), "LSTM": ("lstm", None),
@@ -92,7 +92,7 @@ class Watch:
     # -- the forward on the engine ------------------------------------------------------------
 
     def _forward(self, input, hx=None):
-        """The module's forward (same arguments, same outputs and shapes), on ``engine.scan``."""
+        """The module's forward (same arguments, same outputs and shapes), on ``recurrences.scan``."""
         m = self.module
         if isinstance(input, nn.utils.rnn.PackedSequence):
             raise ValueError("gradlab.watch: PackedSequence input is not supported; pad the batch "
@@ -111,7 +111,7 @@ class Watch:
         probes = [Probe() for _ in range(m.num_layers)]
         finals = []
         for layer in range(m.num_layers):
-            x, final = engine.scan(self.recurrence, self.nonlinearity, x, states[layer], self._params(layer, x),
+            x, final = recurrences.scan(self.recurrence, self.nonlinearity, x, states[layer], self._params(layer, x),
                                    probe=probes[layer])  # x: (T, B, H) from here on
             finals.append(final)
         if torch.is_grad_enabled() and x.requires_grad:  # an evaluation under no_grad keeps the last profile
@@ -127,9 +127,9 @@ class Watch:
 
     def _params(self, layer: int, x: torch.Tensor) -> list[torch.Tensor]:
         """Layer ``layer``'s Parameters in the engine's order; zeros for the biases of ``bias=False``."""
-        m = self.module
+        m, gates = self.module, len(recurrences.RECURRENCES[self.recurrence].gates)
         return [getattr(m, f"{name}_l{layer}") if hasattr(m, f"{name}_l{layer}")
-                else x.new_zeros(GATES[self.recurrence] * m.hidden_size) for name in PARAMS]
+                else x.new_zeros(gates * m.hidden_size) for name in PARAMS]
 
     def _initial_states(self, hx, x, batched):
         """One engine state per layer: (B, H), or (h, c) for the LSTM; zeros when hx is None."""

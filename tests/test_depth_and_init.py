@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from gradlab import comparison, diagnostics
 from gradlab.cells import RecurrentNet, henaff_matrix
 from gradlab.cli import app
-from gradlab.config import OPTIONS, ConfigError, validate
+from gradlab.config import ConfigError, options, validate
 from gradlab.tasks import TASKS, Batch
 from gradlab.training import build_model, gradient_profiles, train, train_step
 
@@ -449,5 +449,5 @@ def test_tbptt_k1_k2_resolves_labels_and_compares():
 def test_ls_lists_every_option():
     result = CliRunner().invoke(app, ["ls"])
     assert result.exit_code == 0
-    for key in OPTIONS:
+    for key in options():
         assert key in result.output, key

@@ -135,11 +135,12 @@ def test_spectrum_matches_numpy_on_a_random_matrix():
     assert s["sigma_max"] == pytest.approx(np.linalg.svd(m)[1][0], rel=1e-9)
 
 
-@pytest.mark.parametrize("gates, names", [(4, "ifgo"), (3, "rzn")])
-def test_spectrum_picks_out_each_gate_block(gates, names):
+@pytest.mark.parametrize("names", ["ifgo", "rzn", "abcde"])  # any gate names, as a recurrence entry gives them
+def test_spectrum_picks_out_each_gate_block(names):
+    gates = len(names)
     blocks = [(k + 1.0) * rotation(0.3 * k) for k in range(gates)]  # radius = σ_max = k + 1
     blocks = [torch.block_diag(b, torch.tensor([[0.1 * (k + 1)]])) for k, b in enumerate(blocks)]  # (3, 3)
-    s = recurrent_spectrum(torch.cat(blocks), gates=gates)  # (gates·3, 3)
+    s = recurrent_spectrum(torch.cat(blocks), gates=tuple(names))  # (gates·3, 3)
     assert len(s) == 2 * gates
     for k, name in enumerate(names):
         assert s[f"spectral_radius_{name}"] == pytest.approx(k + 1.0, rel=1e-6)
@@ -150,7 +151,7 @@ def test_spectrum_of_a_nonfinite_matrix_is_nan_and_bad_shapes_are_refused():
     s = recurrent_spectrum(torch.tensor([[float("nan"), 0.0], [0.0, 1.0]]))
     assert math.isnan(s["spectral_radius"]) and math.isnan(s["sigma_max"])
     with pytest.raises(ValueError, match="gates"):
-        recurrent_spectrum(torch.zeros(8, 3), gates=4)
+        recurrent_spectrum(torch.zeros(8, 3), gates=tuple("ifgo"))
 
 
 def test_diagnostics_imports_without_torch():

@@ -1,7 +1,7 @@
 """The hand-written BPTT engine against independent references, in float64.
 
 References: torch's own nn.RNN/LSTM/GRU (and their *Cell loops with
-retain_grad for the per-step norms), the autograd reference ``cells.unroll``,
+retain_grad for the per-step norms), the autograd reference ``recurrences.unroll``,
 torch.autograd.gradcheck, and truncation written out as detached chunks.
 """
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradlab import cells, engine
+from gradlab import cells, engine, recurrences
 
 F64 = torch.float64
 TOL = {"rtol": 1e-10, "atol": 1e-12}
@@ -24,7 +24,7 @@ CASES = {  # name: (recurrence, nonlinearity, skip length k)
 }
 SIZES = [(1, 2, 1, 3), (5, 3, 2, 4), (13, 2, 3, 6), (37, 2, 2, 5)]  # (T, B, inputs, H); 37 > 2 chunks
 LOSSES = ["last", "every", "final", "all"]
-SCAN, UNROLL = engine.scan, cells.unroll
+SCAN, UNROLL = recurrences.scan, recurrences.unroll
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -44,7 +44,7 @@ def make(case, T, B, n_in, H, seed=0):
 
     def r(*shape, scale=1.0):
         return scale * torch.randn(*shape, generator=gen, dtype=F64)
-    g = cells.GATES[rec]
+    g = len(recurrences.RECURRENCES[rec].gates)
     params = [r(g * H, n_in, scale=n_in ** -0.5), r(g * H, H, scale=H ** -0.5),
               r(g * H, scale=0.3), r(g * H, scale=0.3)]
     if rec == "skip":
@@ -96,7 +96,7 @@ def run(fn, case, data, loss="all", **kw):
     ls = leaves(*data)
     x, state, params = split(case, ls)
     rec, nl, _ = CASES[case]
-    probe = cells.Probe()
+    probe = recurrences.Probe()
     hs, final = fn(rec, nl, x, state, params, probe=probe, **kw)
     loss_of(loss, hs, final).backward()
     grads = [torch.zeros_like(leaf) if leaf.grad is None else leaf.grad for leaf in ls]
@@ -202,7 +202,7 @@ def test_recurrent_net_engines_agree(cell, T):
             for p in net.recurrent_parameters():
                 p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()),
                                          dtype=F64))
-        probe = cells.Probe()
+        probe = recurrences.Probe()
         hs, _ = net(x, net.initial_state(B, dtype=F64), probe=probe)
         net.readout(hs).square().mean().backward()
         results[eng] = ([p.grad for p in net.parameters()], probe.norms, hs.detach(), net)
@@ -350,7 +350,7 @@ def test_probe_norms_match_retain_grad_on_torch_cells(case, loss):
 
 @pytest.mark.parametrize("fn", [SCAN, UNROLL])
 def test_a_reused_probe_gets_fresh_norms_each_backward(fn):
-    probe = cells.Probe()
+    probe = recurrences.Probe()
     kept = []
     for B in (3, 5, 5):
         x, state, params = make("rnn-tanh", 4, B, 2, 3, seed=B)

@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 
 from gradlab import results
 from gradlab.cli import app
-from gradlab.config import MAX_ID_BYTES, load_experiment
+from gradlab.config import load_experiment
 from gradlab.grid import MAX_RUNS, too_many_runs
+from gradlab.vocabulary import MAX_ID_BYTES
 from gradlab.yamlfile import MAX_BYTES, MAX_DEPTH, MAX_TEXT, MAX_VALUES
 
 ROOT = Path(__file__).resolve().parents[1]

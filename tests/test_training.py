@@ -7,8 +7,7 @@ import torch
 from torch import nn
 
 from gradlab.cells import RecurrentNet
-from gradlab.config import resolve_clip
-from gradlab.remedies import clip_gradients
+from gradlab.remedies import clip_gradients, resolve_clip
 from gradlab.tasks import TASKS, Batch
 from gradlab.training import train, train_step
 

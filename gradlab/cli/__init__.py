@@ -509,7 +509,7 @@ def list_catalogue():
         for key, entry in registry.items():
             extra = ""
             if title == "clip":
-                extra = ", ".join(f"{k}={v}" for k, v in entry.params.items())
+                extra = ", ".join(f"{k}={p.default}" for k, p in entry.params.items())
             elif title == "task":
                 extra = entry.kind
             elif title == "cell":
@@ -517,9 +517,9 @@ def list_catalogue():
             rows.append((key, extra, entry.description))
         headers = (title, "parameters" if title == "clip" else "", "description")
         out_console.print(catalogue_table(f"{title}s", headers, rows, caption))
-    from gradlab.config import OPTIONS
+    from gradlab.config import options
 
-    rows = [(key, values, description) for key, (values, description) in OPTIONS.items()]
+    rows = [(key, values, description) for key, (values, description) in options().items()]
     out_console.print(catalogue_table("options (remedies set by a config key)", ("key", "values", "description"),
                                       rows))
 
