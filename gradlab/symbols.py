@@ -19,6 +19,23 @@ COPY_SYMBOLS = 10  # how many symbols are to be remembered
 BLANK, DELIMITER = 0, 9  # data symbols are the classes 1..8
 
 
+def _recall_batch(symbols: torch.Tensor, S: int, blank: int, marker: tuple[int, int], recall: int,
+                  classes: int) -> Batch:
+    """A recall sequence (copy, memorisation): the K ``symbols`` (K, B) first, blanks, the ``marker``
+    (step, symbol) that calls for them, and the symbols as the targets from step ``recall`` on, where
+    they are scored; every step counts in the loss (blank targets elsewhere)."""
+    K, B = symbols.shape
+    seq = torch.full((S, B), blank, dtype=torch.long, device=symbols.device)  # (S, B)
+    seq[:K] = symbols
+    seq[marker[0]] = marker[1]
+    y = torch.full((S, B), blank, dtype=torch.long, device=symbols.device)
+    y[recall:] = symbols
+    score_mask = torch.zeros(S, B, dtype=torch.bool, device=symbols.device)
+    score_mask[recall:] = True
+    loss_mask = torch.ones(S, B, dtype=torch.bool, device=symbols.device)
+    return Batch(F.one_hot(seq, classes).float(), y, loss_mask, score_mask)
+
+
 @dataclass(frozen=True)
 class Copy(Task):
     """Copying memory problem (Arjovsky et al. 2016, arXiv:1511.06464 §4.1; its code
@@ -39,15 +56,7 @@ class Copy(Task):
         T, B, K, dev = length, batch, COPY_SYMBOLS, generator.device
         S = self.sequence_length(T)
         symbols = torch.randint(1, 9, (K, B), generator=generator, device=dev)  # (K, B)
-        seq = torch.full((S, B), BLANK, dtype=torch.long, device=dev)
-        seq[:K] = symbols
-        seq[K + T - 1] = DELIMITER
-        y = torch.full((S, B), BLANK, dtype=torch.long, device=dev)
-        y[T + K:] = symbols
-        score_mask = torch.zeros(S, B, dtype=torch.bool, device=dev)
-        score_mask[T + K:] = True
-        loss_mask = torch.ones(S, B, dtype=torch.bool, device=dev)
-        return Batch(F.one_hot(seq, self.input_size).float(), y, loss_mask, score_mask)
+        return _recall_batch(symbols, S, BLANK, (K + T - 1, DELIMITER), T + K, self.input_size)
 
     def baseline(self, length: int) -> float:
         """Arjovsky et al. 2016 §4.1: predict blanks perfectly and guess uniformly among the 8 data
@@ -171,15 +180,7 @@ class Memorization(Task):
         T, B, K, dev = length, batch, MEMO_POSITIONS, generator.device
         S = self.sequence_length(T)
         symbols = torch.randint(0, MEMO_VALUES, (K, B), generator=generator, device=dev)  # (K, B)
-        seq = torch.full((S, B), MEMO_BLANK, dtype=torch.long, device=dev)
-        seq[:K] = symbols
-        seq[T + K] = MEMO_GO
-        y = torch.full((S, B), MEMO_BLANK, dtype=torch.long, device=dev)
-        y[T + K:] = symbols
-        score_mask = torch.zeros(S, B, dtype=torch.bool, device=dev)
-        score_mask[T + K:] = True
-        loss_mask = torch.ones(S, B, dtype=torch.bool, device=dev)
-        return Batch(F.one_hot(seq, self.input_size).float(), y, loss_mask, score_mask)
+        return _recall_batch(symbols, S, MEMO_BLANK, (T + K, MEMO_GO), T + K, self.input_size)
 
     def baseline(self, length: int) -> float:
         """The best memoryless predictor knows the blanks (the go marker says when the recall
