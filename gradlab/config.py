@@ -18,10 +18,18 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gradlab import expectations
+from gradlab import expectations, tuning
 from gradlab.cells import CELLS, INITS
 from gradlab.diagnostics import Thresholds
-from gradlab.grid import check_between_keys, check_grid, check_same_runs, expand, set_in_grid, too_many_runs
+from gradlab.grid import (
+    check_between_keys,
+    check_grid,
+    check_same_runs,
+    expand,
+    grid_key_of,
+    set_in_grid,
+    too_many_runs,
+)
 from gradlab.remedies import CLIPS
 from gradlab.results import clip_label, tbptt_label
 from gradlab.tasks import TASKS, resolve
@@ -384,7 +392,7 @@ def _defaults() -> dict:
 
 def _check_keys(data: dict, where, problems: list[str], bad: set[str]) -> None:
     """Unknown keys at the top level and in each section; a section that is not a mapping goes to ``bad``."""
-    top = [f.name for f in dataclasses.fields(Config)] + ["expect"]
+    top = [f.name for f in dataclasses.fields(Config)] + ["expect", "tune"]
     for k in data:
         if k not in top:
             problems.append(f"{where(k)}: unknown key {k!r}{did_you_mean(k, top)}")
@@ -585,6 +593,8 @@ def validate(data: dict, source: str = "<config>", lines: dict | None = None,
     grid = check_grid(data["grid"], CHECKS, VARIANT_SECTIONS, where, problems, bad) if "grid" in data else {}
     if data.get("grid") == {}:
         problems.append(f"{where('grid')}: the grid is empty; remove it or give it keys")
+    if "tune" in data:  # the tuned keys expand like grid keys: every arm's candidates (gradlab.tuning)
+        grid = {**grid, **tuning.check(data, CHECKS, grid_key_of, where, problems)}
     base, length_given = _base(data, bad), _length_given(data)
     huge = too_many_runs(grid, len(base["seeds"]), where)
     if huge:  # nothing else can be checked without expanding it
@@ -618,6 +628,7 @@ class Experiment:
     expect: list          # the validated ``expect:`` entries, as written
     about: str = ""       # the file's leading comment block: what it shows, which paper it follows
     source: str = ""      # the config file's path
+    tune: dict | None = None  # the validated ``tune:`` section (gradlab.tuning), None without one
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> tuple[str, list[Run]]:
@@ -651,4 +662,5 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         set_path(data, key, value)
     set_problems += set_in_grid(data.get("grid"), sets, where)
     runs = validate(data, source, lines, tuple(key for key, _ in sets), problems + set_problems)
-    return Experiment(data.get("name", Config.name), runs, data.get("expect", []), header_comment(text), source)
+    return Experiment(data.get("name", Config.name), runs, data.get("expect", []), header_comment(text), source,
+                      data.get("tune"))

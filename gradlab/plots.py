@@ -134,7 +134,7 @@ def load_runs(root: Path) -> tuple[list[Run], list[Skipped]]:
     ``metrics.csv`` leaves out its curves, a damaged ``profile.npz`` its profile.
     """
     runs, skipped = [], []
-    for d in sorted({p.parent for p in Path(root).rglob(results.SUMMARY)}):
+    for d in results.summarised(root):
         summary = attempt(skipped, d / results.SUMMARY, read_json, "the run is left out")
         if summary is None or summary.get("status") != "ok":  # a failed run is a result, not damage
             continue

@@ -121,7 +121,12 @@ def run(
     experiment = load_config(config, set_)
     if check and not experiment.expect:
         fail(f"--check: {config} has no expect: list")
-    from gradlab.sweeps import experiment_lock, plan, preflight, record_experiment, run_dir, select
+    if experiment.tune is not None:  # each arm at its own best values: selection runs first
+        from gradlab.cli.tuned import run_tuned
+
+        return run_tuned(experiment, config, out, set_, shard, shard_spec, dry_run=dry_run, jobs=jobs, force=force,
+                         executor=executor, address=address, fmt_name=fmt_name, check=check, wide=wide, quiet=quiet)
+    from gradlab.sweeps import plan, run_dir, select
 
     name, runs = experiment.name, select(experiment.runs, shard_spec)
     todo, done = plan(name, runs, out, force)
@@ -137,7 +142,17 @@ def run(
         if fmt_name == "json":
             sys.stdout.write("[]\n")
         return
-    problems = preflight(runs, executor)
+    train_and_show(experiment, runs, todo, done, out, set_, jobs=jobs, force=force, executor=executor,
+                   address=address, fmt_name=fmt_name, check=check, wide=wide, quiet=quiet)
+
+
+def train_and_show(experiment, runs, todo, done, out: Path, set_: list[str], *, jobs, force, executor, address,
+                   fmt_name, check, wide, quiet, preflighted: bool = False) -> None:
+    """``run``'s sweep of ``runs`` (``todo`` of them not done) into ``out``, its table, its checks, its exit code."""
+    from gradlab.sweeps import experiment_lock, preflight, record_experiment
+
+    name = experiment.name
+    problems = [] if preflighted else preflight(runs, executor)
     if problems:
         fail(problems)
     from gradlab.sweeps import ExecutorUnavailable

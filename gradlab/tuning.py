@@ -1,0 +1,404 @@
+"""Each arm at its own best hyperparameters, chosen on seeds the comparison never reports (``tune:``).
+
+A config's ``tune:`` section names dotted keys with lists of values, the selection seeds and a metric::
+
+    tune:
+      train.lr: [1.0e-3, 3.0e-3, 1.0e-2]
+      seeds: [100, 101]       # must not overlap the config's seeds
+      metric: final_loss
+
+The protocol of Le et al. 2015 and Arjovsky et al. 2016 (a grid search per model before comparing;
+Henderson et al. 2018, "Deep RL that matters", on untuned baselines): the arms are the grid's points
+without the tuned keys. For each arm every combination of the tuned values trains on the selection
+seeds (the selection runs, stored apart in ``<out>/<name>/SELECTION_DIR``), the best by the metric's
+seed mean is chosen, and only the arm's runs at its chosen values on the config's seeds are reported:
+they alone form the comparison and meet the ``expect:`` list.
+
+Selection rules (``score``, ``choose``):
+
+- ``final_loss``: the final eval loss over the task's memoryless baseline, minimised; a diverged run
+  (non-finite loss) or a failed one counts as infinitely bad.
+- ``solved_rate``: the share of seeds solved, maximised; a failed or diverged run is unsolved.
+- ``steps_to_solve``: the steps to solve, minimised; an unsolved, diverged or failed run counts as
+  twice the step budget (PAR-2, the penalised average runtime of the SAT competitions), so a
+  combination that solves some seeds beats one that solves none.
+- Ties (equal seed means) are broken by the final loss (for ``solved_rate`` and ``steps_to_solve``),
+  then by the order of the values in the config (the first key's values vary slowest).
+- A selection run that failed is finished: it counts as above, and ``gradlab run`` trains it again
+  next time (as any failed run), which may change the choice.
+
+A selection run's config differs from the reported runs' only in its seed, so its id (and hash) does
+not depend on the other tuned values: widening a range re-uses the selection runs already done.
+The choice per arm is recorded in ``<out>/<name>/SELECTION_FILE``; the reading side (compare, report,
+plot) takes it from there and never shows the selection runs nor a run at values no longer chosen.
+Imports no torch (the reading side imports this module).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SELECTION_DIR = "selection"        # <out>/<name>/selection/<run id>: the selection runs
+SELECTION_MARKER = "tune.json"     # in SELECTION_DIR, written before its first run: readers leave the folder out
+SELECTION_FILE = "selection.json"  # <out>/<name>/selection.json: each arm's curve and choice
+CURVE_PLOT = "selection_curve.png"  # the selection curve, with the other plots
+# metric -> what is better; see the module docstring for how failed, diverged and unsolved runs count
+METRICS = {"final_loss": "min", "solved_rate": "max", "steps_to_solve": "min"}
+PAR = 2  # steps_to_solve: an unsolved run counts as PAR x the step budget (PAR-2)
+
+
+# ---------------------------------------------------------------------------
+# Validation (config.validate calls ``check``).
+
+def check(data: dict, checks: dict, grid_key_of, where, problems: list[str]) -> dict:
+    """The ``tune:`` section's problems, appended to ``problems`` one located line each; returns the valid
+    tuned keys as grid entries (dotted path -> [(index, value)]) for the grid to expand with.
+
+    ``checks``: config's value checks by dotted path; ``grid_key_of(grid, path)``: the grid key that
+    sets ``path``, or None.
+    """
+    tune = data["tune"]
+    if not isinstance(tune, dict):
+        problems.append(f"{where('tune')}: expected a mapping of dotted.key: [values], seeds and metric, "
+                        f"got {tune!r}")
+        return {}
+    seeds = tune.get("seeds")
+    reported = data.get("seeds", [0]) if isinstance(data.get("seeds", [0]), list) else []
+    if seeds is None:
+        problems.append(f"{where('tune')}: missing seeds: the selection seeds, e.g. seeds: [100, 101]")
+    elif msg := checks["seeds"](seeds):
+        problems.append(f"{where('tune.seeds')}: {msg}")
+    elif shared := [s for s in seeds if s in reported]:
+        problems.append(f"{where('tune.seeds')}: {', '.join(map(str, shared))} also in seeds ({where('seeds')}); "
+                        "the selection seeds must be others, or the comparison reports runs it was tuned on")
+    metric = tune.get("metric", "final_loss")
+    if metric not in METRICS:
+        from gradlab.yamlfile import did_you_mean
+
+        problems.append(f"{where('tune.metric')}: unknown metric {metric!r}{did_you_mean(metric, METRICS)}; "
+                        f"valid: {', '.join(METRICS)}")
+    tuned = {}
+    for path, values in tune.items():
+        if path in ("seeds", "metric"):
+            continue
+        loc = where(f"tune.{path}")
+        if path not in checks or path in ("seeds", "name"):
+            from gradlab.yamlfile import did_you_mean
+
+            settable = [k for k in checks if k not in ("seeds", "name")]
+            problems.append(f"{loc}: cannot tune unknown key {path!r}{did_you_mean(path, settable)}")
+            continue
+        if (gridded := grid_key_of(data.get("grid"), path)) is not None:
+            problems.append(f"{loc}: the grid sets {gridded} too ({where(f'grid.{gridded}')}); "
+                            "a key is either tuned per arm or an axis of the comparison, not both")
+            continue
+        if not isinstance(values, list) or not values:
+            problems.append(f"{loc}: expected a non-empty list of values, got {values!r}")
+            continue
+        kept = []
+        for i, v in enumerate(values):
+            if msg := checks[path](v):
+                problems += [f"{where(f'tune.{path}[{i}]')}: {line}" for line in msg.splitlines()]
+            elif any(json.dumps(v) == json.dumps(u) for _, u in kept):
+                problems.append(f"{where(f'tune.{path}[{i}]')}: {v!r} is listed twice; keep one")
+            else:
+                kept.append((i, v))
+        if len(kept) == len(values):
+            tuned[path] = kept
+    if not any(k not in ("seeds", "metric") for k in tune):
+        problems.append(f"{where('tune')}: names no key to tune, e.g. train.lr: [1.0e-3, 1.0e-2]")
+    return tuned
+
+
+# ---------------------------------------------------------------------------
+# Planning.
+
+@dataclass
+class Arm:
+    """One grid point without the tuned keys: its candidates at the config's seeds, its selection runs."""
+
+    key: dict          # the grid values that make the arm: dotted path -> value
+    label: str         # "length=50, cell=irnn" ("all runs" without a grid)
+    candidates: list = field(default_factory=list)  # per combination: [Run at each of the config's seeds]
+    selection: list = field(default_factory=list)   # per combination: [Run at each selection seed]
+
+
+@dataclass
+class Plan:
+    tuned: dict                # dotted path -> its values, in the config's order
+    combinations: list         # [{path: value}], the first key varying slowest
+    seeds: list
+    selection_seeds: list
+    metric: str
+    arms: list
+
+    @property
+    def selection_runs(self) -> list:
+        return [r for arm in self.arms for runs in arm.selection for r in runs]
+
+    @property
+    def cost(self) -> tuple[int, int]:
+        """(selection runs, reported runs): arms x combinations x selection seeds, arms x seeds."""
+        return (len(self.arms) * len(self.combinations) * len(self.selection_seeds),
+                len(self.arms) * len(self.seeds))
+
+    def describe(self) -> str:
+        """The plan and its cost in runs, one line."""
+        a, c, s, n = len(self.arms), len(self.combinations), len(self.selection_seeds), len(self.seeds)
+        sel, rep = self.cost
+        return (f"tune {', '.join(self.tuned)} by {self.metric}: {a} arms x {c} combinations x {s} selection "
+                f"seeds = {sel} selection runs, then {a} arms x {n} seeds = {rep} reported runs; {sel + rep} runs")
+
+
+def _combination(run, tuned: dict) -> dict:
+    return {path: run.overrides[path] for path in tuned}
+
+
+def plan(experiment) -> Plan:
+    """The arms of a tuned experiment, from its runs (every arm x combination at the config's seeds)."""
+    from gradlab.config import Run, run_id
+
+    tune = experiment.tune
+    tuned = {k: v for k, v in tune.items() if k not in ("seeds", "metric")}
+    keys = list(tuned)
+    import itertools
+
+    combinations = [dict(zip(keys, combo)) for combo in itertools.product(*tuned.values())]
+    seeds = list(dict.fromkeys(r.config["seed"] for r in experiment.runs))
+    arms: dict[str, Arm] = {}
+    for run in experiment.runs:
+        key = {p: v for p, v in run.overrides.items() if p not in tuned}
+        ident = json.dumps(key, sort_keys=True, default=str)
+        if ident not in arms:
+            label = ", ".join(f"{p.split('.')[-1]}={_label(v)}" for p, v in key.items()) or "all runs"
+            arms[ident] = Arm(key, label, [[] for _ in combinations], [[] for _ in combinations])
+        arm = arms[ident]
+        c = combinations.index(_combination(run, tuned))
+        arm.candidates[c].append(run)
+        if run.config["seed"] == seeds[0]:
+            for seed in tune["seeds"]:
+                cfg = {**copy.deepcopy(run.config), "seed": seed}
+                arm.selection[c].append(Run(run_id(cfg, run.overrides), cfg, run.overrides))
+    return Plan(tuned, combinations, seeds, list(tune["seeds"]), tune.get("metric", "final_loss"), list(arms.values()))
+
+
+def _label(v) -> str:
+    if isinstance(v, dict):  # a section variant or a clip spec
+        return "{" + ", ".join(f"{k}: {x}" for k, x in v.items()) + "}"
+    return str(v)
+
+
+# ---------------------------------------------------------------------------
+# Selection.
+
+def score(summary: dict | None, metric: str, steps: int) -> float:
+    """One selection run's value of ``metric`` (see the module docstring); None summary: a failed run."""
+    ok = summary is not None and summary.get("status") == "ok"
+    if metric == "final_loss":
+        loss, base = (summary or {}).get("final_loss"), (summary or {}).get("baseline_loss")
+        if not ok or not isinstance(loss, (int, float)) or not math.isfinite(loss) or not base:
+            return math.inf
+        return loss / base
+    solved = ok and bool(summary.get("solved")) and not summary.get("diverged")
+    if metric == "solved_rate":
+        return 1.0 if solved else 0.0
+    return float(summary["steps_to_solve"]) if solved and summary.get("steps_to_solve") is not None \
+        else float(PAR * steps)
+
+
+def _mean(values: list[float]) -> float:
+    return math.inf if any(math.isinf(v) for v in values) else sum(values) / len(values)
+
+
+def choose(plan: Plan, summaries: dict) -> list[dict]:
+    """Each arm's selection curve and choice, from the selection runs' summaries (run id -> summary, or
+    None for a run not finished yet). An arm with an unfinished selection run has no choice yet."""
+    sign = 1 if METRICS[plan.metric] == "min" else -1
+    out = []
+    for arm in plan.arms:
+        curve, complete = [], True
+        for combination, runs in zip(plan.combinations, arm.selection):
+            points = []
+            for run in runs:
+                if run.id not in summaries or summaries[run.id] is None:
+                    complete = False
+                    continue
+                s = summaries[run.id]
+                points.append({"seed": run.config["seed"], "run": run.id, "status": s.get("status"),
+                               "diverged": bool(s.get("diverged")),
+                               "value": score(s, plan.metric, run.config["train"]["steps"]),
+                               "loss_ratio": score(s, "final_loss", run.config["train"]["steps"])})
+            full = len(points) == len(runs)
+            curve.append({"values": combination, "runs": points,
+                          "mean": _mean([p["value"] for p in points]) if full else None,
+                          "loss_ratio_mean": _mean([p["loss_ratio"] for p in points]) if full else None})
+        record = {"arm": arm.key, "label": arm.label, "complete": complete, "curve": curve,
+                  "chosen": None, "edge": [], "tied": False, "reported": []}
+        if complete:
+            ranked = sorted(range(len(curve)), key=lambda c: (sign * curve[c]["mean"],
+                                                              curve[c]["loss_ratio_mean"], c))
+            best = ranked[0]
+            record["chosen"] = curve[best]["values"]
+            record["tied"] = len(ranked) > 1 and curve[ranked[1]]["mean"] == curve[best]["mean"]
+            record["no_finite"] = all(math.isinf(p["mean"]) for p in curve)
+            record["edge"] = at_edge(plan.tuned, record["chosen"])
+            record["reported"] = [r.id for r in arm.candidates[best]]
+        out.append(record)
+    return out
+
+
+def finished(plan: Plan, out: Path, name: str) -> dict:
+    """The summaries of the selection runs finished on disk (ok or failed, every promised file there),
+    by run id: what ``choose`` selects from."""
+    from gradlab import results
+    from gradlab.sweeps import run_dir
+
+    found = {}
+    for run in plan.selection_runs:
+        path = run_dir(out, f"{name}/{SELECTION_DIR}", run)
+        if results.is_finished(path) and not results.missing_files(path):
+            found[run.id] = results.read_json(path / results.SUMMARY)
+    return found
+
+
+def at_edge(tuned: dict, chosen: dict) -> list[str]:
+    """The tuned keys of numbers whose chosen value is the smallest or largest searched."""
+    edge = []
+    for path, values in tuned.items():
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(numbers) == len(values) and len(set(numbers)) > 1 and chosen[path] in (min(numbers), max(numbers)):
+            edge.append(path)
+    return edge
+
+
+def edge_note(path: str) -> str:
+    return f"best {path.split('.')[-1]} at the edge: widen the range"
+
+
+def record(out: Path, name: str, plan: Plan, arms: list[dict], timing: dict | None = None) -> dict:
+    """Write ``<out>/<name>/SELECTION_FILE`` (atomically), keeping the timings of earlier selection sweeps."""
+    from gradlab import results
+
+    path = Path(out) / name / SELECTION_FILE
+    old = read_selection(path.parent) or {}
+    sweeps = old.get("sweeps", []) + ([timing] if timing else [])
+    doc = {"name": name, "metric": plan.metric, "better": METRICS[plan.metric],
+           "tuned": plan.tuned, "seeds": plan.seeds, "selection_seeds": plan.selection_seeds,
+           "cost": dict(zip(("selection", "reported"), plan.cost)), "arms": arms, "sweeps": sweeps}
+    results.write_json(path, doc)
+    return doc
+
+
+def prepare(out: Path, name: str, plan: Plan) -> None:
+    """Write the selection folder's marker before its first run, so no reader ever pools a selection run."""
+    from gradlab import results
+
+    marker = Path(out) / name / SELECTION_DIR / SELECTION_MARKER
+    doc = {"tuned": plan.tuned, "selection_seeds": plan.selection_seeds, "metric": plan.metric}
+    if not marker.is_file() or results.read_json(marker) != json.loads(json.dumps(doc)):
+        results.write_json(marker, doc)
+
+
+def reported_runs(plan: Plan, arms: list[dict], shard: tuple[int, int] | None = None) -> tuple[list, list]:
+    """(the runs to report at each arm's chosen values, the arms still waiting for their selection).
+
+    With ``shard=(i, n)`` every n-th (arm, seed) slot from the i-th, counted over all arms, so the
+    shards of one sweep split the reported runs whichever arms are ready.
+    """
+    runs, waiting, slot = [], [], 0
+    for arm, rec in zip(plan.arms, arms):
+        for k in range(len(plan.seeds)):
+            if rec["chosen"] is not None and (shard is None or slot % shard[1] == shard[0] - 1):
+                runs.append(arm.candidates[plan.combinations.index(rec["chosen"])][k])
+            slot += 1
+        if rec["chosen"] is None:
+            waiting.append(rec)
+    return runs, waiting
+
+
+# ---------------------------------------------------------------------------
+# The reading side: which run directories a reader shows.
+
+def read_selection(folder: Path) -> dict | None:
+    """An experiment folder's ``SELECTION_FILE``, or None (not a tuned experiment, or not selected yet)."""
+    path = Path(folder) / SELECTION_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def shown(run_dirs: list[Path], root: Path) -> list[Path]:
+    """The run directories a reader of ``root`` shows: not the selection runs (a folder with
+    SELECTION_MARKER, unless it is ``root`` itself), and of a tuned experiment only the runs at its arms'
+    chosen values (an earlier choice's runs stay on disk, unshown)."""
+    from gradlab.results import run_hash
+
+    root, reported = Path(root), {}
+    kept = []
+    for d in run_dirs:
+        folder = Path(d).parent
+        if folder != root and (folder / SELECTION_MARKER).is_file():
+            continue
+        if folder not in reported:
+            doc = read_selection(folder)
+            reported[folder] = None if doc is None else {run_hash(r) for a in doc.get("arms", [])
+                                                          for r in a.get("reported", [])}
+        if reported[folder] is None or run_hash(Path(d).name) in reported[folder]:
+            kept.append(d)
+    return kept
+
+
+def selections(root: Path) -> list[tuple[Path, dict]]:
+    """(experiment folder, its selection record) of every tuned experiment under ``root``."""
+    found = []
+    for path in sorted(Path(root).rglob(SELECTION_FILE)):
+        doc = read_selection(path.parent)
+        if doc is not None and path.parent.name != SELECTION_DIR:
+            found.append((path.parent, doc))
+    return found
+
+
+def fmt_value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if math.isfinite(v) else "inf"
+    return _label(v)
+
+
+def choice_rows(doc: dict) -> list[dict]:
+    """One row per arm of a selection record: the arm, the chosen values, the curve, the notes."""
+    rows = []
+    for arm in doc.get("arms", []):
+        notes = [edge_note(p) for p in arm.get("edge", [])]
+        if arm.get("no_finite"):
+            notes.append("every combination failed or diverged: the first listed was taken")
+        elif arm.get("tied"):
+            notes.append("tied with another combination: the first listed was taken")
+        if not arm.get("complete"):
+            notes.append("selection not finished")
+        chosen = arm.get("chosen") or {}
+        curve = " · ".join(", ".join(fmt_value(v) for v in point["values"].values()) + ": "
+                           + ("–" if point["mean"] is None else fmt_value(float(point["mean"])))
+                           for point in arm.get("curve", []))
+        rows.append({"arm": arm.get("label"), "chosen": ", ".join(f"{p.split('.')[-1]}={fmt_value(v)}"
+                                                                  for p, v in chosen.items()) or "–",
+                     "curve": curve, "notes": "; ".join(notes)})
+    return rows
+
+
+def caption(doc: dict) -> str:
+    better = "lower" if doc.get("better") == "min" else "higher"
+    return (f"selection: {doc.get('metric')} ({better} is better), seed mean over selection seeds "
+            f"{', '.join(map(str, doc.get('selection_seeds', [])))}; curve: {', '.join(doc.get('tuned', {}))}: mean")
+
+
+def markdown(doc: dict) -> str:
+    """A selection record as a Markdown table with its caption."""
+    lines = ["| arm | chosen | selection curve | notes |", "|---|---|---|---|"]
+    lines += [f"| {r['arm']} | {r['chosen']} | {r['curve']} | {r['notes']} |" for r in choice_rows(doc)]
+    return "\n".join(lines) + f"\n\n*{caption(doc)}*\n"
