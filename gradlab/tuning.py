@@ -49,6 +49,8 @@ CURVE_PLOT = "selection_curve.png"  # the selection curve, with the other plots
 # metric -> what is better; see the module docstring for how failed, diverged and unsolved runs count
 METRICS = {"final_loss": "min", "solved_rate": "max", "steps_to_solve": "min"}
 PAR = 2  # steps_to_solve: an unsolved run counts as PAR x the step budget (PAR-2)
+METRIC_TEXT = {"final_loss": "final loss ÷ baseline", "solved_rate": "share of seeds solved",
+               "steps_to_solve": f"steps to solve (unsolved: {PAR}x the budget)"}
 
 
 # ---------------------------------------------------------------------------
@@ -392,9 +394,12 @@ def choice_rows(doc: dict) -> list[dict]:
 
 
 def caption(doc: dict) -> str:
+    """What a selection table shows: the metric, its direction, the selection seeds."""
+    metric = doc.get("metric")
     better = "lower" if doc.get("better") == "min" else "higher"
-    return (f"selection: {doc.get('metric')} ({better} is better), seed mean over selection seeds "
-            f"{', '.join(map(str, doc.get('selection_seeds', [])))}; curve: {', '.join(doc.get('tuned', {}))}: mean")
+    return (f"selection curve: {', '.join(doc.get('tuned', {}))}: {METRIC_TEXT.get(metric, metric)} "
+            f"({metric}; {better} is better), mean over the selection seeds "
+            f"{', '.join(map(str, doc.get('selection_seeds', [])))}, which the comparison never reports")
 
 
 def markdown(doc: dict) -> str:
