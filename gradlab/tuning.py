@@ -406,4 +406,74 @@ def markdown(doc: dict) -> str:
     """A selection record as a Markdown table with its caption."""
     lines = ["| arm | chosen | selection curve | notes |", "|---|---|---|---|"]
     lines += [f"| {r['arm']} | {r['chosen']} | {r['curve']} | {r['notes']} |" for r in choice_rows(doc)]
-    return "\n".join(lines) + f"\n\n*{caption(doc)}*\n"
+    cost = doc.get("cost", {})
+    return "\n".join(lines) + (f"\n\n*{caption(doc)}; {cost.get('selection', '?')} selection runs in "
+                               f"`{SELECTION_DIR}/`*\n")
+
+
+# ---------------------------------------------------------------------------
+# The selection curve (``gradlab plot`` draws it next to the other figures of a tuned experiment).
+
+def curve_points(doc: dict, arm: dict, path: str) -> list[tuple]:
+    """(value, seed mean, [per-seed values], chosen?) along ``path``, the other tuned keys at the arm's
+    chosen values (a slice through the choice); only where the selection is finished."""
+    chosen = arm.get("chosen") or {}
+    points = []
+    for point in arm.get("curve", []):
+        values = point["values"]
+        if point["mean"] is None or any(values[k] != chosen.get(k) for k in values if k != path):
+            continue
+        points.append((values[path], float(point["mean"]), [float(r["value"]) for r in point["runs"]],
+                       values == chosen))
+    return points
+
+
+def curve_figure(doc: dict):
+    """One panel per tuned key: each arm's seed mean of the metric against the key's values (dots: the
+    seeds; a ring: the choice). A failed or diverged selection (an infinite value) is not drawn, and
+    the panel says how many. Returns a matplotlib Figure, or None when no arm has finished its selection."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    arms = [a for a in doc.get("arms", []) if a.get("chosen")]
+    if not arms:
+        return None
+    paths = list(doc.get("tuned", {}))
+    fig = Figure(figsize=(5.5 * len(paths), 4.2), layout="constrained")
+    colors = matplotlib.colormaps["tab10"].colors
+    metric = doc.get("metric")
+    for k, path in enumerate(paths):
+        ax = fig.add_subplot(1, len(paths), k + 1)
+        values = doc["tuned"][path]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        position = (lambda v: v) if numeric else (lambda v, order=[json.dumps(x) for x in values]:
+                                                  order.index(json.dumps(v)))
+        hidden, positive = 0, True
+        for i, arm in enumerate(arms):
+            color = colors[i % len(colors)]
+            points = curve_points(doc, arm, path)
+            line = [(position(v), m) for v, m, _, _ in points if math.isfinite(m)]
+            hidden += sum(not math.isfinite(x) for _, _, seeds, _ in points for x in seeds)
+            positive &= all(m > 0 for _, m in line)
+            if line:
+                ax.plot(*zip(*line), "-o", color=color, label=arm["label"], markersize=4)
+            for v, m, seeds, chosen in points:
+                finite = [x for x in seeds if math.isfinite(x)]
+                ax.plot([position(v)] * len(finite), finite, ".", color=color, alpha=0.4)
+                if chosen and math.isfinite(m):
+                    ax.plot([position(v)], [m], "o", markersize=11, markerfacecolor="none", color=color)
+        if numeric and all(v > 0 for v in values) and max(values) / min(values) >= 10:
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(range(len(values)), [_label(v) for v in values])
+        if metric == "final_loss" and positive:
+            ax.set_yscale("log")
+        if metric == "final_loss":
+            ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8, label="baseline")
+        ax.set_xlabel(path)
+        ax.set_ylabel(f"{METRIC_TEXT.get(metric, metric)}, selection seeds")
+        if hidden:
+            ax.set_title(f"{hidden} failed or diverged selection runs not drawn", fontsize=8)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{doc.get('name')}: selection curve (ring: the choice per arm)", fontsize=10)
+    return fig
