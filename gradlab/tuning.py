@@ -239,7 +239,8 @@ def choose(plan: Plan, summaries: dict) -> list[dict]:
                           "mean": _mean([p["value"] for p in points]) if full else None,
                           "loss_ratio_mean": _mean([p["loss_ratio"] for p in points]) if full else None})
         record = {"arm": arm.key, "label": arm.label, "complete": complete, "curve": curve,
-                  "chosen": None, "edge": [], "tied": False, "reported": []}
+                  "chosen": None, "edge": [], "tied": False, "reported": [],
+                  "candidates": [r.id for runs in arm.candidates for r in runs]}
         if complete:
             ranked = sorted(range(len(curve)), key=lambda c: (sign * curve[c]["mean"],
                                                               curve[c]["loss_ratio_mean"], c))
@@ -337,21 +338,22 @@ def read_selection(folder: Path) -> dict | None:
 
 def shown(run_dirs: list[Path], root: Path) -> list[Path]:
     """The run directories a reader of ``root`` shows: not the selection runs (a folder with
-    SELECTION_MARKER, unless it is ``root`` itself), and of a tuned experiment only the runs at its arms'
-    chosen values (an earlier choice's runs stay on disk, unshown)."""
+    SELECTION_MARKER, unless it is ``root`` itself), and of a tuned experiment's candidates only those at
+    its arms' chosen values (an earlier choice's runs stay on disk, unshown; runs of another sweep into
+    the folder are no candidates and stay shown)."""
     from gradlab.results import run_hash
 
-    root, reported = Path(root), {}
+    root, unchosen = Path(root), {}
     kept = []
     for d in run_dirs:
         folder = Path(d).parent
         if folder != root and (folder / SELECTION_MARKER).is_file():
             continue
-        if folder not in reported:
-            doc = read_selection(folder)
-            reported[folder] = None if doc is None else {run_hash(r) for a in doc.get("arms", [])
-                                                          for r in a.get("reported", [])}
-        if reported[folder] is None or run_hash(Path(d).name) in reported[folder]:
+        if folder not in unchosen:
+            arms = (read_selection(folder) or {}).get("arms", [])
+            unchosen[folder] = ({run_hash(r) for a in arms for r in a.get("candidates", [])}
+                                - {run_hash(r) for a in arms for r in a.get("reported", [])})
+        if run_hash(Path(d).name) not in unchosen[folder]:
             kept.append(d)
     return kept
 

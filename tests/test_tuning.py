@@ -285,3 +285,19 @@ def test_kill_9_in_either_phase_resumes_to_the_uninterrupted_results(tmp_path, r
     reported, selection, doc = reference
     assert snapshot(folder) == reported and snapshot(folder / tuning.SELECTION_DIR) == selection
     assert [a["chosen"] for a in tuning.read_selection(folder)["arms"]] == [a["chosen"] for a in doc["arms"]]
+
+
+def test_readers_hide_selection_runs_and_unchosen_candidates_only(tmp_path):
+    folder = tmp_path / "tuned"
+    dirs = [folder / f"lr={lr}_seed=0_{h}" for lr, h in (("0.001", "aaaaaaaa"), ("0.01", "bbbbbbbb"))]
+    other = folder / "lr=0.1_seed=0_cccccccc"  # another sweep into the folder: no candidate
+    selection = folder / tuning.SELECTION_DIR / "lr=0.001_seed=100_dddddddd"
+    for d in [*dirs, other, selection]:
+        d.mkdir(parents=True)
+    results.write_json(folder / tuning.SELECTION_DIR / tuning.SELECTION_MARKER, {})
+    everything = [*dirs, other, selection]
+    assert tuning.shown(everything, tmp_path) == [*dirs, other]  # before the choice: only selection hidden
+    results.write_json(folder / tuning.SELECTION_FILE, {"arms": [{"candidates": [d.name for d in dirs],
+                                                                  "reported": [dirs[1].name]}]})
+    assert tuning.shown(everything, tmp_path) == [dirs[1], other]
+    assert tuning.shown([selection], folder / tuning.SELECTION_DIR) == [selection]  # asked for by name
