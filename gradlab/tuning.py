@@ -292,8 +292,26 @@ def record(out: Path, name: str, plan: Plan, arms: list[dict], timing: dict | No
     doc = {"name": name, "metric": plan.metric, "better": METRICS[plan.metric],
            "tuned": plan.tuned, "seeds": plan.seeds, "selection_seeds": plan.selection_seeds,
            "cost": dict(zip(("selection", "reported"), plan.cost)), "arms": arms, "sweeps": sweeps}
-    results.write_json(path, doc)
+    doc = json.loads(json.dumps(_stored(doc)))
+    if doc != old:  # unchanged (a resume of a finished study): a read-only archive stays unwritten
+        results.write_json(path, doc)
     return doc
+
+
+def _stored(x):
+    """Infinities as null, as every JSON file gradlab writes has them: on disk a null value or mean of a
+    finished selection is infinitely bad (a failed or diverged run), read back by ``_number``."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _stored(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_stored(v) for v in x]
+    return x
+
+
+def _number(v) -> float:
+    return math.inf if v is None else float(v)
 
 
 def prepare(out: Path, name: str, plan: Plan) -> None:
@@ -387,7 +405,7 @@ def choice_rows(doc: dict) -> list[dict]:
             notes.append("selection not finished")
         chosen = arm.get("chosen") or {}
         curve = " · ".join(", ".join(fmt_value(v) for v in point["values"].values()) + ": "
-                           + ("–" if point["mean"] is None else fmt_value(float(point["mean"])))
+                           + (fmt_value(_number(point["mean"])) if arm.get("complete") else "–")
                            for point in arm.get("curve", []))
         rows.append({"arm": arm.get("label"), "chosen": ", ".join(f"{p.split('.')[-1]}={fmt_value(v)}"
                                                                   for p, v in chosen.items()) or "–",
@@ -423,9 +441,9 @@ def curve_points(doc: dict, arm: dict, path: str) -> list[tuple]:
     points = []
     for point in arm.get("curve", []):
         values = point["values"]
-        if point["mean"] is None or any(values[k] != chosen.get(k) for k in values if k != path):
+        if not arm.get("complete") or any(values[k] != chosen.get(k) for k in values if k != path):
             continue
-        points.append((values[path], float(point["mean"]), [float(r["value"]) for r in point["runs"]],
+        points.append((values[path], _number(point["mean"]), [_number(r["value"]) for r in point["runs"]],
                        values == chosen))
     return points
 

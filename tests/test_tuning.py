@@ -301,3 +301,19 @@ def test_readers_hide_selection_runs_and_unchosen_candidates_only(tmp_path):
                                                                   "reported": [dirs[1].name]}]})
     assert tuning.shown(everything, tmp_path) == [dirs[1], other]
     assert tuning.shown([selection], folder / tuning.SELECTION_DIR) == [selection]  # asked for by name
+
+
+def test_the_record_on_disk_keeps_a_diverged_combination_infinitely_bad_and_is_not_rewritten(tmp_path):
+    plan = stub_plan(tmp_path)
+    arms = tuning.choose(plan, stub_summaries(plan, lambda c, lr, s: ok(loss=math.inf if lr == 1e-2 else lr)))
+    tuning.record(tmp_path, "tuned", plan, arms)
+    path = tmp_path / "tuned" / tuning.SELECTION_FILE
+    doc = tuning.read_selection(path.parent)
+    assert [p["mean"] for p in doc["arms"][0]["curve"]] == [1e-3, 3e-3, None]  # JSON has no infinity
+    assert tuning.choice_rows(doc)[0]["curve"] == "0.001: 0.001 · 0.003: 0.003 · 0.01: inf"
+    assert tuning.choice_rows(doc)[0]["notes"] == "best lr at the edge: widen the range"
+    assert tuning.curve_figure(doc).axes[0].get_title() == "2 failed or diverged selection runs not drawn"
+    path.chmod(0o444)
+    before = path.stat().st_mtime_ns
+    tuning.record(tmp_path, "tuned", plan, arms)  # the same choice again: nothing written
+    assert path.stat().st_mtime_ns == before
