@@ -214,6 +214,7 @@ class Experiment:
     expect: list          # the validated ``expect:`` entries, as written
     about: str = ""       # the file's leading comment block: what it shows, which paper it follows
     source: str = ""      # the config file's path
+    tune: dict | None = None  # the validated ``tune:`` section (gradlab.tuning), None without one
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> tuple[str, list[Run]]:
@@ -247,4 +248,5 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         set_path(data, key, value)
     set_problems += set_in_grid(data.get("grid"), sets, where)
     runs = validate(data, source, lines, tuple(key for key, _ in sets), problems + set_problems)
-    return Experiment(data.get("name", Config.name), runs, data.get("expect", []), header_comment(text), source)
+    return Experiment(data.get("name", Config.name), runs, data.get("expect", []), header_comment(text), source,
+                      data.get("tune"))

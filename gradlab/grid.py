@@ -42,7 +42,7 @@ def too_many_runs(grid: dict, seeds: int, where) -> str | None:
     return None
 
 
-def _grid_key_of(grid, path: str) -> str | None:
+def grid_key_of(grid, path: str) -> str | None:
     """The grid key that sets ``path`` (or a key within it, or the section around it), or None.
 
     A grid value overrides the config's value at every point, so a ``--set`` of such a key would
@@ -64,7 +64,7 @@ def set_in_grid(grid, sets: list[tuple[str, object]], where) -> list[str]:
     """A ``--set`` of a key the grid sets would change no run (the grid's values win): one problem each."""
     problems = []
     for key, value in sets:
-        gridded = None if key.startswith("grid.") or key == "grid" else _grid_key_of(grid, key)
+        gridded = None if key.startswith("grid.") or key == "grid" else grid_key_of(grid, key)
         if gridded is None:
             continue
         values = yaml.safe_dump([value], default_flow_style=True, width=1 << 16).strip() if gridded == key else "[...]"

@@ -9,6 +9,7 @@ experiments) and returns what it wrote and the damaged files it left out;
 - ``grad_norm.png``        pre-clip global gradient norm over training (log scale), clip threshold dotted
 - ``grad_profile.png``     ‖∂L/∂h‖ against the lag, normalised to its peak: the vanishing picture
 - ``profile_heatmap_<run id>.png``  that profile over training for a representative run per group
+- ``selection_curve.png``  a tuned experiment's metric against each tuned value, per arm (``gradlab.tuning``)
 
 Runs that differ only by seed form a group. A cell has the same colour in every
 figure of every experiment; the first other key that differs (clip, tbptt, lr,
@@ -39,12 +40,13 @@ from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from gradlab import results
+from gradlab import results, tuning
 from gradlab.diagnostics import DEFAULTS
 from gradlab.readers import Skipped, attempt, experiment_folder, read_json, read_metrics, read_profile, run_config
 from gradlab.vocabulary import (
     CELL_NAMES,
     CONFIG_FILE,
+    CURVE_PLOT,
     FULL_BPTT,
     HEATMAP_FILE,
     MAIN_PLOTS,
@@ -100,6 +102,9 @@ def draw(root: Path, out: Path) -> Drawing:
     drawing = Drawing(skipped=skipped)
     for folder, exp_runs in experiments(runs, root).items():
         drawing.written += draw_experiment(exp_runs, out / folder)
+        selection = tuning.read_selection(exp_runs[0].experiment[0])  # a tuned experiment: its selection curve
+        if selection is not None and (fig := tuning.curve_figure(selection)) is not None:
+            drawing.written.append(save(fig, out / folder / CURVE_PLOT))
     return drawing
 
 
@@ -144,7 +149,7 @@ def load_runs(root: Path) -> tuple[list[Run], list[Skipped]]:
     ``metrics.csv`` leaves out its curves, a damaged ``profile.npz`` its profile.
     """
     runs, skipped = [], []
-    for d in sorted({p.parent for p in Path(root).rglob(SUMMARY_FILE)}):
+    for d in results.summarised(root):
         summary = attempt(skipped, d / SUMMARY_FILE, read_json, "the run is left out")
         if summary is None or summary.get("status") != "ok":  # a failed run is a result, not damage
             continue

@@ -234,16 +234,20 @@ def missing_files(run_dir: Path) -> list[str]:
 def find_runs(root: Path) -> list[Path]:
     """Every finished run directory under ``root`` with its config, recursively, in a stable order
     (a run without metrics is still read: its summary and profile; ``incomplete_runs`` names it)."""
-    return [d for d in _summarised(root) if (d / CONFIG).is_file()]
+    return [d for d in summarised(root) if (d / CONFIG).is_file()]
 
 
 def incomplete_runs(root: Path) -> list[tuple[Path, list[str]]]:
     """(directory, missing files) of every run under ``root`` whose summary promises files it lacks."""
-    return [(d, missing) for d in _summarised(root) if (missing := missing_files(d))]
+    return [(d, missing) for d in summarised(root) if (missing := missing_files(d))]
 
 
-def _summarised(root: Path) -> list[Path]:
-    return sorted(p.parent for p in Path(root).rglob(SUMMARY))
+def summarised(root: Path) -> list[Path]:
+    """Every run directory under ``root`` with a summary, in a stable order; not a tuned experiment's
+    selection runs, nor its runs at values no longer chosen (``tuning.shown``)."""
+    from gradlab.tuning import shown
+
+    return shown(sorted(p.parent for p in Path(root).rglob(SUMMARY)), Path(root))
 
 
 def load_run(run_dir: Path) -> dict:
@@ -321,7 +325,7 @@ def check_run(run_dir: Path) -> dict:
 def scan_runs(root: Path) -> tuple[list[dict], list[Damaged]]:
     """Every finished run under ``root`` as a checked record, and the damaged ones, each named by file."""
     records, damaged = [], []
-    for d in _summarised(root):  # a run without its config too: it is damaged, and named
+    for d in summarised(root):  # a run without its config too: it is damaged, and named
         try:
             records.append(check_run(d))
         except Damaged as e:

@@ -17,7 +17,7 @@ import itertools
 import json
 from dataclasses import dataclass
 
-from gradlab import expectations, grid
+from gradlab import expectations, grid, tuning
 from gradlab.cells import CELLS, INITS, recurrence_problem, refusal
 from gradlab.checks import (
     above_one,
@@ -223,6 +223,10 @@ def check(data: dict, where, defaults: dict) -> Checked:
     bad |= bad_grid
     if data.get("grid") == {}:
         problems.append(f"{where('grid')}: the grid is empty; remove it or give it keys")
+    if "tune" in data:  # the tuned keys expand like grid keys: every arm's candidates (gradlab.tuning)
+        tune_problems, tuned = _check_tune(data, where)
+        problems += tune_problems
+        valid = {**valid, **tuned}
     over, given = grid.base(defaults, data, CHECKS, bad), grid.length_given(data)
     huge = grid.too_many_runs(valid, len(over["seeds"]), where)
     if huge:  # nothing else can be checked without expanding it
@@ -243,10 +247,62 @@ def check(data: dict, where, defaults: dict) -> Checked:
     return Checked(problems, runs)
 
 
+def _check_tune(data: dict, where) -> tuple[list[str], dict]:
+    """The ``tune:`` section (``gradlab.tuning``): its problems, one located line each, and the valid tuned
+    keys as grid entries (dotted path -> [(index, value)]) for the grid to expand with."""
+    problems, checks, tune = [], CHECKS, data["tune"]
+    if not isinstance(tune, dict):
+        problems.append(f"{where('tune')}: expected a mapping of dotted.key: [values], seeds and metric, "
+                        f"got {tune!r}")
+        return problems, {}
+    seeds = tune.get("seeds")
+    reported = data.get("seeds", [0]) if isinstance(data.get("seeds", [0]), list) else []
+    if seeds is None:
+        problems.append(f"{where('tune')}: missing seeds: the selection seeds, e.g. seeds: [100, 101]")
+    elif msg := checks["seeds"](seeds):
+        problems.append(f"{where('tune.seeds')}: {msg}")
+    elif shared := [s for s in seeds if s in reported]:
+        problems.append(f"{where('tune.seeds')}: {', '.join(map(str, shared))} also in seeds ({where('seeds')}); "
+                        "the selection seeds must be others, or the comparison reports runs it was tuned on")
+    metric = tune.get("metric", "final_loss")
+    if metric not in tuning.METRICS:
+        problems.append(f"{where('tune.metric')}: unknown metric {metric!r}{did_you_mean(metric, tuning.METRICS)}; "
+                        f"valid: {', '.join(tuning.METRICS)}")
+    tuned = {}
+    for path, values in tune.items():
+        if path in ("seeds", "metric"):
+            continue
+        loc = where(f"tune.{path}")
+        if path not in checks or path in ("seeds", "name"):
+            settable = [k for k in checks if k not in ("seeds", "name")]
+            problems.append(f"{loc}: cannot tune unknown key {path!r}{did_you_mean(path, settable)}")
+            continue
+        if (gridded := grid.grid_key_of(data.get("grid"), path)) is not None:
+            problems.append(f"{loc}: the grid sets {gridded} too ({where(f'grid.{gridded}')}); "
+                            "a key is either tuned per arm or an axis of the comparison, not both")
+            continue
+        if not isinstance(values, list) or not values:
+            problems.append(f"{loc}: expected a non-empty list of values, got {values!r}")
+            continue
+        kept = []
+        for i, v in enumerate(values):
+            if msg := checks[path](v):
+                problems += [f"{where(f'tune.{path}[{i}]')}: {line}" for line in msg.splitlines()]
+            elif any(json.dumps(v) == json.dumps(u) for _, u in kept):
+                problems.append(f"{where(f'tune.{path}[{i}]')}: {v!r} is listed twice; keep one")
+            else:
+                kept.append((i, v))
+        if len(kept) == len(values):
+            tuned[path] = kept
+    if not any(k not in ("seeds", "metric") for k in tune):
+        problems.append(f"{where('tune')}: names no key to tune, e.g. train.lr: [1.0e-3, 1.0e-2]")
+    return problems, tuned
+
+
 def _check_keys(data: dict, where, defaults: dict) -> tuple[list[str], set[str]]:
     """Unknown keys at the top level and in each section; and the sections that are not a mapping."""
     problems, bad = [], set()
-    top = list(defaults) + ["expect"]
+    top = list(defaults) + ["expect", "tune"]
     for k in data:
         if k not in top:
             problems.append(f"{where(k)}: unknown key {k!r}{did_you_mean(k, top)}")

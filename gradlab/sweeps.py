@@ -290,7 +290,7 @@ def experiment_lock(out: Path, name: str):
 
 def run_sweep(name: str, runs: list[Run], out: Path, *, jobs: int = 1, force: bool = False,
               executor: str = "local", address: str | None = None, on_event=None,
-              sweep_id: str | None = None) -> list[Outcome]:
+              sweep_id: str | None = None, record: bool = True) -> list[Outcome]:
     """Train every run not already done, ``jobs`` at a time; return one Outcome per run.
 
     executor ``local``: ``jobs`` worker processes on this machine. ``ray``: one Ray
@@ -308,7 +308,8 @@ def run_sweep(name: str, runs: list[Run], out: Path, *, jobs: int = 1, force: bo
     (step, steps) while a run trains, ``done`` (outcome) when it is stored or
     found already done, ``elsewhere`` when another process holds it. Training
     itself never prints. ``sweep_id``: the entry ``record_experiment`` made in
-    ``experiment.json``, which gets this sweep's timing.
+    ``experiment.json``, which gets this sweep's timing; ``record=False``: no
+    ``experiment.json`` is written (a tuned experiment's selection runs; see gradlab.tuning).
     """
     notify = on_event or (lambda *a, **k: None)
     started = time.monotonic()
@@ -329,7 +330,7 @@ def run_sweep(name: str, runs: list[Run], out: Path, *, jobs: int = 1, force: bo
                     run_parallel(waiting, jobs, sweep)
                 waiting = sweep.wait_elsewhere()
             outcomes = {o.run.id: o for o in sweep.outcomes.values()}
-            if todo:
+            if todo and record:
                 with signals.shield(), experiment_lock(out, name):
                     record_sweep(out, name, [outcomes[r.id] for r in todo if outcomes[r.id].status != "elsewhere"],
                                  time.monotonic() - started, jobs, executor, sweep_id)

@@ -24,6 +24,11 @@ EXPERIMENT_LOCK = f".{EXPERIMENT_FILE}.lock"  # held while experiment.json is re
 # The figures of ``gradlab plot``, in the order a report shows them; then one heatmap per group.
 MAIN_PLOTS = ("learning_curves.png", "grad_norm.png", "grad_profile.png")
 HEATMAP_FILE = "profile_heatmap_{run_id}.png"
+# a tuned experiment (gradlab.tuning)
+SELECTION_DIR = "selection"        # <out>/<name>/selection/<run id>: the selection runs
+SELECTION_MARKER = "tune.json"     # in SELECTION_DIR, written before its first run: readers leave the folder out
+SELECTION_FILE = "selection.json"  # <out>/<name>/selection.json: each arm's curve and choice
+CURVE_PLOT = "selection_curve.png"  # the selection curve, with the other plots
 
 # ---------------------------------------------------------------------------
 # Names of registry entries and options that config (validation), training and bench share.

@@ -4,7 +4,7 @@ Validation reports each problem as ``file:line: key.path: message``, so reading 
 must keep what PyYAML throws away: the line each key was written on, and keys given twice
 (PyYAML silently keeps the later one). The loader reads YAML 1.2 floats (``1e-3`` is a
 number, not a string). The keys themselves, their defaults and checks are ``config``'s;
-only ``grid`` is special here, as its keys are whole dotted paths.
+only ``grid`` and ``tune`` are special here, as their keys are whole dotted paths.
 
 The input is bounded before anything walks it (issue 13: an alias bomb grew past 1.8 GB, 500
 levels of nesting raised RecursionError, 50 MB took 200 s): at most MAX_BYTES of text, MAX_DEPTH
@@ -204,12 +204,20 @@ def header_comment(text: str) -> str:
 # ---------------------------------------------------------------------------
 # Dotted key paths: train.lr is data["train"]["lr"]; grid keys are whole paths (grid.model.cell).
 
+# sections whose keys are themselves dotted paths (grid.model.cell, tune.train.lr)
+WHOLE_PATH_SECTIONS = ("grid", "tune")
+
+
+def _whole_path_section(path: str) -> str | None:
+    return next((s for s in WHOLE_PATH_SECTIONS if path.startswith(s + ".")), None)
+
+
 def set_path(data: dict, path: str, value) -> None:
-    if path.startswith("grid."):  # grid keys are themselves dotted paths
-        data.setdefault("grid", {})
-        if not isinstance(data["grid"], dict):
-            data["grid"] = {}
-        data["grid"][path[len("grid."):]] = value
+    if section := _whole_path_section(path):
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            data[section] = {}
+        data[section][path[len(section) + 1:]] = value
         return
     parts = path.split(".")
     node = data
@@ -226,7 +234,8 @@ def not_a_mapping(data: dict, path: str) -> str | None:
     ``set_path`` would replace it by a mapping, so a ``--set train.lr=0.1`` would hide a file's
     ``train: [1, 2]`` from validation: the caller refuses such a --set instead.
     """
-    parts = ["grid", path[len("grid."):]] if path.startswith("grid.") else path.split(".")
+    section = _whole_path_section(path)
+    parts = [section, path[len(section) + 1:]] if section else path.split(".")
     node = data
     for i, p in enumerate(parts[:-1]):
         if p not in node:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gradlab import expectations
+from gradlab import expectations, tuning, vocabulary
 from gradlab.cli import app
 from gradlab.config import ConfigError, load, load_experiment
 
@@ -316,8 +316,16 @@ def test_changed_thresholds_change_the_run_id(tmp_path):
 def test_the_committed_paper_studies_keep_their_run_ids():
     """Ids hash only what differs from the defaults: thresholds at theirs must not re-run recorded studies."""
     for config in sorted((ROOT / "configs" / "papers").glob("*.yaml")):
-        name, runs = load(config)
-        missing = [r.id for r in runs if not (ROOT / "results" / name / r.id / "summary.json").exists()]
+        experiment = load_experiment(config)
+        folder = ROOT / "results" / experiment.name
+        runs = [(folder, r) for r in experiment.runs]
+        if experiment.tune is not None:  # the selection runs, and the candidates its choice reported
+            plan = tuning.plan(experiment)
+            chosen = {r for a in tuning.read_selection(folder)["arms"] for r in a["reported"]}
+            runs = [(folder / vocabulary.SELECTION_DIR, r) for r in plan.selection_runs]
+            runs += [(folder, r) for r in experiment.runs if r.id in chosen]
+            assert len(runs) == sum(plan.cost), config.name
+        missing = [r.id for where, r in runs if not (where / r.id / "summary.json").exists()]
         assert not missing, (config.name, missing)
 
 

@@ -36,6 +36,12 @@ REDUCED = {
     "le2015_digits": ["grid.model.cell=[vanilla, irnn, lstm]", "train.steps=500", "seeds=[1]"],
 }
 
+# studies left out at CI size, with the reason (the test below checks the list against configs/papers/)
+NOT_REDUCED = {
+    "le2015_adding_tuned": "le2015_adding's cells and task with the lr tuned per arm: 7 times its runs at any "
+                           "size; le2015_adding runs reduced above and the tune: protocol is tests/test_tuning.py's",
+}
+
 # study -> {claim: why it is not asserted at CI size}; each fails in the committed study
 NOT_ASSERTED = {
     "pascanu2013_clipping": {
@@ -126,7 +132,7 @@ def test_a_window_cuts_the_gradient_to_exactly_zero(reduced_runs):
 
 def test_every_paper_config_has_a_reduced_version_and_a_committed_book():
     configs = {p.stem for p in (ROOT / "configs" / "papers").glob("*.yaml")}
-    assert configs == set(REDUCED)
+    assert configs == set(REDUCED) | set(NOT_REDUCED) and not set(REDUCED) & set(NOT_REDUCED)
     book = (ROOT / "results" / "README.md").read_text()
     for study in configs:
         assert f"## {study}" in book, f"results/README.md lacks {study}: re-run gradlab report"

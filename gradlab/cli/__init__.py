@@ -128,7 +128,12 @@ def run(
     experiment = load_config(config, set_)
     if check and not experiment.expect:
         fail(f"--check: {config} has no expect: list")
-    from gradlab.sweeps import experiment_lock, plan, preflight, record_experiment, run_dir, select
+    if experiment.tune is not None:  # each arm at its own best values: selection runs first
+        from gradlab.cli.tuned import run_tuned
+
+        return run_tuned(experiment, config, out, set_, shard, shard_spec, dry_run=dry_run, jobs=jobs, force=force,
+                         executor=executor, address=address, fmt_name=fmt_name, check=check, wide=wide, quiet=quiet)
+    from gradlab.sweeps import plan, run_dir, select
 
     name, runs = experiment.name, select(experiment.runs, shard_spec)
     todo, done = plan(name, runs, out, force)
@@ -144,7 +149,17 @@ def run(
         if fmt_name == "json":
             sys.stdout.write("[]\n")
         return
-    problems = preflight(runs, executor)
+    train_and_show(experiment, runs, todo, done, out, set_, jobs=jobs, force=force, executor=executor,
+                   address=address, fmt_name=fmt_name, check=check, wide=wide, quiet=quiet)
+
+
+def train_and_show(experiment, runs, todo, done, out: Path, set_: list[str], *, jobs, force, executor, address,
+                   fmt_name, check, wide, quiet, preflighted: bool = False) -> None:
+    """``run``'s sweep of ``runs`` (``todo`` of them not done) into ``out``, its table, its checks, its exit code."""
+    from gradlab.sweeps import experiment_lock, preflight, record_experiment
+
+    name = experiment.name
+    problems = [] if preflighted else preflight(runs, executor)
     if problems:
         fail(problems)
     from gradlab.sweeps import ExecutorUnavailable
@@ -176,7 +191,7 @@ def run(
     table, damaged = comparison_table([out / name], None, only=own)
     checks = evaluate_checks(out / name, None, only=own) if check else None
     title = f"{name}: {len(runs)} runs in {out / name}" + "".join(f" --set {x}" for x in set_)
-    emit(table, fmt_name, None, title=title, checks=checks, wide=wide)
+    emit(table, fmt_name, None, title=title, checks=checks, wide=wide, selections=selections(out / name))
     for o in failed:
         err_console.print(f"failed: {o.run.id}: {o.error} (traceback in {o.dir / 'error.txt'})")
     checks_failed = checks is not None and not all(c["passed"] for c in checks)
@@ -256,11 +271,18 @@ def compare(
         return compare_two(*directories, by, fmt_name, output, check, expect)
     table, damaged = comparison_table([directories[0]], by)
     checks = evaluate_checks(directories[0], expect) if check or expect else None
-    emit(table, fmt_name, output, checks=checks, wide=wide)
+    emit(table, fmt_name, output, checks=checks, wide=wide, selections=selections(directories[0]))
     if check and not all(c["passed"] for c in checks):
         raise typer.Exit(EXIT_FAILED)
     if check:
         fail_damaged(damaged)
+
+
+def selections(directory: Path) -> list:
+    """The tuned experiments' choices under ``directory`` (``tuning.selections``), for ``emit``."""
+    from gradlab.tuning import selections as found
+
+    return found(directory)
 
 
 def compare_two(base_dir: Path, cand_dir: Path, by: str | None, fmt_name: str, output: Path | None, check: bool,
@@ -360,13 +382,19 @@ def validate(configs: list[Path] = typer.Argument(..., help="Experiment YAML fil
 
     Example: gradlab validate configs/*.yaml
     """
-    from gradlab.config import ConfigError, load
+    from gradlab.config import ConfigError, load_experiment
 
     problems = []
     for path in configs:
         try:
-            name, runs = load(path, set_)
-            out_console.print(f"ok: {path}: {name}, {len(runs)} runs")
+            experiment = load_experiment(path, set_)
+            runs = f"{len(experiment.runs)} runs"
+            if experiment.tune is not None:
+                from gradlab.tuning import plan
+
+                selection, reported = plan(experiment).cost
+                runs = f"{selection + reported} runs ({selection} to select, {reported} to report)"
+            out_console.print(f"ok: {path}: {experiment.name}, {runs}")
         except ConfigError as e:
             problems += e.problems
     if problems:

@@ -88,27 +88,61 @@ def _build(title: str, labels: list[str], rows: list[list], left: int, text_labe
 
 
 def emit(table, fmt_name: str, output: Path | None, title: str | None = None,
-         checks: list[dict] | None = None, wide: bool = False) -> None:
+         checks: list[dict] | None = None, wide: bool = False, selections: list | None = None) -> None:
     """Print the comparison (or write it to ``output``; not for ``table``) in the chosen format.
 
     With ``checks`` (evaluated expectations), markdown and json are the one document
     that carries them (PASS/FAIL, for $GITHUB_STEP_SUMMARY); table and csv keep
     stdout to the table and list them on stderr. ``run --check`` and ``compare
-    --check`` both print this.
+    --check`` both print this. ``selections`` (``tuning.selections``): each tuned
+    experiment's choice per arm, a table after the comparison (table, markdown) or
+    notes on stderr (csv, json: their stdout stays one table).
     """
     from gradlab.comparison import render
     from gradlab.reports import json_document, markdown_report
 
     if fmt_name == "table":
         out_console.print(rich_table(table, title, wide))
-    elif checks is None or fmt_name == "csv":
-        write_or_print(render(table, fmt_name), output)
-    elif fmt_name == "json":
-        write_or_print(json.dumps(json_document(table, checks), indent=2) + "\n", output)
+        for folder, doc in selections or []:
+            out_console.print(selection_table(folder, doc))
     else:
-        write_or_print(markdown_report(table, checks), output)
+        if checks is None or fmt_name == "csv":
+            text = render(table, fmt_name)
+        elif fmt_name == "json":
+            text = json.dumps(json_document(table, checks), indent=2) + "\n"
+        else:
+            text = markdown_report(table, checks)
+        if fmt_name == "markdown" and selections:
+            from gradlab.tuning import markdown
+
+            text += "".join(f"\n#### Selection: {folder.name}\n\n{markdown(doc)}" for folder, doc in selections)
+        write_or_print(text, output)
+        if fmt_name in ("csv", "json"):
+            print_selection_notes(selections or [])
     if checks is not None and fmt_name in ("table", "csv"):
         print_checks(checks)
+
+
+def selection_table(folder: Path, doc: dict) -> Group:
+    """A tuned experiment's choice per arm: the chosen values, the selection curve, edge-of-range notes."""
+    from gradlab.tuning import caption, choice_rows
+
+    rows = [[r["arm"], r["chosen"], r["curve"], Text(r["notes"], style="yellow")] for r in choice_rows(doc)]
+    t = _table(f"{folder.name}: each arm at its own best values", ["arm", "chosen", "selection curve", "notes"],
+               rows, left=3, text_labels=("notes",))
+    return Group(t, Text(caption(doc), style="dim"))
+
+
+def print_selection_notes(selections: list) -> None:
+    """Where each tuned experiment's choices are, and every choice at the edge of its range, on stderr."""
+    from gradlab.tuning import SELECTION_FILE, choice_rows
+
+    for folder, doc in selections:
+        err_console.print(f"note: {folder.name}: each arm at its own best values, chosen on selection seeds "
+                          f"(see {folder / SELECTION_FILE})", soft_wrap=True)
+        for row in choice_rows(doc):
+            if row["notes"]:
+                err_console.print(f"note: {row['arm']}: {row['chosen']}: {row['notes']}", soft_wrap=True)
 
 
 def emit_diff(table, columns: list[str], changes, checks: list[dict] | None, fmt_name: str, output: Path | None,
