@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrizations, parametrize
 
+from gradlab.defaults import ModelConfig
 from gradlab.recurrences import RECURRENCES, scan, unroll
 
 
@@ -254,7 +255,7 @@ class RecurrentNet(nn.Module):
       (so a seed gives the same numbers in either dtype); the constraint's base B
       is made orthogonal in the final dtype (to 1e-15 in float64, not 1e-7).
 
-    ``skip``, ``engine``, ``layers``, ``constrain`` left at None take ``gradlab.config.ModelConfig``'s
+    ``skip``, ``engine``, ``layers``, ``constrain`` left at None take ``gradlab.defaults.ModelConfig``'s
     defaults, where a config's defaults live.
     """
 
@@ -262,8 +263,6 @@ class RecurrentNet(nn.Module):
                  nonlinearity: str | None = None, skip: int | None = None, engine: str | None = None,
                  seed: int = 0, layers: int | None = None, init: str | None = None, constrain: bool | None = None,
                  forget_bias: float | str | None = None, t_max: int | None = None, dtype=None):
-        from gradlab.config import ModelConfig  # config imports this module: its defaults are read when called
-
         skip, engine, layers, constrain = (getattr(ModelConfig, k) if v is None else v for k, v in (
             ("skip", skip), ("engine", engine), ("layers", layers), ("constrain", constrain)))
         super().__init__()

@@ -102,7 +102,7 @@ def draw(root: Path, out: Path) -> Drawing:
     drawing = Drawing(skipped=skipped)
     for folder, exp_runs in experiments(runs, root).items():
         drawing.written += draw_experiment(exp_runs, out / folder)
-        selection = tuning.read_selection(exp_runs[0].experiment[0])  # a tuned experiment: its selection curve
+        selection = results.read_selection(exp_runs[0].experiment[0])  # a tuned experiment: its selection curve
         if selection is not None and (fig := tuning.curve_figure(selection)) is not None:
             drawing.written.append(save(fig, out / folder / CURVE_PLOT))
     return drawing

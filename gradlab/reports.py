@@ -250,7 +250,7 @@ def html_report(root: Path, checks: list[dict] | None = None, title: str = "grad
         table = comparison.compare(runs)
         parts.append("<h3>Comparison (aggregated over seeds)</h3>" + _html_view(table) + _html_table(table))
         folders = {Path(d).parent for d in runs["run_dir"]}
-        parts += [_html_selection(doc) for f in sorted(folders) if (doc := tuning.read_selection(f))]
+        parts += [_html_selection(doc) for f in sorted(folders) if (doc := results.read_selection(f))]
         with tempfile.TemporaryDirectory() as tmp:
             images = [p for folder in sorted(folders) for p in plot(folder, Path(tmp) / folder.name)]
             if images:
@@ -331,7 +331,7 @@ def markdown_book(root: Path, out_file: Path, title: str = "gradlab results") ->
         passed = sum(c["passed"] for c in checks)
         anchor = name.lower().replace(" ", "-")
         verdict = "no claims" if not checks else ("PASS" if passed == len(checks) else "FAIL")
-        selection = tuning.read_selection(study)  # a tuned study: its selection sweeps count in its time
+        selection = results.read_selection(study)  # a tuned study: its selection sweeps count in its time
         sweeps = (selection or {}).get("sweeps", []) + doc.get("sweeps", [])
         summary.append(f"| [{name}](#{anchor}) | {verdict} ({passed}/{len(checks)}) | {len(frame)} | "
                        f"{_duration(sum(s.get('seconds', 0) for s in sweeps))} |")

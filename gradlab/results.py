@@ -34,8 +34,8 @@ from gradlab.vocabulary import ENV_FILE as ENV
 from gradlab.vocabulary import ERROR_FILE as ERROR
 from gradlab.vocabulary import METRICS_FILE as METRICS
 from gradlab.vocabulary import PROFILE_FILE as PROFILE
+from gradlab.vocabulary import SELECTION_FILE, SELECTION_MARKER, run_hash
 from gradlab.vocabulary import SUMMARY_FILE as SUMMARY
-from gradlab.vocabulary import run_hash
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:
@@ -244,10 +244,40 @@ def incomplete_runs(root: Path) -> list[tuple[Path, list[str]]]:
 
 def summarised(root: Path) -> list[Path]:
     """Every run directory under ``root`` with a summary, in a stable order; not a tuned experiment's
-    selection runs, nor its runs at values no longer chosen (``tuning.shown``)."""
-    from gradlab.tuning import shown
-
+    selection runs, nor its runs at values no longer chosen (``shown``)."""
     return shown(sorted(p.parent for p in Path(root).rglob(SUMMARY)), Path(root))
+
+
+# A tuned experiment (gradlab.tuning): its choice per arm, and the runs a reader shows.
+
+def read_selection(folder: Path) -> dict | None:
+    """An experiment folder's ``SELECTION_FILE``, or None (not a tuned experiment, or not selected yet)."""
+    path = Path(folder) / SELECTION_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def shown(run_dirs: list[Path], root: Path) -> list[Path]:
+    """The run directories a reader of ``root`` shows: not the selection runs (a folder with
+    SELECTION_MARKER, unless it is ``root`` itself), and of a tuned experiment's candidates only those at
+    its arms' chosen values (an earlier choice's runs stay on disk, unshown; runs of another sweep into
+    the folder are no candidates and stay shown)."""
+    root, unchosen = Path(root), {}
+    kept = []
+    for d in run_dirs:
+        folder = Path(d).parent
+        if folder != root and (folder / SELECTION_MARKER).is_file():
+            continue
+        if folder not in unchosen:
+            arms = (read_selection(folder) or {}).get("arms", [])
+            unchosen[folder] = ({run_hash(r) for a in arms for r in a.get("candidates", [])}
+                                - {run_hash(r) for a in arms for r in a.get("reported", [])})
+        if run_hash(Path(d).name) not in unchosen[folder]:
+            kept.append(d)
+    return kept
 
 
 def load_run(run_dir: Path) -> dict:

@@ -17,7 +17,7 @@ import itertools
 import json
 from dataclasses import dataclass
 
-from gradlab import expectations, grid, tuning
+from gradlab import expectations, grid
 from gradlab.cells import CELLS, INITS, recurrence_problem, refusal
 from gradlab.checks import (
     above_one,
@@ -35,7 +35,7 @@ from gradlab.checks import (
 )
 from gradlab.remedies import resolve_clip
 from gradlab.tasks import TASKS, resolve
-from gradlab.vocabulary import COLUMN_KEYS, DTYPES, ENGINES, MAX_ID_BYTES, OPTIMIZERS, config_columns
+from gradlab.vocabulary import COLUMN_KEYS, DTYPES, ENGINES, MAX_ID_BYTES, OPTIMIZERS, TUNE_METRICS, config_columns
 from gradlab.yamlfile import did_you_mean, get_path
 
 # ---------------------------------------------------------------------------
@@ -265,9 +265,9 @@ def _check_tune(data: dict, where) -> tuple[list[str], dict]:
         problems.append(f"{where('tune.seeds')}: {', '.join(map(str, shared))} also in seeds ({where('seeds')}); "
                         "the selection seeds must be others, or the comparison reports runs it was tuned on")
     metric = tune.get("metric", "final_loss")
-    if metric not in tuning.METRICS:
-        problems.append(f"{where('tune.metric')}: unknown metric {metric!r}{did_you_mean(metric, tuning.METRICS)}; "
-                        f"valid: {', '.join(tuning.METRICS)}")
+    if metric not in TUNE_METRICS:
+        problems.append(f"{where('tune.metric')}: unknown metric {metric!r}{did_you_mean(metric, TUNE_METRICS)}; "
+                        f"valid: {', '.join(TUNE_METRICS)}")
     tuned = {}
     for path, values in tune.items():
         if path in ("seeds", "metric"):

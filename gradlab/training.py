@@ -21,7 +21,7 @@ import torch
 import gradlab
 from gradlab import diagnostics, remedies
 from gradlab.cells import RecurrentNet
-from gradlab.config import ModelConfig, TrainConfig
+from gradlab.defaults import ModelConfig, TrainConfig
 from gradlab.diagnostics import Thresholds
 from gradlab.recurrences import RECURRENCES, Probe
 from gradlab.remedies import Clipper, clip_gradients, global_norm, make_clipper

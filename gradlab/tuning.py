@@ -42,10 +42,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gradlab.vocabulary import SELECTION_DIR, SELECTION_FILE, SELECTION_MARKER
+from gradlab import results
+from gradlab.vocabulary import SELECTION_DIR, SELECTION_FILE, SELECTION_MARKER, TUNE_METRICS
 
-# metric -> what is better; see the module docstring for how failed, diverged and unsolved runs count
-METRICS = {"final_loss": "min", "solved_rate": "max", "steps_to_solve": "min"}
 PAR = 2  # steps_to_solve: an unsolved run counts as PAR x the step budget (PAR-2)
 METRIC_TEXT = {"final_loss": "final loss ÷ baseline", "solved_rate": "share of seeds solved",
                "steps_to_solve": f"steps to solve (unsolved: {PAR}x the budget)"}
@@ -157,7 +156,7 @@ def _mean(values: list[float]) -> float:
 def choose(plan: Plan, summaries: dict) -> list[dict]:
     """Each arm's selection curve and choice, from the selection runs' summaries (run id -> summary, or
     None for a run not finished yet). An arm with an unfinished selection run has no choice yet."""
-    sign = 1 if METRICS[plan.metric] == "min" else -1
+    sign = 1 if TUNE_METRICS[plan.metric] == "min" else -1
     out = []
     for arm in plan.arms:
         curve, complete = [], True
@@ -195,7 +194,6 @@ def choose(plan: Plan, summaries: dict) -> list[dict]:
 def finished(plan: Plan, out: Path, name: str) -> dict:
     """The summaries of the selection runs finished on disk (ok or failed, every promised file there),
     by run id: what ``choose`` selects from."""
-    from gradlab import results
     from gradlab.sweeps import run_dir
 
     found = {}
@@ -222,12 +220,10 @@ def edge_note(path: str) -> str:
 
 def record(out: Path, name: str, plan: Plan, arms: list[dict], timing: dict | None = None) -> dict:
     """Write ``<out>/<name>/SELECTION_FILE`` (atomically), keeping the timings of earlier selection sweeps."""
-    from gradlab import results
-
     path = Path(out) / name / SELECTION_FILE
-    old = read_selection(path.parent) or {}
+    old = results.read_selection(path.parent) or {}
     sweeps = old.get("sweeps", []) + ([timing] if timing else [])
-    doc = {"name": name, "metric": plan.metric, "better": METRICS[plan.metric],
+    doc = {"name": name, "metric": plan.metric, "better": TUNE_METRICS[plan.metric],
            "tuned": plan.tuned, "seeds": plan.seeds, "selection_seeds": plan.selection_seeds,
            "cost": dict(zip(("selection", "reported"), plan.cost)), "arms": arms, "sweeps": sweeps}
     doc = json.loads(json.dumps(_stored(doc)))
@@ -254,8 +250,6 @@ def _number(v) -> float:
 
 def prepare(out: Path, name: str, plan: Plan) -> None:
     """Write the selection folder's marker before its first run, so no reader ever pools a selection run."""
-    from gradlab import results
-
     marker = Path(out) / name / SELECTION_DIR / SELECTION_MARKER
     doc = {"tuned": plan.tuned, "selection_seeds": plan.selection_seeds, "metric": plan.metric}
     if not marker.is_file() or results.read_json(marker) != json.loads(json.dumps(doc)):
@@ -282,43 +276,11 @@ def reported_runs(plan: Plan, arms: list[dict], shard: tuple[int, int] | None = 
 # ---------------------------------------------------------------------------
 # The reading side: which run directories a reader shows.
 
-def read_selection(folder: Path) -> dict | None:
-    """An experiment folder's ``SELECTION_FILE``, or None (not a tuned experiment, or not selected yet)."""
-    path = Path(folder) / SELECTION_FILE
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-def shown(run_dirs: list[Path], root: Path) -> list[Path]:
-    """The run directories a reader of ``root`` shows: not the selection runs (a folder with
-    SELECTION_MARKER, unless it is ``root`` itself), and of a tuned experiment's candidates only those at
-    its arms' chosen values (an earlier choice's runs stay on disk, unshown; runs of another sweep into
-    the folder are no candidates and stay shown)."""
-    from gradlab.results import run_hash
-
-    root, unchosen = Path(root), {}
-    kept = []
-    for d in run_dirs:
-        folder = Path(d).parent
-        if folder != root and (folder / SELECTION_MARKER).is_file():
-            continue
-        if folder not in unchosen:
-            arms = (read_selection(folder) or {}).get("arms", [])
-            unchosen[folder] = ({run_hash(r) for a in arms for r in a.get("candidates", [])}
-                                - {run_hash(r) for a in arms for r in a.get("reported", [])})
-        if run_hash(Path(d).name) not in unchosen[folder]:
-            kept.append(d)
-    return kept
-
-
 def selections(root: Path) -> list[tuple[Path, dict]]:
     """(experiment folder, its selection record) of every tuned experiment under ``root``."""
     found = []
     for path in sorted(Path(root).rglob(SELECTION_FILE)):
-        doc = read_selection(path.parent)
+        doc = results.read_selection(path.parent)
         if doc is not None and path.parent.name != SELECTION_DIR:
             found.append((path.parent, doc))
     return found

@@ -29,6 +29,8 @@ SELECTION_DIR = "selection"        # <out>/<name>/selection/<run id>: the select
 SELECTION_MARKER = "tune.json"     # in SELECTION_DIR, written before its first run: readers leave the folder out
 SELECTION_FILE = "selection.json"  # <out>/<name>/selection.json: each arm's curve and choice
 CURVE_PLOT = "selection_curve.png"  # the selection curve, with the other plots
+# tune.metric -> what is better (gradlab.tuning says how failed, diverged and unsolved runs count)
+TUNE_METRICS = {"final_loss": "min", "solved_rate": "max", "steps_to_solve": "min"}
 
 # ---------------------------------------------------------------------------
 # Names of registry entries and options that config (validation), training and bench share.

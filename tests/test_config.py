@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gradlab import expectations, tuning, vocabulary
+from gradlab import expectations, results, tuning, vocabulary
 from gradlab.cli import app
 from gradlab.config import ConfigError, load, load_experiment
 
@@ -321,7 +321,7 @@ def test_the_committed_paper_studies_keep_their_run_ids():
         runs = [(folder, r) for r in experiment.runs]
         if experiment.tune is not None:  # the selection runs, and the candidates its choice reported
             plan = tuning.plan(experiment)
-            chosen = {r for a in tuning.read_selection(folder)["arms"] for r in a["reported"]}
+            chosen = {r for a in results.read_selection(folder)["arms"] for r in a["reported"]}
             runs = [(folder / vocabulary.SELECTION_DIR, r) for r in plan.selection_runs]
             runs += [(folder, r) for r in experiment.runs if r.id in chosen]
             assert len(runs) == sum(plan.cost), config.name

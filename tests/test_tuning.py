@@ -76,7 +76,7 @@ STUBS = {  # metric -> a summary whose metric is best at BEST[cell] and worse th
 }
 
 
-@pytest.mark.parametrize("metric", sorted(tuning.METRICS))
+@pytest.mark.parametrize("metric", sorted(vocabulary.TUNE_METRICS))
 def test_the_selection_picks_the_known_best_value_of_each_arm(tmp_path, metric):
     plan = stub_plan(tmp_path, metric, seeds="[100, 101]")
     arms = tuning.choose(plan, stub_summaries(plan, STUBS[metric]))
@@ -181,7 +181,7 @@ def test_selection_seeds_never_appear_among_the_reported_runs(study):
 
 def test_an_arms_reported_runs_use_its_chosen_values(study):
     _, folder, _ = study
-    doc = tuning.read_selection(folder)
+    doc = results.read_selection(folder)
     for arm in doc["arms"]:
         # the choice, recomputed from the selection runs on disk: the lowest final loss over baseline
         losses = {}
@@ -251,7 +251,7 @@ def reference(tmp_path_factory):
                                  "--jobs", "1"])
     assert result.exit_code == 0, result.output
     folder = tmp / "out" / "tuned"
-    return snapshot(folder), snapshot(folder / vocabulary.SELECTION_DIR), tuning.read_selection(folder)
+    return snapshot(folder), snapshot(folder / vocabulary.SELECTION_DIR), results.read_selection(folder)
 
 
 def finished(folder: Path) -> int:
@@ -284,7 +284,7 @@ def test_kill_9_in_either_phase_resumes_to_the_uninterrupted_results(tmp_path, r
     assert result.exit_code == 0, result.output
     reported, selection, doc = reference
     assert snapshot(folder) == reported and snapshot(folder / vocabulary.SELECTION_DIR) == selection
-    assert [a["chosen"] for a in tuning.read_selection(folder)["arms"]] == [a["chosen"] for a in doc["arms"]]
+    assert [a["chosen"] for a in results.read_selection(folder)["arms"]] == [a["chosen"] for a in doc["arms"]]
 
 
 def test_readers_hide_selection_runs_and_unchosen_candidates_only(tmp_path):
@@ -296,11 +296,11 @@ def test_readers_hide_selection_runs_and_unchosen_candidates_only(tmp_path):
         d.mkdir(parents=True)
     results.write_json(folder / vocabulary.SELECTION_DIR / vocabulary.SELECTION_MARKER, {})
     everything = [*dirs, other, selection]
-    assert tuning.shown(everything, tmp_path) == [*dirs, other]  # before the choice: only selection hidden
+    assert results.shown(everything, tmp_path) == [*dirs, other]  # before the choice: only selection hidden
     results.write_json(folder / vocabulary.SELECTION_FILE, {"arms": [{"candidates": [d.name for d in dirs],
                                                                   "reported": [dirs[1].name]}]})
-    assert tuning.shown(everything, tmp_path) == [dirs[1], other]
-    assert tuning.shown([selection], folder / vocabulary.SELECTION_DIR) == [selection]  # asked for by name
+    assert results.shown(everything, tmp_path) == [dirs[1], other]
+    assert results.shown([selection], folder / vocabulary.SELECTION_DIR) == [selection]  # asked for by name
 
 
 def test_the_record_on_disk_keeps_a_diverged_combination_infinitely_bad_and_is_not_rewritten(tmp_path):
@@ -308,7 +308,7 @@ def test_the_record_on_disk_keeps_a_diverged_combination_infinitely_bad_and_is_n
     arms = tuning.choose(plan, stub_summaries(plan, lambda c, lr, s: ok(loss=math.inf if lr == 1e-2 else lr)))
     tuning.record(tmp_path, "tuned", plan, arms)
     path = tmp_path / "tuned" / vocabulary.SELECTION_FILE
-    doc = tuning.read_selection(path.parent)
+    doc = results.read_selection(path.parent)
     assert [p["mean"] for p in doc["arms"][0]["curve"]] == [1e-3, 3e-3, None]  # JSON has no infinity
     assert tuning.choice_rows(doc)[0]["curve"] == "0.001: 0.001 · 0.003: 0.003 · 0.01: inf"
     assert tuning.choice_rows(doc)[0]["notes"] == "best lr at the edge: widen the range"
