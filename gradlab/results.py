@@ -110,19 +110,19 @@ def umask() -> int:
     return mask
 
 
-def _finite(x):
+def finite(x):
     """NaN and infinities become null: strict JSON readers (jq, browsers) reject them."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
+        return {k: finite(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
+        return [finite(v) for v in x]
     return x
 
 
 def _json_text(data) -> str:
-    return json.dumps(_finite(data), indent=2, default=str) + "\n"
+    return json.dumps(finite(data), indent=2, default=str) + "\n"
 
 
 def write_json(path: Path, data) -> None:

@@ -226,22 +226,10 @@ def record(out: Path, name: str, plan: Plan, arms: list[dict], timing: dict | No
     doc = {"name": name, "metric": plan.metric, "better": TUNE_METRICS[plan.metric],
            "tuned": plan.tuned, "seeds": plan.seeds, "selection_seeds": plan.selection_seeds,
            "cost": dict(zip(("selection", "reported"), plan.cost)), "arms": arms, "sweeps": sweeps}
-    doc = json.loads(json.dumps(_stored(doc)))
+    doc = json.loads(json.dumps(results.finite(doc)))  # as stored: infinities as null, read back by _number
     if doc != old:  # unchanged (a resume of a finished study): a read-only archive stays unwritten
         results.write_json(path, doc)
     return doc
-
-
-def _stored(x):
-    """Infinities as null, as every JSON file gradlab writes has them: on disk a null value or mean of a
-    finished selection is infinitely bad (a failed or diverged run), read back by ``_number``."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _stored(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_stored(v) for v in x]
-    return x
 
 
 def _number(v) -> float:
