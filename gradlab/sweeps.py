@@ -169,8 +169,6 @@ class Interrupted(KeyboardInterrupt):
         self.signum, self.saved, self.in_flight, self.not_started = signum, 0, 0, 0
 
 
-EXECUTORS = ("local", "ray")
-
 
 class _Signals:
     """While a sweep runs (main thread only): SIGINT and SIGTERM raise ``Interrupted`` once, except inside

@@ -41,6 +41,7 @@ CELL_NAMES = ("vanilla", "irnn", "orthogonal", "skip", "lstm", "gru")
 OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "rmsprop": "RMSprop"}  # train.optimizer -> its torch.optim class
 DTYPES = ("float32", "float64")    # dtype: each is torch's name of it
 ENGINES = ("scan", "autograd")     # model.engine: hand-written BPTT | the cell unrolled under autograd
+EXECUTORS = ("local", "ray")       # gradlab run --executor: worker processes here | one Ray task per run
 
 # ---------------------------------------------------------------------------
 # Run ids: ``<grid values>_seed=<s>_<hash>``; the hash alone identifies a run.

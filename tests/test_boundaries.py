@@ -74,3 +74,24 @@ def test_no_module_outside_the_cli_names_rich_or_typer():
         names += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
         offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("rich", "typer", "click")]
     assert offenders == []
+
+
+def test_gradlab_run_starts_the_fork_server_before_it_imports_torch(tmp_path):
+    # The server imports torch (seconds) while the driver validates the config: if the driver imported
+    # torch first, the workers would start that much later. Stand-in start_server: report and stop there.
+    script = f"""
+import json, os, sys
+import gradlab.workers
+from gradlab.cli import app
+
+def start_server():
+    print(json.dumps(sorted(p for p in ("torch", "pandas", "numpy") if p in sys.modules)), flush=True)
+    os._exit(0)
+
+gradlab.workers.start_server = start_server
+app(["run", {str(ROOT / "configs" / "quickstart.yaml")!r}, "--jobs", "2", "-q", "--out", {str(tmp_path)!r}],
+    prog_name="gradlab")
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip(), out.stderr  # else the server was never started
+    assert json.loads(out.stdout) == [], f"imported before the fork server started: {out.stdout.strip()}"

@@ -27,7 +27,7 @@ from gradlab.cli.render import (
     out_console,
     sweep_with_progress,
 )
-from gradlab.vocabulary import CELL_NAMES
+from gradlab.vocabulary import CELL_NAMES, EXECUTORS
 
 app = typer.Typer(
     help="gradlab: see vanishing and exploding gradients in recurrent networks and compare the remedies.",
@@ -114,8 +114,6 @@ def run(
     """
     if fmt_name not in FORMATS:
         fail(f"--format: unknown format {fmt_name!r}; valid: {', '.join(FORMATS)}")
-    from gradlab.sweeps import EXECUTORS
-
     if executor not in EXECUTORS:
         fail(f"--executor: unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
     if address is not None and executor != "ray":
