@@ -99,8 +99,19 @@ class Adding(Task):
         return loss < SOLVED_MSE
 
 
+class PascanuScored:
+    """Pascanu et al. 2013's scoring of a real-valued target: a sequence is right when its squared
+    error is at most PASCANU_SQUARED_ERROR; the task is solved when SOLVED_ACCURACY of them are."""
+
+    def accuracy(self, out: torch.Tensor, batch: Batch) -> float:
+        return _hit_rate(out, batch, lambda e: e**2 <= PASCANU_SQUARED_ERROR)
+
+    def solved(self, loss: float, accuracy: float | None) -> bool:
+        return accuracy >= SOLVED_ACCURACY
+
+
 @dataclass(frozen=True)
-class Multiplication(Adding):
+class Multiplication(PascanuScored, Adding):
     """Multiplication problem (Pascanu et al. 2013, arXiv:1211.5063, its code ``multiplication.py``;
     after Hochreiter & Schmidhuber 1997 Exp. 5).
 
@@ -118,12 +129,6 @@ class Multiplication(Adding):
         """MSE of the best constant, E[U1 U2] = 1/4: Var(U1 U2) = E[U1²] E[U2²] - (E[U1] E[U2])²
         = (1/3)² - (1/2)⁴ = 1/9 - 1/16 = 7/144."""
         return (1 / 3) ** 2 - (1 / 2) ** 4
-
-    def accuracy(self, out: torch.Tensor, batch: Batch) -> float:
-        return _hit_rate(out, batch, lambda e: e**2 <= PASCANU_SQUARED_ERROR)
-
-    def solved(self, loss: float, accuracy: float | None) -> bool:
-        return accuracy >= SOLVED_ACCURACY
 
 
 @dataclass(frozen=True)
@@ -182,7 +187,7 @@ class AddingHochreiter(Task):
 
 
 @dataclass(frozen=True)
-class AddingPascanu(Adding):
+class AddingPascanu(PascanuScored, Adding):
     """Adding problem as in Pascanu et al. 2013 (arXiv:1211.5063), its code ``addition.py``.
 
     Values ~ U[0, 1]. The length is S = T + randint(T//10), i.e. uniform in [T, T + T//10 - 1]
@@ -222,12 +227,6 @@ class AddingPascanu(Adding):
 
     def dependency(self, length: int) -> int:
         return (length // 10) // 2  # the middle of the first marker's range [0, T//10)
-
-    def accuracy(self, out: torch.Tensor, batch: Batch) -> float:
-        return _hit_rate(out, batch, lambda e: e**2 <= PASCANU_SQUARED_ERROR)
-
-    def solved(self, loss: float, accuracy: float | None) -> bool:
-        return accuracy >= SOLVED_ACCURACY
 
 
 @dataclass(frozen=True)
