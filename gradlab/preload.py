@@ -17,6 +17,7 @@ element and never steps it, and the server forks its workers single-threaded
 
 import contextlib
 import ctypes
+import gc
 import os
 import signal
 import sys
@@ -50,3 +51,8 @@ import gradlab.config  # noqa: E402, F401  (a worker unpickles the runs it is se
 import gradlab.training  # noqa: E402, F401
 
 torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # imports torch._dynamo; one element, no step
+
+# What the server loaded lives as long as every worker: freezing it keeps each worker's garbage
+# collections off those objects (and their memory pages shared with the server), as the gc docs
+# advise for a process that forks without exec.
+gc.freeze()
