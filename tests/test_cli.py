@@ -4,6 +4,8 @@ import csv
 import io
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -292,3 +294,12 @@ def test_a_truncated_summary_is_named_and_skipped_not_a_traceback(tiny_results, 
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"skipped: {summary}: truncated or corrupt JSON: "), lines
     assert lines[0].endswith("; the run is left out")
+
+
+def test_the_command_line_freezes_its_objects_as_it_exits():
+    """The interpreter's last collections skip what is alive when a command ends (``gc.freeze`` at exit):
+    nothing is frozen while a command runs, everything once the exit handlers have run."""
+    code = ("import atexit, gc, gradlab.cli; before = gc.get_freeze_count(); atexit._run_exitfuncs(); "
+            "print(before, gc.get_freeze_count() > 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["0", "True"]

@@ -1,5 +1,6 @@
 """Sweeps: parallel workers, resume after kill -9, sharding, the Ray executor."""
 
+import gc
 import json
 import os
 import shutil
@@ -74,13 +75,15 @@ def worker_state(conn):
         flushing = flushes_denormals()
     status = Path(f"/proc/{os.getppid()}/status").read_text() if sys.platform.startswith("linux") else ""
     threads = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("Threads:")), None)
-    conn.send({"dynamo": "torch._dynamo" in sys.modules, "flushing": flushing, "parent_threads": threads})
+    conn.send({"dynamo": "torch._dynamo" in sys.modules, "flushing": flushing, "parent_threads": threads,
+               "frozen": gc.get_freeze_count() > 0})
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork server is used on Linux only")
 def test_workers_are_forked_warm_from_a_single_threaded_server():
-    """A worker starts with torch._dynamo imported (the optimizer warm-up ran in the server), its parent
-    (the server) has never started a thread pool, and a run still flushes denormals in it."""
+    """A worker starts with torch._dynamo imported (the optimizer warm-up ran in the server) and what
+    the server loaded frozen out of its garbage collections, its parent (the server) has never started
+    a thread pool, and a run still flushes denormals in it."""
     ctx = workers.context()
     assert ctx.get_start_method() == "forkserver"
     ours, theirs = ctx.Pipe()
@@ -89,7 +92,7 @@ def test_workers_are_forked_warm_from_a_single_threaded_server():
     theirs.close()
     state = ours.recv()
     process.join()
-    assert state == {"dynamo": True, "flushing": True, "parent_threads": 1}
+    assert state == {"dynamo": True, "flushing": True, "parent_threads": 1, "frozen": True}
 
 
 def test_shards_cover_every_run_exactly_once(tmp_path):
