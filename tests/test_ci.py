@@ -3,7 +3,6 @@
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -166,16 +165,7 @@ def test_json_check_document_parses_back(result_sets):
     assert check["expected"] == pytest.approx(0.9 / 6)
 
 
-def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-@pytest.mark.skipif(_chromium() is None, reason="headless Chromium is not installed (Debian: apt-get install "
-                    "chromium; .ci/run installs it)")
-def test_html_report_renders_in_headless_chromium(result_sets, tmp_path):
+def test_html_report_renders_in_headless_chromium(result_sets, tmp_path, render_dom):
     tmp, _ = result_sets
     page = tmp_path / "report.html"
     result = runner.invoke(app, ["report", str(tmp / "base"), "-o", str(page), "--check"])
@@ -189,11 +179,7 @@ def test_html_report_renders_in_headless_chromium(result_sets, tmp_path):
         document.body.dataset.rows = document.querySelectorAll('table.comparison tbody tr').length;
         document.body.dataset.height = document.querySelector('table.comparison').getBoundingClientRect().height;
       });</script></body>"""))
-    out = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                          "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                          "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000",
-                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
-    dom = out.stdout
+    dom = render_dom(probe)
     images = re.search(r'data-images="([^"]*)"', dom).group(1).split(",")
     assert len(images) >= 3  # learning curves, gradient norms, profile (+ heatmaps)
     assert all(int(w) > 100 and int(h) > 100 for w, h in (i.split("x") for i in images))

@@ -367,17 +367,7 @@ def test_a_rerun_with_set_keeps_both_sweeps_apart(tmp_path):
 # The HTML report
 
 
-def _chromium():
-    import shutil
-
-    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
-
-
-@pytest.mark.skipif(_chromium() is None, reason="headless Chromium is not installed (Debian: apt-get install "
-                    "chromium; .ci/run installs it)")
-def test_html_report_fits_1200_px_with_contents_and_the_terminal_labels(quickstart, tmp_path):
-    import subprocess
-
+def test_html_report_fits_1200_px_with_contents_and_the_terminal_labels(quickstart, tmp_path, render_dom):
     for seed in (0, 1):  # a second experiment, of another task, under the same root
         write_run(quickstart.parent, "order", task="temporal_order", length=20, cell="gru", seed=seed,
                   final_loss=0.7, baseline=TEMPORAL, clip={"kind": "zclip", "alpha": 0.97, "z_thresh": 2.5,
@@ -396,15 +386,11 @@ def test_html_report_fits_1200_px_with_contents_and_the_terminal_labels(quicksta
         document.body.dataset.scroll = document.documentElement.scrollWidth;
         document.body.dataset.links = document.querySelectorAll('nav a').length;
       });</script></body>"""))
-    out = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                          "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                          "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000",
-                          "--window-size=1200,900", "--dump-dom", probe.as_uri()],
-                         capture_output=True, text=True, timeout=120)
-    right = float(re.search(r'data-right="([0-9.]+)"', out.stdout).group(1))
-    scroll = int(re.search(r'data-scroll="([0-9]+)"', out.stdout).group(1))
+    dom = render_dom(probe, "--window-size=1200,900")
+    right = float(re.search(r'data-right="([0-9.]+)"', dom).group(1))
+    scroll = int(re.search(r'data-scroll="([0-9]+)"', dom).group(1))
     assert right <= 1200 and scroll <= 1200, (right, scroll)
-    assert re.search(r'data-links="2"', out.stdout)
+    assert re.search(r'data-links="2"', dom)
 
 
 # ---------------------------------------------------------------------------
