@@ -73,7 +73,12 @@ def environment(cfg: dict) -> dict:
            "dtype": cfg["dtype"],
            # the SIMD kernels torch picked (AVX2, AVX512, ...): float32 sums round differently on
            # each, so a run is bit-for-bit reproducible only where this and the rest match
-           "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           # MKL, which does torch's CPU matrix products, picks its own kernels by CPU model unless
+           # MKL_CBWR pins them (Intel's "conditional numerical reproducibility": MKL_CBWR=AVX2 gives
+           # the same results on every Intel CPU with AVX2): two VMs that both report AVX512 above
+           # differed in the 9th digit of a run's first evaluation loss
+           "mkl_cbwr": os.environ.get("MKL_CBWR")}
     if device.type == "cuda":
         env["cuda_device"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda

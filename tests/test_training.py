@@ -170,6 +170,17 @@ def test_summary_holds_what_the_issue_names():
     assert env["torch"] == torch.__version__ and env["seed"] == 3
 
 
+def test_the_environment_records_what_picks_the_float_kernels(monkeypatch):
+    """torch's SIMD level and MKL's pinned branch (MKL_CBWR): either changes a float32 run's last digits."""
+    from gradlab.training import environment
+
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    env = environment(tiny_config())
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and env["mkl_cbwr"] is None
+    monkeypatch.setenv("MKL_CBWR", "AVX2")
+    assert environment(tiny_config())["mkl_cbwr"] == "AVX2"
+
+
 @pytest.mark.parametrize("policy", ["skip", "stop"])
 def test_nonfinite_gradient_follows_the_policy_and_keeps_metrics(policy, monkeypatch):
     import gradlab.training as training
