@@ -10,12 +10,12 @@ milliseconds. The reference, timed in the same process, is what any process that
 trains with torch pays once: a fresh interpreter importing torch and building a
 ``torch.optim.Adam`` (which imports ``torch._dynamo``); ``vs_reference`` divides by it.
 
-Short sweep: 8 runs of 1-2 s each (written below) with ``--jobs 1`` and
+Short sweep: 8 runs of 1-3 s each on the 2-core development machine (written below) with ``--jobs 1`` and
 ``--jobs 2``, back to back, fresh result directories; ``jobs2_vs_jobs1`` is the
 ratio of their wall times. On a short sweep the start-up is a large part of the
 wall time, which the minute-long quickstart (``benchmarks/sweeps.py``) hides.
 ``run_s`` is each run's own training time as its ``summary.json`` records it
-(``wall_seconds``), so the workload can be checked to be 1-2 s a run.
+(``wall_seconds``), so the workload can be checked against that (the machine's speed varies).
 
 Training only: the same 8 runs trained by ``gradlab.training.train`` in one
 process, then split 4 and 4 over two processes, each process warm (torch,

@@ -1,5 +1,5 @@
 """``python -m gradlab`` runs the command line."""
 
-from gradlab.cli import app
+from gradlab.cli import main
 
-app(prog_name="gradlab")
+main()

@@ -296,10 +296,13 @@ def test_a_truncated_summary_is_named_and_skipped_not_a_traceback(tiny_results, 
     assert lines[0].endswith("; the run is left out")
 
 
-def test_the_command_line_freezes_its_objects_as_it_exits():
-    """The interpreter's last collections skip what is alive when a command ends (``gc.freeze`` at exit):
-    nothing is frozen while a command runs, everything once the exit handlers have run."""
-    code = ("import atexit, gc, gradlab.cli; before = gc.get_freeze_count(); atexit._run_exitfuncs(); "
-            "print(before, gc.get_freeze_count() > 0)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["0", "True"]
+def test_the_command_freezes_its_objects_as_it_exits_and_the_library_does_not():
+    """The ``gradlab`` command's exit skips the interpreter's last collections (``gc.freeze`` in an exit
+    handler, after the command ran); a process that only imports ``gradlab.cli`` keeps them."""
+    command = ("import atexit, gc, sys; sys.argv = ['gradlab', 'ls']; import gradlab.cli\n"
+               "try:\n    gradlab.cli.main()\nexcept SystemExit:\n    pass\n"
+               "before = gc.get_freeze_count(); atexit._run_exitfuncs(); print(before, gc.get_freeze_count() > 0)")
+    library = "import atexit, gc, gradlab.cli; atexit._run_exitfuncs(); print(gc.get_freeze_count())"
+    for code, printed in ((command, ["0", "True"]), (library, ["0"])):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert out.split()[-len(printed):] == printed, out

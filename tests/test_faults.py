@@ -123,19 +123,21 @@ def assert_same(a: dict, b: dict) -> None:
         np.testing.assert_array_equal(a[run_id]["profile"]["grad_norm"], b[run_id]["profile"]["grad_norm"])
 
 
-def assert_whole(root: Path, killed: bool = False) -> None:
+def assert_whole(root: Path, killed: int | None = None) -> None:
     """Every directory that looks finished is a whole, successful run; nothing half-written is left.
 
-    ``killed``: the driver got SIGKILL, which nothing can clean up after. A write it was staging
-    may leave its ``.tmp`` files, but only in a directory without ``summary.json`` (no run), each
-    named for the dead driver (``results.stale_temporary``), for the next write there to remove.
+    ``killed``: the pid of a driver that got SIGKILL, which nothing can clean up after. A write it
+    was staging may leave its ``.tmp`` files, but only in a directory without ``summary.json`` (no
+    run), each named for that driver, now dead (``results.stale_temporary``), for the next write
+    there to remove.
     """
     assert not results.incomplete_runs(root)
     for d in results.find_runs(root):
         assert results.read_json(d / "summary.json")["status"] == "ok", d
     left = list(root.rglob("*.tmp"))
-    if killed:
-        assert all(not results.is_finished(p.parent) and results.stale_temporary(p) for p in left), left
+    if killed is not None:
+        assert all(not results.is_finished(p.parent) and f".{killed}." in p.name and results.stale_temporary(p)
+                   for p in left), left
     else:
         assert not left
 
@@ -182,7 +184,7 @@ def test_a_signal_ends_the_sweep_at_once_keeping_every_saved_run(tmp_path, refer
         assert line.startswith(f"error: interrupted by {sig}: "), line
         if "in flight" in line:  # during the sweep: its counts are true
             assert int(line.split(": ")[2].split()[0]) == len(results.find_runs(out))
-    assert_whole(out, killed=sig == "SIGKILL")
+    assert_whole(out, killed=proc.pid if sig == "SIGKILL" else None)
     saved = snapshot(out)
     if os.environ.get("GRADLAB_FAULT_LOG"):
         with open(os.environ["GRADLAB_FAULT_LOG"], "a") as log:

@@ -38,11 +38,6 @@ app = typer.Typer(
 )
 FORMATS = ("table", "markdown", "csv", "json")
 
-# The interpreter's last garbage collections, as it exits, traverse every object that torch,
-# torch._dynamo, pandas and scipy created at import: about 0.75 s on this 2-core machine, as long as a
-# short run. Nothing of gradlab's needs them (its files are written and closed before a command returns),
-# so the objects still alive at exit are frozen: those collections skip them (``gc.freeze``).
-atexit.register(gc.freeze)
 
 
 def comparison_table(dirs: list[Path], by: str | None, only: set[str] | None = None):
@@ -557,3 +552,15 @@ def list_catalogue():
     out_console.print(catalogue_table("options (remedies set by a config key)", ("key", "values", "description"),
                                       rows))
 
+
+def main() -> None:
+    """The ``gradlab`` command (and ``python -m gradlab``).
+
+    The interpreter's last garbage collections, as it exits, traverse every object that torch,
+    torch._dynamo, pandas and scipy created at import: about 0.75 s on a 2-core machine, as long as a
+    short run. A command writes and closes its files before it returns, so what is still alive at
+    exit is frozen (``gc.freeze``) and those collections skip it. Only the command does this: a
+    library user importing ``gradlab.cli`` keeps the collections (and the finalizers they run).
+    """
+    atexit.register(gc.freeze)
+    app(prog_name="gradlab")
