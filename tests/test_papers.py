@@ -26,7 +26,8 @@ runner = CliRunner()
 # study -> the --set overrides that make it CI-sized (a few to a few tens of seconds here)
 REDUCED = {
     "le2015_adding": ["grid.task.length=[40]", "train.steps=2000", "seeds=[0]"],
-    "arjovsky2016_copy": ["grid.task.length=[50]", "seeds=[0]", "train.steps=4500",
+    # 4000 steps: the constrained orthogonal RNN ends at 0.216 against the 0.267 it must beat (0.9 x baseline)
+    "arjovsky2016_copy": ["grid.task.length=[50]", "seeds=[0]", "train.steps=4000",
                           "grid.model=[{cell: vanilla}, {cell: lstm}, {cell: orthogonal, constrain: true, "
                           "init: henaff}]"],
     # the full group, 4 seeds; 3000 of the 4000 steps: in the study the clipped seeds are solved at steps
