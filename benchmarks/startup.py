@@ -10,12 +10,13 @@ milliseconds. The reference, timed in the same process, is what any process that
 trains with torch pays once: a fresh interpreter importing torch and building a
 ``torch.optim.Adam`` (which imports ``torch._dynamo``); ``vs_reference`` divides by it.
 
-Short sweep: 8 runs of 1-3 s each on the 2-core development machine (written below) with ``--jobs 1`` and
-``--jobs 2``, back to back, fresh result directories; ``jobs2_vs_jobs1`` is the
-ratio of their wall times. On a short sweep the start-up is a large part of the
+Short sweep: 8 runs of 1-3 s each on the 2-core development machine (written
+below) with ``--jobs 1`` and ``--jobs 2``, back to back, fresh result
+directories; ``jobs2_vs_jobs1`` is the ratio of their wall times. On a short sweep the start-up is a large part of the
 wall time, which the minute-long quickstart (``benchmarks/sweeps.py``) hides.
 ``run_s`` is each run's own training time as its ``summary.json`` records it
-(``wall_seconds``), so the workload can be checked against that (the machine's speed varies).
+(``wall_seconds``), so the workload can be checked against that (the
+machine's speed varies).
 
 Training only: the same 8 runs trained by ``gradlab.training.train`` in one
 process, then split 4 and 4 over two processes, each process warm (torch,
@@ -129,6 +130,12 @@ def run_seconds(out: Path) -> list[float]:
     return [json.loads(p.read_text())["wall_seconds"] for p in out.rglob("summary.json")]
 
 
+def record(into: dict, one: float, two: float) -> None:
+    """One repeat's ``--jobs 1`` and ``--jobs 2`` seconds, and their ratio, appended to ``into``."""
+    for key, value in (("jobs1_s", one), ("jobs2_s", two), ("jobs2_vs_jobs1", two / one)):
+        into[key].append(value)
+
+
 def figures(values: list[float]) -> dict:
     return {"runs": [round(v, 3) for v in values], "median": round(statistics.median(values), 3)}
 
@@ -150,12 +157,9 @@ def main():
                 first[jobs].append(first_step(tmp / "first.yaml", tmp / f"first{jobs}_{i}", jobs))
             one = wall(command(tmp / "short.yaml", tmp / f"short1_{i}", 1))
             two = wall(command(tmp / "short.yaml", tmp / f"short2_{i}", 2))
-            for key, value in (("jobs1_s", one), ("jobs2_s", two), ("jobs2_vs_jobs1", two / one)):
-                ratio[key].append(value)
+            record(ratio, one, two)
             runs += run_seconds(tmp / f"short1_{i}")
-            one, two = (training_only(tmp / "short.yaml", tmp, n, i) for n in (1, 2))
-            for key, value in (("jobs1_s", one), ("jobs2_s", two), ("jobs2_vs_jobs1", two / one)):
-                floor[key].append(value)
+            record(floor, *(training_only(tmp / "short.yaml", tmp, n, i) for n in (1, 2)))
     ref = statistics.median(reference)
     report = {
         "reference_import_torch_and_adam_s": figures(reference),

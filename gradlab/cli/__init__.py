@@ -39,7 +39,6 @@ app = typer.Typer(
 FORMATS = ("table", "markdown", "csv", "json")
 
 
-
 def comparison_table(dirs: list[Path], by: str | None, only: set[str] | None = None):
     """The seed-aggregated table of the runs under ``dirs`` (``only``: just the runs with these hashes).
 
