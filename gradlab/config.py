@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from gradlab.diagnostics import Thresholds
 from gradlab.grid import VARIANT_SECTIONS, set_in_grid, value_label
 from gradlab.remedies import resolve_clip
 from gradlab.rules import CHECKS, check
-from gradlab.vocabulary import config_hash, format_run_id
+from gradlab.vocabulary import CONFIG_FILE, HASH_CHARS, LEGACY_HASH_CHARS, config_hash, format_run_id, run_hash
 from gradlab.yamlfile import (
     ConfigError,
     get_path,
@@ -150,7 +151,35 @@ def run_id(cfg: dict, overrides: dict) -> str:
             parts.append(",".join(f"{k}={v}" for k, v in value.items()))
         else:  # a tbptt of 5/10 becomes 5-10 below
             parts.append(f"{path.split('.')[-1]}={value_label(path, value)}")
-    return format_run_id(parts, cfg["seed"], config_hash(_identity(cfg)))
+    return format_run_id(parts, cfg["seed"], identity_hash(cfg))
+
+
+def identity_hash(cfg: dict) -> str:
+    """The hash a run id ends in, of a resolved run config (a run's ``config``, or its ``config.json``)."""
+    return config_hash(_identity(cfg))
+
+
+def legacy_dirs(folder: Path, run: Run) -> list[Path]:
+    """The directories under ``folder`` that a gradlab before HASH_CHARS grew named for ``run``.
+
+    Such a name ends in the first LEGACY_HASH_CHARS digits of the same SHA-1 digest; it is the run's only
+    when its ``config.json`` hashes to the run's whole digest (32 bits alone told two configs apart too
+    rarely: issue 22). So a sweep resumed over an old folder takes its finished runs as done, under their
+    old names, and trains none twice.
+    """
+    digest = run_hash(run.id)
+    if len(digest) != HASH_CHARS:
+        return []
+    found = []
+    for path in sorted(Path(folder).glob(f"*_{digest[:LEGACY_HASH_CHARS]}")):
+        try:
+            stored = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+            same = isinstance(stored, dict) and identity_hash(stored) == digest
+        except (OSError, ValueError, TypeError, AttributeError, RecursionError):  # damaged: not taken as the run
+            same = False
+        if same:
+            found.append(path)
+    return found
 
 
 @dataclass

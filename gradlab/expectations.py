@@ -42,6 +42,7 @@ from gradlab.vocabulary import (
     TEXT_METRICS,
     VANISHING,
     VERDICTS,
+    hash_matcher,
 )
 from gradlab.yamlfile import did_you_mean
 
@@ -54,6 +55,10 @@ EXPR_GROUP_COLUMNS = ("length",)
 OPS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt}
 _ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 _COMPARISON = re.compile(r"^\s*(<=|>=|==|!=|<|>)\s*(.+?)\s*$")
+# An EXPR's size and nesting (operators and parentheses within each other), checked before anything walks it
+# recursively: Python's parser raised RecursionError on 3000 minus signs (issue 22). A claim needs a handful.
+MAX_EXPR_CHARS = 500
+MAX_EXPR_DEPTH = 32
 _NUMBER = re.compile(r"^\s*[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\s*$")
 
 
@@ -87,12 +92,33 @@ def _uses_versus(tree: ast.AST | None) -> bool:
     return tree is not None and any(isinstance(n, ast.Attribute) for n in ast.walk(tree))
 
 
+def _shown(text) -> str:
+    """``repr(text)``, cut to 60 characters: a message quotes the value, not a page of it."""
+    shown = repr(text)
+    return shown if len(shown) <= 60 else shown[:45] + f"... ({len(str(text)):,} characters)"
+
+
+def _depth(tree: ast.AST) -> int:
+    """The tree's height, without recursion (the tree may be as deep as the parser allowed)."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack += [(child, depth + 1) for child in ast.iter_child_nodes(node)]
+    return deepest
+
+
 def _parse_expr(text: str) -> ast.AST:
     """Arithmetic over numbers and column names; anything else is a ValueError."""
+    if len(text) > MAX_EXPR_CHARS:
+        raise ValueError(f"{_shown(text)} is longer than the {MAX_EXPR_CHARS} characters an expression may be")
     try:
         tree = ast.parse(text, mode="eval").body
-    except SyntaxError:
-        raise ValueError(f"cannot read {text!r} as arithmetic (numbers, columns, + - * / and parentheses)") from None
+    except (SyntaxError, RecursionError, MemoryError):  # 500 characters of ( or - pass CPython's own limits
+        raise ValueError(f"cannot read {_shown(text)} as arithmetic (numbers, columns, + - * / and "
+                         "parentheses)") from None
+    if _depth(tree) > MAX_EXPR_DEPTH:  # before _value (recursive) or a message's unparse meets it
+        raise ValueError(f"{_shown(text)} nests operators deeper than {MAX_EXPR_DEPTH} levels")
     dotted = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute):
@@ -136,7 +162,7 @@ def parse_check(column: str, spec) -> Check:
     if not m and _NUMBER.match(spec):  # a quoted bare value: "0.5" means == 0.5, as 0.5 does
         return Check(column, "==", spec.strip(), _parse_expr(spec.strip()))
     if not m:
-        raise ValueError(f"expected a comparison such as '>= 0.5' or '< 0.5 * baseline_loss', got {spec!r}")
+        raise ValueError(f"expected a comparison such as '>= 0.5' or '< 0.5 * baseline_loss', got {_shown(spec)}")
     return Check(column, m.group(1), m.group(2), _parse_expr(m.group(2)))
 
 
@@ -295,7 +321,7 @@ def check_results(root, entries: list | None = None, frame=None, only: set[str] 
     if frame.empty:
         return []
     if only is not None:
-        frame = frame[frame["run_hash"].isin(only)]
+        frame = frame[frame["run_hash"].map(hash_matcher(only)).astype(bool)]
     if entries is not None:
         sets = [(None, None, entries, None, set())]
     else:
@@ -306,9 +332,10 @@ def check_results(root, entries: list | None = None, frame=None, only: set[str] 
         if problems:
             raise ValueError("; ".join(f"{path}: {msg}" for path, msg in problems))
         runs = frame if name is None else frame[frame["experiment"] == name]
+        # a sweep's record and the folder's names may differ in hash length (a legacy folder resumed)
         if hashes is not None:
-            runs = runs[runs["run_hash"].isin(hashes)]
-        runs = runs[~runs["run_hash"].isin(unclaimed_by)]
+            runs = runs[runs["run_hash"].map(hash_matcher(hashes)).astype(bool)]
+        runs = runs[~runs["run_hash"].map(hash_matcher(unclaimed_by)).astype(bool)]
         if runs.empty:
             continue
         for exp in parsed:
@@ -328,14 +355,13 @@ def sweep_sets(root) -> list[tuple[str, str | None, list, set | None, set]]:
     An ``experiment.json`` from before sweeps recorded their runs gives its expectations for every
     run of the experiment that no recorded sweep claims (hashes None = all, less those claimed)."""
     import json
-    from pathlib import Path
 
     from gradlab import results
 
     merged: dict[tuple, tuple] = {}
     legacy: dict[str, list] = {}
     claimed: dict[str, set] = {}
-    for path in sorted(Path(root).rglob(EXPERIMENT_FILE)):
+    for path in results.files_named(root, EXPERIMENT_FILE):  # symlinked experiments too
         stored = results.read_json(path)
         name = stored.get("name")
         recorded = [s for s in stored.get("sweeps", []) if "runs" in s]

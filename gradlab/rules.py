@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 from dataclasses import dataclass
 
 from gradlab import expectations, grid
@@ -23,8 +24,9 @@ from gradlab.checks import (
     above_one,
     boolean,
     choice,
+    directory_name,
     fraction,
-    int_at_least,
+    int_between,
     is_int,
     is_number,
     non_negative_number,
@@ -33,21 +35,36 @@ from gradlab.checks import (
     resolve_tbptt,
     string,
 )
+from gradlab.recurrences import RECURRENCES
 from gradlab.remedies import resolve_clip
 from gradlab.tasks import TASKS, resolve
-from gradlab.vocabulary import COLUMN_KEYS, DTYPES, ENGINES, MAX_ID_BYTES, OPTIMIZERS, TUNE_METRICS, config_columns
+from gradlab.vocabulary import COLUMN_KEYS, DTYPES, ENGINES, OPTIMIZERS, TUNE_METRICS, config_columns
 from gradlab.yamlfile import did_you_mean, get_path
 
 # ---------------------------------------------------------------------------
 # Each key's value.
 
-def _name(v):
-    """The experiment name is a directory name under --out."""
-    if not isinstance(v, str) or not v or not all(c.isalnum() or c in "-_." for c in v) or v[0] == ".":
-        return f"expected a name of letters, digits, '-', '_' or '.', got {v!r}"
-    if len(v.encode()) > MAX_ID_BYTES:  # a directory name, like a run id
-        return f"at most {MAX_ID_BYTES} bytes (a directory name), got {len(v.encode())}"
-
+# Upper bounds, each on a key that sizes memory, time or a library call: a value that validates must run
+# (issue 22: task.length 1e8, model.layers 1e6 or threads 1e6 passed validation, then exhausted memory or
+# segfaulted a worker). Each is far above what the tasks' literature uses, so none limits a real study;
+# the whole run's size is bounded apart (MAX_MEMORY, below), as keys within bounds may still multiply up.
+# Sequence steps: 5x the longest sequence benchmark in the RNN literature (EigenWorms, 17,984 steps,
+# Rusch & Mishra 2021; Path-X 16,384, Tay et al. 2021); Hochreiter & Schmidhuber 1997 went to 1000.
+MAX_LENGTH = 100_000
+MAX_EVAL_SIZE = 100_000    # held-out sequences, made at once: 10x MNIST's test set (the digits task's source)
+MAX_HIDDEN = 16_384        # U alone is H² floats (1 GB here in float32); LSTMs of 8192 units are the largest
+#                            in the literature (Jozefowicz et al. 2016)
+MAX_LAYERS = 100           # stacked layers; deep RNNs go to ~20 (IndRNN, Li et al. 2018), 8 in GNMT
+MAX_BATCH = 65_536         # sequences per step
+MAX_STEPS = 1_000_000      # a run keeps every step's metric row in memory until it ends (~1 KB each)
+MAX_EVERY = MAX_STEPS      # eval_every, log_every, spike_window: a longer cadence is the same as this one
+MAX_THREADS = 1024         # torch threads; beyond the cores of any one machine, they only slow it down
+# seed and seed + training.EVAL_SEED_OFFSET must fit torch.Generator.manual_seed (an unsigned 64-bit
+# integer); 2^63 keeps that with room, and every seed a person writes
+MAX_SEED = 2**63 - 1
+# A grid point's memory by ``footprint``: more than any one machine gradlab's workers run on is likely to
+# have; beyond it, a run would swap the machine until the kernel killed it.
+MAX_MEMORY = 64 * 2**30
 
 def _device(v):
     if not isinstance(v, str) or not (v == "cpu" or v == "cuda" or v.startswith("cuda:")):
@@ -60,6 +77,8 @@ def _seeds(v):
     bad = [s for s in v if not is_int(s) or s < 0]
     if bad:
         return f"seeds must be non-negative integers, got {bad!r}"
+    if huge := [s for s in v if s > MAX_SEED]:
+        return f"seeds must be at most 2^63 - 1 (torch's generator takes 64 bits), got {huge!r}"
     if len(set(v)) != len(v):
         return f"seeds repeat: {v!r}"
 
@@ -89,39 +108,39 @@ def _tbptt(v):
 
 
 CHECKS = {
-    "name": _name,
+    "name": directory_name,  # the experiment name is a directory name under --out
     "task.name": choice(TASKS, "task"),
-    "task.length": int_at_least(2),
-    "task.eval_size": int_at_least(1),
+    "task.length": int_between(2, MAX_LENGTH, "5x the longest sequence benchmark"),
+    "task.eval_size": int_between(1, MAX_EVAL_SIZE, "sequences held in memory at once"),
     "task.variant": optional(string),
     "model.cell": _cell,
-    "model.hidden": int_at_least(1),
+    "model.hidden": int_between(1, MAX_HIDDEN, "2x the widest recurrent layer in the literature"),
     "model.nonlinearity": optional(choice({"tanh": 0, "relu": 0}, "nonlinearity")),
-    "model.skip": int_at_least(1),
+    "model.skip": int_between(1, MAX_LENGTH, "the longest task.length"),
     "model.engine": choice(dict.fromkeys(ENGINES), "engine"),
-    "model.layers": int_at_least(1),
+    "model.layers": int_between(1, MAX_LAYERS, "5x the deepest recurrent stacks in the literature"),
     "model.init": optional(choice(INITS, "init")),
     "model.constrain": boolean,
     "model.forget_bias": optional(_forget_bias),
-    "train.steps": int_at_least(1),
-    "train.batch_size": int_at_least(1),
+    "train.steps": int_between(1, MAX_STEPS, "every step's metrics are held in memory until the run ends"),
+    "train.batch_size": int_between(1, MAX_BATCH, "sequences per step"),
     "train.optimizer": choice(OPTIMIZERS, "optimizer"),
     "train.lr": positive_number,
     "train.clip": _clip,
     "train.tbptt": _tbptt,
-    "train.eval_every": int_at_least(1),
-    "train.log_every": int_at_least(1),
+    "train.eval_every": int_between(1, MAX_EVERY, "the most steps a run has"),
+    "train.log_every": int_between(1, MAX_EVERY, "the most steps a run has"),
     "train.on_nonfinite": choice({"skip": 0, "stop": 0}, "on_nonfinite policy"),
     "train.omega": non_negative_number,
     "train.weight_decay": non_negative_number,
     "diagnostics.horizon_fraction": fraction,
     "diagnostics.vanishing_ratio": fraction,
     "diagnostics.spike_factor": above_one,
-    "diagnostics.spike_window": int_at_least(1),
+    "diagnostics.spike_window": int_between(1, MAX_EVERY, "the most steps a run has"),
     "seeds": _seeds,
     "device": _device,
     "dtype": choice(dict.fromkeys(DTYPES), "dtype"),
-    "threads": int_at_least(1),
+    "threads": int_between(1, MAX_THREADS, "more than any one machine's cores"),
 }
 
 
@@ -182,6 +201,53 @@ def _engine_cell(cfg):
         return problem, ""
 
 
+ROW_BYTES = 1024  # one step's metric row as a Python dict (~20 numbers), held until the run ends
+
+
+def footprint(cfg) -> int:
+    """The bytes one run of the resolved config ``cfg`` holds at its peak, estimated from above.
+
+    The training batch and the evaluation set each go through the net whole: per sequence, per step
+    (S, the task's sequence length) and per unit of each layer autograd keeps every gate's
+    pre-activation and activation and the state (h; c and tanh c for an LSTM): 2 G + 3 numbers for G
+    gates. Measured (an LSTM, H = 64, S = 500, 1000 sequences; the peak resident memory less an empty
+    run's): ~8.7 numbers a unit-step for the batch, ~6.8 for the evaluation set; a tanh RNN's batch ~3.
+    Then the inputs and outputs, the weights with their gradient and Adam's two moments (4 copies of
+    G H (I + H + 1) per layer), a float64 profile per evaluation (S per layer) and every step's metric row.
+    """
+    task, model, train = resolve(cfg["task"]), cfg["model"], cfg["train"]
+    S, H, L = task.sequence_length(cfg["task"]["length"]), model["hidden"], model["layers"]
+    G = len(RECURRENCES[CELLS[model["cell"]].recurrence].gates)
+    width = int(cfg["dtype"].removeprefix("float")) // 8  # bytes per number: float32 4, float64 8
+    sequences = (train["batch_size"] + cfg["task"]["eval_size"]) * S
+    activations = sequences * (task.input_size + task.output_size + L * H * (2 * G + 3)) * width
+    weights = 4 * L * G * H * (max(task.input_size, H) + H + 1) * width
+    profiles = (train["steps"] // train["eval_every"] + 1) * S * L * 8
+    return activations + weights + profiles + train["steps"] * ROW_BYTES
+
+
+def _size(nbytes: float) -> str:
+    """``2.3 TB``: a byte count in the largest unit that keeps it at least 1 (powers of 1024)."""
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if nbytes < 1024 or unit == "PB":
+            return f"{nbytes:,.1f}".removesuffix(".0") + f" {unit}"
+        nbytes /= 1024
+
+
+def _fits_memory(cfg):
+    """A run within every key's bound may still multiply up past memory (length x batch x hidden x layers)."""
+    try:
+        need = footprint(cfg)
+    except ValueError:
+        return None  # an unknown task or variant: its own problem
+    if need > MAX_MEMORY:
+        task, model, train = cfg["task"], cfg["model"], cfg["train"]
+        return (f"a run would need more memory than the {_size(MAX_MEMORY)} gradlab allows one; shorten the "
+                "sequences or shrink the batch, the evaluation set or the model",
+                f" (about {_size(need)}: {train['batch_size']:,} + {task['eval_size']:,} sequences of length "
+                f"{task['length']:,} through {model['layers']} x {model['hidden']:,} {model['cell']} units)")
+
+
 # (the key at fault, then the keys it is checked against; check). A check runs where all are valid;
 # its error is located at the key at fault, or, where that is at its default, at the first one set.
 CROSS_CHECKS = [
@@ -193,6 +259,8 @@ CROSS_CHECKS = [
     (("model.forget_bias", "model.cell"), _forget_bias_cell),
     (("train.omega", "model.cell", "model.layers"), _omega_cell),
     (("model.engine", "model.cell"), _engine_cell),
+    (("task.length", "train.batch_size", "task.eval_size", "model.hidden", "model.layers", "model.cell",
+      "task.name", "task.variant", "dtype", "train.steps", "train.eval_every"), _fits_memory),
 ]
 
 
@@ -257,11 +325,12 @@ def _check_tune(data: dict, where) -> tuple[list[str], dict]:
         return problems, {}
     seeds = tune.get("seeds")
     reported = data.get("seeds", [0]) if isinstance(data.get("seeds", [0]), list) else []
+    reported_ints = {r for r in reported if isinstance(r, int)}  # a set: long seed lists compared in linear time
     if seeds is None:
         problems.append(f"{where('tune')}: missing seeds: the selection seeds, e.g. seeds: [100, 101]")
     elif msg := checks["seeds"](seeds):
         problems.append(f"{where('tune.seeds')}: {msg}")
-    elif shared := [s for s in seeds if s in reported]:
+    elif shared := [s for s in seeds if s in reported_ints]:
         problems.append(f"{where('tune.seeds')}: {', '.join(map(str, shared))} also in seeds ({where('seeds')}); "
                         "the selection seeds must be others, or the comparison reports runs it was tuned on")
     metric = tune.get("metric", "final_loss")
@@ -284,18 +353,27 @@ def _check_tune(data: dict, where) -> tuple[list[str], dict]:
         if not isinstance(values, list) or not values:
             problems.append(f"{loc}: expected a non-empty list of values, got {values!r}")
             continue
-        kept = []
+        kept, seen = [], set()  # seen: each kept value as JSON, so a long list is checked in linear time
         for i, v in enumerate(values):
             if msg := checks[path](v):
                 problems += [f"{where(f'tune.{path}[{i}]')}: {line}" for line in msg.splitlines()]
-            elif any(json.dumps(v) == json.dumps(u) for _, u in kept):
+            elif (text := json.dumps(v, sort_keys=True)) in seen:
                 problems.append(f"{where(f'tune.{path}[{i}]')}: {v!r} is listed twice; keep one")
             else:
                 kept.append((i, v))
+                seen.add(text)
         if len(kept) == len(values):
             tuned[path] = kept
     if not any(k not in ("seeds", "metric") for k in tune):
         problems.append(f"{where('tune')}: names no key to tune, e.g. train.lr: [1.0e-3, 1.0e-2]")
+    # Both phases against MAX_RUNS, from the lists as written (a wrong value still counts), before anything
+    # expands: a tuned experiment's selection runs are arms x combinations x selection seeds.
+    given = data.get("grid") if isinstance(data.get("grid"), dict) else {}
+    arms = math.prod(len(v) for v in given.values() if isinstance(v, list) and v)
+    sizes = {p: len(v) for p, v in tune.items() if p not in ("seeds", "metric") and isinstance(v, list) and v}
+    if huge := grid.too_many_tuned_runs(arms, sizes, len(reported), len(seeds) if isinstance(seeds, list) else 0,
+                                        where):
+        return problems + [huge], {}  # the tuned keys are not expanded: the grid alone is checked further
     return problems, tuned
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 
 # ---------------------------------------------------------------------------
 # File names (``gradlab.results`` describes a run directory's files).
@@ -46,7 +47,12 @@ EXECUTORS = ("local", "ray")       # gradlab run --executor: worker processes he
 # ---------------------------------------------------------------------------
 # Run ids: ``<grid values>_seed=<s>_<hash>``; the hash alone identifies a run.
 
-HASH_CHARS = 8
+# 16 hex digits, 64 bits: with 8 (32 bits, before issue 22) two configs sharing a hash were found in ~1 s of
+# search, and a sweep skipped the second as done. A folder of 10,000 runs now shares one with odds of ~3e-12.
+HASH_CHARS = 16
+# Run directories named before then end in the first LEGACY_HASH_CHARS of the same SHA-1 digest: still a run
+# identity for the readers, and a sweep takes one for its run once its config.json hashes to the run's digest.
+LEGACY_HASH_CHARS = 8
 # A run id names a directory (at most 255 bytes on Linux, macOS and Windows); 200 leaves room for the
 # names made from it, e.g. plots' profile_heatmap_<id>.png.
 MAX_ID_BYTES = 200
@@ -84,11 +90,37 @@ def run_hash(run_id: str) -> str:
     The readable part before it depends on the grid (key order, and whether a
     value came from the grid or the base config), so two ids of one resolved
     config differ there but share the hash. An id without a hash (a directory
-    made by hand) is its own identity.
+    made by hand) is its own identity; so is a legacy id's 8-digit hash (LEGACY_HASH_CHARS).
     """
     head, _, digest = run_id.rpartition("_")
-    is_hash = head and len(digest) == HASH_CHARS and all(c in "0123456789abcdef" for c in digest)
+    is_hash = (head and len(digest) in (HASH_CHARS, LEGACY_HASH_CHARS)
+               and all(c in "0123456789abcdef" for c in digest))
     return digest if is_hash else run_id
+
+
+def is_legacy_hash(digest: str) -> bool:
+    """A hash of a run id made before HASH_CHARS grew (``run_hash`` returned it from a legacy name)."""
+    return len(digest) == LEGACY_HASH_CHARS and all(c in "0123456789abcdef" for c in digest)
+
+
+def hash_matcher(hashes) -> Callable[[str], bool]:
+    """``match(digest)``: whether a run hash is one of ``hashes`` (``run_hash``'s, e.g. a sweep's record).
+
+    Exact, except across the change of HASH_CHARS: a legacy 8-digit hash and a 16-digit one are one run
+    when the shorter begins the longer (the same SHA-1). Two 16-digit hashes never match on their prefix,
+    so a folder of new ids keeps its 64-bit identity; only a folder holding legacy names has 32 bits.
+    """
+    exact = set(hashes)
+    legacy = {h for h in exact if is_legacy_hash(h)}
+    prefixes = {h[:LEGACY_HASH_CHARS] for h in exact if len(h) == HASH_CHARS}
+
+    def match(digest: str) -> bool:
+        if digest in exact:
+            return True
+        if is_legacy_hash(digest):
+            return digest in prefixes
+        return bool(legacy) and len(digest) == HASH_CHARS and digest[:LEGACY_HASH_CHARS] in legacy
+    return match
 
 
 # ---------------------------------------------------------------------------

@@ -15,7 +15,9 @@ what reads the data (the line walk below, ``repr`` in a message, ``json.dumps`` 
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -175,11 +177,23 @@ def parse_override(item: str) -> tuple[str, object]:
     return path, value
 
 
+def _kind(mode: int) -> str:
+    """What a non-regular file is, for the message."""
+    kinds = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a device"),
+             (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket")]
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
 def read_text(path: Path, source: str) -> str:
-    """The file as UTF-8 text; an unreadable, undecodable or too large (MAX_BYTES) file is a ConfigError."""
+    """The file as UTF-8 text; an unreadable, undecodable or too large (MAX_BYTES) file is a ConfigError,
+    and so is anything but a regular file: opening a FIFO waits for a writer that may never come, and a
+    device (/dev/zero) or a directory is no config (issue 22). ``stat`` itself never blocks."""
     try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError([f"{source}: cannot read the config: {_kind(mode)}, not a file"])
         with open(path, "rb") as f:
-            raw = f.read(MAX_BYTES + 1)  # never more: the file may be huge, or endless (/dev/zero)
+            raw = f.read(MAX_BYTES + 1)  # never more: the file may be huge (or have grown since the stat)
     except OSError as e:
         raise ConfigError([f"{source}: cannot read the config: {e.strerror}"]) from None
     if len(raw) > MAX_BYTES:

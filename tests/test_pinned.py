@@ -28,13 +28,13 @@ PROFILE_RTOL = 1e-6  # profile.npz holds float32, written here to 7 digits
 # run id -> the recorded figures: the training loss and pre-clip gradient norm of each step, and the
 # evaluation loss at steps 0, 2 and 4; and Σ_b ‖∂L/∂h_t‖ over t at the last evaluation
 PINNED = {
-    "cell=vanilla_seed=1_80cf6199": {
+    "cell=vanilla_seed=1_80cf6199d0a1513c": {
         "loss": [2.6982414306970672, 2.397623396329355, 1.5322027084410867, 1.4117549751565095],
         "grad_norm": [6.347108025387327, 5.694721430361595, 4.649620071534692, 4.355552195592155],
         "eval_loss": [2.4775750799543506, 1.886434599995101, 1.4544263334076644],
         "profile": [0.001574255, 0.004041123, 0.008554608, 0.02180736, 0.07621138, 0.2678569, 0.7700334, 1.280102],
     },
-    "cell=lstm_seed=1_a14bc793": {
+    "cell=lstm_seed=1_a14bc79316623797": {
         "loss": [2.815969620634415, 2.818074071374184, 1.911546100687202, 1.9343958146025146],
         "grad_norm": [3.7522155376502124, 3.6327510101194163, 3.0502907679242437, 3.0627281140360108],
         "eval_loss": [2.6829020615190697, 2.466691180015718, 2.278367550216441],

@@ -1,5 +1,6 @@
 """The shared vocabulary: each name defined once and every side reading it from there."""
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -40,11 +41,28 @@ def test_the_option_names_are_the_ones_validation_and_torch_know():
 
 @pytest.mark.parametrize("parts", [["cell=lstm", "lr=0.01"], ["note=" + "é" * 150, "lr=0.01"]])
 def test_a_run_id_parses_back_to_its_hash(parts):
-    digest = "0123abcd"
+    digest = "0123abcd4567ef89"
     run_id = format_run_id(parts, 3, digest)
     assert run_hash(run_id) == digest and len(run_id.encode()) <= MAX_ID_BYTES
-    assert run_id.endswith("_seed=3_0123abcd")
+    assert run_id.endswith("_seed=3_0123abcd4567ef89")
     assert run_hash("made-by-hand") == "made-by-hand"
+    assert run_hash("cell=lstm_seed=3_0123abcd") == "0123abcd"  # a name from before the hash grew
+
+
+def test_a_run_hash_is_64_bits_of_the_sha1_of_its_identity():
+    identity = {"train": {"lr": 0.01}}
+    reference = hashlib.sha1(b'{"train": {"lr": 0.01}}').hexdigest()  # the sorted JSON, by hand
+    assert vocabulary.config_hash(identity) == reference[:16] and vocabulary.HASH_CHARS * 4 == 64
+
+
+def test_hashes_match_exactly_or_across_the_change_of_length():
+    new, other = "0123abcd4567ef89", "0123abcd00000000"  # the same 32 bits, two runs
+    match = vocabulary.hash_matcher([new])
+    assert match(new) and match("0123abcd")  # the run's legacy name
+    assert not match(other) and not match("0123abce")
+    legacy = vocabulary.hash_matcher(["0123abcd"])  # a record from before: any run it may have been
+    assert legacy("0123abcd") and legacy(new) and legacy(other) and not legacy("ffffffffffffffff")
+    assert not vocabulary.hash_matcher([])(new)
 
 
 def test_a_net_built_without_options_takes_the_config_defaults():
