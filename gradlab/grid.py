@@ -42,6 +42,33 @@ def too_many_runs(grid: dict, seeds: int, where) -> str | None:
     return None
 
 
+def too_many_tuned_runs(arms: int, tuned: dict, seeds: int, selection_seeds: int, where) -> str | None:
+    """The problem when a ``tune:`` section passes MAX_RUNS (``gradlab.tuning``), counted without expanding.
+
+    Two counts are bounded: the runs trained (arms x combinations x selection seeds, then arms x seeds)
+    and the candidates validation checks (arms x combinations x seeds: every combination at every seed,
+    as any may be chosen). ``tuned``: dotted path -> its number of values.
+    """
+    def n(count: int, word: str) -> str:
+        return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+    combinations = math.prod(tuned.values())
+    shape = " x ".join(f"{k} {path}" for path, k in tuned.items())
+    selection, reported, candidates = arms * combinations * selection_seeds, arms * seeds, arms * combinations * seeds
+    if selection + reported > MAX_RUNS:
+        return (f"{where('tune')}: {selection + reported:,} runs ({n(arms, 'arm')} x {n(combinations, 'combination')} "
+                f"({shape}) x {n(selection_seeds, 'selection seed')} = {n(selection, 'selection run')}, then "
+                f"{n(arms, 'arm')} x {n(seeds, 'seed')} = {n(reported, 'reported run')}), more than the "
+                f"{MAX_RUNS:,} a config may expand to; tune fewer values, on fewer selection seeds, or split the "
+                "grid over several configs")
+    if candidates > MAX_RUNS:
+        return (f"{where('tune')}: {n(candidates, 'candidate run')} ({n(arms, 'arm')} x "
+                f"{n(combinations, 'combination')} ({shape}) x {n(seeds, 'seed')}, each of which an arm may "
+                f"choose), more than the {MAX_RUNS:,} a config may expand to; tune fewer values, report fewer "
+                "seeds, or split the grid over several configs")
+    return None
+
+
 def grid_key_of(grid, path: str) -> str | None:
     """The grid key that sets ``path`` (or a key within it, or the section around it), or None.
 

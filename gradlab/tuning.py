@@ -17,15 +17,18 @@ they alone form the comparison and meet the ``expect:`` list.
 Selection rules (``score``, ``choose``):
 
 - ``final_loss``: the final eval loss over the task's memoryless baseline, minimised; a diverged run
-  (non-finite loss) or a failed one counts as infinitely bad.
-- ``solved_rate``: the share of seeds solved, maximised; a failed or diverged run is unsolved.
-- ``steps_to_solve``: the steps to solve, minimised; an unsolved, diverged or failed run counts as
+  (marked ``diverged``, whatever loss it ended at, or a non-finite loss) counts as infinitely bad.
+- ``solved_rate``: the share of seeds solved, maximised; a diverged run is unsolved.
+- ``steps_to_solve``: the steps to solve, minimised; an unsolved or diverged run counts as
   twice the step budget (PAR-2, the penalised average runtime of the SAT competitions), so a
   combination that solves some seeds beats one that solves none.
 - Ties (equal seed means) are broken by the final loss (for ``solved_rate`` and ``steps_to_solve``),
-  then by the order of the values in the config (the first key's values vary slowest).
-- A selection run that failed is finished: it counts as above, and ``gradlab run`` trains it again
-  next time (as any failed run), which may change the choice.
+  then by the order of the values in the config (the first key's values vary slowest); the record
+  says which decided (``tie_break``).
+- A selection run that failed (an exception, a worker killed: ``status: failed``) measured nothing:
+  its arm gets no choice (``failed`` names the runs), so none of its reported runs is trained on a
+  choice made from a crash, and ``gradlab run`` exits 1. The same command again trains the failed
+  runs again (as any failed run) and then the arm's reported runs.
 
 A selection run's config differs from the reported runs' only in its seed, so its id (and hash) does
 not depend on the other tuned values: widening a range re-uses the selection runs already done.
@@ -43,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gradlab import results
-from gradlab.vocabulary import SELECTION_DIR, SELECTION_FILE, SELECTION_MARKER, TUNE_METRICS
+from gradlab.vocabulary import COLUMN_KEYS, SELECTION_DIR, SELECTION_FILE, SELECTION_MARKER, TUNE_METRICS
 
 PAR = 2  # steps_to_solve: an unsolved run counts as PAR x the step budget (PAR-2)
 METRIC_TEXT = {"final_loss": "final loss ÷ baseline", "solved_rate": "share of seeds solved",
@@ -135,11 +138,15 @@ def _label(v) -> str:
 # Selection.
 
 def score(summary: dict | None, metric: str, steps: int) -> float:
-    """One selection run's value of ``metric`` (see the module docstring); None summary: a failed run."""
+    """One selection run's value of ``metric`` (see the module docstring); None summary: a failed run.
+
+    A run marked diverged is the worst whatever its final loss: with ``on_nonfinite: skip`` it can end
+    at a finite loss after non-finite steps, and that loss is not the combination's to be scored by."""
     ok = summary is not None and summary.get("status") == "ok"
     if metric == "final_loss":
         loss, base = (summary or {}).get("final_loss"), (summary or {}).get("baseline_loss")
-        if not ok or not isinstance(loss, (int, float)) or not math.isfinite(loss) or not base:
+        if not ok or summary.get("diverged") or not isinstance(loss, (int, float)) or not math.isfinite(loss) \
+                or not base:
             return math.inf
         return loss / base
     solved = ok and bool(summary.get("solved")) and not summary.get("diverged")
@@ -155,11 +162,12 @@ def _mean(values: list[float]) -> float:
 
 def choose(plan: Plan, summaries: dict) -> list[dict]:
     """Each arm's selection curve and choice, from the selection runs' summaries (run id -> summary, or
-    None for a run not finished yet). An arm with an unfinished selection run has no choice yet."""
+    None for a run not finished yet). An arm with an unfinished selection run has no choice yet, nor one
+    with a failed selection run (``failed``: [{run, values, error}]): a crash measured nothing."""
     sign = 1 if TUNE_METRICS[plan.metric] == "min" else -1
     out = []
     for arm in plan.arms:
-        curve, complete = [], True
+        curve, complete, failed = [], True, []
         for combination, runs in zip(plan.combinations, arm.selection):
             points = []
             for run in runs:
@@ -167,6 +175,8 @@ def choose(plan: Plan, summaries: dict) -> list[dict]:
                     complete = False
                     continue
                 s = summaries[run.id]
+                if s.get("status") != "ok":
+                    failed.append({"run": run.id, "values": combination, "error": s.get("error")})
                 points.append({"seed": run.config["seed"], "run": run.id, "status": s.get("status"),
                                "diverged": bool(s.get("diverged")),
                                "value": score(s, plan.metric, run.config["train"]["steps"]),
@@ -176,14 +186,19 @@ def choose(plan: Plan, summaries: dict) -> list[dict]:
                           "mean": _mean([p["value"] for p in points]) if full else None,
                           "loss_ratio_mean": _mean([p["loss_ratio"] for p in points]) if full else None})
         record = {"arm": arm.key, "label": arm.label, "complete": complete, "curve": curve,
-                  "chosen": None, "edge": [], "tied": False, "reported": [],
+                  "chosen": None, "edge": [], "tied": False, "reported": [], "failed": failed,
                   "candidates": [r.id for runs in arm.candidates for r in runs]}
-        if complete:
+        if complete and not failed:
             ranked = sorted(range(len(curve)), key=lambda c: (sign * curve[c]["mean"],
                                                               curve[c]["loss_ratio_mean"], c))
             best = ranked[0]
+            tied = [c for c in ranked[1:] if curve[c]["mean"] == curve[best]["mean"]]
             record["chosen"] = curve[best]["values"]
-            record["tied"] = len(ranked) > 1 and curve[ranked[1]]["mean"] == curve[best]["mean"]
+            record["tied"] = bool(tied)
+            record["tied_with"] = [curve[c]["values"] for c in tied]
+            # what decided among the tied: a lower final loss than every one of them, else the order listed
+            record["tie_break"] = None if not tied else "final_loss" if all(
+                curve[c]["loss_ratio_mean"] > curve[best]["loss_ratio_mean"] for c in tied) else "order"
             record["no_finite"] = all(math.isinf(p["mean"]) for p in curve)
             record["edge"] = at_edge(plan.tuned, record["chosen"])
             record["reported"] = [r.id for r in arm.candidates[best]]
@@ -218,17 +233,21 @@ def edge_note(path: str) -> str:
     return f"best {path.split('.')[-1]} at the edge: widen the range"
 
 
-def record(out: Path, name: str, plan: Plan, arms: list[dict], timing: dict | None = None) -> dict:
-    """Write ``<out>/<name>/SELECTION_FILE`` (atomically), keeping the timings of earlier selection sweeps."""
-    path = Path(out) / name / SELECTION_FILE
-    old = results.read_selection(path.parent) or {}
+def document(out: Path, name: str, plan: Plan, arms: list[dict], timing: dict | None = None) -> tuple[dict, dict]:
+    """(the selection record ``record`` would write, the one on disk or {}), as stored: infinities as null."""
+    old = results.read_selection(Path(out) / name) or {}
     sweeps = old.get("sweeps", []) + ([timing] if timing else [])
     doc = {"name": name, "metric": plan.metric, "better": TUNE_METRICS[plan.metric],
            "tuned": plan.tuned, "seeds": plan.seeds, "selection_seeds": plan.selection_seeds,
            "cost": dict(zip(("selection", "reported"), plan.cost)), "arms": arms, "sweeps": sweeps}
-    doc = json.loads(json.dumps(results.finite(doc)))  # as stored: infinities as null, read back by _number
+    return json.loads(json.dumps(results.finite(doc))), old  # read back by _number
+
+
+def record(out: Path, name: str, plan: Plan, arms: list[dict], timing: dict | None = None) -> dict:
+    """Write ``<out>/<name>/SELECTION_FILE`` (atomically), keeping the timings of earlier selection sweeps."""
+    doc, old = document(out, name, plan, arms, timing)
     if doc != old:  # unchanged (a resume of a finished study): a read-only archive stays unwritten
-        results.write_json(path, doc)
+        results.write_json(Path(out) / name / SELECTION_FILE, doc)
     return doc
 
 
@@ -267,7 +286,7 @@ def reported_runs(plan: Plan, arms: list[dict], shard: tuple[int, int] | None = 
 def selections(root: Path) -> list[tuple[Path, dict]]:
     """(experiment folder, its selection record) of every tuned experiment under ``root``."""
     found = []
-    for path in sorted(Path(root).rglob(SELECTION_FILE)):
+    for path in results.files_named(root, SELECTION_FILE):  # symlinked experiments too
         doc = results.read_selection(path.parent)
         if doc is not None and path.parent.name != SELECTION_DIR:
             found.append((path.parent, doc))
@@ -285,10 +304,12 @@ def choice_rows(doc: dict) -> list[dict]:
     rows = []
     for arm in doc.get("arms", []):
         notes = [edge_note(p) for p in arm.get("edge", [])]
-        if arm.get("no_finite"):
-            notes.append("every combination failed or diverged: the first listed was taken")
+        if arm.get("failed"):
+            notes.append(failed_note(arm))
+        elif arm.get("no_finite"):
+            notes.append("every combination diverged: the first listed was taken")
         elif arm.get("tied"):
-            notes.append("tied with another combination: the first listed was taken")
+            notes.append(tie_note(arm, doc.get("metric")))
         if not arm.get("complete"):
             notes.append("selection not finished")
         chosen = arm.get("chosen") or {}
@@ -299,6 +320,37 @@ def choice_rows(doc: dict) -> list[dict]:
                                                                   for p, v in chosen.items()) or "–",
                      "curve": curve, "notes": "; ".join(notes)})
     return rows
+
+
+def values_text(values: dict) -> str:
+    """{"train.lr": 0.01} as lr=0.01."""
+    return ", ".join(f"{p.split('.')[-1]}={fmt_value(v)}" for p, v in values.items())
+
+
+def failed_note(arm: dict) -> str:
+    """Why an arm has no choice: its failed selection runs, by their values."""
+    at = list(dict.fromkeys(values_text(f["values"]) for f in arm["failed"]))
+    n = len(arm["failed"])
+    return (f"no choice: {n} selection run{'' if n == 1 else 's'} failed (at {'; '.join(at)}); "
+            "the same command again retrains {}".format("it" if n == 1 else "them"))
+
+
+def tie_note(arm: dict, metric: str | None) -> str:
+    """What was taken among combinations of equal seed mean, and why (``choose``'s ``tie_break``)."""
+    others = "; ".join(values_text(v) for v in arm.get("tied_with", [])) or "another combination"
+    if arm.get("tie_break") == "final_loss":
+        return f"tied with {others}: the lowest final loss was taken"
+    if arm.get("tie_break") == "order" and metric != "final_loss":
+        return f"tied with {others}, and on final loss too: the first listed was taken"
+    if arm.get("tie_break") == "order":
+        return f"tied with {others}: the first listed was taken"
+    return f"tied with {others}"  # a record written before tie_break was kept
+
+
+def tuned_columns(docs: list[dict]) -> list[str]:
+    """The comparison's columns of the tuned keys (train.lr -> lr), so each arm's row carries its chosen values."""
+    names = {key: column for column, key in COLUMN_KEYS.items()}
+    return list(dict.fromkeys(names.get(path, path.split(".")[-1]) for doc in docs for path in doc.get("tuned", {})))
 
 
 def caption(doc: dict) -> str:

@@ -87,7 +87,7 @@ def test_the_selection_picks_the_known_best_value_of_each_arm(tmp_path, metric):
         assert rec["reported"] == [r.id for r in arm.candidates[plan.combinations.index(rec["chosen"])]]
 
 
-def test_failed_and_diverged_runs_count_as_the_worst_and_ties_go_to_the_first_listed(tmp_path):
+def test_diverged_runs_count_as_the_worst_failed_ones_leave_no_choice_and_ties_go_to_the_first_listed(tmp_path):
     plan = stub_plan(tmp_path, lrs="[1.0e-3, 3.0e-3, 1.0e-2]")
 
     def summary(cell, lr, seed):
@@ -95,10 +95,16 @@ def test_failed_and_diverged_runs_count_as_the_worst_and_ties_go_to_the_first_li
             return ok(loss=math.inf, diverged=True) if cell == "vanilla" else {"status": "failed", "error": "x"}
         return ok(loss=0.2)  # 1e-3 and 3e-3 tie exactly
 
-    arms = tuning.choose(plan, stub_summaries(plan, summary))
-    assert [a["chosen"]["train.lr"] for a in arms] == [1.0e-3, 1.0e-3]
-    assert all(a["tied"] and not a["no_finite"] for a in arms)
-    assert [p["mean"] for p in arms[0]["curve"]] == [0.2, 0.2, math.inf]
+    vanilla, gru = tuning.choose(plan, stub_summaries(plan, summary))
+    assert vanilla["chosen"] == {"train.lr": 1.0e-3} and vanilla["tied"] and not vanilla["no_finite"]
+    assert vanilla["tied_with"] == [{"train.lr": 3.0e-3}] and vanilla["tie_break"] == "order"
+    assert [p["mean"] for p in vanilla["curve"]] == [0.2, 0.2, math.inf]
+    # a crash measured nothing: no choice (it would be 1e-3 by the others), its reported runs wait
+    failed_run = plan.arms[1].selection[2][0].id
+    assert gru["chosen"] is None and gru["reported"] == [] and gru["complete"]
+    assert gru["failed"] == [{"run": failed_run, "values": {"train.lr": 1.0e-2}, "error": "x"}]
+    reported, waiting = tuning.reported_runs(plan, [vanilla, gru])
+    assert {r.config["model"]["cell"] for r in reported} == {"vanilla"} and waiting == [gru]
 
     def unsolved(cell, lr, seed):  # steps_to_solve: unsolved counts as PAR x the budget (20 steps)
         return ok(solved=lr == 3.0e-3, steps_to_solve=15 if lr == 3.0e-3 else None)
@@ -113,6 +119,40 @@ def test_failed_and_diverged_runs_count_as_the_worst_and_ties_go_to_the_first_li
     assert arms[0]["chosen"] == {"train.lr": 1.0e-3} and arms[0]["tied"]
     arms = tuning.choose(plan, stub_summaries(plan, lambda c, lr, s: ok(solved=True, loss=1 / lr)))
     assert arms[0]["chosen"] == {"train.lr": 3.0e-3}
+
+
+def test_a_run_marked_diverged_counts_as_the_worst_whatever_its_final_loss(tmp_path):
+    """``on_nonfinite: skip`` can end a diverged run at a finite loss, here the lowest of all: by hand,
+    1e-2 is the worst (inf) for final_loss and unsolved for the others, so 3e-3 (loss 0.1) is chosen."""
+    def summary(cell, lr, seed):
+        if lr == 1.0e-2:
+            return ok(loss=0.001, diverged=True, solved=True, steps_to_solve=5)
+        return ok(loss=0.1 if lr == 3.0e-3 else 0.5, solved=lr == 3.0e-3, steps_to_solve=10 if lr == 3.0e-3 else None)
+
+    for metric, worst in (("final_loss", math.inf), ("solved_rate", 0.0), ("steps_to_solve", tuning.PAR * 20)):
+        plan = stub_plan(tmp_path, metric)
+        arms = tuning.choose(plan, stub_summaries(plan, summary))
+        assert [a["chosen"] for a in arms] == [{"train.lr": 3.0e-3}] * 2, metric
+        assert arms[0]["curve"][2]["mean"] == worst and arms[0]["curve"][2]["loss_ratio_mean"] == math.inf, metric
+
+
+@pytest.mark.parametrize("metric, losses, note", [
+    # solved_rate ties (every seed solved); the later value has the lower loss, so it is taken, and the note says why
+    ("solved_rate", {1.0e-3: 0.4, 3.0e-3: 0.2}, "tied with lr=0.001: the lowest final loss was taken"),
+    ("solved_rate", {1.0e-3: 0.2, 3.0e-3: 0.2},
+     "tied with lr=0.003, and on final loss too: the first listed was taken"),
+    ("steps_to_solve", {1.0e-3: 0.3, 3.0e-3: 0.1}, "tied with lr=0.001: the lowest final loss was taken"),
+    ("final_loss", {1.0e-3: 0.2, 3.0e-3: 0.2}, "tied with lr=0.003: the first listed was taken"),
+])
+def test_the_note_on_a_tie_says_what_was_taken_and_why(tmp_path, metric, losses, note):
+    plan = stub_plan(tmp_path, metric, lrs="[1.0e-3, 3.0e-3]")
+    arms = tuning.choose(plan, stub_summaries(plan, lambda c, lr, s: ok(solved=True, steps_to_solve=7,
+                                                                        loss=losses[lr])))
+    expected = min(losses, key=lambda lr: (losses[lr], lr))  # the lowest loss, then the first listed
+    assert [a["chosen"] for a in arms] == [{"train.lr": expected}] * 2
+    doc = tuning.record(tmp_path, "tuned", plan, arms)
+    # with two values any choice is at the edge: that note comes first
+    assert [row["notes"] for row in tuning.choice_rows(doc)] == [f"best lr at the edge: widen the range; {note}"] * 2
 
 
 def test_an_arm_with_an_unfinished_selection_run_has_no_choice_and_its_runs_wait(tmp_path):
@@ -210,6 +250,23 @@ def test_compare_shows_each_arms_choice_and_flags_the_edge(study):
     assert "best lr at the edge: widen the range" in result.stderr
 
 
+def test_every_format_of_compare_names_each_arms_chosen_values(study):
+    """Both arms may choose the same lr, so the column does not vary: it is there all the same."""
+    _, folder, _ = study
+    chosen = {arm["arm"]["model.cell"]: arm["chosen"]["train.lr"] for arm in results.read_selection(folder)["arms"]}
+    rows = json.loads(runner.invoke(app, ["compare", str(folder), "--format", "json"]).stdout)
+    assert {row["cell"]: row["lr"] for row in rows} == chosen
+    csv_lines = runner.invoke(app, ["compare", str(folder), "--format", "csv"]).stdout.splitlines()
+    header = csv_lines[0].split(",")
+    assert {line.split(",")[header.index("cell")]: float(line.split(",")[header.index("lr")])
+            for line in csv_lines[1:]} == chosen
+    header, _, *lines = runner.invoke(app, ["compare", str(folder), "--format", "markdown"]).stdout.splitlines()
+    cells = [[c.strip() for c in line.split("|")] for line in [header, *lines[:2]]]
+    assert {row[cells[0].index("cell")]: float(row[cells[0].index("lr")]) for row in cells[1:]} == chosen
+    by = json.loads(runner.invoke(app, ["compare", str(folder), "--format", "json", "--by", "cell"]).stdout)
+    assert all("lr" not in row for row in by)  # an explicit --by is the user's own grouping
+
+
 def test_plot_draws_the_selection_curve_and_never_a_selection_run(study, tmp_path):
     _, folder, _ = study
     result = runner.invoke(app, ["plot", str(folder), "-o", str(tmp_path)])
@@ -297,8 +354,9 @@ def test_readers_hide_selection_runs_and_unchosen_candidates_only(tmp_path):
     results.write_json(folder / vocabulary.SELECTION_DIR / vocabulary.SELECTION_MARKER, {})
     everything = [*dirs, other, selection]
     assert results.shown(everything, tmp_path) == [*dirs, other]  # before the choice: only selection hidden
-    results.write_json(folder / vocabulary.SELECTION_FILE, {"arms": [{"candidates": [d.name for d in dirs],
-                                                                  "reported": [dirs[1].name]}]})
+    arm = {"label": "all runs", "candidates": [d.name for d in dirs], "reported": [dirs[1].name]}
+    results.write_json(folder / vocabulary.SELECTION_FILE, {"tuned": {"train.lr": [0.001, 0.01]}, "arms": [arm],
+                                                            "selection_seeds": [100], "metric": "final_loss"})
     assert results.shown(everything, tmp_path) == [dirs[1], other]
     assert results.shown([selection], folder / vocabulary.SELECTION_DIR) == [selection]  # asked for by name
 

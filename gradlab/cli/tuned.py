@@ -7,7 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from gradlab.cli.errors import fail
+import typer
+
+from gradlab.cli.errors import EXIT_FAILED, EXIT_OK, fail
 from gradlab.cli.render import err_console, out_console, sweep_with_progress
 from gradlab.vocabulary import SELECTION_DIR
 
@@ -54,25 +56,46 @@ def run_tuned(experiment, config: Path, out: Path, set_: list[str], shard: str |
         timing = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.monotonic() - started, 1),
                   "trained": sum(o.status != "skipped" for o in outcomes),
                   "failed": sum(o.status == "failed" for o in outcomes), "jobs": jobs, "executor": executor}
-    with experiment_lock(out, name):  # another shard may record its choices meanwhile: one at a time
-        arms = tuning.choose(tuned, tuning.finished(tuned, out, name))
-        tuning.record(out, name, tuned, arms, timing)
-    for o in outcomes:
-        if o.status == "failed":
-            err_console.print(f"failed: selection run {o.run.id}: {o.error} (counts as the worst; "
-                              f"traceback in {o.dir / 'error.txt'})", soft_wrap=True)
+    arms = tuning.choose(tuned, tuning.finished(tuned, out, name))
+    doc, old = tuning.document(out, name, tuned, arms, timing)
+    if doc != old:  # a finished archive (read-only media too) has nothing to record: no lock, no write
+        with experiment_lock(out, name):  # another shard may record its choices meanwhile: one at a time
+            arms = tuning.choose(tuned, tuning.finished(tuned, out, name))
+            tuning.record(out, name, tuned, arms, timing)
+    broken, by_id = [arm for arm in arms if arm["failed"]], {r.id: r for r in tuned.selection_runs}
+    for arm in broken:  # from the disk: this sweep's failures and another process's alike
+        for f in arm["failed"]:
+            where = run_dir(out, selection_name, by_id[f["run"]]) / "error.txt"
+            err_console.print(f"failed: selection run {f['run']} ({arm['label']}, {tuning.values_text(f['values'])}): "
+                              f"{f['error']} (traceback in {where})", soft_wrap=True, markup=False, highlight=False)
     reported, waiting = tuning.reported_runs(tuned, arms, shard_spec)
+    waiting = [arm for arm in waiting if not arm["failed"]]
     if waiting:
         err_console.print(f"{len(waiting)} of {len(tuned.arms)} arms wait for selection runs not done yet "
                           f"(another --shard's): run this command again once they are", soft_wrap=True)
+    code = EXIT_OK
     if not reported:
         if fmt_name == "json":
             sys.stdout.write("[]\n")
-        return
-    report_todo, report_done = plan(name, reported, out, force)
-    train_and_show(experiment, reported, report_todo, report_done, out, set_, jobs=jobs, force=force,
-                   executor=executor, address=address, fmt_name=fmt_name, check=check, wide=wide, quiet=quiet,
-                   preflighted=True)
+    else:
+        report_todo, report_done = plan(name, reported, out, force)
+        try:
+            train_and_show(experiment, reported, report_todo, report_done, out, set_, jobs=jobs, force=force,
+                           executor=executor, address=address, fmt_name=fmt_name, check=check, wide=wide,
+                           quiet=quiet, preflighted=True)
+        except typer.Exit as e:
+            if e.exit_code != EXIT_FAILED:
+                raise
+            code = EXIT_FAILED
+    if broken:  # a choice made from a crash would be no choice: these arms' reported runs are not trained
+        runs = sum(len(arm["failed"]) for arm in broken)
+        err_console.print(f"{runs} selection run{'' if runs == 1 else 's'} failed: {len(broken)} of {len(tuned.arms)} "
+                          f"arms ({', '.join(arm['label'] for arm in broken)}) have no choice and none of their "
+                          f"reported runs was trained; the same command again retrains the failed runs",
+                          soft_wrap=True, markup=False, highlight=False)
+        code = EXIT_FAILED
+    if code != EXIT_OK:
+        raise typer.Exit(code)
 
 
 def say(text: str) -> None:
