@@ -44,6 +44,9 @@ def _end_with_parent() -> None:
 
 if SERVER is not None:
     _end_with_parent()
+    import gradlab.workers  # standard library only
+
+    sys.excepthook = gradlab.workers.quiet_when_orphaned  # the server's children, orphaned, print nothing
 
 import torch  # noqa: E402  (after the line above: the import takes seconds, the driver may end meanwhile)
 

@@ -8,7 +8,9 @@ that dies leaves nothing half-written.
 Resuming: a run whose directory holds a successful ``summary.json`` and every
 file it promises is done and skipped (a directory belongs to a run by the hash
 of its resolved config, the end of the run id; see ``run_dir``); failed and
-interrupted runs are run again. A run that raises is recorded as failed, with
+interrupted runs are run again. A directory of the run's hash that holds another
+run's config (a hash collision) is never taken for the run: the sweep stops with
+``RunCollision``. A run that raises is recorded as failed, with
 what it had computed, and the sweep goes on; so does a sweep whose worker
 process dies (a segfault, an out-of-memory kill): the run it was training is
 recorded as failed.
@@ -17,15 +19,16 @@ Concurrent sweeps on one folder: the driver trains a run only while it holds
 the run's lock (``results.lock``); a run another live process holds is left to
 it and waited for at the end, so no run is trained twice.
 
-Signals: SIGINT and SIGTERM end the sweep at once (``Interrupted``): the runs
+Signals: SIGINT, SIGTERM and SIGHUP end the sweep at once (``Interrupted``): the runs
 stored so far stay, the workers are killed, the runs in flight are not stored.
-Workers ignore both signals (the driver ends them) and exit when the driver is
+Workers ignore these signals (the driver ends them) and exit when the driver is
 gone, even after a ``kill -9``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -34,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gradlab import results
-from gradlab.config import Run
-from gradlab.vocabulary import EXPERIMENT_FILE, EXPERIMENT_LOCK
-from gradlab.workers import SIGNALS, lost, run_parallel, train_run
+from gradlab.config import Run, legacy_dirs
+from gradlab.vocabulary import EXPERIMENT_FILE, EXPERIMENT_LOCK, SELECTION_DIR
+from gradlab.workers import SIGNALS, lost, max_jobs, run_parallel, train_run
 
 
 @dataclass
@@ -76,8 +79,7 @@ def record_experiment(out: Path, experiment, overrides: list[str] = (), runs: li
     The same command again (a resume) re-uses the last entry, so one with nothing to train adds none.
     """
     path = Path(out) / experiment.name / EXPERIMENT_FILE
-    old = results.read_json(path) if path.exists() else {}
-    sweeps = old.get("sweeps", [])
+    sweeps = read_experiment(path).get("sweeps", [])
     entry = {"source": experiment.source, "set": list(overrides), "expect": experiment.expect,
              "runs": sorted({results.run_hash(r.id) for r in (runs if runs is not None else experiment.runs)})}
     last = sweeps[-1] if sweeps else {}
@@ -96,7 +98,7 @@ def record_sweep(out: Path, name: str, outcomes: list[Outcome], seconds: float, 
     import platform
 
     path = Path(out) / name / EXPERIMENT_FILE
-    doc = results.read_json(path) if path.exists() else {"name": name}
+    doc = read_experiment(path) or {"name": name}
     sweeps = doc.setdefault("sweeps", [])
     timing = {
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(seconds, 1),
@@ -114,6 +116,58 @@ def record_sweep(out: Path, name: str, outcomes: list[Outcome], seconds: float, 
     results.write_json(path, doc)
 
 
+def read_experiment(path: Path) -> dict:
+    """``experiment.json`` at ``path`` as a dict whose ``sweeps`` is a list of dicts; {} when there is none.
+
+    A damaged one (cut short, not UTF-8, or JSON of another shape) is moved aside to
+    ``experiment.json.damaged`` (``results.DAMAGED``), kept for whoever wants its history, and
+    {} returned: the sweep writes a new record and every run stays. So the readers' advice
+    ("gradlab run writes it again", ``cli.errors``) holds. Call it holding ``experiment_lock``.
+    """
+    if not path.exists():
+        return {}
+    if not experiment_damaged(path.parent.parent, path.parent.name):
+        return results.read_json(path)
+    os.replace(path, path.with_name(path.name + results.DAMAGED))
+    return {}
+
+
+def experiment_damaged(out: Path, name: str) -> bool:
+    """``<out>/<name>/experiment.json`` exists and ``read_experiment`` would move it aside: ``gradlab run``
+    then rewrites it even with nothing to train."""
+    path = Path(out) / name / EXPERIMENT_FILE
+    try:
+        doc = results.read_json(path)
+    except FileNotFoundError:
+        return False
+    except ValueError:
+        return True
+    return not (isinstance(doc, dict) and isinstance(doc.get("sweeps", []), list)
+                and all(isinstance(s, dict) for s in doc.get("sweeps", [])))
+
+
+class RunCollision(Exception):
+    """A directory named for a run (its hash) holds the config of another run: a hash collision, which
+    must never make a run look done. The message names the directory and says what to do."""
+
+
+def _identity(config: dict) -> dict:
+    """What identifies a run (``config._identity``: the hashed values), as it reads back from JSON."""
+    from gradlab.config import _identity as identity
+
+    return json.loads(results.json_text(identity(config)))
+
+
+def _foreign(path: Path, run: Run) -> bool:
+    """``path`` holds a readable config.json of another run than ``run`` (none, or a damaged one: the
+    run is redone there, as a damaged run always is)."""
+    try:
+        stored = results.read_json(path / results.CONFIG)
+    except (OSError, ValueError):
+        return False
+    return isinstance(stored, dict) and _identity(stored) != _identity(run.config)
+
+
 def run_dir(out: Path, name: str, run: Run) -> Path:
     """``<out>/<name>/<run id>``, or the directory an earlier sweep gave the same resolved config.
 
@@ -126,7 +180,11 @@ def run_dir(out: Path, name: str, run: Run) -> Path:
     own = root / run.id
     digest = results.run_hash(run.id)
     others = sorted(p for p in root.glob(f"*_{digest}") if p != own and p.is_dir()) if digest != run.id else []
-    candidates = [own, *others]
+    candidates = [own, *others, *legacy_dirs(root, run)]  # and an older gradlab's 8-digit name for it
+    for p in candidates:
+        if p.is_dir() and _foreign(p, run):
+            raise RunCollision(f"{p}: holds another run's config under the hash {digest} of {run.id} (a hash "
+                               "collision): move that directory out of the folder, then run again")
     finished = [p for p in candidates if is_done(p)]
     return (finished or [p for p in candidates if p.is_dir()] or [own])[0]
 
@@ -158,9 +216,9 @@ class ExecutorUnavailable(Exception):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM ended the sweep: the runs stored before it are kept, those in flight are not.
+    """SIGINT, SIGTERM or SIGHUP ended the sweep: the runs stored before it are kept, those in flight are not.
 
-    A KeyboardInterrupt, so code that handles Ctrl-C handles SIGTERM alike; ``signum``
+    A KeyboardInterrupt, so code that handles Ctrl-C handles SIGTERM and SIGHUP alike; ``signum``
     gives the exit code (128 + signum) and the counts what was kept.
     """
 
@@ -171,7 +229,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 class _Signals:
-    """While a sweep runs (main thread only): SIGINT and SIGTERM raise ``Interrupted`` once, except inside
+    """While a sweep runs (main thread only): SIGINT, SIGTERM and SIGHUP raise ``Interrupted`` once, except inside
     ``shield()`` (storing a run), whose end they wait for; a signal the process ignored stays ignored."""
 
     def __init__(self):
@@ -187,6 +245,12 @@ class _Signals:
     def __exit__(self, *exc):
         for s, handler in self.old.items():
             signal.signal(s, handler)
+
+    def reinstall(self) -> None:
+        """Take the signals back after a library replaced the handlers (``ray.init`` installs its own,
+        which print a C++ stack dump and exit 1 on SIGTERM)."""
+        for s in self.old:
+            signal.signal(s, self._handle)
 
     def _handle(self, signum, frame):
         self.signum = self.signum or signum
@@ -217,6 +281,7 @@ class _Sweep:
     force: bool
     notify: object
     signals: _Signals
+    seen: dict = field(default_factory=dict)       # --force: run id -> its finished summary when the sweep began
     outcomes: dict = field(default_factory=dict)   # run id -> Outcome
     locks: dict = field(default_factory=dict)      # run id -> open lock file: the runs in flight
     elsewhere: list = field(default_factory=list)  # runs another live process holds
@@ -231,7 +296,8 @@ class _Sweep:
             self.notify("elsewhere", run)
             return None
         path = run_dir(self.out, self.name, run)
-        if not self.force and is_done(path):
+        if is_done(path) and (not self.force or finished_as(path) != self.seen.get(run.id)):
+            # done, and with --force done anew since this sweep began (another --force sweep): fresh
             lock.close()
             self.outcomes[run.id] = Outcome(run, path, "elsewhere", results.read_json(path / results.SUMMARY))
             self.notify("done", run, outcome=self.outcomes[run.id])
@@ -265,6 +331,17 @@ class _Sweep:
         self.locks.clear()
 
 
+def finished_as(path: Path) -> tuple | None:
+    """Which write of ``path``'s summary.json is there: (directory, inode, mtime); a rewrite (an atomic
+    rename) gives another inode. --force re-trains the runs finished when the sweep began, not the
+    ones another --force sweep on the folder has trained since (``_Sweep.claim``)."""
+    try:
+        st = (path / results.SUMMARY).stat()
+    except OSError:
+        return None
+    return str(path), st.st_ino, st.st_mtime_ns
+
+
 def store(run: Run, path: Path, payload: dict) -> Outcome:
     """Write a run's directory. If that fails (a full disk), the run is recorded as failed where the
     disk still allows and has no earlier record, and the error, naming the file, goes on up."""
@@ -281,9 +358,17 @@ def store(run: Run, path: Path, payload: dict) -> Outcome:
     return Outcome(run, path, status, payload["summary"], payload["error"])
 
 
+@contextlib.contextmanager
 def experiment_lock(out: Path, name: str):
-    """Hold while reading and rewriting ``experiment.json``: two sweeps on one folder keep both records."""
-    return contextlib.closing(results.lock(Path(out) / name / EXPERIMENT_LOCK, wait=True))
+    """Hold while reading and rewriting ``experiment.json``: two sweeps on one folder keep both records.
+
+    Its holder first removes the experiment folder's ``.tmp`` files that a killed writer left
+    (``results.remove_stale_temporaries``; a run directory's go with the run's next write)."""
+    folder = Path(out) / name
+    with contextlib.closing(results.lock(folder / EXPERIMENT_LOCK, wait=True)):
+        for where in (folder, folder / SELECTION_DIR):
+            results.remove_stale_temporaries(where)
+        yield
 
 
 def run_sweep(name: str, runs: list[Run], out: Path, *, jobs: int = 1, force: bool = False,
@@ -299,7 +384,7 @@ def run_sweep(name: str, runs: list[Run], out: Path, *, jobs: int = 1, force: bo
     A run another process is training (it holds the run's lock) is left to it;
     once the rest is done the sweep waits for it and takes its result (outcome
     ``elsewhere``), or trains it if that process stopped without finishing it.
-    SIGINT or SIGTERM raise ``Interrupted`` (with what was kept) after killing the
+    SIGINT, SIGTERM or SIGHUP raise ``Interrupted`` (with what was kept) after killing the
     workers; the runs stored before it are whole, those in flight not written.
 
     on_event(event, run, **info) reports progress to the caller: ``step``
@@ -310,13 +395,16 @@ def run_sweep(name: str, runs: list[Run], out: Path, *, jobs: int = 1, force: bo
     ``experiment.json`` is written (a tuned experiment's selection runs; see gradlab.tuning).
     """
     notify = on_event or (lambda *a, **k: None)
+    if executor == "local" and jobs > max_jobs():
+        raise ValueError(f"jobs={jobs}: at most {max_jobs()} (4 per core)")
     started = time.monotonic()
     todo, done = plan(name, runs, out, force)
+    seen = {r.id: finished_as(run_dir(out, name, r)) for r in todo} if force else {}
     for run in done:
         path = run_dir(out, name, run)
         notify("done", run, outcome=Outcome(run, path, "skipped", results.read_json(path / results.SUMMARY)))
     with _Signals() as signals:
-        sweep = _Sweep(name, Path(out), force, notify, signals)
+        sweep = _Sweep(name, Path(out), force, notify, signals, seen)
         try:
             waiting = todo
             while waiting:  # a second round only for the runs other processes held
@@ -361,8 +449,13 @@ def _run_ray(waiting: list[Run], address: str | None, sweep: _Sweep) -> None:
     except ImportError:
         raise ExecutorUnavailable("the ray executor needs Ray: pip install 'gradlab[ray]'") from None
     ours = not ray.is_initialized()
+    watchdog = None
     if ours:
+        watchdog = RayWatchdog.start() if address is None else None  # a local instance: ours to clean up
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        sweep.signals.reinstall()
+        if watchdog:
+            watchdog.watch()
     # max_retries re-runs a task whose worker died; exceptions inside training are caught
     # by train_run and come back as a failed payload, so they are never retried
     remote = ray.remote(max_retries=RAY_RETRIES, num_cpus=1)(train_run)
@@ -376,6 +469,8 @@ def _run_ray(waiting: list[Run], address: str | None, sweep: _Sweep) -> None:
         pending = list(refs)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)  # a timeout: signals get a turn
+            if watchdog:
+                watchdog.watch()  # the worker processes Ray started meanwhile
             for ref in ready:
                 run, path = refs.pop(ref)
                 try:
@@ -383,11 +478,88 @@ def _run_ray(waiting: list[Run], address: str | None, sweep: _Sweep) -> None:
                 except Exception as e:  # lost beyond the retries
                     payload = lost(e)
                 sweep.store(run, path, payload)
-    except BaseException:  # interrupted: cancel what is left and leave no Ray process of ours behind
+    except BaseException as e:  # interrupted: cancel what is left and leave no Ray process of ours behind
         for ref in refs:
             with contextlib.suppress(Exception):
                 ray.cancel(ref, force=True)
         if ours:
             with contextlib.suppress(Exception):
                 ray.shutdown()
+        if isinstance(e, KeyboardInterrupt) and not isinstance(e, Interrupted) and sweep.signals.signum:
+            # ray.wait runs the handler in C++ and raises a bare KeyboardInterrupt for what it raised
+            raise Interrupted(sweep.signals.signum) from None
         raise
+
+
+# The watchdog's program: read "pid start-time" lines until the driver's end of the pipe closes (its exit,
+# even by kill -9), then kill each listed process that is still the same one (its start time matches).
+RAY_WATCHDOG = """\
+import os, signal, sys
+listed = dict(line.split() for line in sys.stdin)
+for pid, start in listed.items():
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rpartition(")")[2].split()[19] == start:
+                os.kill(int(pid), signal.SIGKILL)
+    except (OSError, IndexError):
+        pass
+"""
+
+
+class RayWatchdog:
+    """Ends the processes of the local Ray instance a sweep started when its driver ends, however it ends.
+
+    ``ray.init`` without an address starts a head node (GCS, raylet, dashboard and runtime-env agents,
+    workers) from the driver. The raylet and GCS end with it, but after a ``kill -9`` of the driver the
+    agents wait on the dead GCS for 60 to 120 s before they exit (measured with Ray 2.60). This
+    process, started before Ray, is told the pids of the driver's descendants (``watch``) and kills
+    them once the driver is gone: a pipe it reads closes when the driver exits (Ray stays up between
+    sweeps of one process, as ``ray.init`` left it). A clean exit has shut Ray down already (its
+    ``atexit``): what is listed is gone, or another process by then, and nothing is killed.
+    Linux only (/proc); elsewhere Ray's own clean-up is all there is.
+    """
+
+    def __init__(self, process):
+        self.process, self.told = process, set()
+
+    @classmethod
+    def start(cls) -> RayWatchdog | None:
+        import subprocess
+        import sys
+
+        if not sys.platform.startswith("linux"):
+            return None
+        from gradlab.workers import _starting
+
+        with _starting():  # it ignores the sweep's signals from its first instruction: a Ctrl-C to the group
+            process = subprocess.Popen([sys.executable, "-c", RAY_WATCHDOG], stdin=subprocess.PIPE,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+        watchdog = cls(process)
+        cls.started.append(watchdog)  # referenced: a collected pipe would close, and the watchdog end Ray
+        return watchdog
+
+    started: list = []  # the watchdogs of this process: each lives until the driver ends (a pipe kept open)
+
+    def watch(self) -> None:
+        """Tell the watchdog about the driver's descendants it does not know yet."""
+        new = [p for p in descendants(os.getpid(), skip=self.process.pid) if p not in self.told]
+        if new:
+            with contextlib.suppress(OSError):
+                self.process.stdin.write("".join(f"{pid} {start}\n" for pid, start in new))
+                self.process.stdin.flush()
+            self.told.update(new)
+
+
+def descendants(pid: int, skip: int) -> list[tuple[int, str]]:
+    """(pid, start time) of every live descendant of ``pid`` but ``skip``, from /proc."""
+    parent, start = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rpartition(")")[2].split()  # state ppid ... starttime (the 20th)
+            if fields[0] != "Z":
+                parent[int(stat.parent.name)], start[int(stat.parent.name)] = int(fields[1]), fields[19]
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [p for p, pp in parent.items() if pp in frontier and p != skip]
+        found += [(p, start[p]) for p in frontier]
+    return found

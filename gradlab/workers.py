@@ -1,9 +1,9 @@
 """The local executor's worker processes: ``jobs`` of them, each fed one run at a time over a pipe.
 
 A worker trains the runs the driver sends it and sends back progress and each
-run's payload; the driver stores it (see ``sweeps``). Workers ignore SIGINT and
-SIGTERM, because the driver ends them when a sweep stops, and they end with the
-driver even when it is killed with ``kill -9``, so no process outlives a sweep.
+run's payload; the driver stores it (see ``sweeps``). Workers ignore SIGINT,
+SIGTERM and SIGHUP (``SIGNALS``), because the driver ends them when a sweep stops, and they end
+with the driver even when it is killed with ``kill -9``, so no process outlives a sweep.
 
 Start-up: on Linux the workers are forked from multiprocessing's fork server, a
 process started once per driver that has imported torch and the training modules and
@@ -34,8 +34,17 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from gradlab.config import Run
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# The signals that stop a sweep: Ctrl-C, the stop signal of CI runners, timeout, systemd and Kubernetes, and
+# the hangup of a closed terminal or SSH session; each exits 128 + its number (130, 143, 129).
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PROGRESS_INTERVAL = 0.2  # seconds between a worker's progress messages
+
+
+def max_jobs() -> int:
+    """The most worker processes a local sweep starts: 4 per core. Each trains one run with its own
+    torch (hundreds of MB), so more only thrashes, and an absurd ``--jobs`` (10**6) must not fork
+    that many processes (``gradlab run`` refuses it; ``sweeps.run_sweep`` too)."""
+    return 4 * (os.cpu_count() or 1)
 
 
 def run_parallel(waiting: list, jobs: int, sweep) -> None:
@@ -119,7 +128,7 @@ def start_server() -> None:
 
     It returns at once: the server loads torch meanwhile, so a caller that starts it early
     (``gradlab run``, before it validates the config) has its first worker sooner. The server
-    ignores SIGINT and SIGTERM, and so do the workers it forks; it ends with this process.
+    ignores SIGNALS (SIGINT, SIGTERM, SIGHUP), and so do the workers it forks; it ends with this process.
     """
     if context().get_start_method() == "forkserver":
         import multiprocessing.forkserver  # not at the top: the module is POSIX-only
@@ -130,7 +139,7 @@ def start_server() -> None:
 
 @contextlib.contextmanager
 def _starting():
-    """While a process starts from the driver: it begins with SIGINT and SIGTERM ignored.
+    """While a process starts from the driver: it begins with SIGNALS ignored.
 
     The child inherits SIG_IGN from its first instruction (a handler would be reset at exec),
     so a Ctrl-C while it imports cannot print a traceback. The main thread blocks both signals
@@ -200,8 +209,10 @@ class Worker:
 def worker_main(conn, driver: int) -> None:
     """A worker process: train each run the driver (pid ``driver``) sends on ``conn``; send progress, then the payload.
 
-    It ignores SIGINT and SIGTERM (the driver kills it when the sweep stops) and exits
-    when the driver is gone (a ``kill -9`` of the driver alone), so no worker outlives it.
+    It ignores SIGNALS (the driver kills it when the sweep stops) and exits when the driver is gone
+    (a ``kill -9`` of the driver alone), so no worker outlives it. A pipe found closed means the same:
+    the worker ends at once and prints nothing (a traceback of a send to a dead driver would land on
+    the terminal or a caller's pipe after the sweep is over).
     """
     for s in SIGNALS:
         signal.signal(s, signal.SIG_IGN)
@@ -212,20 +223,52 @@ def worker_main(conn, driver: int) -> None:
         now = time.monotonic()
         if now - last[0] >= PROGRESS_INTERVAL or step == steps:
             last[0] = now
-            conn.send(("step", step, steps))
+            _send(conn, ("step", step, steps))
 
     while True:
         try:
             run = conn.recv()
-        except EOFError:
+        except (EOFError, OSError):  # the driver closed the pipe (the sweep is over) or is gone
             return
         if run is None:
             return
         payload = train_run(run, progress)
         try:
             conn.send(("done", payload))
+        except OSError:
+            _driver_gone()
         except Exception as e:  # e.g. a payload that does not pickle: the run fails, not the worker
-            conn.send(("done", lost(e, "the run's results could not be sent back")))
+            _send(conn, ("done", lost(e, "the run's results could not be sent back")))
+
+
+def _send(conn, message) -> None:
+    try:
+        conn.send(message)
+    except OSError:  # BrokenPipeError, ConnectionResetError: nobody is left to read it
+        _driver_gone()
+
+
+def _driver_gone() -> None:
+    """End this worker without a word: its driver is gone (or ended the sweep), and would have killed it."""
+    os._exit(1)
+
+
+def quiet_when_orphaned(kind, value, tb) -> None:
+    """``sys.excepthook`` of the fork server (``preload``), inherited by each process it forks.
+
+    A forked child reads the process object the driver sends before any gradlab code runs; a driver
+    killed meanwhile (``kill -9``) cuts that read short, and multiprocessing would print the child's
+    EOFError through this hook. The server dies with the driver (PR_SET_PDEATHSIG), so such a child
+    sees its parent change within moments: then it ends without a word. Any other error is printed.
+    """
+    preload = sys.modules.get("gradlab.preload")
+    server = getattr(preload, "SERVER", None)
+    if server is not None and issubclass(kind, (EOFError, OSError)) and os.getpid() != server:
+        for _ in range(50):  # up to 5 s for the kernel to end the server after the driver
+            if os.getppid() != server:
+                return
+            time.sleep(0.1)
+    sys.__excepthook__(kind, value, tb)
 
 
 def _exit_with(driver: int) -> None:
@@ -263,13 +306,27 @@ def train_run(run: Run, progress=None) -> dict:
             env = environment(run.config)
         except Exception:
             env = {}
-        error = f"{type(e).__name__}: {e}"
+        error = one_line(f"{type(e).__name__}: {e}")
         return {"summary": {"status": "failed", "error": error}, "rows": rows, "env": env, "profile": None,
                 "error": error, "traceback": traceback.format_exc()}
 
 
+MAX_ERROR = 300  # characters of a failed run's error line
+
+
+def one_line(error: str) -> str:
+    """A failed run's error as one line: its first line with text, cut at MAX_ERROR characters.
+
+    torch's C++ errors carry their backtrace in the message (``Exception raised from … frame #0: …``,
+    25 lines and more); the first line says what went wrong. The whole message stays in the run's
+    ``error.txt`` (the traceback), so nothing is lost.
+    """
+    first = next((line.strip() for line in error.splitlines() if line.strip()), error.strip())
+    return first if len(first) <= MAX_ERROR else first[:MAX_ERROR - 1] + "…"
+
+
 def lost(e: BaseException, why: str = "worker lost") -> dict:
     """The payload of a run whose worker died before it could report."""
-    error = f"{why}: {type(e).__name__}: {e}"
+    error = one_line(f"{why}: {type(e).__name__}: {e}")
     return {"summary": {"status": "failed", "error": error}, "rows": [], "env": {}, "profile": None,
             "error": error, "traceback": traceback.format_exc()}

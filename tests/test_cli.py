@@ -293,7 +293,7 @@ def test_a_truncated_summary_is_named_and_skipped_not_a_traceback(tiny_results, 
     assert result.exit_code == 0 and "Traceback" not in result.output, result.output
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"skipped: {summary}: truncated or corrupt JSON: "), lines
-    assert lines[0].endswith("; the run is left out")
+    assert lines == named  # the line compare and report print: one definition of damage (issue 22)
 
 
 def test_the_command_freezes_its_objects_as_it_exits_and_the_library_does_not():
@@ -306,3 +306,28 @@ def test_the_command_freezes_its_objects_as_it_exits_and_the_library_does_not():
     for code, printed in ((command, ["0", "True"]), (library, ["0"])):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         assert out.split()[-len(printed):] == printed, out
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_outside_a_sweep_exit_128_plus_the_signal_with_one_line(sig):
+    """A closed terminal or SSH session sends SIGHUP: stopped like SIGTERM, one line, never a traceback.
+    The command signals itself, so the signal comes while it runs (no timing)."""
+    import os
+    import signal
+
+    import typer
+
+    from gradlab.cli.errors import user_errors
+
+    command = typer.Typer()
+
+    @command.command()
+    @user_errors
+    def stop():
+        os.kill(os.getpid(), getattr(signal, sig))
+        signal.pause()  # only until the handler raises: the signal is already pending
+
+    result = CliRunner().invoke(command, [])
+    signum = getattr(signal, sig)
+    assert result.exit_code == 128 + signum, result.output
+    assert result.stderr == f"error: interrupted by {sig}: finished runs are kept; the same command finishes the rest\n"

@@ -11,6 +11,7 @@ line per trial (signal, exit code, seconds to exit, runs saved): the README's fi
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import random
@@ -28,7 +29,7 @@ from typer.testing import CliRunner
 from gradlab import results
 from gradlab.cli import app
 from gradlab.config import load
-from gradlab.sweeps import run_sweep
+from gradlab.sweeps import finished_as, run_sweep
 
 runner = CliRunner()
 TRIALS = int(os.environ.get("GRADLAB_FAULT_TRIALS", "1"))
@@ -49,10 +50,36 @@ def config(tmp_path: Path, steps: int = 20) -> Path:
     return path
 
 
-def start(path: Path, out: Path, *extra: str) -> subprocess.Popen:
+def start(path: Path, out: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
     """``gradlab run`` in its own session, so its process group and every descendant can be found."""
     return subprocess.Popen([sys.executable, "-m", "gradlab", "run", str(path), "--out", str(out), "-q", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env=env)
+
+
+class Gate:
+    """Holds every run of a ``gradlab run`` started with ``env=gate.env`` just before it trains, until
+    ``release()`` (or the end of the ``with``): the test waits for ``held()`` (the runs that reached the
+    gate), an event, instead of guessing how long training takes (``tests/gate/sitecustomize.py``)."""
+
+    def __init__(self, where: Path):
+        where.mkdir()
+        self.dir, self.lock = where, open(where / "gate", "a")
+        fcntl.flock(self.lock, fcntl.LOCK_EX)
+        path = os.pathsep.join(p for p in (str(Path(__file__).parent / "gate"), os.environ.get("PYTHONPATH")) if p)
+        self.env = {**os.environ, "PYTHONPATH": path, "GRADLAB_TEST_GATE": str(where)}
+
+    def held(self) -> list[str]:
+        """``<run id>.<pid>`` of each run a process has brought to the gate, in no particular order."""
+        return [p.name.removesuffix(".started") for p in self.dir.glob("*.started")]
+
+    def release(self) -> None:
+        self.lock.close()  # closing drops the flock
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 def session(sid: int) -> list[str]:
@@ -172,11 +199,10 @@ def test_a_signal_ends_the_sweep_at_once_keeping_every_saved_run(tmp_path, refer
     signalled = time.monotonic()
     (os.killpg if target == "group" else os.kill)(proc.pid, getattr(signal, sig))
     _, stderr = proc.communicate(timeout=60)
-    seconds = time.monotonic() - signalled
+    seconds = time.monotonic() - signalled  # logged for the README's figures, never asserted: machines differ
     stderr = stderr.decode()
     finished = len(results.find_runs(out)) == 4  # the signal came after the sweep: it may exit 0 (or die)
     assert proc.returncode == code or (finished and proc.returncode in (0, -getattr(signal, sig))), stderr
-    assert seconds < 10, f"exit {seconds:.1f} s after {sig}"
     assert left_behind(proc.pid) == []  # workers, resource tracker: none outlives the sweep
     assert "Traceback" not in stderr
     if proc.returncode == code and sig != "SIGKILL":
@@ -235,39 +261,60 @@ def test_a_run_another_process_holds_is_waited_for_and_a_dead_holder_is_taken_ov
     assert_same(snapshot(out), reference)
 
 
+@pytest.mark.parametrize("sig,code,jobs", [("SIGTERM", 143, 2), ("SIGINT", 130, 1), ("SIGHUP", 129, 2)])
+def test_a_signal_does_not_wait_for_the_runs_in_flight(tmp_path, sig, code, jobs):
+    """"At once" without a clock: the runs in flight are held at the gate and never finish while it is
+    closed, so a sweep that waited for them would never exit (the timeout only bounds that hang)."""
+    path, out = config(tmp_path), tmp_path / "out"
+    with Gate(tmp_path / "gate") as gate:
+        proc = start(path, out, "--jobs", str(jobs), env=gate.env)
+        wait_for(lambda: len(gate.held()) >= jobs or proc.poll() is not None)
+        os.kill(proc.pid, getattr(signal, sig))
+        _, stderr = proc.communicate(timeout=120)
+        assert left_behind(proc.pid) == []  # the held workers were killed, not waited for
+    assert proc.returncode == code, stderr.decode()
+    assert stderr.decode() == (f"error: interrupted by {sig}: 0 runs saved, {jobs} run{'s' * (jobs > 1)} in flight "
+                               f"not saved, {4 - jobs} runs not started; the same command finishes the rest\n")
+    assert not results.find_runs(out)
+    assert_whole(out)
+
+
 def test_killed_helper_processes_fail_no_run_and_print_nothing(tmp_path, reference):
-    path, out = config(tmp_path, steps=30), tmp_path / "out"
-    proc = start(path, out, "--jobs", "2")
-    wait_for(lambda: len(spawned(proc.pid)) >= 2 or proc.poll() is not None)
-    time.sleep(0.5)
-    helpers = [p for p, cmd in children(proc.pid) if "resource_tracker" in cmd]
-    assert helpers, children(proc.pid)
-    for pid in helpers:
-        os.kill(pid, signal.SIGKILL)
+    path, out = config(tmp_path), tmp_path / "out"
+    with Gate(tmp_path / "gate") as gate:  # the sweep is held with both workers' first runs in flight
+        proc = start(path, out, "--jobs", "2", env=gate.env)
+        wait_for(lambda: len(gate.held()) >= 2 or proc.poll() is not None)
+        helpers = [p for p, cmd in children(proc.pid) if "resource_tracker" in cmd]
+        assert helpers, children(proc.pid)
+        for pid in helpers:
+            os.kill(pid, signal.SIGKILL)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0 and stderr.decode() == "", stderr.decode()
     assert len(results.find_runs(out)) == 4
     assert_whole(out)
+    assert_same(snapshot(out), reference)
 
 
 def test_a_killed_fork_server_fails_only_the_runs_its_workers_had_in_flight(tmp_path):
     """The workers end with the server they were forked from (as with a killed driver); the driver
     records their runs as failed, starts a new server and goes on, and a re-run completes the sweep."""
-    path, out = config(tmp_path, steps=300), tmp_path / "out"
-    proc = start(path, out, "--jobs", "2")
-    wait_for(lambda: len(spawned(proc.pid)) >= 2 or proc.poll() is not None)
-    servers = fork_servers(proc.pid)
-    if not servers:
-        proc.communicate(timeout=300)
-        pytest.skip("the workers are spawned here, not forked from a server")
-    time.sleep(0.3)  # both are training their first run: 300 steps take seconds
-    os.kill(servers[0], signal.SIGKILL)
+    path, out = config(tmp_path), tmp_path / "out"
+    with Gate(tmp_path / "gate") as gate:
+        proc = start(path, out, "--jobs", "2", env=gate.env)
+        wait_for(lambda: len(gate.held()) >= 2 or proc.poll() is not None)  # both workers hold their first run
+        servers = fork_servers(proc.pid)
+        if not servers:
+            gate.release()
+            proc.communicate(timeout=300)
+            pytest.skip("the workers are spawned here, not forked from a server")
+        os.kill(servers[0], signal.SIGKILL)
+        wait_for(lambda: len(gate.held()) >= 4 or proc.poll() is not None)  # new workers took the other two
     _, stderr = proc.communicate(timeout=300)
     stderr = stderr.decode()
     assert proc.returncode == 1 and "Traceback" not in stderr, stderr
     failed = [line for line in stderr.splitlines() if line.startswith("failed: ")]
-    assert 1 <= len(failed) <= 2 and all("a worker process died" in line for line in failed), stderr
-    assert stderr.splitlines()[-1] == f"{len(failed)} of 4 runs failed"
+    assert len(failed) == 2 and all("a worker process died" in line for line in failed), stderr
+    assert stderr.splitlines()[-1] == "2 of 4 runs failed"
     assert len(results.find_runs(out)) == 4  # every run is recorded: the others trained in new workers
     assert left_behind(proc.pid) == []
     again = runner.invoke(app, ["run", str(path), "--out", str(out), "-j", "2", "-q"])
@@ -399,3 +446,214 @@ def test_a_cleanup_leaves_a_live_process_temporary_files_alone(tmp_path):
         live.kill()
         live.wait()
     assert results.stale_temporary(theirs)
+
+
+WORKER_ALONE = """\
+import multiprocessing, os, sys
+from gradlab.config import load
+from gradlab.workers import worker_main
+name, runs = load(sys.argv[1])
+ours, theirs = multiprocessing.Pipe()
+ours.send(runs[0])
+ours.close()  # the driver is gone (kill -9): the run is in the pipe, nobody will read the worker's messages
+worker_main(theirs, os.getppid())
+"""
+
+
+def test_a_worker_whose_driver_is_gone_ends_without_a_word(tmp_path):
+    """What a worker does in the moment between a ``kill -9`` of its driver and its own end: a send on
+    the closed pipe ends it quietly (it printed a BrokenPipeError traceback onto the caller's stderr)."""
+    proc = subprocess.run([sys.executable, "-c", WORKER_ALONE, str(config(tmp_path))], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.stderr == "" and proc.stdout == "" and proc.returncode == 1, proc.stderr
+
+
+def test_a_child_of_the_fork_server_cut_off_by_the_driver_s_death_prints_nothing(tmp_path):
+    """The fork server's children report an error through ``sys.excepthook`` (multiprocessing.forkserver);
+    the server installs ``quiet_when_orphaned``: a child whose read from the dead driver failed, and whose
+    parent (the server) is gone, prints nothing; any other error keeps its traceback."""
+    code = """\
+import os, sys, types
+sys.modules["gradlab.preload"] = types.SimpleNamespace(SERVER=os.getpid())  # this process plays the server
+from gradlab.workers import quiet_when_orphaned
+r, w = os.pipe()
+if os.fork() == 0:  # the server's child
+    os.close(w)
+    os.read(r, 1)  # returns once the server is gone (its end of the pipe closed)
+    try:
+        raise EOFError("Ran out of input")  # what unpickling the process object raises
+    except EOFError:
+        quiet_when_orphaned(*sys.exc_info())
+    try:
+        raise ValueError("a real bug")
+    except ValueError:
+        quiet_when_orphaned(*sys.exc_info())
+    os._exit(0)
+os._exit(0)  # the server dies; its child is reparented
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    # the child writes after its parent exited: wait for its stderr (the pipe closes when it exits)
+    assert "EOFError" not in proc.stderr and "ValueError: a real bug" in proc.stderr, proc.stderr
+
+
+def test_concurrent_force_sweeps_do_not_retrain_what_the_other_trained_after_they_began(tmp_path, reference):
+    """--force re-trains the runs finished when the sweep began; a run another --force sweep finishes
+    after that is fresh. A holds its first run at the gate while B trains the other three; then A goes
+    on and takes B's three as done, and B takes A's first: each run trained once (it was 7 of 4)."""
+    path, out = config(tmp_path), tmp_path / "out"
+    assert runner.invoke(app, ["run", str(path), "--out", str(out), "-j", "1", "-q"]).exit_code == 0
+    def rewritten() -> int:  # runs whose summary.json is not the first sweep's (a rename gives a new inode)
+        return sum(finished_as(out / "faults" / run) not in (None, was) for run, was in first.items())
+
+    first = {d.name: finished_as(d) for d in results.find_runs(out)}
+    with Gate(tmp_path / "gate") as gate:
+        a = start(path, out, "--jobs", "1", "--force", env=gate.env)
+        wait_for(lambda: len(gate.held()) >= 1 or a.poll() is not None)  # A holds its first run's lock
+        b = start(path, out, "--jobs", "1", "--force")
+        wait_for(lambda: rewritten() >= 3 or b.poll() is not None)  # B trained the other three
+    for proc in (a, b):
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and "Traceback" not in stderr.decode(), stderr.decode()
+    sweeps = results.read_json(out / "faults" / "experiment.json")["sweeps"]
+    assert sum(s["trained"] for s in sweeps) == 4 + 4  # the first sweep's 4, then each run once more
+    assert rewritten() == 4
+    assert_whole(out)
+    assert_same(snapshot(out), reference)
+
+
+def test_a_hash_collision_never_makes_a_run_look_done(tmp_path, monkeypatch):
+    """Every config hashing alike (``identity_hash`` patched): the second run finds the first's directory
+    under its hash, holding another config. It must not be skipped as done: one located line, exit 2."""
+    monkeypatch.setattr("gradlab.config.config_hash", lambda identity: "d" * 16)
+    path, out = config(tmp_path, steps=2), tmp_path / "out"
+    one = ["--set", "seeds=[0]", "--out", str(out), "-j", "1", "-q"]
+    for _ in range(2):  # while training, then at once when it plans again
+        result = runner.invoke(app, ["run", str(path), *one])
+        assert result.exit_code == 2, result.output
+        [line] = result.stderr.splitlines()
+        [trained] = results.find_runs(out)
+        assert line == (f"error: {trained}: holds another run's config under the hash {'d' * 16} of "
+                        f"cell=gru_seed=0_{'d' * 16} (a hash collision): move that directory out of the folder, "
+                        "then run again"), line
+    assert "cell=vanilla" in trained.name
+
+
+def test_a_killed_driver_s_experiment_temporaries_are_removed_by_the_next_sweep(tmp_path):
+    path, out = config(tmp_path, steps=2), tmp_path / "out"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    live = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        folder = out / "faults"
+        (folder / "selection").mkdir(parents=True)
+        stale = [folder / f".experiment.json.{dead.stdout.strip()}.k2j4h1.tmp",
+                 folder / "selection" / f".tune.json.{dead.stdout.strip()}.a8d7f0.tmp"]
+        theirs = folder / f".selection.json.{live.pid}.x0x0x0.tmp"  # a live process's write in progress
+        for p in [*stale, theirs]:
+            p.write_text("{")
+        assert runner.invoke(app, ["run", str(path), "--out", str(out), "-j", "1", "-q"]).exit_code == 0
+        assert not any(p.exists() for p in stale) and theirs.exists()
+    finally:
+        live.communicate(b"")
+
+
+def test_a_damaged_experiment_json_is_kept_aside_and_run_writes_it_again(tmp_path):
+    path, out = config(tmp_path, steps=2), tmp_path / "out"
+    one = ["--set", "seeds=[0]", "--out", str(out), "-j", "1", "-q"]
+    assert runner.invoke(app, ["run", str(path), *one]).exit_code == 0
+    record = out / "faults" / "experiment.json"
+    for damage in ('{"name": "faults", "sweeps": [', '["not", "an", "object"]', '{"sweeps": {"a": 1}}'):
+        record.write_text(damage)
+        compare = runner.invoke(app, ["compare", str(out), "--check"])
+        assert compare.exit_code in (1, 2) and "Traceback" not in compare.output
+        if damage.endswith("["):  # the readers' advice: what run does below
+            assert "gradlab run writes it again (keeping this one as experiment.json.damaged)" in compare.stderr
+        again = runner.invoke(app, ["run", str(path), *one, "--set", "seeds=[0, 1]"])  # two new runs to train
+        assert again.exit_code == 0, again.output
+        assert (out / "faults" / "experiment.json.damaged").read_text() == damage
+        doc = results.read_json(record)
+        assert doc["name"] == "faults" and len(doc["sweeps"]) == 1 and doc["sweeps"][0]["trained"] == 2
+        assert len(results.find_runs(out)) == 4  # no run lost
+        for run in results.find_runs(out):
+            if "seed=1" in run.name:
+                shutil.rmtree(run)  # so the next round has runs to train again
+    record.write_text("{")
+    nothing = runner.invoke(app, ["run", str(path), *one])  # nothing to train: the damaged record is replaced too
+    assert nothing.exit_code == 0, nothing.output
+    assert results.read_json(record)["name"] == "faults"
+    assert runner.invoke(app, ["compare", str(out)]).exit_code == 0
+
+
+def test_absurd_jobs_are_refused_before_any_process_starts(tmp_path):
+    import multiprocessing
+
+    from gradlab.workers import max_jobs
+
+    result = runner.invoke(app, ["run", str(config(tmp_path)), "--out", str(tmp_path / "out"), "--jobs", "1000000"])
+    assert result.exit_code == 2
+    assert result.stderr == (f"error: --jobs 1000000: at most {max_jobs()} on this machine (4 per core, "
+                             f"{os.cpu_count()} cores); each job is a worker process training one run\n")
+    assert not (tmp_path / "out").exists() and not multiprocessing.active_children()
+    with pytest.raises(ValueError, match="at most"):
+        run_sweep("faults", load(config(tmp_path))[1], tmp_path / "out", jobs=max_jobs() + 1)
+
+
+def test_an_error_names_the_file_it_writes_not_its_temporary_name(tmp_path):
+    tree = tmp_path / "archive"
+    tree.mkdir()
+    path, out = config(tmp_path, steps=2), tmp_path / "out"
+    one = ["--set", "seeds=[0]", "--out", str(out), "-j", "1", "-q"]
+    assert runner.invoke(app, ["run", str(path), *one]).exit_code == 0
+    with read_only(tree):
+        with pytest.raises(OSError) as caught:
+            results.write_json(tree / "x.json", {})
+        result = runner.invoke(app, ["compare", str(out), "-f", "json", "-o", str(tree / "table.json")])
+    assert caught.value.filename == str(tree / "x.json")
+    assert result.exit_code == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: {tree / 'table.json'}: ") and ".tmp" not in line, line
+
+
+CXX_ERROR = """[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: \
+you tried to allocate 8 GB
+Exception raised from alloc_cpu at ../c10/core/impl/alloc_cpu.cpp:117 (most recent call first):
+""" + "".join(f"frame #{i}: c10::something{i}() + 0x{i:x} (0x7f in libc10.so)\n" for i in range(25))
+
+
+def test_a_failed_run_s_line_is_one_line_and_its_error_txt_keeps_the_backtrace(tmp_path, monkeypatch):
+    def broken(cfg, progress=None, rows=None):
+        raise RuntimeError(CXX_ERROR)
+
+    monkeypatch.setattr("gradlab.training.train", broken)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(config(tmp_path, steps=2)), "--set", "seeds=[0]", "--out", str(out),
+                                 "-j", "1", "-q"])
+    assert result.exit_code == 1
+    first = "RuntimeError: [enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: " \
+            "you tried to allocate 8 GB"
+    lines = result.stderr.splitlines()
+    assert lines[-1] == "2 of 2 runs failed" and len(lines) == 3, lines
+    for run in out.glob("faults/*/"):
+        assert f"failed: {run.name}: {first} (traceback in {run / 'error.txt'})" in lines
+        assert results.read_json(run / "summary.json")["error"] == first
+        assert "frame #24: c10::something24()" in (run / "error.txt").read_text()  # nothing lost
+
+
+@pytest.mark.parametrize("sig,code", [("SIGTERM", 143), ("SIGKILL", -9)])
+def test_the_ray_executor_keeps_the_exit_codes_and_leaves_no_ray_process(tmp_path, sig, code):
+    """SIGTERM exited 1 with Ray's C++ stack dump (``ray.init`` took the handler); after a ``kill -9`` Ray's
+    agents lingered 60 to 120 s. Held at the gate, a Ray worker has a run in flight when the signal comes."""
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'gradlab[ray]')")
+    path, out = config(tmp_path), tmp_path / "out"
+    with Gate(tmp_path / "gate") as gate:
+        proc = start(path, out, "--executor", "ray", env=gate.env)
+        wait_for(lambda: gate.held() or proc.poll() is not None)
+        os.kill(proc.pid, getattr(signal, sig))
+        _, stderr = proc.communicate(timeout=120)
+        assert left_behind(proc.pid, within=30) == []  # a bound on the wait: they went in under a second
+    stderr = stderr.decode()
+    assert proc.returncode == code, stderr
+    assert "Traceback" not in stderr and "received" not in stderr, stderr
+    if sig == "SIGTERM":
+        assert stderr.splitlines()[-1].startswith("error: interrupted by SIGTERM: 0 runs saved, "), stderr
+    assert not results.find_runs(out)

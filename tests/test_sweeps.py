@@ -134,14 +134,18 @@ def sweep_process(path, out, *extra):
 def test_resume_after_kill_minus_9_of_the_whole_sweep(tmp_path):
     path = config(tmp_path, steps=150)
     out = tmp_path / "out"
-    proc = sweep_process(path, out, "--jobs", "2")
+    name, runs = load(path)
+    held = results.lock(results.run_lock(out / name, runs[-1].id))  # the last run waits for this process:
+    proc = sweep_process(path, out, "--jobs", "2")                  # the kill lands mid-sweep on any machine
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(out.rglob("summary.json"))) < 2:
+    while len(list(out.rglob("summary.json"))) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "the sweep did not get there in time"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers, mid-sweep
     proc.wait()
+    held.close()
     finished_before = {d.name for d in results.find_runs(out)}
-    assert 2 <= len(finished_before) < 6, "the kill should land mid-sweep"
+    assert 2 <= len(finished_before) < 6 and runs[-1].id not in finished_before
     for d in (out / "sweep").iterdir():  # whatever looks finished is whole
         if (d / "summary.json").exists():
             assert results.read_json(d / "summary.json")["status"] == "ok"

@@ -61,9 +61,21 @@ def comparison_table(dirs: list[Path], by: str | None, only: set[str] | None = N
         columns, notes = group_columns(frame, [c.strip() for c in by.split(",")] if by else None)
     except ValueError as e:
         fail(str(e))
+    if not by:  # a tuned experiment's rows name each arm's chosen values, also where every arm chose alike
+        from gradlab.tuning import tuned_columns
+
+        tuned = tuned_columns([doc for d in dirs for _, doc in selections(d)])
+        columns += [c for c in tuned if c in frame.columns and c not in columns]
     for note in notes:
         err_console.print(f"note: {note}", soft_wrap=True)
     return compare(frame, columns), damaged
+
+
+def print_skipped(left_out: list) -> None:
+    """One ``skipped: <path>: <problem>; <what is left out>`` line on stderr per damaged thing, as
+    compare and plot print theirs (``gradlab.readers.Skipped``)."""
+    for s in left_out:
+        err_console.print(f"skipped: {s}", markup=False, highlight=False, soft_wrap=True)
 
 
 def fail_damaged(damaged: list) -> None:
@@ -72,6 +84,16 @@ def fail_damaged(damaged: list) -> None:
         err_console.print(f"FAIL: {len(damaged)} damaged run director{'y' if len(damaged) == 1 else 'ies'} "
                           "(listed above): the check cannot pass on part of the runs", soft_wrap=True)
         raise typer.Exit(EXIT_FAILED)
+
+
+def check_jobs(jobs: int, executor: str) -> None:
+    """``--jobs`` within what the local executor can start (``workers.max_jobs``: 4 per core); Ray's
+    cluster schedules its own tasks and ignores it."""
+    from gradlab.workers import max_jobs
+
+    if executor == "local" and jobs > max_jobs():
+        fail(f"--jobs {jobs}: at most {max_jobs()} on this machine (4 per core, {os.cpu_count() or 1} cores); "
+             "each job is a worker process training one run")
 
 
 def parse_shard(text: str | None):
@@ -120,6 +142,7 @@ def run(
         fail(f"--executor: unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
     if address is not None and executor != "ray":
         fail(f"--address {address}: only the ray executor joins a cluster; add --executor ray")
+    check_jobs(jobs, executor)
     shard_spec = parse_shard(shard)
     if executor == "local" and jobs > 1 and not dry_run:  # the workers' torch loads while the config is checked
         from gradlab.workers import start_server
@@ -156,7 +179,7 @@ def run(
 def train_and_show(experiment, runs, todo, done, out: Path, set_: list[str], *, jobs, force, executor, address,
                    fmt_name, check, wide, quiet, preflighted: bool = False) -> None:
     """``run``'s sweep of ``runs`` (``todo`` of them not done) into ``out``, its table, its checks, its exit code."""
-    from gradlab.sweeps import experiment_lock, preflight, record_experiment
+    from gradlab.sweeps import experiment_damaged, experiment_lock, preflight, record_experiment
 
     name = experiment.name
     problems = [] if preflighted else preflight(runs, executor)
@@ -165,10 +188,10 @@ def train_and_show(experiment, runs, todo, done, out: Path, set_: list[str], *, 
     from gradlab.sweeps import ExecutorUnavailable
 
     sweep_id = None
-    if todo:  # a finished archive may be read-only: nothing to run, nothing written
+    if todo or experiment_damaged(out, name):  # a finished archive may be read-only: nothing to run, nothing written
         with experiment_lock(out, name):
             sweep_id = record_experiment(out, experiment, set_, runs)
-    else:
+    if not todo:
         err_console.print(f"0 to run, {len(done)} already done in {out / name}", soft_wrap=True)
     if len(todo) > 1 and jobs > 1 and executor == "local":
         # The driver now mostly waits (for the fork server, then for its workers): the comparison it
@@ -185,6 +208,7 @@ def train_and_show(experiment, runs, todo, done, out: Path, set_: list[str], *, 
         err_console.print(f"{elsewhere} of {len(runs)} runs were trained meanwhile by another gradlab run on "
                           f"{out / name} (it held their lock); their results are included", soft_wrap=True)
     from gradlab.results import run_hash
+    from gradlab.workers import one_line
 
     # exactly this sweep's runs: earlier sweeps into the folder (other --set values) are compare's to show
     own = {run_hash(r.id) for r in runs} | {run_hash(o.dir.name) for o in outcomes}
@@ -192,8 +216,9 @@ def train_and_show(experiment, runs, todo, done, out: Path, set_: list[str], *, 
     checks = evaluate_checks(out / name, None, only=own) if check else None
     title = f"{name}: {len(runs)} runs in {out / name}" + "".join(f" --set {x}" for x in set_)
     emit(table, fmt_name, None, title=title, checks=checks, wide=wide, selections=selections(out / name))
-    for o in failed:
-        err_console.print(f"failed: {o.run.id}: {o.error} (traceback in {o.dir / 'error.txt'})")
+    for o in failed:  # one line each (workers.one_line; an older run's error may have more)
+        err_console.print(f"failed: {o.run.id}: {one_line(o.error or '')} (traceback in {o.dir / 'error.txt'})",
+                          soft_wrap=True)
     checks_failed = checks is not None and not all(c["passed"] for c in checks)
     if failed:
         err_console.print(f"{len(failed)} of {len(runs)} runs failed")
@@ -216,6 +241,8 @@ def evaluate_checks(directory: Path, expect: Path | None, only: set[str] | None 
             fail(f"{expect}: the config has no expect: list")
     try:
         checks = check_results(directory, entries, only=only)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise  # a damaged results file: user_errors names it and says what to do
     except ValueError as e:
         fail(str(e))
     if not checks:
@@ -230,6 +257,8 @@ def stored_checks(directory: Path) -> list[dict] | None:
 
     try:
         return check_results(directory) or None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise  # a damaged results file: user_errors names it and says what to do
     except ValueError as e:
         fail(str(e))
 
@@ -351,7 +380,9 @@ def report(
 
     if fmt_name == "markdown":
         output = output or directory / "README.md"
-        text = markdown_book(directory, output)
+        left_out = []
+        text = markdown_book(directory, output, left_out=left_out)
+        print_skipped(left_out)
         if text is None:
             fail(f"no experiments (folders with experiment.json written by gradlab run) under {directory}")
         write_atomic(output, text)
@@ -361,6 +392,7 @@ def report(
 
             if not all(c["passed"] for c in check_results(directory)):
                 raise typer.Exit(EXIT_FAILED)
+            fail_damaged(left_out)
         return
     output = output or Path("report.html")
 
@@ -449,10 +481,12 @@ def export(
         fail(f"{directory}: no such directory")
     from gradlab.export import TensorBoardMissing, export_tensorboard
 
+    left_out = []
     try:
-        written = export_tensorboard(directory, tensorboard)
+        written = export_tensorboard(directory, tensorboard, left_out)
     except TensorBoardMissing as e:
         fail(str(e))
+    print_skipped(left_out)
     if not written:
         fail(f"no finished runs to export under {directory}")
     for path in written:

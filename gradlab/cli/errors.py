@@ -1,9 +1,9 @@
 """How the command line fails: exit codes, and every user error as one line, never a traceback.
 
 Exit codes: 0 success, 1 some runs (or expectations) failed, 2 bad input (config,
-arguments, paths); 128 + the signal when a signal stopped it (130 SIGINT, 143 SIGTERM).
+arguments, paths); 128 + the signal when a signal stopped it (130 SIGINT, 143 SIGTERM, 129 SIGHUP).
 ``fail`` prints one line per problem; ``user_errors`` turns the errors of the user's
-environment (unwritable paths, a full disk, corrupt results, Ctrl-C, SIGTERM) into such
+environment (unwritable paths, a full disk, corrupt results, Ctrl-C, SIGTERM, SIGHUP) into such
 lines; ``read_config`` does the same for a config's problems.
 """
 
@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -31,7 +32,8 @@ def fail(problems: list[str] | str, code: int = EXIT_BAD_INPUT):
 
 
 def user_errors(command):
-    """Errors of the user's environment (unwritable --out, full disk, Ctrl-C, SIGTERM) as one line, not a traceback."""
+    """Errors of the user's environment (unwritable --out, full disk, Ctrl-C, SIGTERM, SIGHUP, a run's hash
+    collision) as one line, not a traceback."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
@@ -43,32 +45,44 @@ def user_errors(command):
             dirs = [p for v in kwargs.values() for p in (v if isinstance(v, list) else [v])
                     if isinstance(p, Path) and p.is_dir()]
             fail(unreadable_results(dirs) or f"a results file is not readable JSON: {e}")
-        except KeyboardInterrupt as e:  # Ctrl-C; SIGTERM; sweeps.Interrupted (either, during a sweep)
+        except KeyboardInterrupt as e:  # Ctrl-C; SIGTERM, SIGHUP; sweeps.Interrupted (any of them, during a sweep)
             signum = getattr(e, "signum", signal.SIGINT)
             fail(interrupted_line(e, signum), code=128 + signum)
+        except Exception as e:  # a run's hash collision (sweeps.RunCollision): its message says what to do
+            collision = getattr(sys.modules.get("gradlab.sweeps"), "RunCollision", ())  # no sweep, none
+            if not isinstance(e, collision):
+                raise
+            fail(str(e))
     return wrapper
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM outside a sweep (which handles its own): stop as Ctrl-C does, exit 143."""
+    """SIGTERM or SIGHUP outside a sweep (which handles its own): stop as Ctrl-C does, exit 128 + the signal."""
 
-    signum = signal.SIGTERM
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+STOPPING = (signal.SIGTERM, signal.SIGHUP)  # besides SIGINT, which Python raises as KeyboardInterrupt
 
 
 @contextlib.contextmanager
 def terminate_as_interrupt():
-    """While a command runs (in the main thread), SIGTERM raises ``Terminated`` instead of killing silently."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+    """While a command runs (in the main thread), SIGTERM and SIGHUP raise ``Terminated`` instead of killing
+    silently; a signal the process ignores (``nohup`` ignores SIGHUP) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def terminated(signum, frame):
-        raise Terminated()
-    old = signal.signal(signal.SIGTERM, terminated)
+        raise Terminated(signum)
+    old = {s: signal.signal(s, terminated) for s in STOPPING if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 def interrupted_line(e: KeyboardInterrupt, signum: int) -> str:
@@ -86,6 +100,7 @@ def unreadable_results(dirs: list[Path]) -> list[str]:
     A gate must not pass on a subset of its runs, so such a result set is bad input
     (exit 2), named file by file; nothing else of it is touched.
     """
+    from gradlab.results import DAMAGED
     from gradlab.vocabulary import CONFIG_FILE, EXPERIMENT_FILE, SUMMARY_FILE
 
     problems = []
@@ -95,7 +110,8 @@ def unreadable_results(dirs: list[Path]) -> list[str]:
                 json.loads(path.read_bytes().decode("utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 why = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8"
-                fix = ("gradlab run writes it again" if path.name == EXPERIMENT_FILE else
+                fix = (f"gradlab run writes it again (keeping this one as {path.name}{DAMAGED})"
+                       if path.name == EXPERIMENT_FILE else
                        "move the run's directory away, or delete it and gradlab run redoes the run")
                 problems.append(f"{path}: truncated or corrupt JSON ({why}); {fix}")
     return problems
