@@ -74,8 +74,9 @@ SUMMARY_COLUMNS = ["status", "final_loss", "solved", "steps_to_solve", "diverged
 def load_frame(roots: list[Path], damaged: list | None = None) -> pd.DataFrame:
     """Every finished run under the given directories, one row each.
 
-    A damaged run directory (``results.Damaged``: a file missing, empty, truncated or
-    corrupt) is left out and appended to ``damaged`` when given; without it, raised.
+    A damaged run directory (``results.Damaged``: a file missing, empty, truncated, corrupt or
+    of the wrong shape, ``gradlab.readers.check_run``) is left out and appended to ``damaged`` when
+    given; without it, raised.
     """
     rows, seen = [], set()
     for root in roots:
@@ -357,15 +358,32 @@ def _regressions(base: dict, cand: dict, tol: dict) -> list[tuple[str, str]]:
     b, c = _num(base["steps_to_solve_median"]), _num(cand["steps_to_solve_median"])
     if b is not None and c is not None and c > b * (1 + tol["steps_to_solve"]):
         why.append(("steps", f"steps_to_solve_median {fmt(b)} -> {fmt(c)}"))
-    bad = [v for v in (VANISHING, EXPLODING) if v in (cand.get("verdicts") or cand["verdict"] or "")]
+    # shares, not mere presence: a healthy base with one exploding seed in three is no worse than itself
+    shares = [_verdict_shares(rec) for rec in (base, cand)]
+    bad = [v for v in (VANISHING, EXPLODING) if shares[1].get(v, 0) > shares[0].get(v, 0)]
     if base["verdict"] == HEALTHY and bad:  # also a tie: "1 exploding, 1 healthy" is no longer healthy
-        why.append(("verdict", f"verdict {HEALTHY} -> {cand['verdict']} ({cand.get('verdicts') or cand['verdict']})"))
+        why.append(("verdict", f"verdict {HEALTHY} ({base.get('verdicts') or HEALTHY}) -> {cand['verdict']} "
+                               f"({cand.get('verdicts') or cand['verdict']})"))
     for count, name in (("diverged", "diverged"), ("failed", "failed runs")):
         # rates, not counts: the sets may differ in seeds (1 of 2 diverged is worse than 2 of 10)
         b, c = base[count] or 0, cand[count] or 0
         if c * base["runs"] > b * cand["runs"]:
             why.append((count, f"{name} {b}/{base['runs']} -> {c}/{cand['runs']}"))
     return why
+
+
+def _verdict_shares(rec: dict) -> dict[str, float]:
+    """{verdict: the share of a group's runs with a verdict that have it}, from its ``verdicts`` mix
+    (``_verdicts``: ``2 healthy, 1 exploding``), else its single ``verdict``."""
+    counts = {}
+    for part in (rec.get("verdicts") or "").split(", "):
+        n, _, verdict = part.partition(" ")
+        if n.isdigit() and verdict:
+            counts[verdict] = counts.get(verdict, 0) + int(n)
+    if not counts and rec.get("verdict"):
+        counts = {rec["verdict"]: 1}
+    total = sum(counts.values())
+    return {v: n / total for v, n in counts.items()} if total else {}
 
 
 def _values(frame: pd.DataFrame, column: str) -> set[str]:

@@ -13,8 +13,10 @@ Every finished run under DIR becomes one TensorBoard run, ``LOGDIR/<experiment>/
   the lag, one line per layer (``plots.profile_figure``); TensorBoard's step
   slider walks through training.
 
-Results are read with ``results`` (the disk is the source of truth); each event
-file is written atomically. Exporting again replaces a run's earlier export. The
+Results are read with ``results`` (the disk is the source of truth) as every command reads them: a
+damaged run is left out and named (``gradlab.readers``), and a run whose folder in LOGDIR would resolve
+outside LOGDIR (a link planted there) too. Each event file is written atomically. Exporting again
+replaces a run's earlier export: the event files export wrote, and only those. The
 event records are written with tensorboard's own record writer and protocol
 buffers, so this module needs the ``tensorboard`` package (the optional extra
 ``gradlab[tensorboard]``) but not torch.
@@ -23,11 +25,13 @@ buffers, so this module needs the ``tensorboard`` package (the optional extra
 from __future__ import annotations
 
 import io
+import math
 import socket
 import time
 from pathlib import Path
 
-from gradlab import results
+from gradlab import readers, results
+from gradlab.readers import Skipped, outside, skipped
 
 PROFILE_TAG = "gradient_through_time"
 SUFFIX = ".gradlab"  # ends the name of every event file export writes: the ones a new export replaces
@@ -37,25 +41,33 @@ class TensorBoardMissing(RuntimeError):
     """The ``tensorboard`` package is not installed."""
 
 
-def export_tensorboard(root: Path, logdir: Path) -> list[Path]:
+def export_tensorboard(root: Path, logdir: Path, left_out: list[Skipped] | None = None) -> list[Path]:
     """Write one TensorBoard run per finished run under ``root`` into ``logdir``; return their directories.
 
-    A run found twice (the same experiment and run hash, e.g. in two shards) is written once.
+    A run found twice (the same experiment and run hash, e.g. in two shards) is written once. A damaged
+    run, and a run whose folder would resolve outside ``logdir``, is left out and appended to ``left_out``.
     """
     proto = _protos()
     written, seen = [], set()
-    records, _ = results.scan_runs(root)  # a damaged run directory is left out (compare names it)
+    left_out = [] if left_out is None else left_out
+    records, damaged = results.scan_runs(root)  # checked as every command checks them; read again one by one
+    left_out += [skipped(d) for d in damaged]
     for record in records:
         run_dir = Path(record["dir"])
+        # the name passed readers.run_config's check: one directory name, never a path
         experiment = record["config"].get("name") or run_dir.parent.name
         key = (experiment, results.run_hash(record["id"]))
         if key in seen:
             continue
         seen.add(key)
         target = Path(logdir) / experiment / record["id"]
+        if problem := outside(target, logdir):
+            left_out.append(Skipped(target, f"{problem}; the run is not exported"))
+            continue
         events = run_events(proto, record, run_dir)
-        for old in target.glob(f"events.out.tfevents.*{SUFFIX}"):
-            old.unlink()
+        for old in target.glob(f"events.out.tfevents.*{SUFFIX}"):  # what an earlier export wrote here
+            if old.is_file() and not old.is_symlink():
+                old.unlink()
         results.write_atomic(target / f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}{SUFFIX}",
                              _records(proto, events))
         written.append(target)
@@ -69,7 +81,12 @@ def scalars(rows: list[dict]) -> list[tuple[str, int, float]]:
         kind = row.get("kind")
         if kind not in ("train", "eval") or not row.get("step"):
             continue
-        step = int(float(row["step"]))
+        try:
+            step = int(float(row["step"]))
+        except (ValueError, OverflowError):  # "nan", "inf": no step to show it at
+            continue
+        if not 0 <= step < 2**63:  # an event's step is an int64
+            continue
         for column, text in row.items():
             if column in ("kind", "step") or text in (None, ""):
                 continue
@@ -85,15 +102,18 @@ def run_events(proto, record: dict, run_dir: Path) -> list:
     """The run's Events: its scalars and a profile image per evaluation, wall times spread over its training."""
     summary, config = record["summary"], record["config"]
     rows = results.read_metrics(run_dir)
-    steps = max(int(config.get("train", {}).get("steps") or 1), 1)
+    steps = max(config.get("train", {}).get("steps") or 1, 1)  # an int: readers.run_config checks it
     wall = summary.get("wall_seconds") or 0.0
+    wall = wall if math.isfinite(wall) else 0.0  # a number (readers.run_summary); from a hand edit, inf
     start = (run_dir / results.SUMMARY).stat().st_mtime - wall
     when = lambda step: start + wall * min(step, steps) / steps  # noqa: E731
     events = [proto.Event(wall_time=start, file_version="brain.Event:2")]
     for tag, step, value in scalars(rows):
         value_pb = proto.Summary.Value(tag=tag, simple_value=value)
         events.append(proto.Event(wall_time=when(step), step=step, summary=proto.Summary(value=[value_pb])))
-    profile = results.read_profile(run_dir)
+    # read as check_run read and checked it (a successful run's only): what it may allocate is bounded
+    has_profile = summary.get("status") == "ok" and (run_dir / results.PROFILE).is_file()
+    profile = readers.read_profile(run_dir / results.PROFILE) if has_profile else None
     if profile is not None and profile["grad_norm"].size:
         fraction = config.get("diagnostics", {}).get("horizon_fraction")
         for i, step in enumerate(profile["step"].tolist()):

@@ -16,7 +16,8 @@ figure of every experiment; the first other key that differs (clip, tbptt, lr,
 ...) sets the line style, and the keys after it, with task and length, make one
 panel each. A line that lies on one drawn before it gets markers and says so in
 the legend (a clip that never fired gives the same curves as no clip). A damaged
-run file is left out and named (``gradlab.readers``), never a crash. Like ``comparison``, this
+run is left out and named (``gradlab.readers``), never a crash, and no figure is written outside
+``out`` whatever the names and links in the results folder. Like ``comparison``, this
 module reads only files and never imports torch; it draws on its own figures
 (``matplotlib.figure.Figure``, no pyplot), so it neither needs a display nor
 changes the caller's matplotlib backend.
@@ -24,7 +25,6 @@ changes the caller's matplotlib backend.
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import math
@@ -42,19 +42,8 @@ from matplotlib.figure import Figure
 
 from gradlab import results, tuning
 from gradlab.diagnostics import DEFAULTS
-from gradlab.readers import Skipped, attempt, experiment_folder, read_json, read_metrics, read_profile, run_config
-from gradlab.vocabulary import (
-    CELL_NAMES,
-    CONFIG_FILE,
-    CURVE_PLOT,
-    FULL_BPTT,
-    HEATMAP_FILE,
-    MAIN_PLOTS,
-    METRICS_FILE,
-    PROFILE_FILE,
-    SUMMARY_FILE,
-    config_columns,
-)
+from gradlab.readers import Skipped, experiment_folder, outside, skipped
+from gradlab.vocabulary import CELL_NAMES, CURVE_PLOT, FULL_BPTT, HEATMAP_FILE, MAIN_PLOTS, config_columns
 
 # each cell keeps its tab10 colour (its place in CELL_NAMES) in every figure; a cell not listed takes the
 # next free colour
@@ -96,11 +85,15 @@ class Drawing:
 
 def draw(root: Path, out: Path) -> Drawing:
     """Write every figure the runs under ``root`` have data for, one folder ``out/<experiment>`` per
-    experiment when there are several (else ``out`` itself); damaged runs are left out and listed."""
+    experiment when there are several (else ``out`` itself); damaged runs are left out and listed, and
+    so is an experiment whose folder would resolve outside ``out`` (a link planted in it)."""
     root, out = Path(root), Path(out)
-    runs, skipped = load_runs(root)
-    drawing = Drawing(skipped=skipped)
+    runs, left_out = load_runs(root)
+    drawing = Drawing(skipped=left_out)
     for folder, exp_runs in experiments(runs, root).items():
+        if problem := outside(out / folder, out):
+            drawing.skipped.append(Skipped(out / folder, f"{problem}; the experiment's figures are left out"))
+            continue
         drawing.written += draw_experiment(exp_runs, out / folder)
         selection = results.read_selection(exp_runs[0].experiment[0])  # a tuned experiment: its selection curve
         if selection is not None and (fig := tuning.curve_figure(selection)) is not None:
@@ -145,24 +138,19 @@ def save(fig: Figure, path: Path) -> Path:
 def load_runs(root: Path) -> tuple[list[Run], list[Skipped]]:
     """Every finished run under ``root`` with status ok, and the damaged files found on the way.
 
-    A damaged ``summary.json`` or ``config.json`` leaves the run out; a damaged
-    ``metrics.csv`` leaves out its curves, a damaged ``profile.npz`` its profile.
+    A run is damaged as every command finds it (``results.scan_runs``, ``gradlab.readers.check_run``):
+    a damaged file leaves the whole run out, as ``compare`` leaves it out of the table. A run without
+    a profile (made by hand; training always writes one) has its curves drawn.
     """
-    runs, skipped = [], []
-    for d in results.summarised(root):
-        summary = attempt(skipped, d / SUMMARY_FILE, read_json, "the run is left out")
-        if summary is None or summary.get("status") != "ok":  # a failed run is a result, not damage
+    records, damaged = results.scan_runs(root, keep=True)
+    runs = []
+    for r in records:
+        if r["summary"].get("status") != "ok":  # a failed run is a result, not damage
             continue
-        config = attempt(skipped, d / CONFIG_FILE, run_config, "the run is left out")
-        if config is None:
-            continue
-        metrics = attempt(skipped, d / METRICS_FILE, functools.partial(read_metrics, summary=summary,
-                          config=config), "the run's curves are left out")
-        profile = attempt(skipped, d / PROFILE_FILE, read_profile, "the run's gradient profile is left out")
-        if metrics is not None or profile is not None:
-            runs.append(Run(d.name, flat_params(config), summary, config, metrics, profile,
-                            (experiment_folder(d, Path(root)), config.get("name"))))
-    return runs, skipped
+        d = Path(r["dir"])
+        runs.append(Run(r["id"], flat_params(r["config"]), r["summary"], r["config"], r["metrics"], r["profile"],
+                        (experiment_folder(d, Path(root)), r["config"].get("name"))))
+    return runs, [skipped(d) for d in damaged]
 
 
 def experiments(runs: list[Run], root: Path) -> dict[Path, list[Run]]:
@@ -582,7 +570,10 @@ def profile_figure(profiles, path, *, dependency_lag: int | None = None,
         ax.axvline(dependency_lag, color="black", ls="-.", lw=1, label="lag of the dependency")
     ax.set(title=title, xlabel="lag k (steps before the last step)",
            ylabel=r"$\sum_b \Vert\partial L/\partial h_{T-1-k}\Vert$ (log scale)")
-    ax.set_yscale("log", nonpositive="mask")
+    if (np.isfinite(p) & (p > 0)).any():
+        ax.set_yscale("log", nonpositive="mask")
+    else:  # a diverged run's evaluation: NaN or inf everywhere, nothing a log axis can hold
+        ax.text(0.5, 0.5, "no finite gradient at this evaluation", transform=ax.transAxes, ha="center")
     ax.legend(fontsize=8)
     if isinstance(path, (str, Path)):
         return save(fig, Path(path))

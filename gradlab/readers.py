@@ -1,19 +1,26 @@
-"""Reading a run directory's files so that a damaged one is named, never a crash.
+"""Reading a run directory's files as untrusted input: a damaged one is named, never a crash.
 
 A sweep killed at the wrong moment, a full disk or a hand edit can leave a run
 directory with an empty or cut-short ``metrics.csv``, a truncated
-``profile.npz``, a missing or corrupt ``config.json``. Each reader here returns
-the file's content or raises ``Damaged`` with the problem in a few words;
-``attempt`` turns that into a ``Skipped`` (the path, the problem and what is
-left out), which the CLI prints as one line. A ``metrics.csv`` with fewer steps
-than its summary says is damaged too: it is never drawn as if complete. This
-module does not import torch.
+``profile.npz``, a missing or corrupt ``config.json``; and a results folder from
+a CI artifact or a colleague may hold anything: valid JSON of the wrong shape
+(a list for the summary, a string for a loss), a ``name`` that is a path
+(``/etc``, ``../x``: plots and exports build their paths from it), a
+``profile.npz`` whose few kilobytes declare gigabytes. ``check_run`` is the one
+definition of a usable run that every command (compare, plot, report, export)
+reads through ``results.scan_runs``: each reader here returns the file's
+content or raises ``results.Damaged`` naming the file and the problem in a few
+words, and the commands print it as one ``skipped:`` line (``Skipped``). A
+``metrics.csv`` with fewer steps than its summary says is damaged too: it is
+never drawn or counted as if complete. ``outside`` keeps every path a reader
+writes inside the folder the user chose. This module does not import torch.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import zipfile
 import zlib
 from pathlib import Path
@@ -22,11 +29,41 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from gradlab.vocabulary import EXPERIMENT_FILE
+from gradlab.checks import directory_name
+from gradlab.results import Damaged
+from gradlab.vocabulary import (
+    CONFIG_FILE,
+    ENV_FILE,
+    EXPERIMENT_FILE,
+    MAX_ID_BYTES,
+    METRICS_FILE,
+    PROFILE_FILE,
+    SUMMARY_FILE,
+)
+
+__all__ = ["Damaged", "Skipped", "check_run", "outside", "read_json", "read_metrics", "read_profile"]
+
+# A run's JSON file (summary, config, env, experiment.json) is a few kilobytes; a larger one is not gradlab's,
+# and reading it would cost its size in memory several times over (json builds Python objects).
+MAX_JSON_BYTES = 16 * 2**20
+# What reading one profile.npz may allocate: numpy allocates the shape a member's header declares before
+# it reads the data, and deflate packs 1.2 GB of zeros into 1.2 MB (a zip bomb). The largest profile a
+# study writes is far below: 100,000 steps evaluated every 100 (1,001 evaluations) of 1,000-step sequences
+# through 4 layers is 1,001 x 5 x 1,000 float32 = 20 MB (grad_norm and grad_norm_layers); the committed
+# results' largest is 7 KB.
+MAX_PROFILE_BYTES = 64 * 2**20
+NUMBER, FLAG, TEXT = "a number", "true or false", "a string"
+# The summary keys a reader computes with, and what each must be (or null): a string where a loss belongs
+# would stop a comparison in the middle of its arithmetic.
+SUMMARY_KEYS = {"status": TEXT, "verdict": TEXT, "solved": FLAG, "diverged": FLAG,
+                **dict.fromkeys(("final_loss", "baseline_loss", "steps_to_solve", "clip_rate", "horizon_init",
+                                 "horizon", "grad_norm_max", "suggested_clip", "wall_seconds", "dependency_lag",
+                                 "steps_done", "final_accuracy"), NUMBER)}
+INTEGER_KEYS = ("train.steps", "train.log_every", "train.eval_every", "seed")  # config keys a reader counts with
 
 
 class Skipped(NamedTuple):
-    """A damaged file of a run and what was left out because of it."""
+    """A damaged file (or a folder a reader would not write to) and what was left out because of it."""
 
     path: Path
     reason: str
@@ -35,45 +72,123 @@ class Skipped(NamedTuple):
         return f"{self.path}: {self.reason}"
 
 
-class Damaged(Exception):
-    """A run file that cannot be used, and why."""
+def skipped(damaged: Damaged) -> Skipped:
+    """The line a command prints for ``damaged`` (whose run it leaves out): its file and its problem."""
+    return Skipped(damaged.path, damaged.reason)
 
 
-def attempt(skipped: list[Skipped], path: Path, read, consequence: str):
-    """``read(path)``, or None with a Skipped naming the file, the damage and what is left out."""
-    try:
-        return read(path)
-    except Damaged as e:
-        skipped.append(Skipped(path, f"{e}; {consequence}"))
-        return None
+def _short(v) -> str:
+    """A value for a one-line message: its repr, cut at 60 characters."""
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def read_json(path: Path) -> dict:
-    """A run's JSON file (summary, config) as a dict; raises Damaged when missing, cut short or not UTF-8."""
-    if not path.is_file():
-        raise Damaged("missing")
+    """A run's JSON file (summary, config, env) as a dict; raises Damaged when it is missing, not a regular
+    file, too large, cut short, not UTF-8, nested beyond what the parser can follow, or not an object."""
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise Damaged(path, "missing" if not path.exists() else "not a regular file")
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise Damaged(path, f"{path.stat().st_size:,} bytes, more than the {MAX_JSON_BYTES:,} a run's JSON "
+                                "file may have")
         data = json.loads(path.read_bytes().decode("utf-8"))
     except json.JSONDecodeError as e:
-        raise Damaged(f"truncated or corrupt JSON: {e}") from None
+        raise Damaged(path, f"truncated or corrupt JSON: {e}") from None
     except UnicodeDecodeError:
-        raise Damaged("corrupt: not UTF-8 text") from None
+        raise Damaged(path, "corrupt: not UTF-8 text") from None
+    except RecursionError:
+        raise Damaged(path, "corrupt: JSON nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise Damaged(path, f"corrupt JSON: {str(e).splitlines()[0]}") from None
     except OSError as e:
-        raise Damaged(f"not readable ({e.strerror})") from None
+        raise Damaged(path, f"not readable ({e.strerror})") from None
     if not isinstance(data, dict):
-        raise Damaged("not a JSON object")
+        raise Damaged(path, "not a JSON object")
     return data
 
 
+def _kind_problem(key: str, value, kind: str) -> str | None:
+    """Why ``value`` is not of ``kind`` (or null), in one line; None when it is."""
+    ok = {NUMBER: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          FLAG: lambda v: isinstance(v, bool), TEXT: lambda v: isinstance(v, str)}[kind]
+    return None if value is None or ok(value) else f"{key}: expected {kind} or null, got {_short(value)}"
+
+
+def run_summary(path: Path) -> dict:
+    """``summary.json`` with every key a reader computes with of its kind (SUMMARY_KEYS); raises Damaged."""
+    summary = read_json(path)
+    for key, kind in SUMMARY_KEYS.items():
+        if problem := _kind_problem(key, summary.get(key), kind):
+            raise Damaged(path, problem)
+    return summary
+
+
 def run_config(path: Path) -> dict:
-    """``config.json`` with the sections a reader needs; raises Damaged otherwise."""
+    """``config.json`` with the sections and values a reader needs, its ``name`` a directory name as a
+    config's must be (``checks.directory_name``: plots and exports make folders of it); raises Damaged."""
     cfg = read_json(path)
     task = cfg.get("task")
     if not (isinstance(task, dict) and "name" in task and "length" in task):
-        raise Damaged("no task.name and task.length: not a gradlab run config")
+        raise Damaged(path, "no task.name and task.length: not a gradlab run config")
     if not all(isinstance(cfg.get(s, {}), dict) for s in ("model", "train", "diagnostics")):
-        raise Damaged("model, train and diagnostics must be sections (JSON objects)")
+        raise Damaged(path, "model, train and diagnostics must be sections (JSON objects)")
+    if cfg.get("name") is not None and (problem := directory_name(cfg["name"])):
+        raise Damaged(path, f"name: {problem}")
+    problem = _config_problem(cfg)
+    if problem:
+        raise Damaged(path, problem)
     return cfg
+
+
+def _config_problem(cfg: dict) -> str | None:
+    """The first value of ``cfg`` that would stop a reader (a grouping label, a count, an axis), or None."""
+    task, train = cfg["task"], cfg.get("train", {})
+    if not isinstance(task["name"], str):
+        return f"task.name: expected a string, got {_short(task['name'])}"
+    if not _is_int(task["length"]):
+        return f"task.length: expected an integer, got {_short(task['length'])}"
+    for key in INTEGER_KEYS:
+        section, _, name = key.rpartition(".")
+        value = (cfg.get(section, {}) if section else cfg).get(name)
+        if value is not None and not _is_int(value):
+            return f"{key}: expected an integer or null, got {_short(value)}"
+    clip = train.get("clip")
+    if isinstance(clip, dict) and "kind" in clip and not isinstance(clip["kind"], str):
+        return f"train.clip.kind: expected a string, got {_short(clip['kind'])}"
+    tbptt = train.get("tbptt")
+    if not (tbptt is None or _is_int(tbptt) or isinstance(tbptt, dict) and _is_int(tbptt.get("k1"))
+            and _is_int(tbptt.get("k2"))):
+        return f"train.tbptt: expected null, a window or {{k1, k2}}, got {_short(tbptt)}"
+    fraction = cfg.get("diagnostics", {}).get("horizon_fraction")
+    if fraction is not None and not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+                                     and math.isfinite(fraction)):
+        return f"diagnostics.horizon_fraction: expected a number, got {_short(fraction)}"
+    return None
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def experiment_record(path: Path) -> dict:
+    """``experiment.json`` (``gradlab.sweeps`` writes it) with the keys a report reads of their kind:
+    ``name``, ``about`` and ``source`` strings, ``sweeps`` a list of objects whose ``seconds`` are
+    numbers; raises Damaged."""
+    doc = read_json(path)
+    for key in ("name", "about", "source"):
+        if doc.get(key) is not None and not isinstance(doc[key], str):
+            raise Damaged(path, f"{key}: expected a string, got {_short(doc[key])}")
+    if doc.get("name") is not None and (problem := directory_name(doc["name"])):
+        raise Damaged(path, f"name: {problem}")
+    sweeps = doc.get("sweeps", [])
+    if not isinstance(sweeps, list) or not all(isinstance(s, dict) for s in sweeps):
+        raise Damaged(path, "sweeps: expected a list of objects")
+    for i, s in enumerate(sweeps):
+        for key in ("seconds", "jobs"):
+            if problem := _kind_problem(f"sweeps[{i}].{key}", s.get(key), NUMBER):
+                raise Damaged(path, problem)
+    return doc
 
 
 def read_metrics(path: Path, summary: dict, config: dict) -> pd.DataFrame:
@@ -81,66 +196,160 @@ def read_metrics(path: Path, summary: dict, config: dict) -> pd.DataFrame:
     not CSV, cut short (its last training step or evaluation before the run's last step) or short of
     evaluations (fewer rows than step 0, every ``eval_every`` steps and the last step make)."""
     if not path.is_file():
-        raise Damaged("missing")
+        raise Damaged(path, "missing" if not path.exists() else "not a regular file")
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise Damaged(f"not readable ({e.strerror})") from None
+        raise Damaged(path, f"not readable ({e.strerror})") from None
     if not raw.strip():
-        raise Damaged("empty file")
+        raise Damaged(path, "empty file")
     if not raw.endswith(b"\n"):  # results.metrics_csv ends every row with a newline
-        raise Damaged("cut short in the middle of a row")
+        raise Damaged(path, "cut short in the middle of a row")
     try:
         m = pd.read_csv(io.BytesIO(raw))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
-        raise Damaged(f"not readable CSV ({str(e).strip().splitlines()[0]})") from None
+        raise Damaged(path, f"not readable CSV ({str(e).strip().splitlines()[0]})") from None
     if not {"kind", "step"} <= set(m.columns):
-        raise Damaged("no kind and step columns: not a gradlab metrics file")
-    step = pd.to_numeric(m["step"], errors="coerce")
-    twice = m[step.notna() & m.duplicated(["kind", "step"])]
-    if len(twice):  # two attempts' rows in one file (a bad copy): which is the run?
-        raise Damaged(f"{twice['kind'].iloc[0]} step {int(step[twice.index[0]])} appears twice")
+        raise Damaged(path, "no kind and step columns: not a gradlab metrics file")
+    step = pd.to_numeric(m["step"], errors="coerce").to_numpy(dtype=np.float64)  # (rows,), NaN: not a number
+    kind = m["kind"].astype(str).to_numpy()
+    train_steps, eval_steps = step[kind == "train"], step[kind == "eval"]
+    if (again := _repeated_row(kind, step)) is not None:  # two attempts' rows in one file (a bad copy)
+        raise Damaged(path, f"{kind[again]} step {int(step[again])} appears twice")
     train = config.get("train", {})
     steps = summary.get("steps_done", train.get("steps"))  # steps_done: a stopped run's last step
-    log_every = train.get("log_every", 1) if isinstance(train.get("log_every", 1), int) else 1
-    if isinstance(steps, int) and steps > 0:
-        last_train = step[m["kind"] == "train"].max()
-        last_eval = step[m["kind"] == "eval"].max()
-        last_train = 0 if pd.isna(last_train) else int(last_train)
+    log_every = train.get("log_every") if _is_int(train.get("log_every")) and train["log_every"] > 0 else 1
+    if _is_int(steps) and steps > 0:
+        last_train = _last(train_steps)
+        last_eval = _last(eval_steps)
         # log_every = k keeps every k-th training step; the last evaluation is always at the last step
-        if last_train <= steps - log_every:
-            raise Damaged(f"{last_train} of {steps} steps (cut short)")
-        if pd.isna(last_eval) or last_eval < steps:
-            at = "none" if pd.isna(last_eval) else f"the last at step {int(last_eval)}"
-            raise Damaged(f"evaluations end before step {steps} ({at}; cut short)")
+        if (last_train or 0) <= steps - log_every:
+            raise Damaged(path, f"{last_train or 0} of {steps} steps (cut short)")
+        if last_eval is None or last_eval < steps:
+            at = "none" if last_eval is None else f"the last at step {last_eval}"
+            raise Damaged(path, f"evaluations end before step {steps} ({at}; cut short)")
         every = train.get("eval_every")
-        if isinstance(every, int) and every > 0:  # training evaluates at step 0, every eval_every, and at the end
-            expected = len(set(range(0, steps + 1, every)) | {steps})
-            found = int((m["kind"] == "eval").sum())
+        if _is_int(every) and every > 0:  # training evaluates at step 0, every eval_every, and at the end
+            expected = steps // every + 1 + (steps % every != 0)
+            found = len(eval_steps)
             if found < expected:
-                raise Damaged(f"{found} of {expected} evaluations (rows missing)")
+                raise Damaged(path, f"{found} of {expected} evaluations (rows missing)")
     return m
 
 
+def _repeated_row(kind: np.ndarray, step: np.ndarray) -> int | None:
+    """The first row (in file order) whose kind and step an earlier row has, or None; ``kind`` and
+    ``step`` (rows,), a step NaN where it is not a number (such rows are never repeats)."""
+    first = None
+    for name in ("train", "eval"):
+        rows = np.flatnonzero((kind == name) & np.isfinite(step))  # (n,) row numbers
+        order = np.argsort(step[rows], kind="stable")  # equal steps stay in file order
+        ranked = step[rows][order]
+        again = rows[order[1:][ranked[1:] == ranked[:-1]]]  # each later row of a step seen before
+        if len(again):
+            first = int(again.min()) if first is None else min(first, int(again.min()))
+    return first
+
+
+def _last(steps: np.ndarray) -> int | None:
+    """The largest finite step, or None."""
+    finite = steps[np.isfinite(steps)]
+    return int(finite.max()) if len(finite) else None
+
+
 def read_profile(path: Path) -> dict:
-    """``profile.npz`` as {"step": (E,), "grad_norm": (E, S)}; raises Damaged when missing or not whole."""
+    """``profile.npz`` as {"step": (E,), "grad_norm": (E, S)}, and "grad_norm_layers": (E, L, S) for a
+    stack; raises Damaged when it is missing or not whole, or declares more than MAX_PROFILE_BYTES."""
     if not path.is_file():
-        raise Damaged("missing")
+        raise Damaged(path, "missing" if not path.exists() else "not a regular file")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            profile = {"step": npz["step"], "grad_norm": npz["grad_norm"]}
+            _check_sizes(path, npz.zip)  # before any member is read: numpy allocates what a header declares
+            profile = {k: npz[k] for k in ("step", "grad_norm", "grad_norm_layers") if k in npz.files}
+            if "step" not in profile or "grad_norm" not in profile:
+                raise KeyError("step" if "step" not in profile else "grad_norm")
     except KeyError as e:
-        raise Damaged(f"no {e.args[0]} array") from None
+        raise Damaged(path, f"no {e.args[0]} array") from None
     except OSError as e:
-        raise Damaged(f"not readable ({e.strerror or e})") from None
-    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise Damaged(f"truncated or corrupt ({e})") from None
+        raise Damaged(path, f"not readable ({e.strerror or e})") from None
+    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
+        raise Damaged(path, f"truncated or corrupt ({e})") from None
     step, grad = profile["step"], profile["grad_norm"]
-    if not all(np.issubdtype(a.dtype, np.number) for a in (step, grad)):
-        raise Damaged(f"step and grad_norm must be numbers, not {step.dtype} and {grad.dtype}")
+    if not all(a.dtype.kind in "iuf" for a in profile.values()):
+        raise Damaged(path, f"step and grad_norm must be numbers, not {step.dtype} and {grad.dtype}")
     if step.ndim != 1 or grad.ndim != 2 or grad.shape[0] != len(step) or not grad.size:
-        raise Damaged(f"grad_norm of shape {grad.shape} for step of shape {step.shape}: not (E, S) for (E,)")
+        raise Damaged(path, f"grad_norm of shape {grad.shape} for step of shape {step.shape}: not (E, S) for (E,)")
+    if not (np.isfinite(step).all() and (step == np.round(step)).all() and (step >= 0).all() and (step < 2**62).all()):
+        raise Damaged(path, f"step must hold training steps (whole numbers from 0), got {_short(step.tolist())}")
+    layers = profile.get("grad_norm_layers")
+    if layers is not None and (layers.ndim != 3 or layers.shape[0] != len(step) or layers.shape[2] != grad.shape[1]):
+        raise Damaged(path, f"grad_norm_layers of shape {layers.shape} for grad_norm of shape {grad.shape}: "
+                            "not (E, L, S) for (E, S)")
     return profile
+
+
+def _check_sizes(path: Path, archive: zipfile.ZipFile) -> None:
+    """Raises Damaged when the members of ``archive`` declare more than MAX_PROFILE_BYTES in all: the
+    sizes the zip directory gives (what inflating may produce) and the array shapes in the .npy headers
+    (what numpy allocates), read from each member's first bytes only."""
+    total = 0
+    for info in archive.infolist():
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+            else:
+                raise Damaged(path, f"{info.filename}: .npy format version {version}, not one gradlab writes")
+        if dtype.hasobject:
+            raise Damaged(path, f"{info.filename}: an array of Python objects, not numbers")
+        total += max(info.file_size, math.prod(shape) * dtype.itemsize)
+        if total > MAX_PROFILE_BYTES:
+            raise Damaged(path, f"its arrays declare {total:,} bytes or more, more than the {MAX_PROFILE_BYTES:,} "
+                                "a profile may have (a zip bomb, or not gradlab's)")
+
+
+def check_run(run_dir: Path, keep: bool = False) -> dict:
+    """A finished run as a record {"dir", "id", "config", "summary"} after checking every file its summary
+    promises: raises Damaged naming the first that is missing or not whole. ``keep``: the record also
+    holds its "metrics" (a DataFrame) and "profile" (``read_profile``), None for a failed run.
+
+    Every run promises its summary and config; a successful run also its environment, its metrics
+    (``read_metrics``: reaching the summary's ``steps_done``) and, when it has one, its profile
+    (``read_profile``; training always writes one, a run made by hand may not). Whether or not the
+    caller keeps them, the same files are read in full, so every command finds the same runs damaged.
+    """
+    run_dir = Path(run_dir)
+    if len(run_dir.name.encode()) > MAX_ID_BYTES:  # plots name files after it: profile_heatmap_<id>.png
+        raise Damaged(run_dir, f"a run directory name of {len(run_dir.name.encode())} bytes, more than the "
+                               f"{MAX_ID_BYTES} of a run id")
+    summary = run_summary(run_dir / SUMMARY_FILE)
+    config = run_config(run_dir / CONFIG_FILE)
+    record = {"dir": str(run_dir), "id": run_dir.name, "config": config, "summary": summary}
+    metrics = profile = None
+    if summary.get("status") == "ok":
+        read_json(run_dir / ENV_FILE)
+        metrics = read_metrics(run_dir / METRICS_FILE, summary, config)
+        has_profile = (run_dir / PROFILE_FILE).exists() or (run_dir / PROFILE_FILE).is_symlink()
+        profile = read_profile(run_dir / PROFILE_FILE) if has_profile else None
+    if keep:
+        record.update(metrics=metrics, profile=profile)
+    return record
+
+
+def outside(path: Path, folder: Path) -> str | None:
+    """Why writing to ``path`` would leave ``folder`` (links followed), or None when it stays inside.
+
+    A results folder may hold links (``plots -> /etc``) and names its readers make paths of, so every
+    folder a reader writes to is checked, resolved, against the one the user chose."""
+    try:
+        real, base = Path(path).resolve(), Path(folder).resolve()
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop (Python before 3.13)
+        return f"cannot be resolved ({e})"
+    if real == base or real.is_relative_to(base):
+        return None
+    return f"resolves to {real}, outside {folder}"
 
 
 def experiment_folder(run_dir: Path, root: Path) -> Path:

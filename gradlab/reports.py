@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import os
 import re
 import tempfile
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gradlab import comparison, results, tuning
+from gradlab import comparison, readers, results, tuning
 from gradlab.comparison import SCHEMA, cell_text, fmt, to_markdown, to_records
 from gradlab.vocabulary import CURVE_PLOT, EXPERIMENT_FILE, MAIN_PLOTS, SELECTION_FILE
 
@@ -276,7 +277,7 @@ def _html_selection(doc: dict) -> str:
 
 def _machine(frame: pd.DataFrame, sweeps: list[dict]) -> str:
     """``2 CPUs (x86_64), torch 2.13.0+cpu, 1 thread per run; 12 min 3 s wall-clock with --jobs 2``."""
-    env = results.read_json(Path(frame["run_dir"].iloc[0]) / results.ENV) if len(frame) else {}
+    env = _env(Path(frame["run_dir"].iloc[0])) if len(frame) else {}
     sweeps = [s for s in sweeps if "seconds" in s]  # recorded sweeps that trained
     wall = sum(s["seconds"] for s in sweeps)
     train = pd.to_numeric(frame.get("wall_seconds"), errors="coerce").sum()
@@ -289,6 +290,23 @@ def _machine(frame: pd.DataFrame, sweeps: list[dict]) -> str:
         text += (f"{_duration(wall)} wall-clock in {len(sweeps)} sweep(s) with --jobs "
                  f"{'/'.join(map(str, jobs))}; ")
     return text + f"{_duration(train)} of training summed over runs"
+
+
+def _recorded(sweeps: list) -> list[dict]:
+    """The sweep records of an experiment as a report sums them: objects, ``seconds`` and ``jobs`` numbers
+    (a damaged record's other values are dropped, never summed with text)."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return [{k: v for k, v in s.items() if k not in ("seconds", "jobs") or number(v)}
+            for s in sweeps if isinstance(s, dict)]
+
+
+def _env(run_dir: Path) -> dict:
+    """A run's ``env.json`` (checked for a successful run; a failed run's may be damaged: then none)."""
+    try:
+        return readers.read_json(run_dir / results.ENV)
+    except readers.Damaged:
+        return {}
 
 
 def _duration(seconds: float) -> str:
@@ -308,22 +326,35 @@ def markdown_view(table: pd.DataFrame) -> str:
     return head + "\n".join(lines) + f"\n\n*{legend}*\n"
 
 
-def markdown_book(root: Path, out_file: Path, title: str = "gradlab results") -> str | None:
+def markdown_book(root: Path, out_file: Path, title: str = "gradlab results",
+                  left_out: list | None = None) -> str | None:
     """Every experiment under ``root`` (a folder with ``experiment.json``) as one section:
     what it shows (its config's header comment), its claims PASS/FAIL, the comparison
     aggregated over seeds, its plots (written to ``<experiment>/plots/``), a
     hand-written ``NOTES.md`` if the folder has one, and the machine and time it took.
-    Image links are relative to ``out_file``'s folder. None when no experiment has runs."""
+    Image links are relative to ``out_file``'s folder. None when no experiment has runs.
+
+    A damaged run is left out as every command leaves it out, a damaged ``experiment.json`` leaves out
+    its experiment, and a ``plots`` folder that resolves outside its experiment its plots: each is
+    appended to ``left_out`` (``gradlab.readers.Skipped``), once."""
     from gradlab.expectations import check_results
-    from gradlab.plots import plot
+    from gradlab.plots import draw
 
     root = Path(root)
-    studies = sorted({p.parent for p in root.rglob(EXPERIMENT_FILE)})
+    found: dict[str, object] = {}  # each skipped line once: the table and the plots read the same runs
+    studies = sorted({p.parent for p in results.files_named(root, EXPERIMENT_FILE)})
     summary, sections = [], []
     for study in studies:
-        doc = results.read_json(study / EXPERIMENT_FILE)
+        try:
+            doc = readers.experiment_record(study / EXPERIMENT_FILE)
+        except readers.Damaged as e:
+            found.setdefault(str(e), readers.Skipped(e.path, f"{e.reason}; the experiment is left out"))
+            continue
         name = doc.get("name") or study.name
-        frame = comparison.load_frame([study])
+        damaged = []
+        frame = comparison.load_frame([study], damaged)
+        for d in damaged:
+            found.setdefault(str(d), readers.skipped(d))
         if frame.empty:
             continue
         table = comparison.compare(frame)
@@ -332,7 +363,7 @@ def markdown_book(root: Path, out_file: Path, title: str = "gradlab results") ->
         anchor = name.lower().replace(" ", "-")
         verdict = "no claims" if not checks else ("PASS" if passed == len(checks) else "FAIL")
         selection = results.read_selection(study)  # a tuned study: its selection sweeps count in its time
-        sweeps = (selection or {}).get("sweeps", []) + doc.get("sweeps", [])
+        sweeps = _recorded((selection or {}).get("sweeps", []) + doc.get("sweeps", []))
         summary.append(f"| [{name}](#{anchor}) | {verdict} ({passed}/{len(checks)}) | {len(frame)} | "
                        f"{_duration(sum(s.get('seconds', 0) for s in sweeps))} |")
         parts = [f"## {name}\n"]
@@ -357,9 +388,17 @@ def markdown_book(root: Path, out_file: Path, title: str = "gradlab results") ->
             parts.append(f"Each arm at its own best values, chosen on selection seeds (`{SELECTION_FILE}`):\n\n"
                          + tuning.markdown(selection))
         notes = study / "NOTES.md"
-        if notes.exists():
-            parts.append(notes.read_text().strip() + "\n")
-        images = plot(study, study / "plots")
+        if notes.is_file():
+            parts.append(notes.read_text(errors="replace").strip() + "\n")
+        images = []
+        if problem := readers.outside(study / "plots", study):
+            found.setdefault(str(study / "plots"), readers.Skipped(study / "plots",
+                                                                   f"{problem}; the experiment's plots are left out"))
+        else:
+            drawing = draw(study, study / "plots")
+            images = drawing.written
+            for s in drawing.skipped:
+                found.setdefault(str(s), s)
         rel = {p.name: os.path.relpath(p, Path(out_file).parent) for p in images}
         parts += [f"![{n[:-4].replace('_', ' ')}]({rel[n]})\n" for n in (*MAIN_PLOTS, CURVE_PLOT) if n in rel]
         others = [n for n in rel if n not in (*MAIN_PLOTS, CURVE_PLOT)]
@@ -371,6 +410,8 @@ def markdown_book(root: Path, out_file: Path, title: str = "gradlab results") ->
             + Path(out_file).as_posix() + "` from the result sets below; do not edit by hand "
             "(findings go in each study's `NOTES.md`).\n",
             "| study | claims | runs | wall-clock |", "|---|---|---|---|", *summary, ""]
+    if left_out is not None:
+        left_out += list(found.values())
     if not sections:
         return None
     return "\n".join(head + sections)

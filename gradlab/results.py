@@ -32,9 +32,9 @@ from pathlib import Path
 from gradlab.vocabulary import CONFIG_FILE as CONFIG
 from gradlab.vocabulary import ENV_FILE as ENV
 from gradlab.vocabulary import ERROR_FILE as ERROR
+from gradlab.vocabulary import EXPERIMENT_FILE, SELECTION_DIR, SELECTION_FILE, SELECTION_MARKER, run_hash
 from gradlab.vocabulary import METRICS_FILE as METRICS
 from gradlab.vocabulary import PROFILE_FILE as PROFILE
-from gradlab.vocabulary import SELECTION_FILE, SELECTION_MARKER, run_hash
 from gradlab.vocabulary import SUMMARY_FILE as SUMMARY
 
 
@@ -43,9 +43,18 @@ def write_atomic(path: Path, text: str | bytes) -> None:
     tmp = stage(path, text)
     try:
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
-        raise
+        raise naming(e, path) from None
+
+
+def naming(e: BaseException, path: Path) -> BaseException:
+    """``e``, or for an OSError that names no file or a temporary one, the same error naming ``path``:
+    the user knows the file gradlab writes, not its temporary name (``mkstemp`` and ``os.replace`` name
+    that; a full disk's ENOSPC from ``write`` names nothing)."""
+    if isinstance(e, OSError) and (e.filename is None or str(e.filename).endswith(".tmp")):
+        return OSError(e.errno, e.strerror, str(path))
+    return e
 
 
 def stage(path: Path, text: str | bytes) -> Path:
@@ -66,8 +75,8 @@ def stage(path: Path, text: str | bytes) -> Path:
     except BaseException as e:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.filename is None:
-            raise OSError(e.errno, e.strerror, str(path)) from e
+        if naming(e, path) is not e:
+            raise naming(e, path) from None
         raise
 
 
@@ -93,6 +102,19 @@ def stale_temporary(path: Path) -> bool:
     except PermissionError:  # it exists, run by another user
         pass
     return False
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Remove the ``.tmp`` files in ``folder`` that a killed writer left (``stale_temporary``): a run
+    directory's are removed by its next ``save_run``, an experiment folder's (``experiment.json``,
+    ``selection.json``) here, by the next sweep. A file a live process is writing stays; so does
+    everything when the folder cannot be changed (a read-only archive)."""
+    try:
+        left = [p for p in Path(folder).glob(".*.tmp") if p.is_file() and stale_temporary(p)]
+        for p in left:
+            p.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def umask() -> int:
@@ -121,12 +143,19 @@ def finite(x):
     return x
 
 
-def _json_text(data) -> str:
+def json_text(data) -> str:
+    """``data`` as gradlab writes it in a .json file (non-finite numbers as null)."""
     return json.dumps(finite(data), indent=2, default=str) + "\n"
 
 
+_json_text = json_text
+
+
 def write_json(path: Path, data) -> None:
-    write_atomic(path, _json_text(data))
+    write_atomic(path, json_text(data))
+
+
+DAMAGED = ".damaged"  # the suffix of an experiment.json moved aside because it could not be read (sweeps)
 
 
 def read_json(path: Path):
@@ -204,7 +233,10 @@ def save_run(run_dir: Path, config: dict, env: dict, rows: list[dict], summary: 
             if not old.is_dir() and old.name not in staged and (old.suffix != ".tmp" or stale_temporary(old)):
                 old.unlink(missing_ok=True)
         for name, tmp in staged.items():  # summary.json last: dicts keep insertion order
-            os.replace(tmp, run_dir / name)
+            try:
+                os.replace(tmp, run_dir / name)
+            except OSError as e:
+                raise naming(e, run_dir / name) from None
     except BaseException:
         for tmp in staged.values():
             tmp.unlink(missing_ok=True)
@@ -245,19 +277,121 @@ def incomplete_runs(root: Path) -> list[tuple[Path, list[str]]]:
 def summarised(root: Path) -> list[Path]:
     """Every run directory under ``root`` with a summary, in a stable order; not a tuned experiment's
     selection runs, nor its runs at values no longer chosen (``shown``)."""
-    return shown(sorted(p.parent for p in Path(root).rglob(SUMMARY)), Path(root))
+    return shown(sorted(p.parent for p in files_named(root, SUMMARY)), Path(root))
+
+
+def files_named(root: Path, name: str) -> list[Path]:
+    """Every file called ``name`` at or under ``root``, sorted, symlinked folders followed: an experiment
+    or a run linked into a results folder is read as if it were copied there (``Path.rglob`` does not
+    follow links before Python 3.13).
+
+    Each real folder is read once (two links to one folder give its files once), and a link to a folder
+    that holds it, its own or one above it up to ``/``, is a cycle and not followed: a walk always ends.
+    A folder that cannot be listed is passed over, as ``rglob`` does.
+    """
+    root = Path(root)
+    try:
+        above = frozenset(_identity(p) for p in root.resolve().parents)
+    except OSError:
+        return []
+    found, seen, stack = [], set(), [(root, above)]
+    while stack:
+        folder, ancestors = stack.pop()
+        try:
+            me = _identity(folder)
+            entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)  # popped in name order
+        except OSError:
+            continue
+        if me in ancestors or me in seen:  # a cycle, or a folder already read through another path
+            continue
+        seen.add(me)
+        for entry in entries:
+            try:
+                if entry.name == name and entry.is_file():
+                    found.append(Path(entry.path))
+                elif entry.is_dir():  # follows a symlink
+                    stack.append((Path(entry.path), ancestors | {me}))
+            except OSError:
+                continue
+    return sorted(found)
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """A folder's identity whatever path reaches it: (device, inode) of what a link points to."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 # A tuned experiment (gradlab.tuning): its choice per arm, and the runs a reader shows.
 
 def read_selection(folder: Path) -> dict | None:
-    """An experiment folder's ``SELECTION_FILE``, or None (not a tuned experiment, or not selected yet)."""
-    path = Path(folder) / SELECTION_FILE
+    """An experiment folder's ``SELECTION_FILE``, or None (not a tuned experiment, not selected yet, or
+    the file damaged: ``selection_damage`` says how)."""
+    return _selection(Path(folder) / SELECTION_FILE)[0]
+
+
+def selection_damage(folder: Path) -> str | None:
+    """Why an experiment folder's ``SELECTION_FILE`` cannot be read, or None (absent, or whole)."""
+    return _selection(Path(folder) / SELECTION_FILE)[1]
+
+
+def _selection(path: Path) -> tuple[dict | None, str | None]:
+    """(the selection record, None) or (None, what is wrong with it); (None, None) when there is none."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return None, None
+    except OSError as e:
+        return None, f"not readable ({e.strerror})"
+    except UnicodeDecodeError:
+        return None, "corrupt: not UTF-8 text"
+    except ValueError as e:
+        return None, f"truncated or corrupt JSON: {e}"
+    problem = _selection_shape(doc)
+    return (None, problem) if problem else (doc, None)
+
+
+def _is(v, kind, each=None) -> bool:
+    return isinstance(v, kind) and (each is None or all(isinstance(x, each) for x in v))
+
+
+def _selection_shape(doc) -> str | None:
+    """What makes valid JSON no selection record (``gradlab.tuning.record`` writes it): the first problem."""
+    if not isinstance(doc, dict):
+        return "not a JSON object"
+    for key, kind in (("tuned", dict), ("arms", list), ("selection_seeds", list), ("metric", str)):
+        if not isinstance(doc.get(key), kind):
+            return f"{key}: expected a JSON {'object' if kind is dict else 'array' if kind is list else 'string'}"
+    if not all(_is(v, list) for v in doc["tuned"].values()):
+        return "tuned: expected each key's list of values"
+    for key in ("cost", "sweeps"):
+        if key in doc and not (_is(doc[key], dict) if key == "cost" else _is(doc[key], list, dict)):
+            return f"{key}: not as gradlab writes it"
+    for i, arm in enumerate(doc["arms"]):
+        if not isinstance(arm, dict) or not _is(arm.get("label"), str):
+            return f"arms[{i}]: expected an object with a label"
+        if not all(_is(arm.get(k, []), list, str) for k in ("candidates", "reported")) \
+                or not _is(arm.get("edge", []), list, str) or not _is(arm.get("failed", []), list, dict):
+            return f"arms[{i}]: candidates, reported, edge and failed must be lists as gradlab writes them"
+        if arm.get("chosen") is not None and not isinstance(arm["chosen"], dict):
+            return f"arms[{i}].chosen: expected an object or null"
+        if not _is(arm.get("curve", []), list, dict) or not all(
+                _is(c.get("values"), dict) and _is(c.get("runs", []), list, dict)
+                and all(_is(r.get("value"), (int, float, type(None))) for r in c.get("runs", []))
+                and _is(c.get("mean"), (int, float, type(None))) for c in arm.get("curve", [])):
+            return f"arms[{i}].curve: expected points of values, runs and a mean"
+    return None
+
+
+def selection_folder(folder: Path, root: Path) -> bool:
+    """Whether ``folder`` holds a tuned experiment's selection runs, which a reader of ``root`` leaves out
+    (``root`` itself: asked for by name, they are shown). Its marker says so; a folder named SELECTION_DIR
+    in an experiment folder (one with SELECTION_FILE or EXPERIMENT_FILE) is one too, marker lost or not."""
+    folder = Path(folder)
+    if folder == Path(root):
+        return False
+    return (folder / SELECTION_MARKER).is_file() or folder.name == SELECTION_DIR and any(
+        (folder.parent / f).exists() for f in (SELECTION_FILE, EXPERIMENT_FILE))
 
 
 def shown(run_dirs: list[Path], root: Path) -> list[Path]:
@@ -269,7 +403,7 @@ def shown(run_dirs: list[Path], root: Path) -> list[Path]:
     kept = []
     for d in run_dirs:
         folder = Path(d).parent
-        if folder != root and (folder / SELECTION_MARKER).is_file():
+        if folder not in unchosen and selection_folder(folder, root):
             continue
         if folder not in unchosen:
             arms = (read_selection(folder) or {}).get("arms", [])
@@ -288,79 +422,39 @@ def load_run(run_dir: Path) -> dict:
 
 
 class Damaged(Exception):
-    """A run directory that cannot be read as a whole: ``path`` names the file, ``reason`` the problem."""
+    """A results file that cannot be used: ``path`` names it, ``reason`` the problem. There is one
+    definition of a damaged run (``gradlab.readers.check_run``) and every command (compare, plot, report,
+    export) reads runs through ``scan_runs``, so each leaves out the same runs and names them the same
+    way, one line each: ``skipped: <path>: <reason>``."""
 
     def __init__(self, path: Path, reason: str):
         super().__init__(f"{path}: {reason}")
         self.path, self.reason = Path(path), reason
 
 
-def _read_json_file(path: Path):
-    if not path.is_file():
-        raise Damaged(path, "missing")
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise Damaged(path, "not UTF-8 (corrupt)") from None
-    except json.JSONDecodeError as e:
-        raise Damaged(path, f"truncated or corrupt JSON ({e.msg} at line {e.lineno})") from None
+def scan_runs(root: Path, keep: bool = False) -> tuple[list[dict], list[Damaged]]:
+    """Every finished run under ``root`` as a checked record (``gradlab.readers.check_run``; ``keep``: with
+    its metrics and profile), and the damaged ones, each named by file (a tuned experiment's damaged
+    ``SELECTION_FILE`` too: its choice cannot be shown)."""
+    from gradlab import readers  # pandas and numpy: only readers of results load them, never a worker
 
-
-def last_step(path: Path) -> int | None:
-    """The ``step`` of the last row of a ``metrics.csv``, read from the file's end; None when it has no rows."""
-    with open(path, "rb") as f:
-        header = f.readline().decode("utf-8", "replace").rstrip("\n").split(",")
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - 65536))
-        tail = f.read().decode("utf-8", "replace").rstrip("\n").rsplit("\n", 1)[-1]
-    if "step" not in header or tail.split(",") == header:
-        return None
-    try:
-        return int(float(next(csv.reader([tail]))[header.index("step")]))
-    except (ValueError, IndexError, StopIteration):
-        return None
-
-
-def check_run(run_dir: Path) -> dict:
-    """A finished run's record (``load_run``), after checking that every file its summary promises is
-    there and whole; raises ``Damaged`` naming the first file that is not.
-
-    A successful run promises its config, environment and metrics (``metrics.csv`` reaching the
-    summary's ``steps_done``), and its profile when it has one (a complete zip archive).
-    """
-    import zipfile
-
-    run_dir = Path(run_dir)
-    summary = _read_json_file(run_dir / SUMMARY)
-    if not isinstance(summary, dict):
-        raise Damaged(run_dir / SUMMARY, "not a JSON object")
-    config = _read_json_file(run_dir / CONFIG)
-    if summary.get("status") == "ok":
-        _read_json_file(run_dir / ENV)
-        metrics = run_dir / METRICS
-        if not metrics.is_file():
-            raise Damaged(metrics, "missing")
-        last, steps = last_step(metrics), summary.get("steps_done")
-        if last is None:
-            raise Damaged(metrics, "empty (no rows)")
-        if isinstance(steps, int) and last < steps:
-            raise Damaged(metrics, f"truncated: its rows end at step {last} of the {steps} the summary records")
-        profile = run_dir / PROFILE
-        if profile.exists() and not zipfile.is_zipfile(profile):
-            raise Damaged(profile, "truncated or corrupt (not a complete .npz archive)")
-    return {"dir": str(run_dir), "id": run_dir.name, "config": config, "summary": summary}
-
-
-def scan_runs(root: Path) -> tuple[list[dict], list[Damaged]]:
-    """Every finished run under ``root`` as a checked record, and the damaged ones, each named by file."""
-    records, damaged = [], []
+    records, damaged = [], damaged_selections(root)
     for d in summarised(root):  # a run without its config too: it is damaged, and named
         try:
-            records.append(check_run(d))
+            records.append(readers.check_run(d, keep=keep))
         except Damaged as e:
             damaged.append(e)
     return records, damaged
+
+
+def damaged_selections(root: Path) -> list[Damaged]:
+    """The tuned experiments' ``SELECTION_FILE``s under ``root`` that cannot be read, each named."""
+    found = []
+    for path in files_named(root, SELECTION_FILE):
+        if path.parent.name != SELECTION_DIR and (problem := selection_damage(path.parent)):
+            found.append(Damaged(path, f"{problem}; each arm's choice is unknown, so its runs at every tuned "
+                                       "value are shown (gradlab run of its config writes the file again)"))
+    return found
 
 
 def lock(path: Path, wait: bool = False):

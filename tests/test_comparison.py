@@ -45,7 +45,8 @@ def write_run(root, name, *, task="adding", length=40, cell="lstm", seed=0, clip
                "steps_to_solve": steps_to_solve, "diverged": False, "steps_done": steps, "verdict": verdict,
                "horizon": horizon, "horizon_init": horizon_init, "clip_rate": clip_rate,
                "suggested_clip": suggested_clip, "grad_norm_max": grad_norm_max}
-    rows = [{"kind": "train", "step": s, "loss": 0.1} for s in (1, steps)] + [{"kind": "eval", "step": steps}]
+    rows = [{"kind": "train", "step": s, "loss": 0.1} for s in (1, steps)]  # an evaluation every eval_every
+    rows += [{"kind": "eval", "step": s} for s in sorted({*range(0, steps + 1, 250), steps})]
     path = root / name / f"cell={cell}_seed={seed}_{digest}"
     results.save_run(path, config, {"torch": "2.13.0"}, rows, summary)
     return path
@@ -275,7 +276,7 @@ def damage(run_dir, how: str):
     if how == "truncated metrics":
         text = (run_dir / results.METRICS).read_text().splitlines()
         (run_dir / results.METRICS).write_text("\n".join(text[:2]) + "\n")
-        return run_dir / results.METRICS, "truncated: its rows end at step 1 of the 2000"
+        return run_dir / results.METRICS, "1 of 2000 steps (cut short)"
     if how == "truncated profile":
         np.savez(run_dir / results.PROFILE, step=np.arange(3), grad_norm=np.ones((3, 40)))
         data = (run_dir / results.PROFILE).read_bytes()

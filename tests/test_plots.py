@@ -119,9 +119,8 @@ def test_plot_writes_every_figure(tree, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == names  # nothing written that is not returned, no .tmp left
     for p in drawing.written:
         assert_png(p)
-    # every run wrote a profile: a missing one is named (its curves are still drawn), the failed run is not
-    assert [str(s) for s in drawing.skipped] == [f"{tree}/demo/gru-s0-norm/profile.npz: missing; "
-                                                 "the run's gradient profile is left out"]
+    # a run without a profile is whole (compare reads it too): its curves are drawn; the failed run is a result
+    assert drawing.skipped == []
 
 
 def test_runs_without_profiles_still_get_curves(tmp_path):
@@ -136,9 +135,8 @@ def test_runs_without_metrics_or_any_finished_run(tmp_path):
     root = tmp_path / "results"
     run_dir = write_run(root, "lstm", 0)
     (run_dir / results.METRICS).unlink()
-    drawing = draw(root, tmp_path / "plots")
-    assert sorted(p.name for p in drawing.written) == ["grad_profile.png", "profile_heatmap_lstm-s0-norm.png"]
-    assert drawing.skipped == [(run_dir / results.METRICS, "missing; the run's curves are left out")]
+    drawing = draw(root, tmp_path / "plots")  # damaged as compare finds it: the whole run is left out
+    assert drawing.written == [] and drawing.skipped == [(run_dir / results.METRICS, "missing")]
     assert plot(tmp_path / "empty", tmp_path / "none") == []
     assert not (tmp_path / "none").exists()
 
@@ -363,12 +361,11 @@ def damage_three_ways(root):
     cut = write_run(root, "gru", 1)
     (cut / results.SUMMARY).write_text('{"status": "ok", "fin')
     return intact, {cut / results.SUMMARY: "truncated or corrupt JSON: Unterminated string starting at: "
-                                          "line 1 column 18 (char 17); the run is left out",
-                    empty / results.METRICS: "empty file; the run's curves are left out",
-                    truncated / results.PROFILE: "truncated or corrupt (File is not a zip file); "
-                                                 "the run's gradient profile is left out",
-                    short / results.METRICS: "12 of 40 steps (cut short); the run's curves are left out",
-                    no_config / results.CONFIG: "missing; the run is left out"}
+                                          "line 1 column 18 (char 17)",
+                    empty / results.METRICS: "empty file",
+                    truncated / results.PROFILE: "truncated or corrupt (File is not a zip file)",
+                    short / results.METRICS: "12 of 40 steps (cut short)",
+                    no_config / results.CONFIG: "missing"}
 
 
 def test_damaged_runs_are_named_one_line_each_and_the_rest_is_drawn(tmp_path, monkeypatch):
@@ -381,11 +378,8 @@ def test_damaged_runs_are_named_one_line_each_and_the_rest_is_drawn(tmp_path, mo
     assert "Traceback" not in result.output and result.exception is None
     assert sorted(result.stderr.splitlines()) == sorted(f"skipped: {path}: {why}" for path, why in damage.items())
     assert {p.name for p in out.iterdir()} >= {"learning_curves.png", "grad_profile.png"}
-    layout = Layout(load_runs(root)[0])  # what is drawn: the intact runs and the intact files only
-    assert sorted(r.id for g in layout.groups for r in g) == ["lstm-s0-norm", "lstm-s1-norm", "vanilla-s0-norm",
-                                                              "vanilla-s1-norm"]
-    assert sorted(r.id for g in layout.groups for r in g if r.metrics is not None) == ["lstm-s0-norm",
-                                                                                      "vanilla-s0-norm"]
+    layout = Layout(load_runs(root)[0])  # what is drawn: the intact run (a damaged one is left out whole)
+    assert [r.id for g in layout.groups for r in g] == ["lstm-s0-norm"]
     # nothing left: exit 2, the damage and one error line, still no traceback
     run_dirs = {intact, *(p.parent for p in damage)}
     cut = next(p.parent for p in damage if p.name == results.SUMMARY)
@@ -396,7 +390,7 @@ def test_damaged_runs_are_named_one_line_each_and_the_rest_is_drawn(tmp_path, mo
     lines = result.stderr.splitlines()
     assert len(lines) == 6 + 1 and lines[-1] == f"error: no finished runs to plot under {root}", lines
     assert sorted(lines[:-1]) == sorted([f"skipped: {cut / results.SUMMARY}: {damage[cut / results.SUMMARY]}"] + [
-        f"skipped: {d / results.CONFIG}: missing; the run is left out" for d in sorted(run_dirs - {cut})])
+        f"skipped: {d / results.CONFIG}: missing" for d in sorted(run_dirs - {cut})])
 
 
 def cut_mid_row(path):
@@ -451,9 +445,8 @@ def test_a_complete_run_is_not_called_cut_short(tmp_path):
     results.write_atomic(lean / results.METRICS, metrics[keep].iloc[:-1].to_csv(index=False))  # last eval lost
     _, skipped = load_runs(root)
     assert [str(s) for s in skipped] == [
-        f"{stopped / results.METRICS}: 20 of 30 steps (cut short); the run's curves are left out",
-        f"{lean / results.METRICS}: evaluations end before step 40 (the last at step 30; cut short); "
-        "the run's curves are left out"]
+        f"{stopped / results.METRICS}: 20 of 30 steps (cut short)",
+        f"{lean / results.METRICS}: evaluations end before step 40 (the last at step 30; cut short)"]
 
 
 def test_a_full_disk_leaves_no_half_png_and_names_the_file(tmp_path, monkeypatch):
