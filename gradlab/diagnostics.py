@@ -16,7 +16,9 @@ Three kinds of evidence, each a pure function of numbers the training loop recor
 - the pre-clip global gradient norm of every step (``detect_spikes``,
   ``suggest_clip``): an exploding gradient shows as sudden norm spikes of orders
   of magnitude, the "cliffs" of Pascanu et al. 2013 (their geometric
-  interpretation), or as NaN/inf.
+  interpretation), or as NaN/inf. Which jump counts as a spike (50 times the
+  running median of the last 50 norms) is gradlab's own rule, set from measured
+  runs (``Thresholds``), not the paper's.
 
 ``verdict`` combines them into ``healthy``, ``exploding`` or ``vanishing`` with
 the figures behind it. Its thresholds are the fields of ``Thresholds``
@@ -47,7 +49,8 @@ class Thresholds:
     # (adding T=30-100, temporal order): runs that learned, or were learning, the dependency had
     # ratios of 4e-2 to 0.9; tanh, orthogonal and plateaued LSTM runs 8e-5 down to 0.
     vanishing_ratio: float = 1e-3
-    # A spike is a pre-clip norm this many times the running median. Measured (Adam, 2000-3000 steps):
+    # A spike is a pre-clip norm this many times the running median (gradlab's rule; Pascanu et al. 2013
+    # describe the jumps, not a threshold). Measured (Adam, 2000-3000 steps):
     # healthy runs peaked at 20x (a GRU or LSTM leaving the baseline plateau; an IRNN's first steps);
     # explosions at 230x to 6e7x (tanh RNN at lr 1e-2, LSTM on copy, IRNN at lr 1e-2, and a GRU that had
     # solved temporal order whose loss jumped from 0.002 to 1.2 with a 1e4x spike). 50 sits between.
@@ -74,7 +77,8 @@ def profile_summary(profile, dependency: int, horizon_fraction: float = DEFAULTS
       the average per-step factor of back-propagation: for h_t = a·h_{t-1} it is
       exactly ln a; negative means vanishing, positive exploding (Pascanu 2013
       §2.1), and it is comparable with ln(spectral radius). Zeros (cut by
-      truncated BPTT, or flushed subnormals) are left out of the fit.
+      truncated BPTT, dead ReLU units, or a float32 gradient below 1.2e-38, flushed)
+      are left out of the fit.
     - ``dependency_ratio``: p[dependency] / peak, the share of the peak gradient
       reaching the task's earliest relevant input; 0 if the peak is 0; inf if
       that entry is inf (an overflowed gradient reaches it: not vanishing); None
@@ -172,14 +176,19 @@ def recurrent_spectrum(weight_hh, gates: tuple[str, ...] = ("",)) -> dict:
 # The norm series: spikes, a clipping threshold, the verdict.
 
 def spike_ratios(norms, window: int = DEFAULTS.spike_window) -> np.ndarray:
-    """Each norm over the running median of the norms before it; NaN where the norm is not finite.
+    """Each norm over the running median of the norms before it; NaN where there is no ratio.
 
     norms: (N,) pre-clip global norms in step order. The reference of a norm is
-    the median of the ``window`` finite norms before it; the first ``window``
-    finite norms, which lack that history, share the median of the first
-    ``window`` as theirs, so an explosion in the very first steps is still caught
-    (an IRNN at lr 1e-2 jumped from 56 to 1e8 at step 2). Non-finite entries are
-    left out of the medians and get no ratio: they are counted apart.
+    the median of the ``window`` finite norms before it. The first ``window``
+    finite norms lack that history: the i-th (0 ≤ i < window) is measured against
+    the smaller of the median of the i norms before it (none for the first) and
+    the median of the first ``window`` norms. So a jump there is a spike as later
+    on (``[1]*10 + [100]*40``: steps 10-19, until the hundreds are half of the
+    history), and so is an explosion in the very first steps, before any calm
+    history (an IRNN at lr 1e-2 jumped from 56 to 1e8 at step 2; an IRNN under SGD
+    at lr 0.1 starts at 16 and 650 against a level of 0.3 from step 15 on).
+    Non-finite entries are left out of the medians and get no ratio: they are
+    counted apart.
     """
     x = np.asarray(norms, dtype=np.float64)  # (N,)
     ratios = np.full(x.shape, np.nan)
@@ -187,7 +196,10 @@ def spike_ratios(norms, window: int = DEFAULTS.spike_window) -> np.ndarray:
     finite = x[where]  # (F,)
     if len(finite) == 0:
         return ratios
-    refs = np.full(finite.shape, np.median(finite[:window]))  # (F,)
+    first = np.median(finite[:window])
+    refs = np.full(finite.shape, first)  # (F,)
+    for i in range(1, min(window, len(finite))):  # the first window: the smaller of the two references
+        refs[i] = min(np.median(finite[:i]), first)
     if len(finite) > window:
         windows = np.lib.stride_tricks.sliding_window_view(finite, window)  # (F-window+1, window)
         refs[window:] = np.median(windows, axis=1)[:-1]  # the window that ends just before each norm
@@ -200,10 +212,13 @@ def detect_spikes(norms, spike_factor: float = DEFAULTS.spike_factor,
                   window: int = DEFAULTS.spike_window) -> np.ndarray:
     """Indices into ``norms`` of the spikes: norms above ``spike_factor`` × the running median.
 
-    The running median is over the previous ``window`` finite norms (see
-    ``spike_ratios``), so it follows a level that drifts over training and a
-    steady exponential blow-up keeps being flagged. Pascanu et al. 2013 §3:
-    exploding gradients appear as sudden jumps of the norm by orders of magnitude.
+    The running median is over the previous ``window`` finite norms (in the first
+    ``window`` steps see ``spike_ratios``: ``[1]*10 + [100]*40`` flags steps 10 to
+    19, until the hundreds are half of the history), so it follows a level that drifts
+    over training and a steady exponential blow-up keeps being flagged. Exploding
+    gradients appear as sudden jumps of the norm by orders of magnitude (Pascanu et
+    al. 2013 §3); the rule that names a jump a spike, and its defaults, are gradlab's
+    own (see ``Thresholds``).
     """
     ratios = spike_ratios(norms, window)
     return np.flatnonzero(np.nan_to_num(ratios, nan=0.0) > spike_factor)

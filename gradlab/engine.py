@@ -26,8 +26,15 @@ against it and against torch's modules):
   flows into step t's pre-activation, hence into the weights, x_t and h_{t-1}.
   It may modify g in place or return a new tensor; it is called once per
   step, from t = T-1 down to 0.
-- ``probe``: after backward, ``probe.norms`` (T, B) holds ‖∂L/∂h_t‖, recorded
-  *after* grad_transform, as ``recurrences.unroll``'s hooks record it.
+- ``probe``: after backward, ``probe.norms`` (T, B) float64 holds ‖∂L/∂h_t‖, recorded
+  *after* grad_transform, as ``recurrences.unroll``'s hooks record it (``hidden_norms``:
+  in float64, so a norm is not cut at float32's squares, see there).
+- a derivative of the gradient (``backward(create_graph=True)``, e.g. a gradient
+  penalty): the backward then re-runs the layer on ``reference`` (``recurrences.unroll``,
+  passed by ``recurrences.scan``) under autograd and differentiates that, so the
+  gradient it returns has a graph; as slow as that autograd loop. The probe keeps the
+  ∂L/∂h_t of that backward (the one with create_graph), not of a later backward
+  through its graph (the penalty's). Not with a ``grad_transform``.
 
 How it is made fast (CPU, one thread; REFERENCE §6). Forward: the input term
 W x_t + b of all steps is one matmul before the loop; each step then adds the
@@ -55,16 +62,18 @@ backward adds one more, ∂L/∂h_t (besides autograd's own ∂L/∂hs).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
-from torch.autograd.function import once_differentiable
 
 aten = torch.ops.aten
 
 
-def scan(kernel, nonlinearity, x, state, params, *, window=None, grad_transform=None, probe=None):
+def scan(kernel, nonlinearity, x, state, params, *, window=None, grad_transform=None, probe=None,
+         reference=None):
     """Run one recurrence's ``kernel`` (``elman``, ``skip``, ``lstm``, ``gru``) over x (T, B, I) -> (hs (T, B, H),
     final state).
 
@@ -72,12 +81,14 @@ def scan(kernel, nonlinearity, x, state, params, *, window=None, grad_transform=
     nonlinearity "tanh" | "relu" for elman and skip. params: [weight_ih, weight_hh, bias_ih, bias_hh] in
     torch's layouts (+ weight_skip (H, H) for skip). state: elman/gru (B, H), lstm (h, c), skip (k, B, H)
     the last k states, oldest first. The final state has the same structure as ``state``.
+    reference: the recurrence's autograd version, ``(x, state, params, window=, probe=) -> (hs, final)``
+    (``recurrences.unroll``), for a derivative of the gradient (see the module docstring); None: refused.
     """
     if window is not None and window < 0:
         raise ValueError(f"window must be a positive number of steps, or None/0 for full BPTT; got {window}")
     if x.shape[0] == 0:
         raise ValueError("x has no time steps")
-    return kernel(x, state, params, _Options(nonlinearity, window or None, grad_transform, probe))
+    return kernel(x, state, params, _Options(nonlinearity, window or None, grad_transform, probe, reference))
 
 
 def elman(x, state, params, opts):
@@ -110,6 +121,7 @@ class _Options:
     window: int | None
     grad_transform: Callable | None
     probe: object | None
+    reference: Callable | None = None
 
 
 def _cut(t: int, lag: int, window: int | None) -> bool:
@@ -143,10 +155,65 @@ def _accept_total(dh_t, t, transform):
     return dh_t
 
 
-def _record(probe, dh):
-    """probe.norms = ‖∂L/∂h_t‖ per step and sample, from dh (T, B, H)."""
-    if probe is not None:
-        probe.norms = torch.linalg.vector_norm(dh, dim=-1)
+def _record(ctx, dh):
+    """probe.norms = ‖∂L/∂h_t‖ per step and sample, from dh (T, B, H); not after a traced backward
+    of the same forward recorded them (a later backward runs through that one's graph)."""
+    probe = ctx.opts.probe
+    if probe is not None and not getattr(ctx, "traced", False):
+        probe.norms = hidden_norms(dh)
+
+
+def hidden_norms(g: torch.Tensor) -> torch.Tensor:
+    """‖g‖ over the last dimension, in float64: g (..., H) -> (...).
+
+    torch reduces a float32 tensor in float32 without scaling (torch 2.13: the norm of
+    four entries 1e-30 is 0, of four 1e23 inf), so squares below float32's smallest
+    normal (1.2e-38) are lost and above 3.4e38 overflow: a norm below about 1.1e-19 read
+    0 and one above 1.8e19 inf. On CUDA the reduction is done in float64 (no host sync).
+    On the CPU a float64 reduction of the whole (T, B, H) gradient costs 8 times the
+    float32 one (3 ms against 0.36 at T = 200, B = 64, H = 128, one thread), so the
+    norms are taken in float32 and taken again in float64 where they cannot be
+    trusted: not finite, or below sqrt(H · tiny / eps), under which the lost squares
+    (H of them at most, each below tiny) could exceed float32's rounding of the square.
+    A float64 g is reduced in float64.
+    """
+    if g.dtype == torch.float64 or g.device.type != "cpu":
+        return torch.linalg.vector_norm(g, dim=-1, dtype=torch.float64)
+    norms = torch.linalg.vector_norm(g, dim=-1).double()  # (...)
+    info = torch.finfo(g.dtype)
+    redo = (norms < math.sqrt(g.shape[-1] * info.tiny / info.eps)) | torch.isinf(norms)
+    if redo.any():
+        norms[redo] = torch.linalg.vector_norm(g[redo], dim=-1, dtype=torch.float64)
+    return norms
+
+
+def _traced_backward(ctx, grads, inputs, state, params, outputs_of):
+    """The backward under create_graph=True: the gradient of ``ctx.opts.reference`` re-run under autograd.
+
+    inputs: the Function's forward arguments (tensors or None, ``opts`` left out), in order;
+    state and params: those the reference takes; outputs_of(hs, final) -> the Function's
+    outputs, to pair with ``grads``. Returns one gradient per forward argument.
+    """
+    opts = ctx.opts
+    if opts.reference is None:
+        raise RuntimeError("gradlab engine: a derivative of the gradient (backward with create_graph=True) "
+                           "needs the recurrence's autograd reference; call recurrences.scan, not engine.scan")
+    if opts.grad_transform is not None:
+        raise RuntimeError("gradlab engine: a derivative of the gradient (backward with create_graph=True) "
+                           "through a grad_transform (recurrent clipping) is not supported")
+    wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
+    probe = None if opts.probe is None else SimpleNamespace(norms=None)  # the hooks may fire again later
+    with torch.enable_grad():
+        hs, final = opts.reference(inputs[0], state, params, window=opts.window, probe=probe)
+        found = torch.autograd.grad(outputs_of(hs, final), [inputs[i] for i in wanted], grads,
+                                    create_graph=True, allow_unused=True)
+    if probe is not None and probe.norms is not None:
+        opts.probe.norms = probe.norms.detach().clone()
+    ctx.traced = True
+    out = [None] * (len(inputs) + 1)  # + opts
+    for i, g in zip(wanted, found, strict=True):
+        out[i] = g
+    return tuple(out)
 
 
 class _Tanh:
@@ -255,7 +322,7 @@ class _ElmanScan(torch.autograd.Function):
         hbuf = x.new_empty(k + T, B, H)  # hbuf[k + t] = h_t; hbuf[:k] = initial state (times -k..-1)
         hbuf[:k] = state
         # the input term of every step in one matmul, written where h_t will be
-        torch.addmm(b_ih + b_hh, x.reshape(T * B, -1), w_ih.t(), beta=s, alpha=s,
+        torch.addmm(b_ih + b_hh, x.reshape(T * B, x.shape[-1]), w_ih.t(), beta=s, alpha=s,
                     out=hbuf[k:].view(T * B, H))
         h = hbuf.unbind(0)
         u, u_skip = w_hh.t(), None if w_skip is None else w_skip.t()
@@ -264,14 +331,19 @@ class _ElmanScan(torch.autograd.Function):
             if u_skip is not None:
                 a.addmm_(h[t], u_skip, alpha=s)  # reads h_{t-k}
             act(a)
-        ctx.save_for_backward(x, w_ih, w_hh, w_skip, hbuf)  # hs' base: in-place edits of hs are caught
+        # hbuf, hs' base: in-place edits of hs are caught; state and biases for a traced backward
+        ctx.save_for_backward(x, w_ih, w_hh, w_skip, hbuf, state, b_ih, b_hh)
         ctx.opts = opts
         return hbuf[k:]
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, d_hs):
-        x, w_ih, w_hh, w_skip, hbuf = ctx.saved_tensors
+        x, w_ih, w_hh, w_skip, hbuf, state, b_ih, b_hh = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            skip = w_skip is not None
+            return _traced_backward(ctx, (d_hs,), (x, state, w_ih, w_hh, b_ih, b_hh, w_skip),
+                                    state if skip else state[0], [w_ih, w_hh, b_ih, b_hh] + [w_skip] * skip,
+                                    lambda hs, final: hs)
         opts, need = ctx.opts, ctx.needs_input_grad
         T, B, H = d_hs.shape
         k = hbuf.shape[0] - T
@@ -295,7 +367,7 @@ class _ElmanScan(torch.autograd.Function):
             for acc in (ih, hh, skip):
                 if acc is not None:
                     acc.add(s, e, dpre[:e - s])
-        _record(opts.probe, dh[k:])
+        _record(ctx, dh[k:])
         d_x, d_w_ih, d_b = ih.result()
         d_w_skip = skip.result()[1] if skip is not None else None
         return d_x, dh[:k], d_w_ih, hh.result()[1], d_b, _clone(d_b), d_w_skip, None
@@ -314,7 +386,7 @@ class _LSTMScan(torch.autograd.Function):
         H = w_hh.shape[1]
         # g's rows doubled, so that one sigmoid serves all four gates: tanh(a) = 2·σ(2a) - 1
         w_in, w_rec, bias = (_double_rows(p, 2 * H, 3 * H) for p in (w_ih, w_hh, b_ih + b_hh))
-        gates = torch.addmm(bias, x.reshape(T * B, -1), w_in.t()).view(T, B, 4 * H)
+        gates = torch.addmm(bias, x.reshape(T * B, x.shape[-1]), w_in.t()).view(T, B, 4 * H)
         hbuf = x.new_empty(T + 1, B, H)  # hbuf[t + 1] = h_t, hbuf[0] = h0
         cbuf = x.new_empty(T + 1, B, H)  # cbuf[t + 1] = c_t, cbuf[0] = c0
         tanh_c = x.new_empty(T, B, H)
@@ -329,14 +401,16 @@ class _LSTMScan(torch.autograd.Function):
             torch.mul(f_[t], c_[t], out=c_[t + 1]).addcmul_(i_[t], g_[t])
             tanh.into(c_[t + 1], tc_[t])
             torch.mul(o_[t], tc_[t], out=h_[t + 1])
-        ctx.save_for_backward(x, w_ih, w_hh, hbuf, cbuf, tanh_c, gates)
+        ctx.save_for_backward(x, w_ih, w_hh, hbuf, cbuf, tanh_c, gates, h0, c0, b_ih, b_hh)
         ctx.opts = opts
         return hbuf[1:], cbuf[T].clone()
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, d_hs, d_c_last):
-        x, w_ih, w_hh, hbuf, cbuf, tanh_c, gates = ctx.saved_tensors
+        x, w_ih, w_hh, hbuf, cbuf, tanh_c, gates, h0, c0, b_ih, b_hh = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            return _traced_backward(ctx, (d_hs, d_c_last), (x, h0, c0, w_ih, w_hh, b_ih, b_hh), (h0, c0),
+                                    [w_ih, w_hh, b_ih, b_hh], lambda hs, final: (hs, final[1]))
         opts, need = ctx.opts, ctx.needs_input_grad
         T, B, H = d_hs.shape
         dh = _grad_buffer(d_hs, 1)  # dh[t + 1] = ∂L/∂h_t; dh[0] -> h0
@@ -365,7 +439,7 @@ class _LSTMScan(torch.autograd.Function):
             dgates = fac[:e - s, :, 1:].flatten(2)  # (e - s, B, 4H) ∂L/∂(pre-activations i, f, g, o)
             ih.add(s, e, dgates)
             hh.add(s, e, dgates)
-        _record(opts.probe, dh[1:])
+        _record(ctx, dh[1:])
         d_x, d_w_ih, d_b = ih.result()
         return d_x, dh[0], carry, d_w_ih, hh.result()[1], d_b, _clone(d_b), None
 
@@ -408,7 +482,7 @@ class _GRUScan(torch.autograd.Function):
         H = w_hh.shape[1]
         tanh = _Tanh(x)
         s = tanh.scale  # n's pre-activation is computed times s
-        x2 = x.reshape(T * B, -1)
+        x2 = x.reshape(T * B, x.shape[-1])
         rz = torch.addmm(b_ih[:2 * H] + b_hh[:2 * H], x2, w_ih[:2 * H].t()).view(T, B, 2 * H)
         npre = torch.addmm(b_ih[2 * H:], x2, w_ih[2 * H:].t(), beta=s, alpha=s).view(T, B, H)
         hn = x.new_empty(T, B, H)  # s·(U_n h_{t-1} + b_hn)
@@ -425,14 +499,16 @@ class _GRUScan(torch.autograd.Function):
             torch.addmm(b_hn, h, u_n, beta=s, alpha=s, out=hn_[t])
             n = tanh(n_[t].addcmul_(r_[t], hn_[t]))
             torch.addcmul(n, z_[t], torch.sub(h, n, out=hmn_[t]), out=h_[t + 1])
-        ctx.save_for_backward(x, w_ih, w_hh, hbuf, rz, npre, hn, h_minus_n)
+        ctx.save_for_backward(x, w_ih, w_hh, hbuf, rz, npre, hn, h_minus_n, h0, b_ih, b_hh)
         ctx.opts, ctx.scale = opts, s
         return hbuf[1:]
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, d_hs):
-        x, w_ih, w_hh, hbuf, rz, n, hn, h_minus_n = ctx.saved_tensors
+        x, w_ih, w_hh, hbuf, rz, n, hn, h_minus_n, h0, b_ih, b_hh = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            return _traced_backward(ctx, (d_hs,), (x, h0, w_ih, w_hh, b_ih, b_hh), h0, [w_ih, w_hh, b_ih, b_hh],
+                                    lambda hs, final: hs)
         opts, need = ctx.opts, ctx.needs_input_grad
         T, B, H = d_hs.shape
         dh = _grad_buffer(d_hs, 1)  # dh[t + 1] = ∂L/∂h_t; dh[0] -> h0
@@ -454,7 +530,7 @@ class _GRUScan(torch.autograd.Function):
             d_gi[:m, :, 2] = fac[:m, :, 3]
             ih.add(s, e, d_gi[:m].flatten(2))
             hh.add(s, e, fac[:m, :, :3].flatten(2))  # ∂L/∂(U h + b_hh), gates r, z, n
-        _record(opts.probe, dh[1:])
+        _record(ctx, dh[1:])
         d_x, d_w_ih, d_b_ih = ih.result()
         _, d_w_hh, d_b_hh = hh.result()
         return d_x, dh[0], d_w_ih, d_w_hh, d_b_ih, d_b_hh, None

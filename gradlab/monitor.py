@@ -7,13 +7,16 @@ the count of non-finite gradient entries. ``suggested_clip()`` and ``verdict()``
 are ``diagnostics.suggest_clip`` and ``diagnostics.verdict`` on that norm series,
 with a run's thresholds (``diagnostics.DEFAULTS``): a spike is a norm above
 ``spike_factor`` × the running median of the previous ``spike_window`` finite
-norms (Pascanu, Mikolov & Bengio 2013 §3), the suggested threshold is the median
-of the finite norms.
+norms (fewer in the first steps; gradlab's rule, ``diagnostics.spike_ratios``), the
+suggested threshold is the median of the finite norms.
 
 Cost per step: one ``torch._foreach_norm`` over the gradients, a few sums, one
 transfer of a handful of numbers to the host (a device sync on CUDA); the
 non-finite entries are counted only in a step whose norm is not finite (a
-finite norm has none).
+finite norm has none). The norms are float64: torch reduces float32 gradients in
+float32 without scaling (torch 2.13: a gradient of 1e23s has norm inf, one of 1e-30s
+norm 0), so a parameter whose float32 norm is not finite or too small to trust
+(``_trusted_below``) is reduced again in float64 — only in such a step.
 """
 
 from __future__ import annotations
@@ -66,11 +69,8 @@ class GradientMonitor:
         present = [j for j, g in enumerate(grads) if g is not None]
         squares = torch.zeros(len(self.params), dtype=torch.float64)  # (P,) ‖g_p‖²
         if present:
-            norms = torch._foreach_norm([grads[j] for j in present])  # fused kernels, per device and dtype
-            if len({n.device for n in norms}) > 1:  # a model spread over devices
-                norms = [n.cpu() for n in norms]
-            stacked = torch.stack(norms).to(torch.float64)
-            squares[present] = (stacked * stacked).cpu()
+            norms = _norms([grads[j] for j in present])  # (len(present),) float64, on the host
+            squares[present] = norms * norms
         # summed per group (index_add, not a 0/1 matrix product: 0·inf would make NaN of every group)
         group_norms = torch.zeros(len(self.groups), dtype=torch.float64).index_add_(0, self._group_of, squares).sqrt()
         total = math.sqrt(squares.sum().item())
@@ -120,3 +120,29 @@ class GradientMonitor:
         import pandas as pd
 
         return pd.DataFrame(self.rows)
+
+
+def _norms(grads: list[torch.Tensor]) -> torch.Tensor:
+    """‖g‖ of each gradient as a float64 tensor on the host: (len(grads),).
+
+    One fused ``_foreach_norm`` in the gradients' dtype, then, for the few whose result
+    cannot be trusted (not finite, or below ``_trusted_below``: float32 squares lost to
+    underflow could matter), the same in float64, which holds every float32 square.
+    """
+    norms = torch._foreach_norm(grads)  # fused kernels, per device and dtype
+    if len({n.device for n in norms}) > 1:  # a model spread over devices
+        norms = [n.cpu() for n in norms]
+    host = torch.stack(norms).to(torch.float64).cpu()
+    redo = [i for i, (g, n) in enumerate(zip(grads, host.tolist(), strict=True))
+            if g.dtype != torch.float64 and (n < _trusted_below(g) or n == math.inf)]
+    if redo:
+        again = torch._foreach_norm([grads[i] for i in redo], dtype=torch.float64)
+        host[redo] = torch.stack([n.cpu() for n in again])
+    return host
+
+
+def _trusted_below(g: torch.Tensor) -> float:
+    """The norm under which g's reduction in its own dtype may have lost squares to underflow beyond
+    its rounding: n numbers each below ``tiny`` squared can be lost, so sqrt(n · tiny / eps)."""
+    info = torch.finfo(g.dtype)
+    return math.sqrt(g.numel() * info.tiny / info.eps)

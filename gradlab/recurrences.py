@@ -15,6 +15,7 @@ its kernel in ``gradlab.engine`` (``scan``, the fast hand-written BPTT).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 class Probe:
     """Receives the per-step hidden-gradient norms during the backward pass.
 
-    After ``loss.backward()``, ``norms`` is a (T, B) tensor: ‖∂L/∂h_t‖ for each
+    After ``loss.backward()``, ``norms`` is a (T, B) float64 tensor: ‖∂L/∂h_t‖ for each
     step t and sample b, the total derivative through the recurrence.
     """
 
@@ -130,8 +131,8 @@ def scan(recurrence, nonlinearity, x, state, params, *, window=None, grad_transf
     kernel = _recurrence(recurrence).scan
     if kernel is None:
         raise ValueError(f"the {recurrence} recurrence has no hand-written BPTT; use engine autograd")
-    return engine.scan(kernel, nonlinearity, x, state, params,
-                       window=window, grad_transform=grad_transform, probe=probe)
+    return engine.scan(kernel, nonlinearity, x, state, params, window=window, grad_transform=grad_transform,
+                       probe=probe, reference=functools.partial(unroll, recurrence, nonlinearity))
 
 
 def unroll(recurrence, nonlinearity, x, state, params, *, window=None, grad_transform=None, probe=None):
@@ -164,8 +165,8 @@ def _hidden_hook(t, T, grad_transform, probe, norms):
         if probe is not None:
             # a fresh tensor per forward: a reused Probe never overwrites (or mis-shapes) earlier norms
             if "norms" not in norms:
-                norms["norms"] = g.new_zeros(T, g.shape[0])
+                norms["norms"] = g.new_zeros(T, g.shape[0], dtype=torch.float64)
             probe.norms = norms["norms"]
-            probe.norms[t] = g.detach().norm(dim=-1)
+            probe.norms[t] = engine.hidden_norms(g.detach())  # float64: no float32 floor at 1e-19
         return g
     return hook

@@ -102,9 +102,12 @@ def prob_improvement_interval(candidate, base) -> tuple[float | None, float | No
 
 def mann_whitney(candidate, base) -> float | None:
     """The two-sided Mann–Whitney U test's p-value (scipy: exact for small samples without ties);
-    None when a side is empty or every value is equal (no test to make)."""
+    None when a side is empty, every value is equal (no test to make; also when all are inf, the
+    loss ratio of diverged runs: scipy would call that total tie p = 1) or a value is NaN (unknown).
+    An inf among finite values ranks above them all, as in scipy."""
     x, y = np.asarray(candidate, dtype=np.float64), np.asarray(base, dtype=np.float64)
-    if not len(x) or not len(y) or np.ptp(np.concatenate([x, y])) == 0:
+    values = np.concatenate([x, y])
+    if not len(x) or not len(y) or np.isnan(values).any() or (values == values[0]).all():
         return None
     return float(stats.mannwhitneyu(x, y, alternative="two-sided").pvalue)
 

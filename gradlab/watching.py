@@ -12,9 +12,17 @@ its parameters receive the gradients autograd gives through the module, and the
 engine's backward sweep records ‖∂L/∂h_t‖ of every layer, step and sample as it
 goes (``recurrences.Probe``), at no extra cost.
 
+The norms are reduced in float64 (``engine.hidden_norms``): a float32 module's
+‖∂L/∂h_t‖ is recorded down to the float32 gradient's own floor (entries below 1.2e-38
+are flushed inside ``watch`` on the CPU), not cut to 0 below 1.1e-19 by float32 squares.
+
 Supported: any ``num_layers``, ``batch_first`` or not, batched (B, ·) and
-unbatched input, ``bias=False``, nn.RNN with tanh or relu, an initial state
-``h0`` (``(h0, c0)`` for the LSTM), inter-layer dropout in eval mode. Refused with
+unbatched input, an empty batch, ``bias=False``, nn.RNN with tanh or relu, an initial state
+``h0`` (``(h0, c0)`` for the LSTM), inter-layer dropout in eval mode, and a derivative
+of the gradient (``torch.autograd.grad(..., create_graph=True)``, e.g. a gradient
+penalty), as the fused module: that backward re-runs the layer as an autograd loop
+(as slow as a ``*Cell`` loop), and the profile is the one of the gradient taken with
+``create_graph``, not of the later backward through it. Refused with
 one ``ValueError``: ``bidirectional``, ``proj_size``, a ``PackedSequence`` input,
 and inter-layer dropout in training mode (its random masks cannot be the fused
 kernel's).
@@ -43,9 +51,11 @@ def watch(module: nn.Module, *, lag: int | None = None, thresholds: Thresholds =
 
     After ``loss.backward()``, ``probe.profile`` holds Σ_b ‖∂L/∂h_t‖ per layer and
     step, ``probe.summary()`` the horizon, decay rate and verdict, ``probe.plot(path)``
-    draws it. ``lag``: the lag (steps before the last one) of the dependency the
-    task needs, for the dependency figures and the vanishing verdict (default:
-    the first step, lag T - 1). ``thresholds``: as a run's ``diagnostics:`` section.
+    draws it. A gradient penalty (``create_graph=True``) works as with the fused module,
+    more slowly; the profile is then the one of that gradient (see the module docstring).
+    ``lag``: the lag (steps before the last one) of the dependency the task needs, for
+    the dependency figures and the vanishing verdict (default: the first step, lag
+    T - 1). ``thresholds``: as a run's ``diagnostics:`` section.
     """
     return Watch(module, lag=lag, thresholds=thresholds)
 

@@ -217,9 +217,26 @@ def test_running_median_follows_a_drifting_level_and_skips_nonfinite():
 def test_ratios_use_the_window_before_each_norm():
     norms = np.r_[np.ones(5), 10.0, 10.0, 10.0, 100.0]
     r = spike_ratios(norms, window=3)
-    assert np.allclose(r[:3], 1.0)  # the first window: against its own median
+    assert np.allclose(r[:3], 1.0)  # the first window: against its own median, or the ones before
     assert r[5] == 10.0 and r[6] == 10.0  # medians of (1, 1, 1) and (1, 1, 10)
     assert r[7] == 1.0 and r[8] == 10.0  # medians of (1, 10, 10) and (10, 10, 10)
+
+
+def test_the_first_steps_follow_the_documented_rule():
+    """In the first ``window`` norms, the smaller of the median of the norms before it and that of
+    the first window: [1]*10 + [100]*40 jumps 100x at step 10 and stays flagged until the hundreds
+    are half the history (the first window's median alone, 100, flagged nothing)."""
+    norms = np.r_[np.ones(10), np.full(40, 100.0)]
+    by_hand = [1 / 100] + [norms[i] / min(np.median(norms[:i]), 100.0) for i in range(1, 50)]
+    np.testing.assert_array_equal(spike_ratios(norms), by_hand)
+    assert list(detect_spikes(norms)) == list(range(10, 20))  # median of (10 ones, 10 hundreds) = 50.5
+    assert verdict(norms, 0, None, 0)[0] == "exploding"
+    # an explosion from the first step on (no calm history before it) against the first window's level
+    early = np.r_[16.0, 650.0, np.full(48, 0.3)]
+    assert list(detect_spikes(early)) == [0, 1]
+    with_nan = np.r_[np.nan, 3.0, np.inf, 300.0]  # non-finite entries: no ratio, and not in the medians
+    np.testing.assert_array_equal(spike_ratios(with_nan), [np.nan, 3.0 / 151.5, np.nan, 300.0 / 3.0])
+    assert spike_ratios([]).shape == (0,) and spike_ratios([5.0]).tolist() == [1.0]
 
 
 def test_suggest_clip_is_the_median_of_the_finite_norms():

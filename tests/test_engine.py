@@ -431,3 +431,132 @@ def test_cuda_matches_cpu(case):
     assert hs_cuda.is_cuda
     assert_all_close([g.cpu() for g in g_cuda], g_cpu)
     torch.testing.assert_close(n_cuda.cpu(), n_cpu, **TOL)
+
+
+# ---------------------------------------------------------------------------
+# the probe's range, a derivative of the gradient, an empty batch
+
+def vanishing(case, T=40):
+    """Data whose ∂L/∂h_t of a last-step loss falls to about 1e-40 within T steps: the recurrent
+    weights times 0.1 and, for LSTM and GRU, the f/z gate shut (bias -10, so c and h are not carried)."""
+    x, state, params = make(case, T, 2, 2, 4, seed=3)
+    params = [p.clone() for p in params]
+    params[1] *= 0.1
+    if CASES[case][0] in ("lstm", "gru"):
+        params[2][4:8] -= 10  # gate block 1: LSTM's f, GRU's z
+    if CASES[case][0] == "skip":
+        params[4] *= 0.1
+    return x, state, params
+
+
+@pytest.mark.parametrize("case", ["rnn-tanh", "skip-k1", "lstm", "gru"])
+def test_probe_norms_below_the_float32_squares_floor(case, monkeypatch):
+    """A float32 run's ‖∂L/∂h_t‖ down to 1e-34 against autograd in float64, where float32 squares
+    (below 1.2e-38 for a norm below 1.1e-19) read 0: the engine reduces them in float64."""
+    data = vanishing(case)
+    _, _, _, n64 = run(UNROLL, case, data, "last")  # (T, B) float64 reference
+    _, _, _, n32 = run(SCAN, case, convert(data, torch.Tensor.float), "last")
+    assert n32.dtype == F64
+    kept = n64 >= 1e-34  # float32's gradient itself is exact to its rounding while normal (above 1.2e-38)
+    tiny = kept & (n64 < 1e-25)
+    assert tiny.sum() >= 5  # the case does reach far below the floor
+    torch.testing.assert_close(n32[kept], n64[kept], rtol=1e-5, atol=0)
+    # the float32 reduction the engine used to do reads those steps as exactly 0
+    monkeypatch.setattr(engine, "hidden_norms", lambda g: torch.linalg.vector_norm(g, dim=-1))
+    _, _, _, old = run(SCAN, case, convert(data, torch.Tensor.float), "last")
+    assert (old[tiny] == 0).all()
+
+
+def test_hidden_norms_in_float64_at_both_ends_of_float32():
+    """Hand values: ‖(a, a, a, a)‖ = 2a, for a at 1e-30 (squares underflow in float32) and 1e23 (overflow)."""
+    for a in (1e-30, 1e-19, 3.0, 1e23):
+        g = torch.full((3, 4), a, dtype=torch.float32)
+        exact = 2 * torch.tensor(a, dtype=torch.float32).double()  # 2 × the float32 value of a
+        torch.testing.assert_close(engine.hidden_norms(g), exact.expand(3), rtol=1e-12, atol=0)
+    g = torch.tensor([[0.0, 0.0], [float("inf"), 1.0], [float("nan"), 1.0], [3.0, 4.0]])
+    norms = engine.hidden_norms(g)
+    assert norms[0] == 0 and norms[1] == float("inf") and norms[2].isnan() and norms[3] == 5
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_gradgradcheck(case):
+    """A derivative of the gradient (create_graph=True) against finite differences of the gradient
+    (without truncation: a truncated gradient is not the derivative of the forward)."""
+    x, state, params = make(case, 5, 2, 2, 3, seed=11)
+    rec, nl, _ = CASES[case]
+    inputs = [t.requires_grad_() for t in (x, *parts(state), *params)]
+    n = len(parts(state))
+
+    def f(x, *rest):
+        state = tuple(rest[:n]) if n == 2 else rest[0]
+        hs, final = SCAN(rec, nl, x, state, list(rest[n:]))
+        return (hs, *parts(final))
+    assert torch.autograd.gradgradcheck(f, inputs)
+
+
+@pytest.mark.parametrize("case", TORCH_MODULES)
+def test_a_gradient_penalty_matches_torch_modules(case):
+    """loss + ‖∂loss/∂θ‖², differentiated twice, against torch's own module doing the same; the probe
+    keeps ∂loss/∂h_t (the backward with create_graph), as a plain backward records it."""
+    data = make(case, 6, 3, 2, 4, seed=17)
+
+    def penalised(fn):
+        ls = leaves(*data)
+        x, state, params = split(case, ls)
+        probe = recurrences.Probe()
+        if fn is None:
+            module = torch_module(case, [p.detach() for p in params])
+            params = [getattr(module, n + "_l0") for n in WEIGHTS]
+            ls = ls[:-4] + params
+            hs, final = module(x, tuple(s[None] for s in state) if case == "lstm" else state[None])
+            final = tuple(f[0] for f in final) if case == "lstm" else final[0]
+        else:
+            rec, nl, _ = CASES[case]
+            hs, final = fn(rec, nl, x, state, params, probe=probe)
+        loss = loss_of("all", hs, final)
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        (loss + sum(g.square().sum() for g in grads)).backward()
+        return [leaf.grad for leaf in ls], probe.norms
+
+    expected, _ = penalised(None)
+    got, norms = penalised(SCAN)
+    assert_all_close(got, expected)
+    torch.testing.assert_close(norms, run(SCAN, case, data, "all")[3], **TOL)
+
+
+def test_a_derivative_of_the_gradient_is_refused_without_the_reference_or_with_a_transform():
+    x, state, params = make("gru", 4, 2, 2, 3)
+    params = [p.requires_grad_() for p in params]
+    for call in (lambda: engine.scan(engine.gru, None, x, state, params),
+                 lambda: SCAN("gru", None, x, state, params, grad_transform=clamp)):
+        hs, _ = call()
+        with pytest.raises(RuntimeError, match="create_graph=True"):
+            torch.autograd.grad(hs.sum(), params, create_graph=True)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_an_empty_batch_runs_as_the_reference(case):
+    """B = 0 (torch's modules accept it): empty outputs and norms, zero gradients, no error."""
+    data = make(case, 5, 0, 2, 3)
+    g_ref, hs_ref, _, n_ref = run(UNROLL, case, data)
+    g, hs, _, n = run(SCAN, case, data)
+    assert hs.shape == hs_ref.shape == (5, 0, 3)
+    assert n.shape == n_ref.shape == (5, 0)
+    assert_all_close(g, g_ref)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_gradient_penalty_under_truncation_matches_the_autograd_reference(case):
+    """The same penalty with window 2, against ``unroll`` (torch autograd through the written-out steps)."""
+    data = make(case, 7, 2, 2, 3, seed=18)
+    rec, nl, _ = CASES[case]
+    results = []
+    for fn in (UNROLL, SCAN):
+        ls = leaves(*data)
+        x, state, params = split(case, ls)
+        hs, final = fn(rec, nl, x, state, params, window=2)
+        loss = loss_of("all", hs, final)
+        grads = torch.autograd.grad(loss, ls, create_graph=True)
+        (loss + sum(g.square().sum() for g in grads)).backward()
+        results.append([leaf.grad for leaf in ls])
+    assert_all_close(results[1], results[0])

@@ -130,3 +130,28 @@ def test_bad_arguments():
         gradlab.GradientMonitor(Model(), group_by="layer")
     with pytest.raises(ValueError, match="no parameters that require grad"):
         gradlab.GradientMonitor(nn.ReLU())
+
+
+@pytest.mark.parametrize("scale", [1e23, 1e-30, 1e-19])
+def test_norms_beyond_float32_squares_are_finite_and_exact(scale):
+    """float32 gradients of 1e23s (squares overflow) and 1e-30s (squares underflow): the norms are
+    the hand values a·sqrt(n), and nothing is counted as non-finite."""
+    model = nn.Linear(3, 2)  # weight (2, 3), bias (2,)
+    monitor = gradlab.GradientMonitor(model, group_by="parameter")
+    a = torch.tensor(scale, dtype=torch.float32).double().item()  # the float32 value of scale
+    model.weight.grad = torch.full((2, 3), scale)
+    model.bias.grad = torch.full((2,), -2 * scale)
+    row = monitor.step()
+    assert row["grad_norm_weight"] == pytest.approx(a * math.sqrt(6), rel=1e-6)
+    assert row["grad_norm_bias"] == pytest.approx(2 * a * math.sqrt(2), rel=1e-6)
+    assert row["grad_norm"] == pytest.approx(a * math.sqrt(6 + 8), rel=1e-6)
+    assert row["nonfinite"] == 0 and monitor.summary()["nonfinite_steps"] == 0
+
+
+def test_nonfinite_counts_the_inf_and_nan_entries_only():
+    model = nn.Linear(3, 2)
+    monitor = gradlab.GradientMonitor(model)
+    model.weight.grad = torch.tensor([[1e23, float("inf"), 1.0], [float("nan"), -float("inf"), 1e-30]])
+    model.bias.grad = torch.tensor([1e23, 0.0])
+    row = monitor.step()
+    assert row["nonfinite"] == 3 and math.isnan(row["grad_norm"])

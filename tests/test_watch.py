@@ -43,13 +43,13 @@ def inputs(batch_first, seed=1):
 def loss_of(out, where, batch_first):
     """A nonlinear loss of the top layer's outputs at the last step or at every step."""
     seq = out.transpose(0, 1) if batch_first else out  # (T, B, H)
-    v = torch.linspace(-1, 1, H, dtype=F64)
+    v = torch.linspace(-1, 1, H, dtype=out.dtype)
     picked = seq[-1:] if where == "last" else seq
     return torch.tanh(picked @ v).pow(2).sum()
 
 
-def cell_loop_profile(name, module, x, where, batch_first):
-    """The reference: (L, T) Σ_b ‖∂L/∂h_t^(l)‖ from a *Cell loop, retain_grad on every h_t^(l)."""
+def cell_loop_profile(name, module, x, where, batch_first, steps=T):
+    """The reference: (L, steps) Σ_b ‖∂L/∂h_t^(l)‖ from a *Cell loop, retain_grad on every h_t^(l)."""
     _, _, cell_cls, cell_kwargs = MODULES[name]
     seq = x.transpose(0, 1) if batch_first else x  # (T, B, IN)
     hidden = []  # [layer][t] -> h_t^(l)
@@ -61,7 +61,7 @@ def cell_loop_profile(name, module, x, where, batch_first):
         h = torch.zeros(B, H, dtype=F64)
         c = torch.zeros(B, H, dtype=F64)
         hs = []
-        for t in range(T):
+        for t in range(steps):
             if isinstance(cell, nn.LSTMCell):
                 h, c = cell(seq[t], (h, c))
             else:
@@ -239,3 +239,60 @@ def test_the_profile_needs_a_forward_and_a_backward_and_survives_a_no_grad_evalu
         with torch.no_grad():
             m(x)
     assert probe.profile.shape == (1, T)
+
+
+@pytest.mark.parametrize("name", ["rnn-tanh", "lstm", "gru"])
+def test_a_float32_profile_far_below_the_float32_squares_floor(name):
+    """A float32 module's vanishing profile, down to 1e-30, against the float64 cell loop: float32
+    squares would read every step below 1.1e-19 as 0."""
+    torch.manual_seed(5)
+    m = MODULES[name][0](IN, H, **MODULES[name][1])
+    with torch.no_grad():
+        m.weight_hh_l0.mul_(0.1)
+        if name != "rnn-tanh":
+            m.bias_ih_l0[H:2 * H] -= 10  # LSTM's f, GRU's z shut: nothing carried past the recurrence
+    x = inputs(False, seed=2).repeat(4, 1, 1).float()  # (4T, B, IN): 36 steps
+    with gradlab.watch(m) as probe:
+        loss_of(m(x)[0], "last", False).backward()
+    ref = cell_loop_profile(name, m.to(F64), x.double(), "last", False, steps=x.shape[0])[0]  # (4T,)
+    got = probe.profile[0]
+    kept = ref >= 1e-30
+    assert (kept & (ref < 1e-25)).sum() >= 3 and (got[~kept] < 1e-29).all()
+    torch.testing.assert_close(torch.from_numpy(got[kept]), torch.from_numpy(ref[kept]), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("name", list(MODULES))
+def test_a_gradient_penalty_inside_watch_is_the_fused_modules(name, layers):
+    """loss + ‖∂loss/∂θ‖² (create_graph=True) differentiated again: the fused module's gradients; the
+    profile is that of ∂loss/∂h_t, as a plain backward records it."""
+    m, x = make(name, layers, False), inputs(False)
+
+    def penalised():
+        loss = loss_of(m(x)[0], "every", False)
+        grads = torch.autograd.grad(loss, list(m.parameters()), create_graph=True)
+        (loss + sum(g.square().sum() for g in grads)).backward()
+        got = [p.grad.clone() for p in m.parameters()]
+        m.zero_grad()
+        return got
+
+    expected = penalised()
+    with gradlab.watch(m) as probe:
+        got = penalised()
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    torch.testing.assert_close(torch.from_numpy(probe.profile),
+                               torch.from_numpy(cell_loop_profile(name, m, x, "every", False)), **TOL)
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+def test_an_empty_batch_runs_as_in_the_module(name):
+    m = make(name, 2, True)
+    x = torch.zeros(0, T, IN, dtype=F64, requires_grad=True)  # batch_first, B = 0
+    out_ref, _ = m(x)
+    with gradlab.watch(m) as probe:
+        out, h = m(x)
+        out.sum().backward()
+    assert out.shape == out_ref.shape == (0, T, H)
+    assert (h[0] if isinstance(h, tuple) else h).shape == (2, 0, H)
+    assert probe.profile.shape == (2, T) and (probe.profile == 0).all()
