@@ -50,6 +50,16 @@ def loss_ratio(summary: dict) -> float | None:
     return loss / base
 
 
+def dependency_ratio(record: dict) -> dict:
+    """A run's ``dependency_ratio`` and whether it is an upper bound: a run whose last profile was cut at
+    float32's floor (``readers.float32_floor``, the record's "floor") has its bound in place of the 0 or
+    near-0 it recorded."""
+    floor = record.get("floor") or {}
+    bound = floor.get("dependency_ratio_bound")
+    return {"dependency_ratio": record["summary"].get("dependency_ratio") if bound is None else bound,
+            "dependency_ratio_bound": bound is not None}
+
+
 def flatten(record: dict) -> dict:
     """One run record -> one flat row: config columns first, then summary columns."""
     summary = record["summary"]
@@ -59,7 +69,7 @@ def flatten(record: dict) -> dict:
                 "diverged": bool(summary.get("diverged", False)), "baseline_loss": summary.get("baseline_loss"),
                 "loss_ratio": loss_ratio(summary), "clip_rate": summary.get("clip_rate"),
                 "verdict": summary.get("verdict"), "horizon_init": summary.get("horizon_init"),
-                "horizon": summary.get("horizon"),
+                "horizon": summary.get("horizon"), **dependency_ratio(record),
                 "grad_norm_max": summary.get("grad_norm_max"), "suggested_clip": summary.get("suggested_clip"),
                 "wall_seconds": summary.get("wall_seconds"), "run_dir": record["dir"],
                 "run_hash": results.run_hash(record["id"])})
@@ -67,7 +77,8 @@ def flatten(record: dict) -> dict:
 
 
 SUMMARY_COLUMNS = ["status", "final_loss", "solved", "steps_to_solve", "diverged", "baseline_loss", "loss_ratio",
-                   "clip_rate", "verdict", "horizon_init", "horizon", "grad_norm_max", "suggested_clip",
+                   "clip_rate", "verdict", "horizon_init", "horizon", "dependency_ratio", "dependency_ratio_bound",
+                   "grad_norm_max", "suggested_clip",
                    "wall_seconds", "run_dir", "run_hash"]
 
 
@@ -128,10 +139,20 @@ def _aggregate(g: pd.DataFrame) -> pd.Series:
         # .get: frames from before the column existed (or built by hand) lack it
         "horizon_init_median": _median(ok.get("horizon_init", pd.Series(dtype=float))),
         "horizon_median": _median(ok["horizon"]),
+        **_dependency(ok),
         "clip_rate_mean": _mean(ok.get("clip_rate", pd.Series(dtype=float))),
         "grad_norm_max": pd.to_numeric(ok["grad_norm_max"], errors="coerce").max() if len(ok) else None,
         "suggested_clip": _median(ok["suggested_clip"]),
     })
+
+
+def _dependency(ok: pd.DataFrame) -> dict:
+    """The median dependency ratio over runs, and whether it is an upper bound: it is when a run's ratio is
+    (``dependency_ratio``; the median of upper bounds bounds the median from above)."""
+    ratio = pd.to_numeric(ok.get("dependency_ratio", pd.Series(dtype=float)), errors="coerce")
+    bounds = ok.get("dependency_ratio_bound", pd.Series(False, index=ok.index)).fillna(False).astype(bool)
+    return {"dependency_ratio_median": _median(ratio),
+            "dependency_ratio_bound": bool(bounds[ratio.notna()].any())}
 
 
 def _median(column: pd.Series):
@@ -296,12 +317,19 @@ def cell_text(column: str, v) -> str:
     return FULL_BPTT if column == "tbptt" and _clean(v) is None else fmt(v)
 
 
+def ratio_cell(rec: dict) -> str:
+    """The median dependency ratio, ``<`` before an upper bound (``_dependency``): ``<2.3e-16``, not 0."""
+    text = fmt(rec.get("dependency_ratio_median"))
+    return f"<{text}" if rec.get("dependency_ratio_bound") and text != "–" else text
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     cols = list(table.columns)
     cell = lambda text: str(text).replace("|", "\\|")  # a | inside a cell would split it  # noqa: E731
     lines = ["| " + " | ".join(map(cell, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for rec in to_records(table):
-        lines.append("| " + " | ".join(cell(cell_text(c, rec[c])) for c in cols) + " |")
+        lines.append("| " + " | ".join(cell(ratio_cell(rec) if c == "dependency_ratio_median" else cell_text(c, rec[c]))
+                                       for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 

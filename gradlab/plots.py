@@ -43,7 +43,15 @@ from matplotlib.figure import Figure
 from gradlab import results, tuning
 from gradlab.diagnostics import DEFAULTS
 from gradlab.readers import Skipped, experiment_folder, outside, skipped
-from gradlab.vocabulary import CELL_NAMES, CURVE_PLOT, FULL_BPTT, HEATMAP_FILE, MAIN_PLOTS, config_columns
+from gradlab.vocabulary import (
+    CELL_NAMES,
+    CURVE_PLOT,
+    FLOAT32_FLOOR,
+    FULL_BPTT,
+    HEATMAP_FILE,
+    MAIN_PLOTS,
+    config_columns,
+)
 
 # each cell keeps its tab10 colour (its place in CELL_NAMES) in every figure; a cell not listed takes the
 # next free colour
@@ -73,6 +81,7 @@ class Run:
     metrics: pd.DataFrame | None
     profile: dict | None  # {"step": (E,), "grad_norm": (E, S)}
     experiment: tuple = ()  # (folder, name): the experiment it belongs to
+    floor: dict | None = None  # readers.float32_floor: its profile's zeros may be float32's floor, not 0
 
 
 @dataclass
@@ -149,7 +158,7 @@ def load_runs(root: Path) -> tuple[list[Run], list[Skipped]]:
             continue
         d = Path(r["dir"])
         runs.append(Run(r["id"], flat_params(r["config"]), r["summary"], r["config"], r["metrics"], r["profile"],
-                        (experiment_folder(d, Path(root)), r["config"].get("name"))))
+                        (experiment_folder(d, Path(root)), r["config"].get("name")), r.get("floor")))
     return runs, [skipped(d) for d in damaged]
 
 
@@ -439,6 +448,10 @@ def grad_norm(layout: Layout) -> Figure | None:
                               "(thin: every step; thick: running median)")
 
 
+# Beside a run recorded with float32 norms whose profile reached 0 through the floor (readers.float32_floor).
+FLOOR_NOTE = f"below {FLOAT32_FLOOR:.2g}, read as 0 (float32)"
+
+
 def grad_profile(layout: Layout) -> Figure | None:
     fig, axes = layout.figure(len(layout.panels))
     drawn = False
@@ -462,6 +475,9 @@ def grad_profile(layout: Layout) -> Figure | None:
         ax.axhline(fraction, color="gray", ls=":", lw=1, label=f"horizon threshold ({fraction:g} of peak)")
         if dep_lag is not None:
             ax.axvline(dep_lag, color="black", ls="-.", lw=1, label="lag of the task's dependency")
+        if any(r.floor for group in groups for r in group):
+            # a line that ends early may have hit the floor; two short lines keep the legend narrow
+            ax.plot([], [], ls="none", label=f"a line that ends early:\n{FLOOR_NOTE}")
         ax.set(title=layout.title(panel), xlabel="lag k (steps before the last step)",
                ylabel=r"$\Vert\partial L/\partial h_{T-k}\Vert$ / its peak (log scale)")
         ax.set_yscale("log", nonpositive="mask")
@@ -502,8 +518,9 @@ def heatmap(layout: Layout, group: list[Run], run: Run) -> Figure:
     keys = [*layout.panel_keys[2:], *layout.hue_keys, *layout.style_keys]
     extras = [describe(k, p.get(k)) for k in keys if k != "cell"]
     what = f"{p.get('cell')} on {p['task']}, T={p['length']}" + (f" — {', '.join(extras)}" if extras else "")
+    blank = "blank: no gradient" + ("" if run.floor is None else f", or {FLOOR_NOTE}")
     ax.set(title=textwrap.fill(f"{what}, seed {p.get('seed')}:", 70)
-           + "\ngradient reaching each lag over training (blank: no gradient)",
+           + f"\ngradient reaching each lag over training ({blank})",
            xlabel="lag k (steps before the last step)", ylabel="training step of the evaluation")
     for axis in (ax.xaxis, ax.yaxis):  # lags and steps are whole numbers
         axis.set_major_locator(ticker.MaxNLocator(integer=True))

@@ -35,13 +35,16 @@ from gradlab.vocabulary import (
     CONFIG_FILE,
     ENV_FILE,
     EXPERIMENT_FILE,
+    FLOAT32_FLOOR,
     MAX_ID_BYTES,
     METRICS_FILE,
+    NORMS_FLOAT64,
+    NORMS_KEY,
     PROFILE_FILE,
     SUMMARY_FILE,
 )
 
-__all__ = ["Damaged", "Skipped", "check_run", "outside", "read_json", "read_metrics", "read_profile"]
+__all__ = ["Damaged", "Skipped", "check_run", "float32_floor", "outside", "read_json", "read_metrics", "read_profile"]
 
 # A run's JSON file (summary, config, env, experiment.json) is a few kilobytes; a larger one is not gradlab's,
 # and reading it would cost its size in memory several times over (json builds Python objects).
@@ -327,15 +330,59 @@ def check_run(run_dir: Path, keep: bool = False) -> dict:
     summary = run_summary(run_dir / SUMMARY_FILE)
     config = run_config(run_dir / CONFIG_FILE)
     record = {"dir": str(run_dir), "id": run_dir.name, "config": config, "summary": summary}
-    metrics = profile = None
+    metrics = profile = floor = None
     if summary.get("status") == "ok":
-        read_json(run_dir / ENV_FILE)
+        env = read_json(run_dir / ENV_FILE)
         metrics = read_metrics(run_dir / METRICS_FILE, summary, config)
         has_profile = (run_dir / PROFILE_FILE).exists() or (run_dir / PROFILE_FILE).is_symlink()
         profile = read_profile(run_dir / PROFILE_FILE) if has_profile else None
+        floor = float32_floor(env, config, summary, profile)
+    record["floor"] = floor  # every view reads the float32 floor from here (float32_floor)
     if keep:
         record.update(metrics=metrics, profile=profile)
     return record
+
+
+# A zero of a float32-recorded profile is the floor's when a lag beside it holds a positive sum this small: the
+# gradient fades by a finite factor per step, so it reached 0 by falling through the floor (the committed runs'
+# floor zeros sit next to 1e-18..1e-14). A zero after a large value is a real one: beyond a truncation window
+# (tbptt_lag: 0 right after ~1e-3) or a dead ReLU unit (le2015_digits' IRNN), none of which is below 1e-9.
+FLOOR_NEIGHBOUR = 1e-14
+PROFILED_SEQUENCES = 128  # the evaluation sequences a float32-era profile summed over (at most; training.PROFILE_BATCH)
+
+
+def float32_floor(env: dict, config: dict, summary: dict, profile: dict | None) -> dict | None:
+    """Whether a run's profile was cut at float32's floor; None when it was not (or has no profile).
+
+    Before issue 22 the per-sample norms ‖∂L/∂h_t‖ were reduced in float32 with subnormals flushed, so a
+    sample whose every entry was below FLOAT32_FLOOR added exactly 0 to p[t] = Σ_b ‖∂L/∂h_t‖. Such a run's
+    ``env.json`` lacks ``NORMS_KEY: NORMS_FLOAT64`` (from the recording, not the values: a float64-recorded 0
+    is a measured 0); it is cut when some evaluation's profile has a 0 beside a positive value up to
+    FLOOR_NEIGHBOUR. Returns {"evaluations": how many profiles are cut, "final": whether the last one is,
+    "dependency_ratio_bound": an upper bound on the summary's ``dependency_ratio`` when the last one is, else
+    None}. The recorded ratio is a lower bound; each of at most n = min(128, task.eval_size) samples lost less
+    than sqrt(H) · FLOAT32_FLOOR (H entries each below the floor), so the true ratio is below the recorded one
+    + n · sqrt(H) · FLOAT32_FLOOR / peak (the last profile's largest finite value, ``diagnostics.profile_summary``).
+    """
+    if env.get(NORMS_KEY) == NORMS_FLOAT64 or profile is None:
+        return None
+    g = np.asarray(profile["grad_norm"], dtype=np.float64)  # (E, S), layer 0
+    beside = np.zeros(g.shape, dtype=bool)  # (E, S): a neighbour in (0, FLOOR_NEIGHBOUR]
+    tiny = (g > 0) & (g <= FLOOR_NEIGHBOUR)
+    beside[:, :-1] |= tiny[:, 1:]
+    beside[:, 1:] |= tiny[:, :-1]
+    cut = ((g == 0) & beside).any(axis=1)  # (E,)
+    if not cut.any():
+        return None
+    bound, ratio = None, summary.get("dependency_ratio")
+    final = g[-1][np.isfinite(g[-1])]  # (<= S,)
+    if cut[-1] and final.size and final.max() > 0 and ratio is not None and math.isfinite(ratio):
+        hidden = config.get("model", {}).get("hidden")
+        eval_size = config["task"].get("eval_size")
+        n = min(PROFILED_SEQUENCES, eval_size) if _is_int(eval_size) and eval_size > 0 else PROFILED_SEQUENCES
+        if _is_int(hidden) and hidden > 0:
+            bound = ratio + n * math.sqrt(hidden) * FLOAT32_FLOOR / float(final.max())
+    return {"evaluations": int(cut.sum()), "final": bool(cut[-1]), "dependency_ratio_bound": bound}
 
 
 def outside(path: Path, folder: Path) -> str | None:

@@ -14,6 +14,8 @@ solved                    solved / runs, solved_ci_low–solved_ci_high (Wilson 
 loss ÷ baseline           loss_ratio_iqm with loss_ratio_min–loss_ratio_max, or
                           [loss_ratio_ci_low, loss_ratio_ci_high] from 5 runs on
 horizon                   horizon_init_median→horizon_median
+dep. ratio (wide)         dependency_ratio_median, ``<`` before an upper bound
+                          (dependency_ratio_bound: a run recorded at float32's floor)
 clipped                   clip_rate_mean
 verdicts                  verdicts (compact: 2V = 2 vanishing)
 ========================  =======================================================
@@ -25,13 +27,14 @@ but never shortens. Torch-free.
 from __future__ import annotations
 
 from gradlab import statistics
-from gradlab.comparison import cell_text, fmt, to_records
-from gradlab.vocabulary import METRICS, VERDICTS
+from gradlab.comparison import cell_text, fmt, ratio_cell, to_records
+from gradlab.vocabulary import FLOAT32_FLOOR, METRICS, VERDICTS
 
 LETTERS = {v: v[0].upper() for v in VERDICTS}  # E, V, H
 LETTERS_LEGEND = "verdicts: " + ", ".join(f"{letter} {v}" for v, letter in LETTERS.items())
 LABELS = {"runs": "runs", "failed": "failed", "diverged": "diverged", "solved": "solved",
-          "loss_ratio": "loss ÷ baseline", "horizon": "horizon", "clip_rate": "clipped", "verdicts": "verdicts",
+          "loss_ratio": "loss ÷ baseline", "horizon": "horizon",
+          "dependency_ratio": "dep. ratio", "clip_rate": "clipped", "verdicts": "verdicts",
           "final_loss_mean": "eval loss", "final_loss_std": "± std", "baseline_loss": "baseline",
           "steps_to_solve_median": "steps to solve", "suggested_clip": "clip≈", "grad_norm_max": "max ‖g‖"}
 
@@ -104,8 +107,14 @@ COMPACT = {"solved": solved_text, "loss_ratio": ratio_text, "horizon": horizon_t
 WIDE = {"solved": solved_text, "final_loss_mean": lambda r: fmt(r["final_loss_mean"]),
         "final_loss_std": lambda r: fmt(r["final_loss_std"]), "baseline_loss": lambda r: fmt(r["baseline_loss"]),
         "loss_ratio": ratio_text, "steps_to_solve_median": lambda r: fmt(r["steps_to_solve_median"]),
-        "horizon": horizon_text, "clip_rate": clip_text, "suggested_clip": lambda r: fmt(r["suggested_clip"]),
+        "horizon": horizon_text, "dependency_ratio": ratio_cell, "clip_rate": clip_text,
+        "suggested_clip": lambda r: fmt(r["suggested_clip"]),
         "grad_norm_max": lambda r: fmt(r["grad_norm_max"]), "verdicts": lambda r: verdicts_text(r, letters=False)}
+
+
+# Said under every table with a group whose dependency ratio is a bound (readers.float32_floor).
+FLOOR_LEGEND = (f"some runs' gradient norms were recorded in float32 (env.json without norms: float64), where a norm below "
+                f"{FLOAT32_FLOOR:.2g} read 0: their group's dependency ratio (--wide: dep. ratio <x) is an upper bound")
 
 
 def legend(records: list[dict], wide: bool = False, letters: bool = True) -> str:
@@ -126,6 +135,8 @@ def legend(records: list[dict], wide: bool = False, letters: bool = True) -> str
              "clipped: share of training steps whose update the clip changed"]
     if letters and not wide:
         parts.append(LETTERS_LEGEND)
+    if any(r.get("dependency_ratio_bound") for r in records):
+        parts.append(FLOOR_LEGEND)
     return " · ".join(parts)
 
 

@@ -26,7 +26,7 @@ from gradlab.diagnostics import Thresholds
 from gradlab.recurrences import RECURRENCES, Probe
 from gradlab.remedies import Clipper, clip_gradients, global_norm, make_clipper
 from gradlab.tasks import Batch, resolve
-from gradlab.vocabulary import OPTIMIZERS
+from gradlab.vocabulary import NORMS_FLOAT64, NORMS_KEY, OPTIMIZERS
 
 EVAL_SEED_OFFSET = 1_000_003  # the evaluation set's generator seed is seed + this: never a training batch
 PROFILE_BATCH = 128  # sequences of the evaluation set the gradient profile is measured on
@@ -78,7 +78,9 @@ def environment(cfg: dict) -> dict:
            # MKL_CBWR pins them (Intel's "conditional numerical reproducibility": MKL_CBWR=AVX2 gives
            # the same results on every Intel CPU with AVX2): two VMs that both report AVX512 above
            # differed in the 9th digit of a run's first evaluation loss
-           "mkl_cbwr": os.environ.get("MKL_CBWR")}
+           "mkl_cbwr": os.environ.get("MKL_CBWR"),
+           # the profile's norms are reduced in float64: a 0 in profile.npz is a 0 (readers.float32_floor)
+           NORMS_KEY: NORMS_FLOAT64}
     if device.type == "cuda":
         env["cuda_device"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda

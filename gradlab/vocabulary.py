@@ -175,9 +175,18 @@ METRICS = ["runs", "failed", "solved", "solved_rate", "solved_ci_low", "solved_c
            "final_loss_mean", "final_loss_std", "baseline_loss",
            "loss_ratio_iqm", "loss_ratio_min", "loss_ratio_max", "loss_ratio_ci_low", "loss_ratio_ci_high",
            "steps_to_solve_median", "diverged", "verdict", "verdicts", "horizon_init_median", "horizon_median",
+           "dependency_ratio_median", "dependency_ratio_bound",
            "clip_rate_mean", "grad_norm_max", "suggested_clip"]
 TEXT_METRICS = ("verdict", "verdicts")  # the rest are numbers
 
 # A run's verdict (gradlab.diagnostics.verdict), and a group's: the verdict of most of its runs, or MIXED on a tie.
 EXPLODING, VANISHING, HEALTHY, MIXED = "exploding", "vanishing", "healthy", "mixed"
 VERDICTS = (EXPLODING, VANISHING, HEALTHY)  # in the order of severity: ties are never resolved by it
+
+# ---------------------------------------------------------------------------
+# How a run's gradient norms were recorded (env.json), so a reader can tell a measured 0 from float32's floor.
+
+# env.json's NORMS_KEY: NORMS_FLOAT64 when ‖∂L/∂h_t‖ was reduced in float64 (gradlab.engine.hidden_norms, issue 22).
+# A run without it was recorded in float32, where a per-sample norm below FLOAT32_FLOOR read exactly 0.
+NORMS_KEY, NORMS_FLOAT64 = "norms", "float64"
+FLOAT32_FLOOR = 1.0842021724855044e-19  # sqrt of float32's smallest normal 2**-126: squares below it were flushed to 0
