@@ -114,7 +114,8 @@ WIDE = {"solved": solved_text, "final_loss_mean": lambda r: fmt(r["final_loss_me
 
 # Said under every table with a group whose dependency ratio is a bound (readers.float32_floor).
 FLOOR_LEGEND = (f"some runs' gradient norms were recorded in float32 (env.json without norms: float64), "
-                f"where a norm below {FLOAT32_FLOOR:.2g} read 0: their group's dependency ratio (--wide: dep. ratio <x) is an upper bound")
+                f"where a norm below {FLOAT32_FLOOR:.2g} read 0: their group's dependency ratio "
+                "(--wide: dep. ratio <x) is an upper bound")
 
 
 def legend(records: list[dict], wide: bool = False, letters: bool = True) -> str:
