@@ -163,23 +163,58 @@ def legacy_dirs(folder: Path, run: Run) -> list[Path]:
     """The directories under ``folder`` that a gradlab before HASH_CHARS grew named for ``run``.
 
     Such a name ends in the first LEGACY_HASH_CHARS digits of the same SHA-1 digest; it is the run's only
-    when its ``config.json`` hashes to the run's whole digest (32 bits alone told two configs apart too
-    rarely: issue 22). So a sweep resumed over an old folder takes its finished runs as done, under their
-    old names, and trains none twice.
+    when its ``config.json`` holds the run (``holds_run``: 32 bits alone told two configs apart too rarely:
+    issue 22). So a sweep resumed over an old folder takes its finished runs as done, under their old
+    names, and trains none twice.
     """
     digest = run_hash(run.id)
     if len(digest) != HASH_CHARS:
         return []
-    found = []
-    for path in sorted(Path(folder).glob(f"*_{digest[:LEGACY_HASH_CHARS]}")):
-        try:
-            stored = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-            same = isinstance(stored, dict) and identity_hash(stored) == digest
-        except (OSError, ValueError, TypeError, AttributeError, RecursionError):  # damaged: not taken as the run
-            same = False
-        if same:
-            found.append(path)
-    return found
+    return [path for path in sorted(Path(folder).glob(f"*_{digest[:LEGACY_HASH_CHARS]}")) if holds_run(path, run)]
+
+
+# What reading a run directory's config.json raises when it is damaged: unreadable (OSError), not UTF-8 or
+# not JSON (ValueError), nested deeper than the parser's recursion limit (RecursionError), or values of a
+# shape no config has (TypeError, AttributeError, while its identity is taken or its rules checked).
+DAMAGED_CONFIG = (OSError, ValueError, TypeError, AttributeError, RecursionError)
+
+
+def holds_run(path: Path, run: Run) -> bool | None:
+    """Whose run the run directory ``path`` holds, by its ``config.json``.
+
+    True: ``run``'s (the same identity, the text its hash is of). False: another run's, a complete resolved
+    config that passes every rule (under ``run``'s hash, a hash collision: comparing hashes could not see
+    one). None: no config.json, or a damaged one (not JSON, missing keys, of the wrong shape), which no run
+    can be told from: the run is redone there, as a damaged run always is.
+    """
+    try:
+        stored = json.loads((Path(path) / CONFIG_FILE).read_text(encoding="utf-8"))
+        if not isinstance(stored, dict):
+            return None
+        if _identity_text(stored) == _identity_text(run.config):
+            return True
+        return False if _resolved_config(stored) else None
+    except DAMAGED_CONFIG:
+        return None
+
+
+def _identity_text(cfg: dict) -> str:
+    """What ``identity_hash`` hashes (``vocabulary.config_hash``: the identity as sorted JSON)."""
+    return json.dumps(_identity(cfg), sort_keys=True)
+
+
+def _resolved_config(stored: dict) -> bool:
+    """``stored`` is a whole resolved run config that passes every rule: the keys of a run's config
+    (``seed`` for ``seeds``, no grid), each section a mapping with all its keys, and, read as a config
+    file of one seed, no problem and one run (every resolved config of ``configs/`` reads back so)."""
+    defaults = _defaults()
+    if set(stored) != (set(defaults) - {"seeds", "grid"}) | {"seed"}:
+        return False
+    if any(not isinstance(stored[s], dict) or set(stored[s]) != set(defaults[s]) for s in SECTIONS):
+        return False
+    data = {**{k: v for k, v in stored.items() if k != "seed"}, "seeds": [stored["seed"]]}
+    checked = check(data, lambda key: key, defaults)
+    return not checked.problems and len(checked.runs) == 1
 
 
 @dataclass

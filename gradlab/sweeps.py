@@ -8,10 +8,10 @@ that dies leaves nothing half-written.
 Resuming: a run whose directory holds a successful ``summary.json`` and every
 file it promises is done and skipped (a directory belongs to a run by the hash
 of its resolved config, the end of the run id; see ``run_dir``); failed and
-interrupted runs are run again. A directory of the run's hash that holds another
-run's config (a hash collision) is never taken for the run: the sweep stops with
-``RunCollision``. A run that raises is recorded as failed, with
-what it had computed, and the sweep goes on; so does a sweep whose worker
+interrupted runs are run again, and so are runs whose ``config.json`` is damaged. A
+directory of the run's hash that holds another run's whole config (a hash collision) is
+never taken for the run: the sweep stops with ``RunCollision``. A run that raises is
+recorded as failed, with what it had computed, and the sweep goes on; so does a sweep whose worker
 process dies (a segfault, an out-of-memory kill): the run it was training is
 recorded as failed.
 
@@ -28,7 +28,6 @@ gone, even after a ``kill -9``.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import threading
@@ -37,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gradlab import results
-from gradlab.config import Run, legacy_dirs
+from gradlab.config import Run, holds_run, legacy_dirs
 from gradlab.vocabulary import EXPERIMENT_FILE, EXPERIMENT_LOCK, SELECTION_DIR
 from gradlab.workers import SIGNALS, lost, max_jobs, run_parallel, train_run
 
@@ -120,16 +119,28 @@ def read_experiment(path: Path) -> dict:
     """``experiment.json`` at ``path`` as a dict whose ``sweeps`` is a list of dicts; {} when there is none.
 
     A damaged one (cut short, not UTF-8, or JSON of another shape) is moved aside to
-    ``experiment.json.damaged`` (``results.DAMAGED``), kept for whoever wants its history, and
-    {} returned: the sweep writes a new record and every run stays. So the readers' advice
+    ``experiment.json.damaged`` (``results.DAMAGED``; see ``set_aside``), kept for whoever wants its
+    history, and {} returned: the sweep writes a new record and every run stays. So the readers' advice
     ("gradlab run writes it again", ``cli.errors``) holds. Call it holding ``experiment_lock``.
     """
     if not path.exists():
         return {}
     if not experiment_damaged(path.parent.parent, path.parent.name):
         return results.read_json(path)
-    os.replace(path, path.with_name(path.name + results.DAMAGED))
+    set_aside(path)
     return {}
+
+
+def set_aside(path: Path) -> None:
+    """Move the damaged ``path`` to ``<path>.damaged``, and the one an earlier sweep set aside there to
+    ``<path>.damaged.N``, N one past the highest there: none is overwritten, the latest keeps the name the
+    readers' advice gives (``cli.errors``), the numbered ones are oldest first. Call it holding
+    ``experiment_lock`` (a crash between the two moves leaves the damaged file in place, for the next)."""
+    kept = path.with_name(path.name + results.DAMAGED)
+    if os.path.lexists(kept):
+        numbers = [int(p.suffix[1:]) for p in path.parent.glob(f"{kept.name}.*") if p.suffix[1:].isdigit()]
+        os.replace(kept, kept.with_name(f"{kept.name}.{max(numbers, default=0) + 1}"))
+    os.replace(path, kept)
 
 
 def experiment_damaged(out: Path, name: str) -> bool:
@@ -151,30 +162,15 @@ class RunCollision(Exception):
     must never make a run look done. The message names the directory and says what to do."""
 
 
-def _identity(config: dict) -> dict:
-    """What identifies a run (``config._identity``: the hashed values), as it reads back from JSON."""
-    from gradlab.config import _identity as identity
-
-    return json.loads(results.json_text(identity(config)))
-
-
-def _foreign(path: Path, run: Run) -> bool:
-    """``path`` holds a readable config.json of another run than ``run`` (none, or a damaged one: the
-    run is redone there, as a damaged run always is)."""
-    try:
-        stored = results.read_json(path / results.CONFIG)
-    except (OSError, ValueError):
-        return False
-    return isinstance(stored, dict) and _identity(stored) != _identity(run.config)
-
-
 def run_dir(out: Path, name: str, run: Run) -> Path:
     """``<out>/<name>/<run id>``, or the directory an earlier sweep gave the same resolved config.
 
     The id's readable part depends on the grid (key order; a value set in the
     grid or in the base config), its hash only on the resolved config: a
     directory with the same hash is this run's, a finished one first. So
-    reordering a grid neither re-trains a run nor stores it twice.
+    reordering a grid neither re-trains a run nor stores it twice. A directory whose config.json is
+    damaged is the run's to redo; one holding another run's whole config is a hash collision
+    (``config.holds_run``), and raises ``RunCollision``.
     """
     root = Path(out) / name
     own = root / run.id
@@ -182,17 +178,17 @@ def run_dir(out: Path, name: str, run: Run) -> Path:
     others = sorted(p for p in root.glob(f"*_{digest}") if p != own and p.is_dir()) if digest != run.id else []
     candidates = [own, *others, *legacy_dirs(root, run)]  # and an older gradlab's 8-digit name for it
     for p in candidates:
-        if p.is_dir() and _foreign(p, run):
+        if p.is_dir() and holds_run(p, run) is False:
             raise RunCollision(f"{p}: holds another run's config under the hash {digest} of {run.id} (a hash "
                                "collision): move that directory out of the folder, then run again")
-    finished = [p for p in candidates if is_done(p)]
+    finished = [p for p in candidates if is_done(p, run)]
     return (finished or [p for p in candidates if p.is_dir()] or [own])[0]
 
 
-def is_done(path: Path) -> bool:
-    """A successful run with every file its summary promises (a damaged directory is run again)."""
+def is_done(path: Path, run: Run) -> bool:
+    """``run``, successful, with every file its summary promises (a damaged directory is run again)."""
     return (results.is_finished(path) and results.read_json(path / results.SUMMARY).get("status") == "ok"
-            and not results.missing_files(path))
+            and not results.missing_files(path) and holds_run(path, run) is True)
 
 
 def select(runs: list[Run], shard: tuple[int, int] | None) -> list[Run]:
@@ -207,7 +203,7 @@ def plan(name: str, runs: list[Run], out: Path, force: bool = False) -> tuple[li
     """Split runs into (to run, already done)."""
     todo, done = [], []
     for run in runs:
-        (done if not force and is_done(run_dir(out, name, run)) else todo).append(run)
+        (done if not force and is_done(run_dir(out, name, run), run) else todo).append(run)
     return todo, done
 
 
@@ -296,7 +292,7 @@ class _Sweep:
             self.notify("elsewhere", run)
             return None
         path = run_dir(self.out, self.name, run)
-        if is_done(path) and (not self.force or finished_as(path) != self.seen.get(run.id)):
+        if is_done(path, run) and (not self.force or finished_as(path) != self.seen.get(run.id)):
             # done, and with --force done anew since this sweep began (another --force sweep): fresh
             lock.close()
             self.outcomes[run.id] = Outcome(run, path, "elsewhere", results.read_json(path / results.SUMMARY))
@@ -455,7 +451,7 @@ def _run_ray(waiting: list[Run], address: str | None, sweep: _Sweep) -> None:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
         sweep.signals.reinstall()
         if watchdog:
-            watchdog.watch()
+            watchdog.adopt()
     # max_retries re-runs a task whose worker died; exceptions inside training are caught
     # by train_run and come back as a failed payload, so they are never retried
     remote = ray.remote(max_retries=RAY_RETRIES, num_cpus=1)(train_run)
@@ -492,16 +488,21 @@ def _run_ray(waiting: list[Run], address: str | None, sweep: _Sweep) -> None:
 
 
 # The watchdog's program: read "pid start-time" lines until the driver's end of the pipe closes (its exit,
-# even by kill -9), then kill each listed process that is still the same one (its start time matches).
+# even by kill -9), then kill each listed process that is still the same one (its start time matches). A
+# line it cannot read (the last one, cut by the kill) is skipped: the others are still killed.
 RAY_WATCHDOG = """\
 import os, signal, sys
-listed = dict(line.split() for line in sys.stdin)
-for pid, start in listed.items():
+listed = []
+for line in sys.stdin:
+    fields = line.split()
+    if len(fields) == 2 and fields[0].isdigit() and fields[1].isdigit():
+        listed.append(fields)
+for pid, start in listed:
     try:
         with open(f"/proc/{pid}/stat") as f:
             if f.read().rpartition(")")[2].split()[19] == start:
                 os.kill(int(pid), signal.SIGKILL)
-    except (OSError, IndexError):
+    except (OSError, IndexError, ValueError):
         pass
 """
 
@@ -509,21 +510,25 @@ for pid, start in listed.items():
 class RayWatchdog:
     """Ends the processes of the local Ray instance a sweep started when its driver ends, however it ends.
 
-    ``ray.init`` without an address starts a head node (GCS, raylet, dashboard and runtime-env agents,
-    workers) from the driver. The raylet and GCS end with it, but after a ``kill -9`` of the driver the
-    agents wait on the dead GCS for 60 to 120 s before they exit (measured with Ray 2.60). This
-    process, started before Ray, is told the pids of the driver's descendants (``watch``) and kills
-    them once the driver is gone: a pipe it reads closes when the driver exits (Ray stays up between
-    sweeps of one process, as ``ray.init`` left it). A clean exit has shut Ray down already (its
-    ``atexit``): what is listed is gone, or another process by then, and nothing is killed.
-    Linux only (/proc); elsewhere Ray's own clean-up is all there is.
+    ``ray.init`` without an address starts a head node from the driver: its direct children (GCS, raylet,
+    log monitor, dashboard and runtime-env agents), whose children are the agents and the workers. The
+    raylet and GCS end with the driver, but after a ``kill -9`` of the driver the agents wait on the dead
+    GCS for 60 to 120 s before they exit (measured with Ray 2.60). This process, started before Ray, is
+    told (``watch``) the pids of the driver's children that ``ray.init`` started (``adopt``: not there
+    before it) and of their descendants, and kills them once the driver is gone: a pipe it reads closes
+    when the driver exits (Ray stays up between sweeps of one process, as ``ray.init`` left it). No other
+    process of the driver's is listed: used as a library (a notebook, pytest), the caller's own children
+    outlive it as they would without gradlab. A clean exit has shut Ray down already (its ``atexit``): what
+    is listed is gone, or another process by then, and nothing is killed. Linux only (/proc); elsewhere
+    Ray's own clean-up is all there is.
     """
 
-    def __init__(self, process):
-        self.process, self.told = process, set()
+    def __init__(self, process, before: set):
+        self.process, self.before, self.ray, self.told = process, before, set(), set()
 
     @classmethod
     def start(cls) -> RayWatchdog | None:
+        """Start the watchdog, and note the driver's children before ``ray.init`` (call it just before)."""
         import subprocess
         import sys
 
@@ -534,15 +539,21 @@ class RayWatchdog:
         with _starting():  # it ignores the sweep's signals from its first instruction: a Ctrl-C to the group
             process = subprocess.Popen([sys.executable, "-c", RAY_WATCHDOG], stdin=subprocess.PIPE,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
-        watchdog = cls(process)
+        watchdog = cls(process, children(os.getpid(), process_table()))
         cls.started.append(watchdog)  # referenced: a collected pipe would close, and the watchdog end Ray
         return watchdog
 
     started: list = []  # the watchdogs of this process: each lives until the driver ends (a pipe kept open)
 
+    def adopt(self) -> None:
+        """Just after ``ray.init``: the driver's children it started are Ray's; tell the watchdog about them."""
+        self.ray = children(os.getpid(), process_table()) - self.before  # the watchdog is in ``before``
+        self.watch()
+
     def watch(self) -> None:
-        """Tell the watchdog about the driver's descendants it does not know yet."""
-        new = [p for p in descendants(os.getpid(), skip=self.process.pid) if p not in self.told]
+        """Tell the watchdog about Ray's processes (``adopt``) it does not know yet: the workers and agents
+        the head node's processes started meanwhile."""
+        new = [p for p in descendants(self.ray, process_table()) if p not in self.told]
         if new:
             with contextlib.suppress(OSError):
                 self.process.stdin.write("".join(f"{pid} {start}\n" for pid, start in new))
@@ -550,16 +561,28 @@ class RayWatchdog:
             self.told.update(new)
 
 
-def descendants(pid: int, skip: int) -> list[tuple[int, str]]:
-    """(pid, start time) of every live descendant of ``pid`` but ``skip``, from /proc."""
-    parent, start = {}, {}
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, start time) of every live process (zombies left out), from /proc."""
+    table = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, IndexError, ValueError):
             fields = stat.read_text().rpartition(")")[2].split()  # state ppid ... starttime (the 20th)
             if fields[0] != "Z":
-                parent[int(stat.parent.name)], start[int(stat.parent.name)] = int(fields[1]), fields[19]
-    found, frontier = [], [pid]
+                table[int(stat.parent.name)] = (int(fields[1]), fields[19])
+    return table
+
+
+def children(pid: int, table: dict) -> set[tuple[int, str]]:
+    """(pid, start time) of the live children of ``pid``."""
+    return {(p, start) for p, (parent, start) in table.items() if parent == pid}
+
+
+def descendants(roots: set[tuple[int, str]], table: dict) -> list[tuple[int, str]]:
+    """(pid, start time) of each of ``roots`` still the same process (its start time) and of every live
+    descendant of those."""
+    found = [(p, start) for p, start in roots if table.get(p, (None, None))[1] == start]
+    frontier = {p for p, _ in found}
     while frontier:
-        frontier = [p for p, pp in parent.items() if pp in frontier and p != skip]
-        found += [(p, start[p]) for p in frontier]
+        frontier = {p for p, (parent, _) in table.items() if parent in frontier}
+        found += [(p, table[p][1]) for p in sorted(frontier)]
     return found

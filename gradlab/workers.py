@@ -258,17 +258,51 @@ def quiet_when_orphaned(kind, value, tb) -> None:
 
     A forked child reads the process object the driver sends before any gradlab code runs; a driver
     killed meanwhile (``kill -9``) cuts that read short, and multiprocessing would print the child's
-    EOFError through this hook. The server dies with the driver (PR_SET_PDEATHSIG), so such a child
-    sees its parent change within moments: then it ends without a word. Any other error is printed.
+    EOFError through this hook. Then the child ends without a word, decided on what the kernel shows at
+    once (``_driver_ending``), never on a wait: on a throttled machine the server may outlive the
+    driver for seconds. Any other error, and this one while the driver lives, is printed at once.
     """
     preload = sys.modules.get("gradlab.preload")
     server = getattr(preload, "SERVER", None)
     if server is not None and issubclass(kind, (EOFError, OSError)) and os.getpid() != server:
-        for _ in range(50):  # up to 5 s for the kernel to end the server after the driver
-            if os.getppid() != server:
-                return
-            time.sleep(0.1)
+        if _driver_ending(server):
+            return
     sys.__excepthook__(kind, value, tb)
+
+
+# This module's importer's parent when it imported it: in the fork server (``preload`` imports this module
+# before it forks), the driver that started the server.
+STARTED_BY = os.getppid()
+PF_EXITING = 0x4  # a task's flag from the first step of its exit, before its files close (linux/sched.h)
+
+
+def _driver_ending(server: int) -> bool:
+    """In a child of the fork server ``server``: the driver that started it (``STARTED_BY``) has ended or is
+    ending, by /proc. The kernel marks a process PF_EXITING before it closes its pipes, so a read cut
+    short by the driver's end finds it exiting, a zombie or gone; the server (which dies with it,
+    PR_SET_PDEATHSIG) then exiting, gone, or no longer the driver's child. Without /proc: the server gone.
+    """
+    if os.getppid() != server:
+        return True
+    if not os.path.exists("/proc/self/stat"):
+        return False
+    fields = _stat(server)
+    return _exiting(fields) or int(fields[1]) != STARTED_BY or _exiting(_stat(STARTED_BY))
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state ppid pgrp session tty tpgid flags ...),
+    None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
+def _exiting(fields: list[str] | None) -> bool:
+    """A process (``_stat``'s fields) gone, a zombie or dead, or in its exit (PF_EXITING)."""
+    return fields is None or fields[0] in "ZXx" or bool(int(fields[6]) & PF_EXITING)
 
 
 def _exit_with(driver: int) -> None:

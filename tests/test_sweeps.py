@@ -314,3 +314,121 @@ def test_cuda_preflight_is_left_to_the_ray_workers(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("the preflight passes on a machine with CUDA")
     assert preflight(runs, "local") and preflight(runs, "ray") == []
+
+
+def test_whose_run_a_directory_holds_is_told_by_its_whole_config(tmp_path):
+    """``holds_run``: the run's own config, another run's whole valid config (a collision) and every kind of
+    damaged config.json, which is never taken for another run (nor raises: a nesting deeper than the JSON
+    parser's recursion limit raised RecursionError)."""
+    from gradlab.config import holds_run
+
+    _, runs = load(config(tmp_path, steps=2))
+    run, other = runs[0], runs[1]
+    where = tmp_path / "run"
+    where.mkdir()
+    assert holds_run(where, run) is None  # no config.json
+
+    def holding(text: str):
+        (where / results.CONFIG).write_text(text)
+        return holds_run(where, run)
+
+    assert holding(json.dumps(run.config)) is True
+    assert holding(json.dumps(other.config)) is False
+    missing = {k: v for k, v in other.config.items() if k != "diagnostics"}
+    unknown = {**other.config, "model": {**other.config["model"], "hiden": 8}}
+    invalid = {**other.config, "model": {**other.config["model"], "hidden": -8}}
+    flat = {**other.config, "train": 5}
+    for damaged in ('{"seed": 0}', json.dumps(missing), json.dumps(unknown), json.dumps(invalid), json.dumps(flat),
+                    "[1, 2]", "{damaged", "\udcff".encode("utf-8", "surrogateescape").decode("latin-1"),
+                    "[" * 100_000 + "]" * 100_000, '{"seed": ' + "[" * 100_000 + "]" * 100_000 + "}"):
+        assert holding(damaged) is None, damaged[:40]
+
+
+def test_a_run_whose_config_json_is_damaged_is_run_again_not_called_a_collision(tmp_path):
+    """A finished run's config.json replaced by ``{"seed": 0}`` (a config of another shape) or by JSON nested
+    too deep to parse: ``run`` stopped with exit 2 calling it a hash collision, or printed a RecursionError
+    traceback. It is a damaged run: trained again, its config.json written whole, the other runs kept."""
+    path, out = config(tmp_path, steps=2), tmp_path / "out"
+    one = ["--set", "seeds=[0]", "--out", str(out), "-j", "1", "-q"]
+    assert runner.invoke(app, ["run", str(path), *one]).exit_code == 0
+    first, *rest = results.find_runs(out)
+    kept = {d: (d / results.SUMMARY).read_bytes() for d in rest}
+    whole = (first / results.CONFIG).read_text()
+    for damage in ('{"seed": 0}', '{"config": ' + "[" * 100_000 + "]" * 100_000 + "}"):
+        (first / results.CONFIG).write_text(damage)
+        dry = runner.invoke(app, ["run", str(path), "--out", str(out), "--set", "seeds=[0]", "--dry-run"])
+        assert dry.exit_code == 0 and f"run   {first}" in dry.stdout, dry.output
+        assert "1 to run, 2 already done" in dry.stdout, dry.stdout
+        result = runner.invoke(app, ["run", str(path), *one])
+        assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+        assert json.loads((first / results.CONFIG).read_text()) == json.loads(whole)
+        assert {d: (d / results.SUMMARY).read_bytes() for d in rest} == kept
+
+
+def start_time(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+
+
+def gone(pid: int) -> bool:
+    """No live process ``pid`` (a zombie left to a non-reaping init counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the watchdog reads /proc")
+def test_the_ray_watchdog_skips_a_line_it_cannot_read_and_still_kills_the_rest():
+    """A line cut short (the driver killed mid-write) or garbage made the watchdog exit on its first
+    line, killing nothing."""
+    from gradlab.sweeps import RAY_WATCHDOG
+
+    victim = subprocess.Popen(SLEEPER)
+    try:
+        dog = subprocess.Popen([sys.executable, "-c", RAY_WATCHDOG], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+        _, stderr = dog.communicate(f"garbage\n\n1 2 3\nx 5\n{victim.pid} {start_time(victim.pid)}\n{victim.pid} 1",
+                                    timeout=60)
+        assert dog.returncode == 0, stderr
+        assert victim.wait(timeout=60) == -signal.SIGKILL  # killed before the watchdog exited: a bound on a hang
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the watchdog reads /proc")
+def test_the_ray_watchdog_kills_what_ray_init_started_and_none_of_the_caller_s_own_children():
+    """Used as a library (pytest, a notebook), the driver has children of its own, from before ``ray.init``
+    and after: the watchdog listed every descendant of the driver and would SIGKILL them all when the
+    caller exits. A stand-in for ``ray.init`` starts a head process, which starts a worker."""
+    from gradlab.sweeps import RayWatchdog
+
+    head_code = ("import subprocess, sys, time; w = subprocess.Popen(sys.argv[1:]); print(w.pid, flush=True); "
+                 "time.sleep(600)")
+    ours, head = [subprocess.Popen(SLEEPER)], None
+    dog = RayWatchdog.start()
+    try:
+        head = subprocess.Popen([sys.executable, "-c", head_code, *SLEEPER], stdout=subprocess.PIPE, text=True)
+        worker = int(head.stdout.readline())  # started by the head: Ray's
+        dog.adopt()  # just after ray.init
+        ours.append(subprocess.Popen(SLEEPER))
+        dog.watch()
+        assert {pid for pid, _ in dog.told} == {head.pid, worker}
+        dog.process.stdin.close()  # the driver's end of the pipe closes, as when it exits
+        assert dog.process.wait(timeout=60) == 0
+        assert head.wait(timeout=60) == -signal.SIGKILL
+        deadline = time.monotonic() + 60  # a bound on a hang: the watchdog sent the kill before it exited
+        while not gone(worker):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert all(p.poll() is None for p in ours)  # the caller's own children live on
+    finally:
+        RayWatchdog.started.remove(dog)
+        dog.process.kill()
+        dog.process.wait()
+        for p in [*ours, *[head] * (head is not None)]:
+            p.kill()
+            p.wait()
