@@ -24,7 +24,7 @@ Selection rules (``score``, ``choose``):
   combination that solves some seeds beats one that solves none.
 - Ties (equal seed means) are broken by the final loss (for ``solved_rate`` and ``steps_to_solve``),
   then by the order of the values in the config (the first key's values vary slowest); the record
-  says which decided (``tie_break``).
+  says which decided (``tie_break``) and over which (``beaten_on_loss``, ``tied_on_loss``).
 - A selection run that failed (an exception, a worker killed: ``status: failed``) measured nothing:
   its arm gets no choice (``failed`` names the runs), so none of its reported runs is trained on a
   choice made from a crash, and ``gradlab run`` exits 1. The same command again trains the failed
@@ -192,18 +192,27 @@ def choose(plan: Plan, summaries: dict) -> list[dict]:
             ranked = sorted(range(len(curve)), key=lambda c: (sign * curve[c]["mean"],
                                                               curve[c]["loss_ratio_mean"], c))
             best = ranked[0]
-            tied = [c for c in ranked[1:] if curve[c]["mean"] == curve[best]["mean"]]
             record["chosen"] = curve[best]["values"]
-            record["tied"] = bool(tied)
-            record["tied_with"] = [curve[c]["values"] for c in tied]
-            # what decided among the tied: a lower final loss than every one of them, else the order listed
-            record["tie_break"] = None if not tied else "final_loss" if all(
-                curve[c]["loss_ratio_mean"] > curve[best]["loss_ratio_mean"] for c in tied) else "order"
+            record.update(_ties(curve, best))
             record["no_finite"] = all(math.isinf(p["mean"]) for p in curve)
             record["edge"] = at_edge(plan.tuned, record["chosen"])
             record["reported"] = [r.id for r in arm.candidates[best]]
         out.append(record)
     return out
+
+
+def _ties(curve: list[dict], best: int) -> dict:
+    """How ``best`` was taken among the combinations of its seed mean, each list in the config's order:
+    ``beaten_on_loss`` (a higher final loss), ``tied_on_loss`` (an equal one too: listed after ``best``).
+    ``tie_break``: "final_loss" (every tied one beaten on loss), "order" (none), "final_loss, then order"."""
+    tied = [c for c in range(len(curve)) if c != best and curve[c]["mean"] == curve[best]["mean"]]
+    beaten = [c for c in tied if curve[c]["loss_ratio_mean"] > curve[best]["loss_ratio_mean"]]
+    equal = [c for c in tied if c not in beaten]
+    tie_break = None if not tied else "order" if not beaten else "final_loss" if not equal \
+        else "final_loss, then order"
+    return {"tied": bool(tied), "tied_with": [curve[c]["values"] for c in tied],
+            "beaten_on_loss": [curve[c]["values"] for c in beaten],
+            "tied_on_loss": [curve[c]["values"] for c in equal], "tie_break": tie_break}
 
 
 def finished(plan: Plan, out: Path, name: str) -> dict:
@@ -337,9 +346,15 @@ def failed_note(arm: dict) -> str:
 
 def tie_note(arm: dict, metric: str | None) -> str:
     """What was taken among combinations of equal seed mean, and why (``choose``'s ``tie_break``)."""
-    others = "; ".join(values_text(v) for v in arm.get("tied_with", [])) or "another combination"
+    def listed(key):
+        return "; ".join(values_text(v) for v in arm.get(key, []))
+
+    others = listed("tied_with") or "another combination"
     if arm.get("tie_break") == "final_loss":
         return f"tied with {others}: the lowest final loss was taken"
+    if arm.get("tie_break") == "final_loss, then order":
+        return (f"tied with {others}: the lowest final loss was taken, then the first listed among equal "
+                f"losses (tied on final loss too: {listed('tied_on_loss')})")
     if arm.get("tie_break") == "order" and metric != "final_loss":
         return f"tied with {others}, and on final loss too: the first listed was taken"
     if arm.get("tie_break") == "order":

@@ -186,16 +186,27 @@ def _kind(mode: int) -> str:
 
 def read_text(path: Path, source: str) -> str:
     """The file as UTF-8 text; an unreadable, undecodable or too large (MAX_BYTES) file is a ConfigError,
-    and so is anything but a regular file: opening a FIFO waits for a writer that may never come, and a
-    device (/dev/zero) or a directory is no config (issue 22). ``stat`` itself never blocks."""
+    and so is a directory, a device (/dev/zero) or a socket, which is no config (issue 22).
+
+    A pipe is read (``gradlab run <(sed … cfg.yaml)``, ``cat cfg.yaml | gradlab validate /dev/stdin``):
+    it is opened non-blocking, so a FIFO with no writer opens at once instead of waiting for one, and
+    reads at once as empty, which is refused (an empty file is a config of defaults; an empty pipe is
+    one nobody wrote). The kind is decided on the open descriptor (``fstat``), so nothing swapped in
+    after a check is read; ``stat`` first keeps a device from being opened at all."""
     try:
-        mode = os.stat(path).st_mode
-        if not stat.S_ISREG(mode):
-            raise ConfigError([f"{source}: cannot read the config: {_kind(mode)}, not a file"])
-        with open(path, "rb") as f:
-            raw = f.read(MAX_BYTES + 1)  # never more: the file may be huge (or have grown since the stat)
+        _refuse_kind(os.stat(path).st_mode, source)  # never blocks, opens nothing
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)  # not inherited (PEP 446)
+        try:
+            mode = os.fstat(fd).st_mode
+            _refuse_kind(mode, source)
+            os.set_blocking(fd, True)  # a pipe's writer may not have written yet: wait for it, or its EOF
+            raw = _read_bounded(fd)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise ConfigError([f"{source}: cannot read the config: {e.strerror}"]) from None
+    if stat.S_ISFIFO(mode) and not raw:
+        raise ConfigError([f"{source}: cannot read the config: a pipe with nothing written to it"])
     if len(raw) > MAX_BYTES:
         raise ConfigError([f"{source}: the config is larger than {MAX_BYTES // 1024} KB; "
                            "a config lists values, not data"])
@@ -203,6 +214,24 @@ def read_text(path: Path, source: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:  # a binary or Latin-1 file: one located line, not a traceback
         raise ConfigError([f"{source}: cannot read the config: not UTF-8 text (byte {e.start})"]) from None
+
+
+def _refuse_kind(mode: int, source: str) -> None:
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        raise ConfigError([f"{source}: cannot read the config: {_kind(mode)}, not a file"])
+
+
+def _read_bounded(fd: int) -> bytes:
+    """Up to MAX_BYTES + 1 bytes, until EOF: never more (the file may be huge, or a pipe endless);
+    a pipe gives its data in pieces, so one read is not the whole."""
+    chunks, size = [], 0
+    while size <= MAX_BYTES:
+        chunk = os.read(fd, MAX_BYTES + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def header_comment(text: str) -> str:

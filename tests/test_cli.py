@@ -296,6 +296,30 @@ def test_a_truncated_summary_is_named_and_skipped_not_a_traceback(tiny_results, 
     assert lines == named  # the line compare and report print: one definition of damage (issue 22)
 
 
+def test_check_fails_naming_what_was_left_out_a_record_or_a_run(tiny_results, tmp_path):
+    """--check cannot pass on part of the results; its FAIL line counts what the skipped lines named:
+    a damaged selection.json is no "damaged run directory"."""
+    _, out, _ = tiny_results
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    (copy / "tiny" / "selection.json").write_text("{")  # a tuned experiment's record, cut short
+    command = ["report", str(copy), "--format", "markdown", "--check", "-o", str(tmp_path / "book.md")]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 1 and result.stderr.splitlines()[-1] == (
+        "FAIL: left out (listed above): 1 selection.json: the check cannot pass on part of the results"), \
+        result.stderr
+    summary = sorted((copy / "tiny").rglob("summary.json"))[0]
+    summary.write_text("{")
+    result = runner.invoke(app, command)
+    assert result.exit_code == 1 and result.stderr.splitlines()[-1] == (
+        "FAIL: left out (listed above): 1 selection.json, 1 damaged run directory: the check cannot pass on part "
+        "of the results"), result.stderr
+    (copy / "tiny" / "selection.json").unlink()
+    result = runner.invoke(app, command)
+    assert result.exit_code == 1 and result.stderr.splitlines()[-1] == (
+        "FAIL: 1 damaged run directory (listed above): the check cannot pass on part of the runs"), result.stderr
+
+
 def test_the_command_freezes_its_objects_as_it_exits_and_the_library_does_not():
     """The ``gradlab`` command's exit skips the interpreter's last collections (``gc.freeze`` in an exit
     handler, after the command ran); a process that only imports ``gradlab.cli`` keeps them."""
@@ -311,23 +335,32 @@ def test_the_command_freezes_its_objects_as_it_exits_and_the_library_does_not():
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
 def test_sigterm_and_sighup_outside_a_sweep_exit_128_plus_the_signal_with_one_line(sig):
     """A closed terminal or SSH session sends SIGHUP: stopped like SIGTERM, one line, never a traceback.
-    The command signals itself, so the signal comes while it runs (no timing)."""
+    The command signals itself, so the signal comes while it runs (no timing). The test sets the default
+    disposition first: under ``nohup`` SIGHUP is ignored, and the command rightly leaves it ignored."""
     import os
     import signal
+    import time
 
     import typer
 
     from gradlab.cli.errors import user_errors
 
     command = typer.Typer()
+    signum = getattr(signal, sig)
 
     @command.command()
     @user_errors
     def stop():
-        os.kill(os.getpid(), getattr(signal, sig))
-        signal.pause()  # only until the handler raises: the signal is already pending
+        os.kill(os.getpid(), signum)
+        deadline = time.monotonic() + 30  # the handler raises at once; this only bounds a hang
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        raise AssertionError(f"{sig} did not stop the command")
 
-    result = CliRunner().invoke(command, [])
-    signum = getattr(signal, sig)
-    assert result.exit_code == 128 + signum, result.output
+    before = signal.signal(signum, signal.SIG_DFL)
+    try:
+        result = CliRunner().invoke(command, [])
+    finally:
+        signal.signal(signum, before)
+    assert result.exit_code == 128 + signum, (result.output, result.exception)
     assert result.stderr == f"error: interrupted by {sig}: finished runs are kept; the same command finishes the rest\n"

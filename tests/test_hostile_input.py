@@ -309,25 +309,77 @@ def test_a_deeply_nested_expectation_is_one_located_line(tmp_path, spec, message
     assert len(line) < 300  # the value is quoted cut short, not whole
 
 
-def test_a_fifo_a_device_or_a_directory_is_refused_as_the_config(tmp_path):
+def invoke_bounded(*args: str):
+    """``runner.invoke`` in a thread, so a hang fails the test instead of stopping the suite."""
+    import threading
+
+    outputs = []
+    worker = threading.Thread(target=lambda: outputs.append(runner.invoke(app, list(args))), daemon=True)
+    worker.start()
+    worker.join(timeout=120)  # bounds a hang only: every read here returns at once
+    assert not worker.is_alive(), f"{' '.join(args)} did not return"
+    return outputs[0]
+
+
+def test_a_fifo_with_no_writer_a_device_or_a_directory_is_one_line_never_a_hang(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # no writer: a blocking open would wait for ever
+    kinds = {fifo: "a pipe with nothing written to it", Path("/dev/zero"): "a device, not a file",
+             tmp_path: "a directory, not a file"}
+    for path, kind in kinds.items():
+        result = invoke_bounded("validate", str(path))
+        assert result.exit_code == 2
+        assert result.output == f"error: {path}: cannot read the config: {kind}\n"
+
+
+def test_the_kind_is_decided_on_what_was_opened_not_on_an_earlier_stat(tmp_path, monkeypatch):
+    """A FIFO swapped in after the check (here: ``os.stat`` sees a regular file) must not be opened
+    blocking: the open descriptor's ``fstat`` decides, so no writer is one line, never a hang."""
+    import os
+
+    fifo, regular, real_stat = tmp_path / "swapped.yaml", tmp_path / "regular.yaml", os.stat
+    os.mkfifo(fifo)
+    regular.write_text("name: x\n")
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: real_stat(regular if str(p) == str(fifo) else p, *a, **k))
+    result = invoke_bounded("validate", str(fifo))
+    assert (result.exit_code, result.output) == (2, f"error: {fifo}: cannot read the config: "
+                                                    "a pipe with nothing written to it\n")
+
+
+def test_a_pipe_with_a_writer_is_read_to_its_end_and_bounded(tmp_path):
+    """``gradlab run <(sed … cfg.yaml)`` and ``cat cfg.yaml | gradlab validate /dev/stdin`` pass the
+    config as /dev/fd/N, a pipe: read whole, in as many pieces as the writer gives, up to MAX_BYTES."""
     import os
     import threading
 
-    fifo = tmp_path / "fifo.yaml"
-    os.mkfifo(fifo)  # no writer: opening it would wait for ever
-    outputs = {}
+    def piped(text: bytes, pieces: int = 2):
+        read_end, write_end = os.pipe()
 
-    def validate(path):
-        outputs[path] = runner.invoke(app, ["validate", str(path)])
-    for path in (fifo, Path("/dev/zero"), tmp_path):
-        worker = threading.Thread(target=validate, args=(path,), daemon=True)
-        worker.start()
-        worker.join(timeout=120)  # bounds a hang only: a fixed read returns at once
-        assert not worker.is_alive(), f"validate {path} did not return"
-    kinds = {fifo: "a named pipe (FIFO)", Path("/dev/zero"): "a device", tmp_path: "a directory"}
-    for path, kind in kinds.items():
-        assert outputs[path].exit_code == 2
-        assert outputs[path].output == f"error: {path}: cannot read the config: {kind}, not a file\n"
+        def write():  # the reader opens its own /dev/fd/N; this end stays open until all is written
+            try:
+                for k in range(pieces):
+                    os.write(write_end, text[k * len(text) // pieces:(k + 1) * len(text) // pieces])
+            except BrokenPipeError:  # the reader stopped at MAX_BYTES and closed
+                pass
+            finally:
+                os.close(write_end)
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        try:
+            return invoke_bounded("validate", f"/dev/fd/{read_end}")
+        finally:
+            writer.join(timeout=120)
+            os.close(read_end)
+
+    config = b"name: piped\ntask: {length: 6, eval_size: 4}\nmodel: {hidden: 4}\nseeds: [0, 1]\n"
+    result = piped(config)
+    assert result.exit_code == 0 and result.output.endswith(": piped, 2 runs\n"), result.output
+    result = piped(b"# " + b"x" * (MAX_BYTES + 4096) + b"\nname: big\n", pieces=3)  # more than a pipe holds
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.endswith(f"the config is larger than {MAX_BYTES // 1024} KB; a config lists values, "
+                                  "not data\n"), result.output
 
 
 # ---------------------------------------------------------------------------

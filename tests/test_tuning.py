@@ -12,9 +12,6 @@ import json
 import math
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -143,16 +140,30 @@ def test_a_run_marked_diverged_counts_as_the_worst_whatever_its_final_loss(tmp_p
      "tied with lr=0.003, and on final loss too: the first listed was taken"),
     ("steps_to_solve", {1.0e-3: 0.3, 3.0e-3: 0.1}, "tied with lr=0.001: the lowest final loss was taken"),
     ("final_loss", {1.0e-3: 0.2, 3.0e-3: 0.2}, "tied with lr=0.003: the first listed was taken"),
+    # three values: the others named in the config's order, not by rank (1e-2 has the second lowest loss)
+    ("solved_rate", {1.0e-3: 0.3, 3.0e-3: 0.1, 1.0e-2: 0.2},
+     "tied with lr=0.001; lr=0.01: the lowest final loss was taken"),
+    # 1e-3 lost on loss, 1e-2 tied on loss too and is listed after 3e-3: loss decided, then the order
+    ("solved_rate", {1.0e-3: 0.3, 3.0e-3: 0.2, 1.0e-2: 0.2},
+     "tied with lr=0.001; lr=0.01: the lowest final loss was taken, then the first listed among equal losses "
+     "(tied on final loss too: lr=0.01)"),
+    ("steps_to_solve", {1.0e-3: 0.2, 3.0e-3: 0.2, 1.0e-2: 0.2},
+     "tied with lr=0.003; lr=0.01, and on final loss too: the first listed was taken"),
 ])
 def test_the_note_on_a_tie_says_what_was_taken_and_why(tmp_path, metric, losses, note):
-    plan = stub_plan(tmp_path, metric, lrs="[1.0e-3, 3.0e-3]")
+    lrs = sorted(losses)
+    plan = stub_plan(tmp_path, metric, lrs="[" + ", ".join(map(str, lrs)) + "]")
     arms = tuning.choose(plan, stub_summaries(plan, lambda c, lr, s: ok(solved=True, steps_to_solve=7,
                                                                         loss=losses[lr])))
     expected = min(losses, key=lambda lr: (losses[lr], lr))  # the lowest loss, then the first listed
     assert [a["chosen"] for a in arms] == [{"train.lr": expected}] * 2
+    others = [lr for lr in lrs if lr != expected]  # every value ties on the metric; in the config's order
+    assert arms[0]["beaten_on_loss"] == [{"train.lr": lr} for lr in others if losses[lr] > losses[expected]]
+    assert arms[0]["tied_on_loss"] == [{"train.lr": lr} for lr in others if losses[lr] == losses[expected]]
     doc = tuning.record(tmp_path, "tuned", plan, arms)
-    # with two values any choice is at the edge: that note comes first
-    assert [row["notes"] for row in tuning.choice_rows(doc)] == [f"best lr at the edge: widen the range; {note}"] * 2
+    # a choice at the smallest or largest value is also at the edge: that note comes first
+    edge = "best lr at the edge: widen the range; " if expected in (lrs[0], lrs[-1]) else ""
+    assert [row["notes"] for row in tuning.choice_rows(doc)] == [edge + note] * 2
 
 
 def test_an_arm_with_an_unfinished_selection_run_has_no_choice_and_its_runs_wait(tmp_path):
@@ -289,6 +300,27 @@ def test_widening_the_range_reuses_the_selection_runs_done(study):
            "4 reported runs; 10 runs" in result.output
 
 
+def test_a_failed_selection_runs_stored_error_of_many_lines_prints_as_one(study, tmp_path):
+    """A selection run written failed by another process or an older gradlab, its error torch's C++
+    message with its backtrace (many lines): the shard that reads it prints one ``failed:`` line."""
+    import shutil
+
+    path, folder, _ = study
+    copy = tmp_path / "out"
+    shutil.copytree(folder.parent, copy)
+    # --shard 1/2 trains every other selection run from the first: gru lr=0.01 (the 4th) is shard 2's
+    [run] = (copy / "tuned" / vocabulary.SELECTION_DIR).glob("cell=gru_lr=0.01_seed=100_*")
+    error = "RuntimeError: the first line\nException raised from f at x.cpp:1\nframe #0: c10::Error"
+    results.write_json(run / "summary.json", {"status": "failed", "error": error})
+    (run / "error.txt").write_text(error)
+    result = runner.invoke(app, ["run", str(path), "--out", str(copy), "-q", "--jobs", "1", "--shard", "1/2"])
+    assert result.exit_code == 1, result.output
+    failed = [line for line in result.stderr.splitlines() if line.startswith("failed:")]
+    assert failed == [f"failed: selection run {run.name} (cell=gru, lr=0.01): RuntimeError: the first line "
+                      f"(traceback in {run / 'error.txt'})"], result.stderr
+    assert "frame #0" not in result.stderr and "Exception raised" not in result.stderr
+
+
 # ---------------------------------------------------------------------------
 # kill -9 in either phase, then the same command again: the results of an uninterrupted sweep.
 
@@ -315,28 +347,35 @@ def finished(folder: Path) -> int:
     return sum(1 for _ in folder.glob("*/summary.json")) if folder.is_dir() else 0
 
 
+# With --jobs 1 the runs go in the plan's order, the vanilla arm's before the gru arm's: holding the gru
+# arm's runs of a phase at the gate (tests/gate) stops the sweep with the vanilla arm's two runs of that
+# phase saved, whatever the machine's speed. The lr of the reported runs is each arm's choice: both held.
+HOLD = {"selection": "cell=gru_lr=0.001_seed=100_,cell=gru_lr=0.01_seed=100_",
+        "reported": "cell=gru_lr=0.001_seed=0_,cell=gru_lr=0.01_seed=0_"}
+
+
 @pytest.mark.parametrize("phase", ["selection", "reported"])
 def test_kill_9_in_either_phase_resumes_to_the_uninterrupted_results(tmp_path, reference, phase):
+    from test_faults import Gate, start, wait_for
+
     path, out = write_config(tmp_path, steps=60), tmp_path / "out"
     folder = out / "tuned"
-    proc = subprocess.Popen([sys.executable, "-m", "gradlab", "run", str(path), "--out", str(out), "-q",
-                             "--jobs", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (finished(folder / vocabulary.SELECTION_DIR) >= 1 if phase == "selection" else finished(folder) >= 1):
-            assert proc.poll() is None and time.monotonic() < deadline, "the sweep did not get there in time"
-            time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    if phase == "selection":
-        assert finished(folder / vocabulary.SELECTION_DIR) < 4 and not results.find_runs(folder)  # none pooled
+    with Gate(tmp_path / "gate") as gate:
+        proc = start(path, out, "--jobs", "1", env={**gate.env, "GRADLAB_TEST_GATE_HOLD": HOLD[phase]})
+        try:
+            wait_for(lambda: gate.held() or proc.poll() is not None)
+            assert proc.poll() is None, proc.communicate()[1].decode()
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)  # the driver and any worker: the sweep's session
+            proc.communicate()
+    [held] = gate.held()
+    assert any(part in held for part in HOLD[phase].split(","))
+    if phase == "selection":  # the vanilla arm's selection runs saved, none pooled
+        assert finished(folder / vocabulary.SELECTION_DIR) == 2 and not results.find_runs(folder)
         assert runner.invoke(app, ["compare", str(folder)]).exit_code == 2  # "no finished runs", not selection runs
     else:
-        assert finished(folder) < 4
+        assert finished(folder / vocabulary.SELECTION_DIR) == 4 and finished(folder) == 2
     result = runner.invoke(app, ["run", str(path), "--out", str(out), "-q", "--jobs", "1"])
     assert result.exit_code == 0, result.output
     reported, selection, doc = reference

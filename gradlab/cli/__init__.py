@@ -29,7 +29,15 @@ from gradlab.cli.render import (
     out_console,
     sweep_with_progress,
 )
-from gradlab.vocabulary import CELL_NAMES, EXECUTORS
+from gradlab.vocabulary import (
+    CELL_NAMES,
+    CONFIG_FILE,
+    ENV_FILE,
+    EXECUTORS,
+    METRICS_FILE,
+    PROFILE_FILE,
+    SUMMARY_FILE,
+)
 
 app = typer.Typer(
     help="gradlab: see vanishing and exploding gradients in recurrent networks and compare the remedies.",
@@ -53,8 +61,7 @@ def comparison_table(dirs: list[Path], by: str | None, only: set[str] | None = N
 
         damaged = [d for d in damaged if run_hash(d.path.parent.name) in only]
         frame = frame[frame["run_hash"].isin(only)].reset_index(drop=True) if not frame.empty else frame
-    for d in damaged:
-        err_console.print(f"skipped: {d}", soft_wrap=True)
+    print_skipped(damaged)
     if frame.empty:
         fail(f"no finished runs under {', '.join(map(str, dirs))}" + (" that can be read" if damaged else ""))
     try:
@@ -72,18 +79,37 @@ def comparison_table(dirs: list[Path], by: str | None, only: set[str] | None = N
 
 
 def print_skipped(left_out: list) -> None:
-    """One ``skipped: <path>: <problem>; <what is left out>`` line on stderr per damaged thing, as
-    compare and plot print theirs (``gradlab.readers.Skipped``)."""
+    """One ``skipped: <path>: <problem>; <what is left out>`` line on stderr per damaged thing: every
+    command prints them here (``gradlab.readers.Skipped``, ``gradlab.results.Damaged``)."""
     for s in left_out:
         err_console.print(f"skipped: {s}", markup=False, highlight=False, soft_wrap=True)
 
 
+RUN_FILES = (CONFIG_FILE, ENV_FILE, METRICS_FILE, SUMMARY_FILE, PROFILE_FILE)
+
+
+def left_out_text(left_out: list) -> str:
+    """What ``print_skipped`` named, counted by kind: "2 damaged run directories", "1 selection.json"."""
+    kinds: dict[str, int] = {}
+    for s in left_out:
+        path = Path(s.path)
+        kind = "run" if path.name in RUN_FILES else path.name if path.suffix else f"{path.name} folder"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return ", ".join(f"{n} damaged run director{'y' if n == 1 else 'ies'}" if kind == "run" else f"{n} {kind}"
+                     for kind, n in kinds.items())
+
+
 def fail_damaged(damaged: list) -> None:
-    """A gate must not pass on a subset of its runs: with damaged runs, --check fails (exit 1)."""
-    if damaged:
-        err_console.print(f"FAIL: {len(damaged)} damaged run director{'y' if len(damaged) == 1 else 'ies'} "
-                          "(listed above): the check cannot pass on part of the runs", soft_wrap=True)
-        raise typer.Exit(EXIT_FAILED)
+    """A gate must not pass on a subset of its results: with anything left out, --check fails (exit 1)."""
+    if not damaged:
+        return
+    if all(Path(d.path).name in RUN_FILES for d in damaged):
+        err_console.print(f"FAIL: {left_out_text(damaged)} (listed above): the check cannot pass on part of "
+                          "the runs", soft_wrap=True)
+    else:
+        err_console.print(f"FAIL: left out (listed above): {left_out_text(damaged)}: the check cannot pass on "
+                          "part of the results", soft_wrap=True)
+    raise typer.Exit(EXIT_FAILED)
 
 
 def check_jobs(jobs: int, executor: str) -> None:
@@ -321,8 +347,7 @@ def compare_two(base_dir: Path, cand_dir: Path, by: str | None, fmt_name: str, o
 
     damaged = []
     frames = [load_frame([d], damaged) for d in (base_dir, cand_dir)]
-    for d in damaged:
-        err_console.print(f"skipped: {d}", soft_wrap=True)
+    print_skipped(damaged)
     for d, frame in zip((base_dir, cand_dir), frames):
         if frame.empty:
             fail(f"no finished runs under {d}")
@@ -452,8 +477,7 @@ def plot(
     from gradlab.plots import draw
 
     drawing = draw(directory, output or directory / "plots")
-    for skipped in drawing.skipped:
-        err_console.print(f"skipped: {skipped}", markup=False, highlight=False, soft_wrap=True)
+    print_skipped(drawing.skipped)
     if not drawing.written:
         fail(f"no finished runs to plot under {directory}")
     for path in drawing.written:

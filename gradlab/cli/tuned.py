@@ -21,6 +21,7 @@ def run_tuned(experiment, config: Path, out: Path, set_: list[str], shard: str |
     from gradlab import tuning
     from gradlab.cli import train_and_show
     from gradlab.sweeps import ExecutorUnavailable, experiment_lock, plan, preflight, run_dir, select
+    from gradlab.workers import one_line
 
     name = experiment.name
     tuned = tuning.plan(experiment)
@@ -67,7 +68,8 @@ def run_tuned(experiment, config: Path, out: Path, set_: list[str], shard: str |
         for f in arm["failed"]:
             where = run_dir(out, selection_name, by_id[f["run"]]) / "error.txt"
             err_console.print(f"failed: selection run {f['run']} ({arm['label']}, {tuning.values_text(f['values'])}): "
-                              f"{f['error']} (traceback in {where})", soft_wrap=True, markup=False, highlight=False)
+                              f"{one_line(f['error'] or '')} (traceback in {where})", soft_wrap=True, markup=False,
+                              highlight=False)
     reported, waiting = tuning.reported_runs(tuned, arms, shard_spec)
     waiting = [arm for arm in waiting if not arm["failed"]]
     if waiting:
