@@ -149,7 +149,7 @@ def _aggregate(g: pd.DataFrame) -> pd.Series:
 def _dependency(ok: pd.DataFrame) -> dict:
     """The median dependency ratio over runs, and whether it is an upper bound: it is when a run's ratio is
     (``dependency_ratio``; the median of upper bounds bounds the median from above)."""
-    ratio = pd.to_numeric(ok.get("dependency_ratio", pd.Series(dtype=float)), errors="coerce")
+    ratio = pd.to_numeric(ok.get("dependency_ratio", pd.Series(float("nan"), index=ok.index)), errors="coerce")
     bounds = ok.get("dependency_ratio_bound", pd.Series(False, index=ok.index)).fillna(False).astype(bool)
     return {"dependency_ratio_median": _median(ratio),
             "dependency_ratio_bound": bool(bounds[ratio.notna()].any())}

@@ -26,15 +26,17 @@ against it and against torch's modules):
   flows into step t's pre-activation, hence into the weights, x_t and h_{t-1}.
   It may modify g in place or return a new tensor; it is called once per
   step, from t = T-1 down to 0.
-- ``probe``: after backward, ``probe.norms`` (T, B) float64 holds ‖∂L/∂h_t‖, recorded
-  *after* grad_transform, as ``recurrences.unroll``'s hooks record it (``hidden_norms``:
-  in float64, so a norm is not cut at float32's squares, see there).
+- ``probe``: after backward, ``probe.norms`` (T, B) holds ‖∂L/∂h_t‖, recorded *after*
+  grad_transform, as ``recurrences.unroll``'s hooks record it (``hidden_norms``: in
+  float64, or scaled where the device has no float64, so a norm is not cut at float32's
+  squares, see there). Each backward records anew, except after one with
+  create_graph=True: its record is kept (below), in both.
 - a derivative of the gradient (``backward(create_graph=True)``, e.g. a gradient
   penalty): the backward then re-runs the layer on ``reference`` (``recurrences.unroll``,
   passed by ``recurrences.scan``) under autograd and differentiates that, so the
   gradient it returns has a graph; as slow as that autograd loop. The probe keeps the
   ∂L/∂h_t of that backward (the one with create_graph), not of a later backward
-  through its graph (the penalty's). Not with a ``grad_transform``.
+  through its graph (the penalty's), as ``unroll`` does. Not with a ``grad_transform``.
 
 How it is made fast (CPU, one thread; REFERENCE §6). Forward: the input term
 W x_t + b of all steps is one matmul before the loop; each step then adds the
@@ -163,8 +165,34 @@ def _record(ctx, dh):
         probe.norms = hidden_norms(dh)
 
 
+# The device types that compute in float64. Apple's MPS has none (torch refuses a float64 tensor there),
+# nor may others torch adds: a norm on such a device is scaled instead (``scaled_norms``).
+FLOAT64_DEVICES = ("cpu", "cuda")
+
+
+def has_float64(device: torch.device | str) -> bool:
+    """Whether tensors on ``device`` may be float64 (a float64 reduction of its gradients is possible)."""
+    return torch.device(device).type in FLOAT64_DEVICES
+
+
+def scaled_norms(g: torch.Tensor) -> torch.Tensor:
+    """‖g‖ over the last dimension without float64: g (..., H) -> (...), in float32 (or g's dtype if wider).
+
+    Each row is divided by its largest |entry| m before squaring (the scaling of LAPACK's xNRM2), so
+    its squares lie in [0, 1] with one equal to 1: none overflows, and those that underflow are below
+    eps of the sum. ‖g‖ = m · ‖g / m‖, exact to float32's rounding from 1.2e-38 · sqrt(H) to 3.4e38;
+    0 for a zero row, inf for a row with an inf, NaN for one with a NaN.
+    """
+    g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
+    top = g.abs().amax(dim=-1, keepdim=True)  # (..., 1), NaN when a NaN is in the row
+    scaled = torch.linalg.vector_norm(g / torch.where(top > 0, top, torch.ones_like(top)), dim=-1)  # (...)
+    top = top.squeeze(-1)
+    return torch.where(torch.isinf(top), top, top * scaled)
+
+
 def hidden_norms(g: torch.Tensor) -> torch.Tensor:
-    """‖g‖ over the last dimension, in float64: g (..., H) -> (...).
+    """‖g‖ over the last dimension, in float64: g (..., H) -> (...); float32 ``scaled_norms`` on a device
+    without float64 (``has_float64``), which also keeps every square.
 
     torch reduces a float32 tensor in float32 without scaling (torch 2.13: the norm of
     four entries 1e-30 is 0, of four 1e23 inf), so squares below float32's smallest
@@ -177,6 +205,8 @@ def hidden_norms(g: torch.Tensor) -> torch.Tensor:
     (H of them at most, each below tiny) could exceed float32's rounding of the square.
     A float64 g is reduced in float64.
     """
+    if not has_float64(g.device):
+        return scaled_norms(g)
     if g.dtype == torch.float64 or g.device.type != "cpu":
         return torch.linalg.vector_norm(g, dim=-1, dtype=torch.float64)
     norms = torch.linalg.vector_norm(g, dim=-1).double()  # (...)

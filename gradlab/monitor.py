@@ -16,7 +16,8 @@ non-finite entries are counted only in a step whose norm is not finite (a
 finite norm has none). The norms are float64: torch reduces float32 gradients in
 float32 without scaling (torch 2.13: a gradient of 1e23s has norm inf, one of 1e-30s
 norm 0), so a parameter whose float32 norm is not finite or too small to trust
-(``_trusted_below``) is reduced again in float64 — only in such a step.
+(``_trusted_below``) is reduced again in float64 — only in such a step; on a device
+without float64 (Apple's MPS, ``engine.has_float64``) scaled instead (``engine.scaled_norms``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import nn
 
 from gradlab import diagnostics
 from gradlab.diagnostics import DEFAULTS, Thresholds
+from gradlab.engine import has_float64, scaled_norms
 
 GROUPINGS = ("module", "parameter")
 
@@ -127,22 +129,35 @@ def _norms(grads: list[torch.Tensor]) -> torch.Tensor:
 
     One fused ``_foreach_norm`` in the gradients' dtype, then, for the few whose result
     cannot be trusted (not finite, or below ``_trusted_below``: float32 squares lost to
-    underflow could matter), the same in float64, which holds every float32 square.
+    underflow could matter), the same in float64, which holds every float32 square; on a
+    device without float64, ``engine.scaled_norms`` in float32, which loses none either.
     """
     norms = torch._foreach_norm(grads)  # fused kernels, per device and dtype
     if len({n.device for n in norms}) > 1:  # a model spread over devices
         norms = [n.cpu() for n in norms]
-    host = torch.stack(norms).to(torch.float64).cpu()
+    host = torch.stack(norms).cpu().to(torch.float64)  # to the host first: MPS has no float64
     redo = [i for i, (g, n) in enumerate(zip(grads, host.tolist(), strict=True))
             if g.dtype != torch.float64 and (n < _trusted_below(g) or n == math.inf)]
-    if redo:
-        again = torch._foreach_norm([grads[i] for i in redo], dtype=torch.float64)
-        host[redo] = torch.stack([n.cpu() for n in again])
+    wide = [i for i in redo if has_float64(grads[i].device)]
+    if wide:
+        again = torch._foreach_norm([grads[i] for i in wide], dtype=torch.float64)
+        host[wide] = torch.stack([n.cpu() for n in again])
+    for i in redo:
+        if i not in wide:
+            host[i] = scaled_norms(grads[i].reshape(-1)).cpu().double()
     return host
 
 
+# The dtype torch sums a gradient's squares in, where it is not the gradient's own: half precision is
+# accumulated in float32 (torch 2.13: the norm of 10,000 float16 entries of 1e-3 is 0.1, though each
+# square, 1e-6, is below float16's smallest normal 6.1e-5).
+ACCUMULATES_IN = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
+
+
 def _trusted_below(g: torch.Tensor) -> float:
-    """The norm under which g's reduction in its own dtype may have lost squares to underflow beyond
-    its rounding: n numbers each below ``tiny`` squared can be lost, so sqrt(n · tiny / eps)."""
-    info = torch.finfo(g.dtype)
-    return math.sqrt(g.numel() * info.tiny / info.eps)
+    """The norm under which g's reduction may have lost squares to underflow beyond its rounding:
+    n squares each below the accumulating dtype's ``tiny`` can be lost, so sqrt(n · tiny / eps) in
+    that dtype (``ACCUMULATES_IN``); and a result below g's own smallest normal, which it is rounded
+    to, has lost digits to subnormals (float16: below 6.1e-5)."""
+    acc = torch.finfo(ACCUMULATES_IN.get(g.dtype, g.dtype))
+    return max(math.sqrt(g.numel() * acc.tiny / acc.eps), torch.finfo(g.dtype).tiny)

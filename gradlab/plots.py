@@ -46,7 +46,6 @@ from gradlab.readers import Skipped, experiment_folder, outside, skipped
 from gradlab.vocabulary import (
     CELL_NAMES,
     CURVE_PLOT,
-    FLOAT32_FLOOR,
     FULL_BPTT,
     HEATMAP_FILE,
     MAIN_PLOTS,
@@ -449,7 +448,7 @@ def grad_norm(layout: Layout) -> Figure | None:
 
 
 # Beside a run recorded with float32 norms whose profile reached 0 through the floor (readers.float32_floor).
-FLOOR_NOTE = f"below {FLOAT32_FLOOR:.2g}, read as 0 (float32)"
+FLOOR_NOTE = "below float32's floor, read as 0"
 
 
 def grad_profile(layout: Layout) -> Figure | None:

@@ -29,8 +29,9 @@ ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 class Probe:
     """Receives the per-step hidden-gradient norms during the backward pass.
 
-    After ``loss.backward()``, ``norms`` is a (T, B) float64 tensor: ‖∂L/∂h_t‖ for each
-    step t and sample b, the total derivative through the recurrence.
+    After ``loss.backward()``, ``norms`` is a (T, B) tensor: ‖∂L/∂h_t‖ for each step t and
+    sample b, the total derivative through the recurrence; float64 (float32, scaled, on a
+    device without float64: ``engine.hidden_norms``), on the gradient's device.
     """
 
     def __init__(self):
@@ -145,7 +146,8 @@ def unroll(recurrence, nonlinearity, x, state, params, *, window=None, grad_tran
     act = ACTIVATIONS.get(nonlinearity)
     T = x.shape[0]
     hs = []
-    norms = {}  # this forward's (T, B) probe tensor, made fresh by its first hook
+    norms = {"traced": set()}  # this forward's (T, B) probe tensor, made fresh by its first hook; the
+    # steps a backward with create_graph=True recorded
     state = rec.to_steps(state)
     for t in range(T):
         if window and t > 0 and t % window == 0:  # truncation: cut the recurrence here
@@ -162,11 +164,17 @@ def _hidden_hook(t, T, grad_transform, probe, norms):
     def hook(g):  # g: total ∂L/∂h_t, (B, H)
         if grad_transform is not None:
             g = grad_transform(t, g)
-        if probe is not None:
+        # a backward with create_graph=True (its hooks run with grad mode on) keeps its record: a later
+        # backward through its graph (a gradient penalty's) fires this hook again, with the penalty's
+        # gradient; engine.scan keeps it the same way (engine._record)
+        if probe is not None and t not in norms["traced"]:
+            if torch.is_grad_enabled():
+                norms["traced"].add(t)
+            n = engine.hidden_norms(g.detach())  # (B,) float64: no float32 floor at 1e-19
             # a fresh tensor per forward: a reused Probe never overwrites (or mis-shapes) earlier norms
             if "norms" not in norms:
-                norms["norms"] = g.new_zeros(T, g.shape[0], dtype=torch.float64)
+                norms["norms"] = n.new_zeros(T, n.shape[0])
             probe.norms = norms["norms"]
-            probe.norms[t] = engine.hidden_norms(g.detach())  # float64: no float32 floor at 1e-19
+            probe.norms[t] = n
         return g
     return hook

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from gradlab import statistics
 from gradlab.comparison import cell_text, fmt, ratio_cell, to_records
-from gradlab.vocabulary import FLOAT32_FLOOR, METRICS, VERDICTS
+from gradlab.vocabulary import METRICS, VERDICTS
 
 LETTERS = {v: v[0].upper() for v in VERDICTS}  # E, V, H
 LETTERS_LEGEND = "verdicts: " + ", ".join(f"{letter} {v}" for v, letter in LETTERS.items())
@@ -113,8 +113,8 @@ WIDE = {"solved": solved_text, "final_loss_mean": lambda r: fmt(r["final_loss_me
 
 
 # Said under every table with a group whose dependency ratio is a bound (readers.float32_floor).
-FLOOR_LEGEND = (f"some runs' gradient norms were recorded in float32 (env.json without norms: float64), "
-                f"where a norm below {FLOAT32_FLOOR:.2g} read 0: their group's dependency ratio "
+FLOOR_LEGEND = ("some runs' profiles fall to a 0 that float32 arithmetic made of a tiny gradient (below 1.1e-19 "
+                "in runs of an older gradlab, 1.2e-38 in float32 runs): their group's dependency ratio "
                 "(--wide: dep. ratio <x) is an upper bound")
 
 

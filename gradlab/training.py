@@ -79,7 +79,9 @@ def environment(cfg: dict) -> dict:
            # the same results on every Intel CPU with AVX2): two VMs that both report AVX512 above
            # differed in the 9th digit of a run's first evaluation loss
            "mkl_cbwr": os.environ.get("MKL_CBWR"),
-           # the profile's norms are reduced in float64: a 0 in profile.npz is a 0 (readers.float32_floor)
+           # the profile's norms are reduced in float64 (engine.hidden_norms) and stored in float64, so
+           # no norm is cut at float32's squares (1.1e-19); what is left is the gradient's own floor: in a
+           # float32 run entries below 1.2e-38 are 0 (flushed) before any reduction (readers.float32_floor)
            NORMS_KEY: NORMS_FLOAT64}
     if device.type == "cuda":
         env["cuda_device"] = torch.cuda.get_device_name(device)
@@ -268,7 +270,7 @@ def gradient_profiles(model, task, batch, window, grad_transform=None) -> torch.
         loss.backward()
         for row, probe in zip(profile, probes):
             norms = probe.norms.sum(dim=1)  # (b - t0,)
-            row[t0:t0 + norms.shape[0]] += norms.double().cpu()
+            row[t0:t0 + norms.shape[0]] += norms.cpu().double()  # to the host first: MPS has no float64
     model.zero_grad(set_to_none=True)
     return profile
 
@@ -397,7 +399,9 @@ def _train(cfg: dict, progress, rows: list) -> dict:
     log_every = tc["log_every"]
     if log_every > 1:
         rows[:] = [r for r in rows if r["kind"] == "eval" or r["step"] % log_every == 0 or r["nonfinite"]]
-    by_layer = np.stack(profiles).astype(np.float32)  # (E, L, S)
+    # float64, as computed: float32 would read a sum below 1.4e-45 as 0 where the summary's figures (from
+    # these same profiles) do not (a float64 run's dependency ratio of 9e-65)
+    by_layer = np.stack(profiles).astype(np.float64)  # (E, L, S)
     profile = {"step": np.asarray(profile_steps, dtype=np.int64), "grad_norm": by_layer[:, 0]}
     if by_layer.shape[1] > 1:
         profile["grad_norm_layers"] = by_layer

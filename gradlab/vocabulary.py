@@ -186,7 +186,10 @@ VERDICTS = (EXPLODING, VANISHING, HEALTHY)  # in the order of severity: ties are
 # ---------------------------------------------------------------------------
 # How a run's gradient norms were recorded (env.json), so a reader can tell a measured 0 from float32's floor.
 
-# env.json's NORMS_KEY: NORMS_FLOAT64 when ‖∂L/∂h_t‖ was reduced in float64 (gradlab.engine.hidden_norms, issue 22).
-# A run without it was recorded in float32, where a per-sample norm below FLOAT32_FLOOR read exactly 0.
+# env.json's NORMS_KEY: NORMS_FLOAT64 when ‖∂L/∂h_t‖ was reduced without float32's squares
+# (gradlab.engine.hidden_norms, issue 22: in float64, or scaled on a device without float64). A run without it
+# was recorded in float32, where a per-sample norm below FLOAT32_FLOOR read exactly 0. With it, a float32 run's 0
+# is still only below its gradient's floor: entries under float32's smallest normal, 1.2e-38, are flushed to 0
+# before the reduction (readers.float32_floor); a float64 run's 0 is a measured 0 (to float64's 2.2e-308).
 NORMS_KEY, NORMS_FLOAT64 = "norms", "float64"
 FLOAT32_FLOOR = 1.0842021724855044e-19  # sqrt of float32's smallest normal 2**-126: squares below it were flushed to 0

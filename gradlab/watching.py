@@ -171,7 +171,7 @@ class Watch:
             raise RuntimeError("gradlab.watch: no forward with gradients ran inside the with block")
         if any(p.norms is None for p in self._probes):
             raise RuntimeError("gradlab.watch: no gradient reached the module yet: call loss.backward() first")
-        return torch.stack([p.norms.double().sum(dim=1) for p in self._probes]).cpu().numpy()
+        return torch.stack([p.norms.cpu().double().sum(dim=1) for p in self._probes]).numpy()  # MPS: no float64
 
     def summary(self, lag: int | None = None) -> dict:
         """The profile's figures and verdict, as a gradlab run computes them (``diagnostics``).

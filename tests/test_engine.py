@@ -519,9 +519,11 @@ def test_a_gradient_penalty_matches_torch_modules(case):
         return [leaf.grad for leaf in ls], probe.norms
 
     expected, _ = penalised(None)
-    got, norms = penalised(SCAN)
-    assert_all_close(got, expected)
-    torch.testing.assert_close(norms, run(SCAN, case, data, "all")[3], **TOL)
+    plain = run(UNROLL, case, data, "all")[3]  # (T, B) ∂loss/∂h_t of a plain backward
+    for fn in (SCAN, UNROLL):  # unroll's hooks fire again in the penalty's backward: its record is kept too
+        got, norms = penalised(fn)
+        assert_all_close(got, expected)
+        torch.testing.assert_close(norms, plain, **TOL)
 
 
 def test_a_derivative_of_the_gradient_is_refused_without_the_reference_or_with_a_transform():
@@ -560,3 +562,38 @@ def test_a_gradient_penalty_under_truncation_matches_the_autograd_reference(case
         (loss + sum(g.square().sum() for g in grads)).backward()
         results.append([leaf.grad for leaf in ls])
     assert_all_close(results[1], results[0])
+
+
+def test_float64_is_used_where_the_device_has_it():
+    """The decision hidden_norms and GradientMonitor take: float64 on the CPU and CUDA, scaled float32 on
+    Apple's MPS, which has no float64 (no test here can run there)."""
+    for device in ("cpu", "cuda", "cuda:1", torch.device("cuda", 0)):
+        assert engine.has_float64(device)
+    for device in ("mps", torch.device("mps"), "meta"):
+        assert not engine.has_float64(device)
+
+
+def test_scaled_norms_at_both_ends_of_float32():
+    """Hand values as for hidden_norms, in float32 without float64: 2a to float32's rounding."""
+    for a in (1e-30, 1e-19, 3.0, 1e23, 1e38):  # 2a up to float32's largest, 3.4e38
+        g = torch.full((3, 4), a, dtype=torch.float32)
+        exact = 2 * torch.tensor(a, dtype=torch.float32).double()
+        norms = engine.scaled_norms(g)
+        assert norms.dtype == torch.float32
+        torch.testing.assert_close(norms.double(), exact.expand(3), rtol=1e-6, atol=0)
+    g = torch.tensor([[0.0, 0.0], [float("inf"), 1.0], [float("nan"), 1.0], [3.0, 4.0], [-3.0, 4.0]])
+    norms = engine.scaled_norms(g)
+    assert norms[0] == 0 and norms[1] == float("inf") and norms[2].isnan() and norms[3] == 5 and norms[4] == 5
+
+
+@pytest.mark.parametrize("fn", [SCAN, UNROLL])
+def test_the_probe_on_a_device_without_float64(fn, monkeypatch):
+    """Where float64 is refused the probe holds scaled float32 norms: still not cut at float32's squares."""
+    data = vanishing("rnn-tanh")
+    _, _, _, n64 = run(UNROLL, "rnn-tanh", data, "last")  # (T, B) float64 reference
+    monkeypatch.setattr(engine, "has_float64", lambda device: False)
+    _, _, _, n32 = run(fn, "rnn-tanh", convert(data, torch.Tensor.float), "last")
+    assert n32.dtype == torch.float32
+    kept = n64 >= 1e-34
+    assert (kept & (n64 < 1e-25)).sum() >= 5  # far below the squares' floor, 1.1e-19
+    torch.testing.assert_close(n32[kept].double(), n64[kept], rtol=1e-5, atol=0)

@@ -155,3 +155,48 @@ def test_nonfinite_counts_the_inf_and_nan_entries_only():
     model.bias.grad = torch.tensor([1e23, 0.0])
     row = monitor.step()
     assert row["nonfinite"] == 3 and math.isnan(row["grad_norm"])
+
+
+@pytest.mark.parametrize("scale", [1e23, 1e-30, 1e-19])
+def test_on_a_device_without_float64_the_norms_are_scaled_and_exact(scale, monkeypatch):
+    """The retry of a norm float32 cannot hold, where float64 is refused (Apple's MPS): the decision says no
+    float64 on this device, and the same hand values come from float32 scaled by the largest entry."""
+    from gradlab import monitor as module
+
+    monkeypatch.setattr(module, "has_float64", lambda device: False)
+    model = nn.Linear(3, 2)
+    monitor = gradlab.GradientMonitor(model, group_by="parameter")
+    a = torch.tensor(scale, dtype=torch.float32).double().item()
+    model.weight.grad = torch.full((2, 3), scale)
+    model.bias.grad = torch.full((2,), -2 * scale)
+    real = torch._foreach_norm
+    monkeypatch.setattr(torch, "_foreach_norm", lambda grads, *args, dtype=None: real(grads, *args) if dtype is None
+                        else pytest.fail("a float64 reduction on a device without float64"))
+    row = monitor.step()
+    assert row["grad_norm_weight"] == pytest.approx(a * math.sqrt(6), rel=1e-6)
+    assert row["grad_norm_bias"] == pytest.approx(2 * a * math.sqrt(2), rel=1e-6)
+
+
+def test_half_precision_norms_are_redone_only_below_what_float32_accumulation_keeps(monkeypatch):
+    """torch sums float16 and bfloat16 squares in float32: a float16 gradient of norm ~1 is trusted (no float64
+    pass), while one below float16's smallest normal (6.1e-5, where its result is rounded to a subnormal), or a
+    bfloat16 one of 1e-30s (squares below float32's), is reduced again; each against float64 by hand."""
+    real, calls = torch._foreach_norm, []
+
+    def counting(grads, *args, **kwargs):
+        calls.append(kwargs.get("dtype"))
+        return real(grads, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "_foreach_norm", counting)
+    cases = [(torch.float16, 0.03, [None]), (torch.float16, 1e-6, [None, torch.float64]),
+             (torch.bfloat16, 1e-30, [None, torch.float64])]
+    for dtype, scale, passes in cases:
+        model = nn.Linear(100, 10).to(dtype)  # 1,010 entries
+        monitor = gradlab.GradientMonitor(model, group_by="parameter")
+        model.weight.grad = torch.full((10, 100), scale, dtype=dtype)
+        model.bias.grad = None  # counts as zero
+        calls.clear()
+        row = monitor.step()
+        a = model.weight.grad[0, 0].double().item()  # scale as dtype holds it
+        assert calls == passes, (dtype, scale)
+        assert row["grad_norm"] == pytest.approx(a * math.sqrt(1000), rel=1e-3 if passes == [None] else 1e-12)

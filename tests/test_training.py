@@ -316,3 +316,22 @@ def test_flushes_denormals_reads_the_mode():
         assert torch.tensor([1e-323], dtype=torch.float64).item() > 0  # a subnormal survives
     finally:
         torch.set_flush_denormal(False)
+
+
+def test_a_float64_run_stores_the_profile_its_summary_was_computed_from(tmp_path):
+    """The gradient of a 300-step vanilla RNN fades to ~1e-75: below float32's smallest subnormal (1.4e-45),
+    which a float32 profile.npz read as 0 while the summary's dependency ratio said 6e-57."""
+    from gradlab import diagnostics, readers, results
+    from gradlab.vocabulary import PROFILE_FILE
+
+    cfg = {**tiny_config(steps=1, eval_every=1, batch_size=2), "dtype": "float64"}
+    cfg["task"] = {"name": "adding", "length": 300, "eval_size": 8}
+    cfg["model"] = {"cell": "vanilla", "hidden": 4, "engine": "scan"}
+    out = train(cfg)
+    last = out["profile"]["grad_norm"][-1]  # (S,) as stored
+    assert last.dtype == "float64" and (last > 0).all() and (last < 1e-45).any()  # float32 would hold 0s
+    stored = diagnostics.profile_summary(last, TASKS["adding"].dependency(300))
+    assert stored["dependency_ratio"] == out["summary"]["dependency_ratio"] < 1e-45  # the same numbers, exactly
+    results.save_run(tmp_path / "run", cfg, out["env"], out["rows"], out["summary"], profile=out["profile"])
+    read = readers.read_profile(tmp_path / "run" / PROFILE_FILE)["grad_norm"][-1]
+    assert read.dtype == "float64" and (read == last).all()  # as the readers see it
