@@ -353,16 +353,17 @@ def sweep_sets(root) -> list[tuple[str, str | None, list, set | None, set]]:
     are merged.
 
     An ``experiment.json`` from before sweeps recorded their runs gives its expectations for every
-    run of the experiment that no recorded sweep claims (hashes None = all, less those claimed)."""
+    run of the experiment that no recorded sweep claims (hashes None = all, less those claimed). A damaged
+    one raises ``results.Damaged`` (``readers.experiment_record``)."""
     import json
 
-    from gradlab import results
+    from gradlab import readers, results
 
     merged: dict[tuple, tuple] = {}
     legacy: dict[str, list] = {}
     claimed: dict[str, set] = {}
     for path in results.files_named(root, EXPERIMENT_FILE):  # symlinked experiments too
-        stored = results.read_json(path)
+        stored = readers.experiment_record(path)  # raises Damaged: a check cannot pass without its record
         name = stored.get("name")
         recorded = [s for s in stored.get("sweeps", []) if "runs" in s]
         if len(recorded) < len(stored.get("sweeps", [])) or not stored.get("sweeps"):

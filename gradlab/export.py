@@ -8,18 +8,19 @@ Every finished run under DIR becomes one TensorBoard run, ``LOGDIR/<experiment>/
   ``train/grad_norm_clipped`` after, the group norms, ...) and ``eval/<column>``,
   ``eval_`` dropped, for the evaluations (``eval/loss``, ``eval/accuracy``,
   ``eval/horizon``, ``eval/decay_rate``, ``eval/dependency_ratio``, the spectra, ...),
-  at their training step; an empty cell (a figure that was not defined) is left out;
+  at their training step; an empty cell (a figure that was not defined) is left out, and so is a NaN
+  (pandas, which every reader parses metrics.csv with, reads both as NaN);
 - the image ``gradient_through_time`` at each evaluation step: Σ_b ‖∂L/∂h‖ against
   the lag, one line per layer (``plots.profile_figure``); TensorBoard's step
   slider walks through training.
 
 Results are read with ``results`` (the disk is the source of truth) as every command reads them: a
 damaged run is left out and named (``gradlab.readers``), and a run whose folder in LOGDIR would resolve
-outside LOGDIR (a link planted there) too. Each event file is written atomically. Exporting again
-replaces a run's earlier export: the event files export wrote, and only those. The
-event records are written with tensorboard's own record writer and protocol
-buffers, so this module needs the ``tensorboard`` package (the optional extra
-``gradlab[tensorboard]``) but not torch.
+outside LOGDIR (a link planted there) too. What is exported is what ``readers.check_run`` read and
+checked (its metrics DataFrame and profile), one run in memory at a time. Each event file is written
+atomically. Exporting again replaces a run's earlier export: the event files export wrote, and only
+those. The event records are written with tensorboard's own record writer and protocol buffers, so this
+module needs the ``tensorboard`` package (the optional extra ``gradlab[tensorboard]``) but not torch.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ import math
 import socket
 import time
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
 
 from gradlab import readers, results
 from gradlab.readers import Skipped, outside, skipped
@@ -54,6 +58,11 @@ def export_tensorboard(root: Path, logdir: Path, left_out: list[Skipped] | None 
     left_out += [skipped(d) for d in damaged]
     for record in records:
         run_dir = Path(record["dir"])
+        try:  # its metrics and profile, checked again as they are read (changed since the scan: left out)
+            record = readers.check_run(run_dir, keep=True)
+        except readers.Damaged as e:
+            left_out.append(skipped(e))
+            continue
         # the name passed readers.run_config's check: one directory name, never a path
         experiment = record["config"].get("name") or run_dir.parent.name
         key = (experiment, results.run_hash(record["id"]))
@@ -74,46 +83,46 @@ def export_tensorboard(root: Path, logdir: Path, left_out: list[Skipped] | None 
     return written
 
 
-def scalars(rows: list[dict]) -> list[tuple[str, int, float]]:
-    """(tag, step, value) of every numeric cell of metrics.csv rows (as csv reads them: strings)."""
+def scalars(metrics) -> list[tuple[str, int, float]]:
+    """(tag, step, value) of every number in a run's metrics as ``readers.read_metrics`` checked them (a
+    DataFrame, NaN where a row has no value), in row order; text and true/false cells are no scalars."""
     out = []
-    for row in rows:
-        kind = row.get("kind")
-        if kind not in ("train", "eval") or not row.get("step"):
+    for row in metrics.to_dict("records"):
+        kind, step = row.get("kind"), _number(row.get("step"))
+        if kind not in ("train", "eval") or step is None or not 0 <= step < 2**63:  # an event's step is an int64
             continue
-        try:
-            step = int(float(row["step"]))
-        except (ValueError, OverflowError):  # "nan", "inf": no step to show it at
-            continue
-        if not 0 <= step < 2**63:  # an event's step is an int64
-            continue
-        for column, text in row.items():
-            if column in ("kind", "step") or text in (None, ""):
-                continue
-            try:
-                value = float(text)
-            except ValueError:
-                continue
-            out.append((f"{kind}/{column.removeprefix('eval_') if kind == 'eval' else column}", step, value))
+        for column, cell in row.items():
+            if column not in ("kind", "step") and (value := _number(cell)) is not None:
+                out.append((f"{kind}/{column.removeprefix('eval_') if kind == 'eval' else column}", int(step), value))
     return out
 
 
+def _number(cell) -> float | None:
+    """A metrics cell as a float; None for an empty (NaN) cell, text and true/false (pandas reads a column
+    of ``True``/``False`` as bools)."""
+    if isinstance(cell, (bool, np.bool_)):
+        return None
+    try:
+        value = float(cell)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
 def run_events(proto, record: dict, run_dir: Path) -> list:
-    """The run's Events: its scalars and a profile image per evaluation, wall times spread over its training."""
+    """The run's Events: its scalars and a profile image per evaluation, wall times spread over its training.
+    ``record``: ``readers.check_run(run_dir, keep=True)``."""
     summary, config = record["summary"], record["config"]
-    rows = results.read_metrics(run_dir)
     steps = max(config.get("train", {}).get("steps") or 1, 1)  # an int: readers.run_config checks it
     wall = summary.get("wall_seconds") or 0.0
     wall = wall if math.isfinite(wall) else 0.0  # a number (readers.run_summary); from a hand edit, inf
     start = (run_dir / results.SUMMARY).stat().st_mtime - wall
     when = lambda step: start + wall * min(step, steps) / steps  # noqa: E731
     events = [proto.Event(wall_time=start, file_version="brain.Event:2")]
-    for tag, step, value in scalars(rows):
+    for tag, step, value in scalars(_metrics(record, run_dir)):
         value_pb = proto.Summary.Value(tag=tag, simple_value=value)
         events.append(proto.Event(wall_time=when(step), step=step, summary=proto.Summary(value=[value_pb])))
-    # read as check_run read and checked it (a successful run's only): what it may allocate is bounded
-    has_profile = summary.get("status") == "ok" and (run_dir / results.PROFILE).is_file()
-    profile = readers.read_profile(run_dir / results.PROFILE) if has_profile else None
+    profile = record["profile"]  # as check_run read and checked it (a successful run's only): None or whole
     if profile is not None and profile["grad_norm"].size:
         fraction = config.get("diagnostics", {}).get("horizon_fraction")
         for i, step in enumerate(profile["step"].tolist()):
@@ -123,6 +132,17 @@ def run_events(proto, record: dict, run_dir: Path) -> list:
             value_pb = proto.Summary.Value(tag=PROFILE_TAG, image=image)
             events.append(proto.Event(wall_time=when(step), step=step, summary=proto.Summary(value=[value_pb])))
     return events
+
+
+def _metrics(record: dict, run_dir: Path):
+    """The rows to export: a successful run's as ``check_run`` checked them; a failed run's as far as it got
+    (``readers.metrics_rows``; none when it has no readable metrics.csv, which a failed run need not have)."""
+    if record["metrics"] is not None:
+        return record["metrics"]
+    try:
+        return readers.metrics_rows(run_dir / results.METRICS)
+    except readers.Damaged:
+        return pd.DataFrame(columns=["kind", "step"])
 
 
 def _profile_image(proto, layers, dependency_lag, horizon_fraction, title):

@@ -19,7 +19,6 @@ writes inside the folder the user chose. This module does not import torch.
 from __future__ import annotations
 
 import io
-import json
 import math
 import zipfile
 import zlib
@@ -29,8 +28,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from gradlab.checks import directory_name
-from gradlab.results import Damaged
+from gradlab.checks import directory_name, is_int
+from gradlab.results import MAX_JSON_BYTES, Damaged, experiment_problem, json_object
 from gradlab.vocabulary import (
     CONFIG_FILE,
     ENV_FILE,
@@ -44,16 +43,20 @@ from gradlab.vocabulary import (
     SUMMARY_FILE,
 )
 
-__all__ = ["Damaged", "Skipped", "check_run", "float32_floor", "outside", "read_json", "read_metrics", "read_profile"]
+__all__ = ["MAX_JSON_BYTES", "Damaged", "Skipped", "check_run", "float32_floor", "outside", "read_json",
+           "read_metrics", "read_profile"]
 
-# A run's JSON file (summary, config, env, experiment.json) is a few kilobytes; a larger one is not gradlab's,
-# and reading it would cost its size in memory several times over (json builds Python objects).
-MAX_JSON_BYTES = 16 * 2**20
+# A run's JSON file (summary, config, env, experiment.json) has at most MAX_JSON_BYTES (results.json_object).
+# What reading one metrics.csv may allocate (pandas needs a few times more). The largest a run writes:
+# 1,000,000 training rows (rules.MAX_STEPS) and at most as many evaluation rows (eval_every >= 1), each of
+# ~20 numbers (the committed results' rows have 26 columns, most of them empty) of at most 25 characters
+# (repr of a float64, and its comma): 2,000,000 x 20 x 25 = 1.0e9 bytes; the committed results' largest is 96 KB.
+MAX_METRICS_BYTES = 2**30
 # What reading one profile.npz may allocate: numpy allocates the shape a member's header declares before
 # it reads the data, and deflate packs 1.2 GB of zeros into 1.2 MB (a zip bomb). The largest profile a
 # study writes is far below: 100,000 steps evaluated every 100 (1,001 evaluations) of 1,000-step sequences
-# through 4 layers is 1,001 x 5 x 1,000 float32 = 20 MB (grad_norm and grad_norm_layers); the committed
-# results' largest is 7 KB.
+# through 4 layers is 1,001 x 5 x 1,000 float64 = 40 MB (grad_norm and grad_norm_layers; float32 before
+# issue 22, half that); the committed results' largest is 7 KB.
 MAX_PROFILE_BYTES = 64 * 2**20
 NUMBER, FLAG, TEXT = "a number", "true or false", "a string"
 # The summary keys a reader computes with, and what each must be (or null): a string where a loss belongs
@@ -61,7 +64,7 @@ NUMBER, FLAG, TEXT = "a number", "true or false", "a string"
 SUMMARY_KEYS = {"status": TEXT, "verdict": TEXT, "solved": FLAG, "diverged": FLAG,
                 **dict.fromkeys(("final_loss", "baseline_loss", "steps_to_solve", "clip_rate", "horizon_init",
                                  "horizon", "grad_norm_max", "suggested_clip", "wall_seconds", "dependency_lag",
-                                 "steps_done", "final_accuracy"), NUMBER)}
+                                 "steps_done", "final_accuracy", "dependency_ratio", "decay_rate"), NUMBER)}
 INTEGER_KEYS = ("train.steps", "train.log_every", "train.eval_every", "seed")  # config keys a reader counts with
 
 
@@ -88,27 +91,9 @@ def _short(v) -> str:
 
 def read_json(path: Path) -> dict:
     """A run's JSON file (summary, config, env) as a dict; raises Damaged when it is missing, not a regular
-    file, too large, cut short, not UTF-8, nested beyond what the parser can follow, or not an object."""
-    if not path.is_file():  # a FIFO or a device would block or never end
-        raise Damaged(path, "missing" if not path.exists() else "not a regular file")
-    try:
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise Damaged(path, f"{path.stat().st_size:,} bytes, more than the {MAX_JSON_BYTES:,} a run's JSON "
-                                "file may have")
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except json.JSONDecodeError as e:
-        raise Damaged(path, f"truncated or corrupt JSON: {e}") from None
-    except UnicodeDecodeError:
-        raise Damaged(path, "corrupt: not UTF-8 text") from None
-    except RecursionError:
-        raise Damaged(path, "corrupt: JSON nested too deeply") from None
-    except ValueError as e:  # e.g. an integer of more digits than Python converts
-        raise Damaged(path, f"corrupt JSON: {str(e).splitlines()[0]}") from None
-    except OSError as e:
-        raise Damaged(path, f"not readable ({e.strerror})") from None
-    if not isinstance(data, dict):
-        raise Damaged(path, "not a JSON object")
-    return data
+    file, too large, cut short, not UTF-8, nested beyond what the parser can follow, or not an object
+    (``results.json_object``: selection.json is read the same way without pandas)."""
+    return json_object(path)
 
 
 def _kind_problem(key: str, value, kind: str) -> str | None:
@@ -149,19 +134,19 @@ def _config_problem(cfg: dict) -> str | None:
     task, train = cfg["task"], cfg.get("train", {})
     if not isinstance(task["name"], str):
         return f"task.name: expected a string, got {_short(task['name'])}"
-    if not _is_int(task["length"]):
+    if not is_int(task["length"]):
         return f"task.length: expected an integer, got {_short(task['length'])}"
     for key in INTEGER_KEYS:
         section, _, name = key.rpartition(".")
         value = (cfg.get(section, {}) if section else cfg).get(name)
-        if value is not None and not _is_int(value):
+        if value is not None and not is_int(value):
             return f"{key}: expected an integer or null, got {_short(value)}"
     clip = train.get("clip")
     if isinstance(clip, dict) and "kind" in clip and not isinstance(clip["kind"], str):
         return f"train.clip.kind: expected a string, got {_short(clip['kind'])}"
     tbptt = train.get("tbptt")
-    if not (tbptt is None or _is_int(tbptt) or isinstance(tbptt, dict) and _is_int(tbptt.get("k1"))
-            and _is_int(tbptt.get("k2"))):
+    if not (tbptt is None or is_int(tbptt) or isinstance(tbptt, dict) and is_int(tbptt.get("k1"))
+            and is_int(tbptt.get("k2"))):
         return f"train.tbptt: expected null, a window or {{k1, k2}}, got {_short(tbptt)}"
     fraction = cfg.get("diagnostics", {}).get("horizon_fraction")
     if fraction is not None and not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
@@ -170,27 +155,13 @@ def _config_problem(cfg: dict) -> str | None:
     return None
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def experiment_record(path: Path) -> dict:
-    """``experiment.json`` (``gradlab.sweeps`` writes it) with the keys a report reads of their kind:
-    ``name``, ``about`` and ``source`` strings, ``sweeps`` a list of objects whose ``seconds`` are
-    numbers; raises Damaged."""
+    """``experiment.json`` (``gradlab.sweeps`` writes it) with every key a report or a check reads of its kind
+    (``results.experiment_problem``: a name, strings, lists of run hashes and of expectations, numbers of
+    seconds); raises Damaged."""
     doc = read_json(path)
-    for key in ("name", "about", "source"):
-        if doc.get(key) is not None and not isinstance(doc[key], str):
-            raise Damaged(path, f"{key}: expected a string, got {_short(doc[key])}")
-    if doc.get("name") is not None and (problem := directory_name(doc["name"])):
-        raise Damaged(path, f"name: {problem}")
-    sweeps = doc.get("sweeps", [])
-    if not isinstance(sweeps, list) or not all(isinstance(s, dict) for s in sweeps):
-        raise Damaged(path, "sweeps: expected a list of objects")
-    for i, s in enumerate(sweeps):
-        for key in ("seconds", "jobs"):
-            if problem := _kind_problem(f"sweeps[{i}].{key}", s.get(key), NUMBER):
-                raise Damaged(path, problem)
+    if problem := experiment_problem(doc):
+        raise Damaged(path, problem)
     return doc
 
 
@@ -198,9 +169,42 @@ def read_metrics(path: Path, summary: dict, config: dict) -> pd.DataFrame:
     """``metrics.csv``, checked complete against the summary: raises Damaged when it is missing, empty,
     not CSV, cut short (its last training step or evaluation before the run's last step) or short of
     evaluations (fewer rows than step 0, every ``eval_every`` steps and the last step make)."""
+    m = metrics_rows(path)
+    step = pd.to_numeric(m["step"], errors="coerce").to_numpy(dtype=np.float64)  # (rows,), NaN: not a number
+    kind = m["kind"].astype(str).to_numpy()
+    train_steps, eval_steps = step[kind == "train"], step[kind == "eval"]
+    if (again := _repeated_row(kind, step)) is not None:  # two attempts' rows in one file (a bad copy)
+        raise Damaged(path, f"{kind[again]} step {int(step[again])} appears twice")
+    train = config.get("train", {})
+    steps = summary.get("steps_done", train.get("steps"))  # steps_done: a stopped run's last step
+    log_every = train.get("log_every") if is_int(train.get("log_every")) and train["log_every"] > 0 else 1
+    if is_int(steps) and steps > 0:
+        last_train = _last(train_steps)
+        last_eval = _last(eval_steps)
+        # log_every = k keeps every k-th training step; the last evaluation is always at the last step
+        if (last_train or 0) <= steps - log_every:
+            raise Damaged(path, f"{last_train or 0} of {steps} steps (cut short)")
+        if last_eval is None or last_eval < steps:
+            at = "none" if last_eval is None else f"the last at step {last_eval}"
+            raise Damaged(path, f"evaluations end before step {steps} ({at}; cut short)")
+        every = train.get("eval_every")
+        if is_int(every) and every > 0:  # training evaluates at step 0, every eval_every, and at the end
+            expected = steps // every + 1 + (steps % every != 0)
+            found = len(eval_steps)
+            if found < expected:
+                raise Damaged(path, f"{found} of {expected} evaluations (rows missing)")
+    return m
+
+
+def metrics_rows(path: Path) -> pd.DataFrame:
+    """``metrics.csv`` as rows with ``kind`` and ``step`` columns, whole (ending with its newline) and at
+    most MAX_METRICS_BYTES, not checked against a summary (``read_metrics`` does: a failed run's stop
+    early); raises Damaged when it is missing, too large, empty, cut short in a row or not CSV."""
     if not path.is_file():
         raise Damaged(path, "missing" if not path.exists() else "not a regular file")
     try:
+        if (size := path.stat().st_size) > MAX_METRICS_BYTES:
+            raise Damaged(path, f"{size:,} bytes, more than the {MAX_METRICS_BYTES:,} a run's metrics may have")
         raw = path.read_bytes()
     except OSError as e:
         raise Damaged(path, f"not readable ({e.strerror})") from None
@@ -214,29 +218,6 @@ def read_metrics(path: Path, summary: dict, config: dict) -> pd.DataFrame:
         raise Damaged(path, f"not readable CSV ({str(e).strip().splitlines()[0]})") from None
     if not {"kind", "step"} <= set(m.columns):
         raise Damaged(path, "no kind and step columns: not a gradlab metrics file")
-    step = pd.to_numeric(m["step"], errors="coerce").to_numpy(dtype=np.float64)  # (rows,), NaN: not a number
-    kind = m["kind"].astype(str).to_numpy()
-    train_steps, eval_steps = step[kind == "train"], step[kind == "eval"]
-    if (again := _repeated_row(kind, step)) is not None:  # two attempts' rows in one file (a bad copy)
-        raise Damaged(path, f"{kind[again]} step {int(step[again])} appears twice")
-    train = config.get("train", {})
-    steps = summary.get("steps_done", train.get("steps"))  # steps_done: a stopped run's last step
-    log_every = train.get("log_every") if _is_int(train.get("log_every")) and train["log_every"] > 0 else 1
-    if _is_int(steps) and steps > 0:
-        last_train = _last(train_steps)
-        last_eval = _last(eval_steps)
-        # log_every = k keeps every k-th training step; the last evaluation is always at the last step
-        if (last_train or 0) <= steps - log_every:
-            raise Damaged(path, f"{last_train or 0} of {steps} steps (cut short)")
-        if last_eval is None or last_eval < steps:
-            at = "none" if last_eval is None else f"the last at step {last_eval}"
-            raise Damaged(path, f"evaluations end before step {steps} ({at}; cut short)")
-        every = train.get("eval_every")
-        if _is_int(every) and every > 0:  # training evaluates at step 0, every eval_every, and at the end
-            expected = steps // every + 1 + (steps % every != 0)
-            found = len(eval_steps)
-            if found < expected:
-                raise Damaged(path, f"{found} of {expected} evaluations (rows missing)")
     return m
 
 
@@ -266,6 +247,10 @@ def read_profile(path: Path) -> dict:
     if not path.is_file():
         raise Damaged(path, "missing" if not path.exists() else "not a regular file")
     try:
+        with path.open("rb") as f:  # np.load reads anything else as one .npy, allocating what it declares
+            head = f.read(4)  # shorter: np.load finds it truncated, allocating nothing
+            if len(head) == 4 and head not in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip's first entry, an empty zip
+                raise Damaged(path, "not a .npz archive (a zip of .npy arrays)")
         with np.load(path, allow_pickle=False) as npz:
             _check_sizes(path, npz.zip)  # before any member is read: numpy allocates what a header declares
             profile = {k: npz[k] for k in ("step", "grad_norm", "grad_norm_layers") if k in npz.files}
@@ -297,6 +282,8 @@ def _check_sizes(path: Path, archive: zipfile.ZipFile) -> None:
     (what numpy allocates), read from each member's first bytes only."""
     total = 0
     for info in archive.infolist():
+        if info.flag_bits & 0x1:  # zipfile would ask for a password (RuntimeError); numpy never writes one
+            raise Damaged(path, f"{info.filename}: encrypted")
         with archive.open(info) as member:
             version = np.lib.format.read_magic(member)
             if version == (1, 0):
@@ -348,23 +335,46 @@ def check_run(run_dir: Path, keep: bool = False) -> dict:
 # floor zeros sit next to 1e-18..1e-14). A zero after a large value is a real one: beyond a truncation window
 # (tbptt_lag: 0 right after ~1e-3) or a dead ReLU unit (le2015_digits' IRNN), none of which is below 1e-9.
 FLOOR_NEIGHBOUR = 1e-14
-PROFILED_SEQUENCES = 128  # the evaluation sequences a float32-era profile summed over (at most; training.PROFILE_BATCH)
+PROFILED_SEQUENCES = 128  # the evaluation sequences a profile sums over (at most; training.PROFILE_BATCH)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # 1.18e-38, float32's smallest normal: float32 arithmetic flushes below
+STORED_FLOAT32 = float(np.finfo(np.float32).smallest_subnormal)  # 1.4e-45: a profile stored in float32 reads 0 below
 
 
 def float32_floor(env: dict, config: dict, summary: dict, profile: dict | None) -> dict | None:
-    """Whether a run's profile was cut at float32's floor; None when it was not (or has no profile).
+    """Whether a run's profile may be cut at a float floor; None when it was not (or cannot be, or has no profile).
 
-    Before issue 22 the per-sample norms ‖∂L/∂h_t‖ were reduced in float32 with subnormals flushed, so a
-    sample whose every entry was below FLOAT32_FLOOR added exactly 0 to p[t] = Σ_b ‖∂L/∂h_t‖. Such a run's
-    ``env.json`` lacks ``NORMS_KEY: NORMS_FLOAT64`` (from the recording, not the values: a float64-recorded 0
-    is a measured 0); it is cut when some evaluation's profile has a 0 beside a positive value up to
-    FLOOR_NEIGHBOUR. Returns {"evaluations": how many profiles are cut, "final": whether the last one is,
-    "dependency_ratio_bound": an upper bound on the summary's ``dependency_ratio`` when the last one is, else
-    None}. The recorded ratio is a lower bound; each of at most n = min(128, task.eval_size) samples lost less
-    than sqrt(H) · FLOAT32_FLOOR (H entries each below the floor), so the true ratio is below the recorded one
-    + n · sqrt(H) · FLOAT32_FLOOR / peak (the last profile's largest finite value, ``diagnostics.profile_summary``).
+    Each p[t] = Σ_b ‖∂L/∂h_t‖ sums the norms of n = min(128, task.eval_size) samples, and under TBPTT(k1, k2 > k1)
+    of up to w = ceil(k2 / k1) updates whose windows hold step t (``training.gradient_profiles``). A 0 in it is a
+    0 only down to the recording's floor, the bound on what one sample's norm could have been and read 0:
+
+    - a run recorded before issue 22 (``env.json`` without ``NORMS_KEY: NORMS_FLOAT64``) reduced each norm in
+      float32 with subnormals flushed: a sample whose H entries were all below FLOAT32_FLOOR (1.08e-19) read 0,
+      so it lost less than sqrt(H) · FLOAT32_FLOOR;
+    - a float32 run (config ``dtype: float32``) recorded since reduces the norms in float64, but its backward
+      computes ∂L/∂h_t in float32 with subnormals flushed (``training.torch_settings``): every entry below
+      FLOAT32_TINY (1.18e-38) is 0 before any reduction, so a sample lost less than sqrt(H) · FLOAT32_TINY;
+    - a float64 run recorded since issue 22 has float64's floor, sqrt(H) · 2.2e-308, and a profile stored in
+      float64: its 0 is a measured 0 (None). One whose profile.npz holds float32 (written before the profile was
+      stored in float64) read 0 for a sum below STORED_FLOAT32 (1.4e-45).
+
+    A profile is cut when some evaluation's has a 0 beside a positive value up to FLOOR_NEIGHBOUR. Returns
+    {"evaluations": how many profiles are cut, "final": whether the last one is, "cut_below": the floor above
+    (a gradient entry below it read 0; for a float32-stored float64 run, a sum below it), and
+    "dependency_ratio_bound": an upper bound on the summary's ``dependency_ratio`` when the last one is cut, else
+    None}. The recorded ratio is a lower bound, the true one below it + w · n · sqrt(H) · floor / peak (the sum's
+    floor for a float32-stored one), peak the last profile's largest finite value
+    (``diagnostics.profile_summary``).
     """
-    if env.get(NORMS_KEY) == NORMS_FLOAT64 or profile is None:
+    if profile is None:
+        return None
+    stored32 = np.asarray(profile["grad_norm"]).dtype == np.float32
+    if env.get(NORMS_KEY) != NORMS_FLOAT64:
+        entry = FLOAT32_FLOOR
+    elif config.get("dtype") != "float64":  # vocabulary.DTYPES; a config without dtype is float32
+        entry = FLOAT32_TINY
+    elif stored32:
+        entry = None  # float64's own floor is negligible beside the float32 storage's
+    else:
         return None
     g = np.asarray(profile["grad_norm"], dtype=np.float64)  # (E, S), layer 0
     beside = np.zeros(g.shape, dtype=bool)  # (E, S): a neighbour in (0, FLOOR_NEIGHBOUR]
@@ -376,13 +386,32 @@ def float32_floor(env: dict, config: dict, summary: dict, profile: dict | None) 
         return None
     bound, ratio = None, summary.get("dependency_ratio")
     final = g[-1][np.isfinite(g[-1])]  # (<= S,)
-    if cut[-1] and final.size and final.max() > 0 and ratio is not None and math.isfinite(ratio):
-        hidden = config.get("model", {}).get("hidden")
-        eval_size = config["task"].get("eval_size")
-        n = min(PROFILED_SEQUENCES, eval_size) if _is_int(eval_size) and eval_size > 0 else PROFILED_SEQUENCES
-        if _is_int(hidden) and hidden > 0:
-            bound = ratio + n * math.sqrt(hidden) * FLOAT32_FLOOR / float(final.max())
-    return {"evaluations": int(cut.sum()), "final": bool(cut[-1]), "dependency_ratio_bound": bound}
+    lost = _lost_per_sum(config, entry)  # what p[t] could hold and read 0, or None: not known
+    if (cut[-1] and final.size and final.max() > 0 and lost is not None and isinstance(ratio, (int, float))
+            and not isinstance(ratio, bool) and math.isfinite(ratio)):
+        bound = ratio + lost / float(final.max())
+    return {"evaluations": int(cut.sum()), "final": bool(cut[-1]),
+            "cut_below": STORED_FLOAT32 if entry is None else entry, "dependency_ratio_bound": bound}
+
+
+def _lost_per_sum(config: dict, entry: float | None) -> float | None:
+    """The most one p[t] could lose to a per-entry floor ``entry`` (None: only the float32 storage's, STORED_FLOAT32):
+    w · n · sqrt(H) · entry, w the overlapping TBPTT updates holding a step, n the profiled samples (float32_floor).
+    None when the config does not give H."""
+    if entry is None:
+        return STORED_FLOAT32
+    hidden = config.get("model", {}).get("hidden")
+    eval_size = config["task"].get("eval_size")
+    n = min(PROFILED_SEQUENCES, eval_size) if is_int(eval_size) and eval_size > 0 else PROFILED_SEQUENCES
+    if not (is_int(hidden) and hidden > 0):
+        return None
+    tbptt = config.get("train", {}).get("tbptt")  # null, k or {k1, k2} (_config_problem)
+    windows = 1
+    if isinstance(tbptt, dict) and is_int(tbptt.get("k1")) and is_int(tbptt.get("k2")) and tbptt["k1"] > 0:
+        # update j back-propagates [j·k1 - (k2 - k1), (j+1)·k1): step q·k1 + r is in the windows of
+        # j = q .. q + floor((r + k2 - k1) / k1), so floor((r + k2) / k1) of them, ceil(k2 / k1) at r = k1 - 1
+        windows = max(1, -(-tbptt["k2"] // tbptt["k1"]))
+    return windows * n * math.sqrt(hidden) * entry
 
 
 def outside(path: Path, folder: Path) -> str | None:

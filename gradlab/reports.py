@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import os
 import re
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from gradlab import comparison, readers, results, tuning
+from gradlab.checks import is_number
 from gradlab.comparison import SCHEMA, cell_text, fmt, to_markdown, to_records
 from gradlab.vocabulary import CURVE_PLOT, EXPERIMENT_FILE, MAIN_PLOTS, SELECTION_FILE
 
@@ -295,9 +295,7 @@ def _machine(frame: pd.DataFrame, sweeps: list[dict]) -> str:
 def _recorded(sweeps: list) -> list[dict]:
     """The sweep records of an experiment as a report sums them: objects, ``seconds`` and ``jobs`` numbers
     (a damaged record's other values are dropped, never summed with text)."""
-    def number(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    return [{k: v for k, v in s.items() if k not in ("seconds", "jobs") or number(v)}
+    return [{k: v for k, v in s.items() if k not in ("seconds", "jobs") or is_number(v)}
             for s in sweeps if isinstance(s, dict)]
 
 
@@ -336,7 +334,9 @@ def markdown_book(root: Path, out_file: Path, title: str = "gradlab results",
 
     A damaged run is left out as every command leaves it out, a damaged ``experiment.json`` leaves out
     its experiment, and a ``plots`` folder that resolves outside its experiment its plots: each is
-    appended to ``left_out`` (``gradlab.readers.Skipped``), once."""
+    appended to ``left_out`` (``gradlab.readers.Skipped``), once. Plots are written only inside ``root``
+    as resolved: an experiment linked in from elsewhere is read, and its plots left out (links to read
+    are followed, never to write)."""
     from gradlab.expectations import check_results
     from gradlab.plots import draw
 
@@ -358,7 +358,11 @@ def markdown_book(root: Path, out_file: Path, title: str = "gradlab results",
         if frame.empty:
             continue
         table = comparison.compare(frame)
-        checks = check_results(study, frame=frame)
+        try:
+            checks = check_results(study, frame=frame)
+        except readers.Damaged as e:  # an experiment.json in a folder under this one
+            found.setdefault(str(e), readers.Skipped(e.path, f"{e.reason}; the experiment is left out"))
+            continue
         passed = sum(c["passed"] for c in checks)
         anchor = name.lower().replace(" ", "-")
         verdict = "no claims" if not checks else ("PASS" if passed == len(checks) else "FAIL")
@@ -391,7 +395,8 @@ def markdown_book(root: Path, out_file: Path, title: str = "gradlab results",
         if notes.is_file():
             parts.append(notes.read_text(errors="replace").strip() + "\n")
         images = []
-        if problem := readers.outside(study / "plots", study):
+        # inside its experiment (no plots link) and inside the folder the user gave (no linked experiment)
+        if problem := readers.outside(study / "plots", study) or readers.outside(study / "plots", root):
             found.setdefault(str(study / "plots"), readers.Skipped(study / "plots",
                                                                    f"{problem}; the experiment's plots are left out"))
         else:

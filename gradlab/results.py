@@ -148,9 +148,6 @@ def json_text(data) -> str:
     return json.dumps(finite(data), indent=2, default=str) + "\n"
 
 
-_json_text = json_text
-
-
 def write_json(path: Path, data) -> None:
     write_atomic(path, json_text(data))
 
@@ -160,6 +157,79 @@ DAMAGED = ".damaged"  # the suffix of an experiment.json moved aside because it 
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+# A results folder's JSON file (a run's summary, config, env; experiment.json, selection.json) is a few
+# kilobytes; a larger one is not gradlab's, and reading it would cost its size in memory several times
+# over (json builds Python objects).
+MAX_JSON_BYTES = 16 * 2**20
+
+
+def json_object(path: Path) -> dict:
+    """A results folder's JSON file as a dict, read as untrusted input; raises Damaged when it is missing, not
+    a regular file, too large, cut short, not UTF-8, nested beyond what the parser can follow, or not an
+    object (``gradlab.readers.read_json``; here for ``read_selection``, which must not load pandas)."""
+    path = Path(path)
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise Damaged(path, "missing" if not path.exists() else "not a regular file")
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise Damaged(path, f"{path.stat().st_size:,} bytes, more than the {MAX_JSON_BYTES:,} a results "
+                                "JSON file may have")
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except json.JSONDecodeError as e:
+        raise Damaged(path, f"truncated or corrupt JSON: {e}") from None
+    except UnicodeDecodeError:
+        raise Damaged(path, "corrupt: not UTF-8 text") from None
+    except RecursionError:
+        raise Damaged(path, "corrupt: JSON nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise Damaged(path, f"corrupt JSON: {str(e).splitlines()[0]}") from None
+    except OSError as e:
+        raise Damaged(path, f"not readable ({e.strerror})") from None
+    if not isinstance(data, dict):
+        raise Damaged(path, "not a JSON object")
+    return data
+
+
+def experiment_problem(doc: dict) -> str | None:
+    """What makes a JSON object no ``experiment.json`` as ``gradlab.sweeps`` writes it, in one line (the
+    first problem), or None: ``name`` (a directory name: reports make anchors and folders of it), ``about``
+    and ``source`` strings, ``expect`` a list, ``sweeps`` a list of objects, each with ``source`` a string,
+    ``set`` and ``runs`` lists of strings (absent, not null), ``expect`` a list, ``seconds`` and ``jobs``
+    numbers (any other key may be absent or null). ``gradlab.readers`` refuses such a file, and
+    ``gradlab.sweeps`` sets it aside and writes it again: one definition, so the readers' advice
+    (``cli.errors``) holds."""
+    from gradlab.checks import directory_name  # no torch: the vocabulary's limits and a did-you-mean helper
+
+    def kind(key, value, ok, what, nullable=True):
+        fine = ok(value) or value is None and nullable
+        return None if fine else f"{key}: expected {what}{' or null' if nullable else ''}, got {_short(value)}"
+
+    text, listed = (lambda v: isinstance(v, str)), (lambda v: isinstance(v, list))
+    strings = lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa: E731
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    problems = [kind(key, doc.get(key), text, "a string") for key in ("name", "about", "source")]
+    problems.append(kind("expect", doc.get("expect"), listed, "a list"))
+    if isinstance(doc.get("name"), str) and (problem := directory_name(doc["name"])):
+        problems.append(f"name: {problem}")
+    sweeps = doc.get("sweeps", [])
+    if not isinstance(sweeps, list) or not all(isinstance(s, dict) for s in sweeps):
+        problems.append("sweeps: expected a list of objects")
+        sweeps = []
+    for i, s in enumerate(sweeps):
+        problems += [kind(f"sweeps[{i}].source", s.get("source"), text, "a string"),
+                     *(kind(f"sweeps[{i}].{k}", s[k], strings, "a list of strings", nullable=False)
+                       for k in ("set", "runs") if k in s),  # absent: none set, or an older record
+                     kind(f"sweeps[{i}].expect", s.get("expect"), listed, "a list"),
+                     *(kind(f"sweeps[{i}].{k}", s.get(k), number, "a number") for k in ("seconds", "jobs"))]
+    return next((p for p in problems if p), None)
+
+
+def _short(v) -> str:
+    """A value for a one-line message: its repr, cut at 60 characters."""
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def metrics_csv(rows: list[dict]) -> str:
@@ -172,15 +242,6 @@ def metrics_csv(rows: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """A run's metrics.csv as rows of strings (``""`` where a row has no value); [] when it has none."""
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def write_profile(path: Path, profile: dict) -> None:
@@ -197,14 +258,12 @@ def _npz_bytes(profile: dict) -> bytes:
 
 
 def read_profile(run_dir: Path) -> dict | None:
-    """{"step": (E,), "grad_norm": (E, S)} or None when the run has no profile."""
-    import numpy as np
+    """A run's profile as ``gradlab.readers.read_profile`` reads it (checked, its size capped), or None when
+    the run has no profile."""
+    from gradlab import readers  # numpy: only readers of results load it, never a worker
 
     path = Path(run_dir) / PROFILE
-    if not path.is_file():
-        return None
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
+    return readers.read_profile(path) if path.is_file() else None
 
 
 def save_run(run_dir: Path, config: dict, env: dict, rows: list[dict], summary: dict,
@@ -219,14 +278,14 @@ def save_run(run_dir: Path, config: dict, env: dict, rows: list[dict], summary: 
     The caller holds the run's lock (``RunLock``), so no other process writes here.
     """
     run_dir = Path(run_dir)
-    texts = {CONFIG: _json_text(config), ENV: _json_text(env), METRICS: metrics_csv(rows)}
+    texts = {CONFIG: json_text(config), ENV: json_text(env), METRICS: metrics_csv(rows)}
     if profile is not None:
         texts[PROFILE] = _npz_bytes(profile)
     if error is not None:
         texts[ERROR] = error
     staged = {}
     try:
-        for name, text in [*texts.items(), (SUMMARY, _json_text(summary))]:
+        for name, text in [*texts.items(), (SUMMARY, json_text(summary))]:
             staged[name] = stage(run_dir / name, text)
         (run_dir / SUMMARY).unlink(missing_ok=True)  # a re-run must not look finished until it is
         for old in run_dir.iterdir():  # every file the run wrote before, and .tmp files of a killed write
@@ -336,17 +395,14 @@ def selection_damage(folder: Path) -> str | None:
 
 
 def _selection(path: Path) -> tuple[dict | None, str | None]:
-    """(the selection record, None) or (None, what is wrong with it); (None, None) when there is none."""
-    try:
-        doc = json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
+    """(the selection record, None) or (None, what is wrong with it); (None, None) when there is none.
+    Read as every results JSON file is (``json_object``): a FIFO, a huge or deeply nested file is damage."""
+    if not os.path.exists(path):  # a dangling link too: no selection
         return None, None
-    except OSError as e:
-        return None, f"not readable ({e.strerror})"
-    except UnicodeDecodeError:
-        return None, "corrupt: not UTF-8 text"
-    except ValueError as e:
-        return None, f"truncated or corrupt JSON: {e}"
+    try:
+        doc = json_object(path)
+    except Damaged as e:
+        return None, e.reason
     problem = _selection_shape(doc)
     return (None, problem) if problem else (doc, None)
 
@@ -412,13 +468,6 @@ def shown(run_dirs: list[Path], root: Path) -> list[Path]:
         if run_hash(Path(d).name) not in unchosen[folder]:
             kept.append(d)
     return kept
-
-
-def load_run(run_dir: Path) -> dict:
-    """A run as one record: {"dir", "id", "config", "summary"}."""
-    run_dir = Path(run_dir)
-    return {"dir": str(run_dir), "id": run_dir.name,
-            "config": read_json(run_dir / CONFIG), "summary": read_json(run_dir / SUMMARY)}
 
 
 class Damaged(Exception):

@@ -147,14 +147,12 @@ def experiment_damaged(out: Path, name: str) -> bool:
     """``<out>/<name>/experiment.json`` exists and ``read_experiment`` would move it aside: ``gradlab run``
     then rewrites it even with nothing to train."""
     path = Path(out) / name / EXPERIMENT_FILE
-    try:
-        doc = results.read_json(path)
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return False
-    except ValueError:
+    try:  # damaged as the readers find it (results.experiment_problem), so their advice holds
+        return results.experiment_problem(results.json_object(path)) is not None
+    except results.Damaged:
         return True
-    return not (isinstance(doc, dict) and isinstance(doc.get("sweeps", []), list)
-                and all(isinstance(s, dict) for s in doc.get("sweeps", [])))
 
 
 class RunCollision(Exception):

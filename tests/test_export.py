@@ -92,3 +92,45 @@ def test_bad_directories_are_exit_2(tmp_path):
     assert result.exit_code == 2 and result.output.strip() == f"error: {tmp_path / 'nope'}: no such directory"
     result = runner.invoke(app, ["export", str(tmp_path), "--tensorboard", str(tmp_path / "tb")])
     assert result.exit_code == 2 and "no finished runs to export" in result.output
+
+
+def test_export_writes_the_rows_every_command_read(results, tmp_path):
+    # a metrics.csv saved by an editor with a byte-order mark: pandas (readers.read_metrics, which every
+    # command reads through) reads its columns; export writes what that check read, not a reading of its own
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    import shutil
+
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    run = sorted(d for d in (copy / "tiny").iterdir() if d.is_dir())[0]
+    text = (run / "metrics.csv").read_bytes()
+    (run / "metrics.csv").write_bytes(b"\xef\xbb\xbf" + text)
+    result = runner.invoke(app, ["export", str(copy), "--tensorboard", str(tmp_path / "tb")])
+    assert result.exit_code == 0 and "skipped" not in result.output, result.output
+    events = accumulate(tmp_path / "tb" / "tiny" / run.name)
+    rows = list(csv.DictReader(text.decode().splitlines()))
+    expected = [(int(r["step"]), float(r["loss"])) for r in rows if r["kind"] == "train"]
+    got = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert [s for s, _ in got] == [s for s, _ in expected] == [1, 2, 3, 4]
+    np.testing.assert_allclose([v for _, v in got], [v for _, v in expected], rtol=1e-6)
+
+
+def test_a_failed_run_exports_the_rows_it_wrote(results, tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    import json
+    import shutil
+
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    run = sorted(d for d in (copy / "tiny").iterdir() if d.is_dir())[0]
+    lines = (run / "metrics.csv").read_text().splitlines(keepends=True)
+    (run / "metrics.csv").write_text("".join(lines[:3]))  # stopped after its first rows
+    (run / "error.txt").write_text("RuntimeError: out of memory\n")
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "status": "failed"}))
+    result = runner.invoke(app, ["export", str(copy), "--tensorboard", str(tmp_path / "tb")])
+    assert result.exit_code == 0 and str(tmp_path / "tb" / "tiny" / run.name) in result.output.split(), result.output
+    rows = list(csv.DictReader(lines[:3]))
+    events = accumulate(tmp_path / "tb" / "tiny" / run.name)
+    assert [e.step for e in events.Scalars("train/loss")] == [int(r["step"]) for r in rows if r["kind"] == "train"]
+    assert "gradient_through_time" not in events.Tags()["images"]  # a failed run's profile is not read

@@ -173,6 +173,8 @@ WRONG_SHAPES = [
     ("summary.json", lambda d: d.update(steps_done="20"), "steps_done: expected a number or null, got '20'"),
     ("summary.json", lambda d: d.update(wall_seconds={}), "wall_seconds: expected a number or null, got {}"),
     ("summary.json", lambda d: d.update(solved="no"), "solved: expected true or false or null, got 'no'"),
+    ("summary.json", lambda d: d.update(decay_rate=[0.5]), "decay_rate: expected a number or null, got [0.5]"),
+    ("summary.json", lambda d: d.update(dependency_ratio="abc"), "dependency_ratio: expected a number or null"),
     ("config.json", lambda d: d.update(model=[1]), "model, train and diagnostics must be sections"),
     ("config.json", lambda d: d["task"].update(length="12"), "task.length: expected an integer, got '12'"),
     ("config.json", lambda d: d["task"].update(name=None), "task.name: expected a string, got None"),
@@ -199,6 +201,114 @@ def test_valid_json_of_the_wrong_shape_is_one_named_problem_in_every_command(tmp
         assert result.exit_code == 0, (command, result.output)
         [line] = skipped_lines(result)
         assert line.startswith(f"skipped: {damaged}: {problem}"), (command, line)
+
+
+def test_a_summary_ratio_that_is_not_a_number_beside_a_cut_profile_is_one_named_problem(tmp_path):
+    # a float32-era run (env.json without norms) whose last profile is cut at float32's floor: its ratio's
+    # upper bound is computed from the summary's dependency_ratio, which must be a number to compute with
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    root = tmp_path / "results"
+    write_run(root, seed=0)
+    grad = np.stack([0.9 ** np.arange(S)[::-1] * (e + 1) for e in range(3)])
+    grad[-1, :2] = [0.0, 1e-16]  # a 0 beside a value at the floor, in the last evaluation
+    damaged = write_run(root, seed=1, profile=grad) / "summary.json"
+    edit_json(damaged, lambda d: d.update(dependency_ratio="abc"))
+    for command, result in every_command(root, tmp_path / "out").items():
+        assert result.exit_code == 0, (command, result.output)
+        assert skipped_lines(result) == [
+            f"skipped: {damaged}: dependency_ratio: expected a number or null, got 'abc'"], (command, result.stderr)
+
+
+def test_a_linked_experiment_is_read_but_its_plots_are_not_written_into_its_target(tmp_path):
+    # reading through a link is wanted (an experiment linked into a results folder); writing is not
+    root, victim = tmp_path / "results", tmp_path / "victim"
+    write_run(victim, "exp")
+    root.mkdir()
+    (root / "link").symlink_to(victim)
+    before = files_under(victim)
+    result = invoke("report", root, "--format", "markdown", "-o", tmp_path / "book.md")
+    assert result.exit_code == 0, result.output
+    assert skipped_lines(result) == [f"skipped: {root / 'link' / 'exp' / 'plots'}: resolves to "
+                                     f"{(victim / 'exp' / 'plots').resolve()}, outside {root}; the experiment's "
+                                     "plots are left out"]
+    assert files_under(victim) == before
+    book = (tmp_path / "book.md").read_text()
+    assert "## exp" in book and "| [exp](#exp) | no claims (0/0) | 1 |" in book  # its runs are read
+    # an experiment folder inside the root still gets its plots
+    write_run(root, "here")
+    result = invoke("report", root, "--format", "markdown", "-o", tmp_path / "book.md")
+    assert result.exit_code == 0 and len(skipped_lines(result)) == 1
+    assert {p.name for p in (root / "here" / "plots").iterdir()} and files_under(victim) == before
+
+
+EXPERIMENT_SHAPES = [
+    ([1], "not a JSON object"),
+    ({"sweeps": [{"runs": 5, "expect": [1]}]}, "sweeps[0].runs: expected a list of strings, got 5"),
+    ({"sweeps": [{"runs": ["ab"], "expect": {"a": 1}}]}, "sweeps[0].expect: expected a list or null, got {'a': 1}"),
+    ({"sweeps": [{"runs": ["ab"], "set": [3]}]}, "sweeps[0].set: expected a list of strings, got [3]"),
+    ({"sweeps": [{"runs": ["ab"], "source": 3, "expect": [{"x": 1}]}]}, "sweeps[0].source: expected a string"),
+    ({"sweeps": [], "expect": "solved_rate"}, "expect: expected a list or null, got 'solved_rate'"),
+]
+
+
+@pytest.mark.parametrize("doc, problem", EXPERIMENT_SHAPES)
+def test_an_experiment_record_of_the_wrong_shape_is_named_with_what_to_do(tmp_path, doc, problem):
+    from gradlab import sweeps
+
+    root = tmp_path / "results"
+    write_run(root, "demo")
+    write_run(root, "other")
+    record = root / "demo" / "experiment.json"
+    record.write_text(json.dumps(doc))
+    line = f"error: {record}: {problem}"
+    advice = "; gradlab run writes it again (keeping this one as experiment.json.damaged)"
+    for args in (["compare", root, "--check"], ["report", root, "-o", tmp_path / "r.html"],
+                 ["report", root, "--format", "markdown", "-o", tmp_path / "book.md", "--check"]):
+        result = invoke(*args)
+        assert result.exit_code == 2, (args, result.output)
+        [error] = [x for x in result.stderr.splitlines() if x.startswith("error: ")]
+        assert error.startswith(line) and error.endswith(advice), (args, error)
+    book = invoke("report", root, "--format", "markdown", "-o", tmp_path / "book.md")  # no check: left out, named
+    [skipped] = skipped_lines(book)
+    assert book.exit_code == 0 and skipped.startswith(f"skipped: {record}: {problem}"), book.output
+    assert skipped.endswith("; the experiment is left out") and "## other" in (tmp_path / "book.md").read_text()
+    assert sweeps.experiment_damaged(root, "demo")  # so gradlab run does set it aside and write it again
+
+
+def test_a_selection_record_nested_too_deeply_huge_or_a_fifo_is_named_not_a_crash_or_a_hang(tmp_path):
+    root = tmp_path / "results"
+    write_run(root, "demo")
+    selection = root / "demo" / "selection.json"
+    selection.write_text("[" * 100_000 + "]" * 100_000)
+    assert results.selection_damage(root / "demo") == "corrupt: JSON nested too deeply"
+    selection.unlink()
+    with selection.open("wb") as f:
+        f.truncate(results.MAX_JSON_BYTES + 1)  # sparse: no disk used
+    assert results.selection_damage(root / "demo").startswith(f"{results.MAX_JSON_BYTES + 1:,} bytes, more than")
+    selection.unlink()
+    os.mkfifo(selection)  # reading it would block for ever
+    assert results.selection_damage(root / "demo") == "not a regular file"
+    # through the command, in a process of its own, so that a hang would end at the timeout, and fail
+    proc = subprocess.run([sys.executable, "-m", "gradlab", "compare", str(root), "-f", "json"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr  # a FIFO is no file named selection.json: the runs are shown
+    assert sum(g["runs"] for g in json.loads(proc.stdout)) == 1
+
+
+def test_a_metrics_file_larger_than_any_run_writes_is_refused_unread(tmp_path):
+    root = tmp_path / "results"
+    write_run(root, seed=0)
+    run = write_run(root, seed=1)
+    with (run / "metrics.csv").open("r+b") as f:
+        f.truncate(readers.MAX_METRICS_BYTES + 1)  # sparse: its rows, then zeros, and no disk used
+    summary, config = (json.loads((run / n).read_text()) for n in ("summary.json", "config.json"))
+    peak, raised = peak_while(lambda: readers.read_metrics(run / "metrics.csv", summary, config))
+    assert isinstance(raised, results.Damaged) and raised.reason == (
+        f"{readers.MAX_METRICS_BYTES + 1:,} bytes, more than the {readers.MAX_METRICS_BYTES:,} a run's metrics "
+        "may have"), raised
+    assert peak < 10 * 2**20, peak
+    result = invoke("compare", root)
+    assert result.exit_code == 0 and skipped_lines(result) == [f"skipped: {run / 'metrics.csv'}: {raised.reason}"]
 
 
 def damage_five_ways(root: Path) -> set[Path]:
@@ -352,6 +462,41 @@ def test_a_deflate_bomb_is_refused_from_its_declared_size(tmp_path):
     assert result.exit_code == 0 and line == (
         f"skipped: {bomb}: its arrays declare {declared:,} bytes or more, more than the "
         f"{readers.MAX_PROFILE_BYTES:,} a profile may have (a zip bomb, or not gradlab's)") and declared > size
+
+
+@pytest.mark.parametrize("declared", [(3, 4), (2**31,)])
+def test_a_plain_npy_for_a_profile_is_refused_before_numpy_reads_it(tmp_path, declared):
+    # np.load reads a .npy as one array (not an archive), allocating what its header declares: 16 GiB here
+    path = tmp_path / "profile.npz"
+    path.write_bytes(npy_header(declared) + bytes(8 * 12 if declared == (3, 4) else 64))
+    peak, raised = peak_while(lambda: readers.read_profile(path))
+    assert isinstance(raised, results.Damaged) and raised.reason == "not a .npz archive (a zip of .npy arrays)", raised
+    assert peak < 10 * 2**20, peak
+
+
+def test_an_encrypted_member_is_refused(tmp_path):
+    path = tmp_path / "profile.npz"
+    np.savez(path, step=np.arange(3), grad_norm=np.ones((3, 4)))
+    data = bytearray(path.read_bytes())
+    for signature, flags in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # local and central headers' flag bits
+        at = data.find(signature)
+        while at >= 0:
+            data[at + flags] |= 1  # bit 0: encrypted (zipfile would ask for a password: RuntimeError)
+            at = data.find(signature, at + 4)
+    path.write_bytes(bytes(data))
+    with pytest.raises(results.Damaged, match=r"step.npy: encrypted$"):
+        readers.read_profile(path)
+
+
+def test_results_read_profile_reads_through_the_checked_reader(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert results.read_profile(run) is None
+    with zipfile.ZipFile(run / "profile.npz", "w") as z:  # declares 1.2 GB: refused unread
+        z.writestr("step.npy", npy_header((3,), "<i8") + np.arange(3, dtype="<i8").tobytes())
+        z.writestr("grad_norm.npy", npy_header((3, 50_000_000)) + b"\0" * 64)
+    peak, raised = peak_while(lambda: results.read_profile(run))
+    assert isinstance(raised, results.Damaged) and "a zip bomb" in str(raised) and peak < 10 * 2**20
 
 
 def test_a_profile_of_gradlab_size_is_read_whole(tmp_path):

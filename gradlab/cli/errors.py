@@ -33,7 +33,7 @@ def fail(problems: list[str] | str, code: int = EXIT_BAD_INPUT):
 
 def user_errors(command):
     """Errors of the user's environment (unwritable --out, full disk, Ctrl-C, SIGTERM, SIGHUP, a run's hash
-    collision) as one line, not a traceback."""
+    collision, a damaged experiment.json a check needs) as one line, not a traceback."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
@@ -49,6 +49,10 @@ def user_errors(command):
             signum = getattr(e, "signum", signal.SIGINT)
             fail(interrupted_line(e, signum), code=128 + signum)
         except Exception as e:  # a run's hash collision (sweeps.RunCollision): its message says what to do
+            from gradlab.results import Damaged
+
+            if isinstance(e, Damaged):  # a results file a check cannot pass without (experiment.json)
+                fail(f"{e.path}: {e.reason}; {repair(e.path)}")
             collision = getattr(sys.modules.get("gradlab.sweeps"), "RunCollision", ())  # no sweep, none
             if not isinstance(e, collision):
                 raise
@@ -100,7 +104,6 @@ def unreadable_results(dirs: list[Path]) -> list[str]:
     A gate must not pass on a subset of its runs, so such a result set is bad input
     (exit 2), named file by file; nothing else of it is touched.
     """
-    from gradlab.results import DAMAGED
     from gradlab.vocabulary import CONFIG_FILE, EXPERIMENT_FILE, SUMMARY_FILE
 
     problems = []
@@ -110,11 +113,19 @@ def unreadable_results(dirs: list[Path]) -> list[str]:
                 json.loads(path.read_bytes().decode("utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 why = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8"
-                fix = (f"gradlab run writes it again (keeping this one as {path.name}{DAMAGED})"
-                       if path.name == EXPERIMENT_FILE else
-                       "move the run's directory away, or delete it and gradlab run redoes the run")
-                problems.append(f"{path}: truncated or corrupt JSON ({why}); {fix}")
+                problems.append(f"{path}: truncated or corrupt JSON ({why}); {repair(path)}")
     return problems
+
+
+def repair(path: Path) -> str:
+    """What to do about a damaged results file: ``gradlab run`` sets a damaged experiment.json aside and
+    writes it again (``sweeps.read_experiment``); a run's file goes with its run."""
+    from gradlab.results import DAMAGED
+    from gradlab.vocabulary import EXPERIMENT_FILE
+
+    if Path(path).name == EXPERIMENT_FILE:
+        return f"gradlab run writes it again (keeping this one as {Path(path).name}{DAMAGED})"
+    return "move the run's directory away, or delete it and gradlab run redoes the run"
 
 
 def read_config(read, path: Path):
