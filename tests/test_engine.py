@@ -365,8 +365,11 @@ def test_a_reused_probe_gets_fresh_norms_each_backward(fn):
 # ---------------------------------------------------------------------------
 # gradcheck, forward-only use, dtypes and devices
 
+@pytest.mark.parametrize("check", [torch.autograd.gradcheck, torch.autograd.gradgradcheck])
 @pytest.mark.parametrize("case", CASES)
-def test_gradcheck(case):
+def test_gradcheck(case, check):
+    """The gradient, and its derivative (create_graph=True: gradgradcheck), against finite differences
+    (without truncation: a truncated gradient is not the derivative of the forward)."""
     x, state, params = make(case, 4, 2, 2, 3, seed=11)
     rec, nl, _ = CASES[case]
     inputs = [t.requires_grad_() for t in (x, *parts(state), *params)]
@@ -376,7 +379,7 @@ def test_gradcheck(case):
         state = tuple(rest[:n]) if n == 2 else rest[0]
         hs, final = SCAN(rec, nl, x, state, list(rest[n:]))
         return (hs, *parts(final))
-    assert torch.autograd.gradcheck(f, inputs)
+    assert check(f, inputs)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -476,22 +479,6 @@ def test_hidden_norms_in_float64_at_both_ends_of_float32():
     g = torch.tensor([[0.0, 0.0], [float("inf"), 1.0], [float("nan"), 1.0], [3.0, 4.0]])
     norms = engine.hidden_norms(g)
     assert norms[0] == 0 and norms[1] == float("inf") and norms[2].isnan() and norms[3] == 5
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_gradgradcheck(case):
-    """A derivative of the gradient (create_graph=True) against finite differences of the gradient
-    (without truncation: a truncated gradient is not the derivative of the forward)."""
-    x, state, params = make(case, 5, 2, 2, 3, seed=11)
-    rec, nl, _ = CASES[case]
-    inputs = [t.requires_grad_() for t in (x, *parts(state), *params)]
-    n = len(parts(state))
-
-    def f(x, *rest):
-        state = tuple(rest[:n]) if n == 2 else rest[0]
-        hs, final = SCAN(rec, nl, x, state, list(rest[n:]))
-        return (hs, *parts(final))
-    assert torch.autograd.gradgradcheck(f, inputs)
 
 
 @pytest.mark.parametrize("case", TORCH_MODULES)

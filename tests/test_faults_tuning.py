@@ -31,6 +31,7 @@ from test_faults import (
     start,
     wait_for,
 )
+from test_tuning import CONFIG
 from typer.testing import CliRunner
 
 from gradlab import grid, results
@@ -38,18 +39,8 @@ from gradlab.cli import app
 from gradlab.vocabulary import SELECTION_DIR, SELECTION_FILE, SELECTION_MARKER
 
 runner = CliRunner()
-TUNED = """\
-name: tuned
-task: {name: adding, length: 10, eval_size: 16}
-model: {hidden: 8}
-train: {steps: 20, batch_size: 8, eval_every: 10}
-seeds: [0, 1]
-grid:
-  model.cell: [vanilla, gru]
-tune:
-  train.lr: [1.0e-3, 1.0e-2]
-  seeds: [100]
-"""
+# test_tuning's tuned sweep at 20 steps: two arms, two lrs, one selection seed (tune: at line 8)
+TUNED = CONFIG.replace("STEPS", "20").replace("  metric: final_loss\n", "")
 SELECTION_RUNS, REPORTED_RUNS = 4, 4
 HOLD = {"selection": "_seed=100_", "reported": "_seed=0_,_seed=1_"}  # the run ids of each phase, for the gate
 
