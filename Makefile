@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   install into .venv, run the quickstart sweep, print the comparison table
 #   make test   install into .venv (with the dev extra), lint, run the test suite
+# and, for the paper studies' claims at CI size (minutes; CI runs both):
+#   make studies
 #
 # TORCH pins the torch build the venv starts from. 2.13.0 is the CPU wheel on the
 # development machines' disk (pip takes it from there in seconds); elsewhere pip
@@ -11,7 +13,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test studies bench clean
 
 $(BIN)/gradlab: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +26,10 @@ demo: $(BIN)/gradlab
 
 test: $(BIN)/gradlab
 	$(BIN)/ruff check gradlab tests
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not study"
+
+studies: $(BIN)/gradlab
+	$(BIN)/pytest -m study
 
 bench: $(BIN)/gradlab
 	$(BIN)/gradlab bench

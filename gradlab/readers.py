@@ -247,15 +247,17 @@ def read_profile(path: Path) -> dict:
     if not path.is_file():
         raise Damaged(path, "missing" if not path.exists() else "not a regular file")
     try:
+        # the file is opened here, not by np.load: given a path, np.load leaves it open when the zip is corrupt
         with path.open("rb") as f:  # np.load reads anything else as one .npy, allocating what it declares
             head = f.read(4)  # shorter: np.load finds it truncated, allocating nothing
             if len(head) == 4 and head not in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip's first entry, an empty zip
                 raise Damaged(path, "not a .npz archive (a zip of .npy arrays)")
-        with np.load(path, allow_pickle=False) as npz:
-            _check_sizes(path, npz.zip)  # before any member is read: numpy allocates what a header declares
-            profile = {k: npz[k] for k in ("step", "grad_norm", "grad_norm_layers") if k in npz.files}
-            if "step" not in profile or "grad_norm" not in profile:
-                raise KeyError("step" if "step" not in profile else "grad_norm")
+            f.seek(0)
+            with np.load(f, allow_pickle=False) as npz:
+                _check_sizes(path, npz.zip)  # before any member is read: numpy allocates what a header declares
+                profile = {k: npz[k] for k in ("step", "grad_norm", "grad_norm_layers") if k in npz.files}
+                if "step" not in profile or "grad_norm" not in profile:
+                    raise KeyError("step" if "step" not in profile else "grad_norm")
     except KeyError as e:
         raise Damaged(path, f"no {e.args[0]} array") from None
     except OSError as e:

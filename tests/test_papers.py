@@ -22,6 +22,7 @@ from gradlab.expectations import check_results
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
+pytestmark = pytest.mark.study  # `make studies`; `make test` leaves them out
 
 # study -> the --set overrides that make it CI-sized (a few to a few tens of seconds here)
 REDUCED = {

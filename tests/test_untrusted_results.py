@@ -188,19 +188,26 @@ WRONG_SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("file, change, problem", WRONG_SHAPES)
-def test_valid_json_of_the_wrong_shape_is_one_named_problem_in_every_command(tmp_path, file, change, problem):
+def test_valid_json_of_the_wrong_shape_is_one_named_problem_in_every_command(tmp_path):
+    # one folder holds every wrong shape, each in a run of its own beside one intact run: each command
+    # reads it once (its figures cost seconds) and must name each damaged run with its own problem
     pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
     root = tmp_path / "results"
     write_run(root, seed=0)
-    damaged = write_run(root, seed=1) / file
-    doc = json.loads(damaged.read_text())
-    replaced = change(doc)
-    damaged.write_text(json.dumps(doc if replaced is None else replaced))
+    expected = []
+    for seed, (file, change, problem) in enumerate(WRONG_SHAPES, start=1):
+        damaged = write_run(root, seed=seed) / file
+        doc = json.loads(damaged.read_text())
+        replaced = change(doc)
+        damaged.write_text(json.dumps(doc if replaced is None else replaced))
+        expected.append((f"skipped: {damaged}: ", problem))
+    expected.sort()
     for command, result in every_command(root, tmp_path / "out").items():
         assert result.exit_code == 0, (command, result.output)
-        [line] = skipped_lines(result)
-        assert line.startswith(f"skipped: {damaged}: {problem}"), (command, line)
+        lines = skipped_lines(result)
+        assert len(lines) == len(expected), (command, lines)
+        for line, (where, problem) in zip(lines, expected):
+            assert line.startswith(where + problem), (command, line, problem)
 
 
 def test_a_summary_ratio_that_is_not_a_number_beside_a_cut_profile_is_one_named_problem(tmp_path):
