@@ -120,6 +120,8 @@ def run_events(proto, record: dict, run_dir: Path) -> list:
     when = lambda step: start + wall * min(step, steps) / steps  # noqa: E731
     events = [proto.Event(wall_time=start, file_version="brain.Event:2")]
     for tag, step, value in scalars(_metrics(record, run_dir)):
+        if record.get("floor") and tag == "eval/dependency_ratio" and value == 0:
+            continue  # cut at a float floor (readers.float32_floor): below it, not a measured 0; a scalar has no "<"
         value_pb = proto.Summary.Value(tag=tag, simple_value=value)
         events.append(proto.Event(wall_time=when(step), step=step, summary=proto.Summary(value=[value_pb])))
     profile = record["profile"]  # as check_run read and checked it (a successful run's only): None or whole

@@ -339,14 +339,15 @@ def summarised(root: Path) -> list[Path]:
     return shown(sorted(p.parent for p in files_named(root, SUMMARY)), Path(root))
 
 
-def files_named(root: Path, name: str) -> list[Path]:
+def files_named(root: Path, name: str, regular: bool = True) -> list[Path]:
     """Every file called ``name`` at or under ``root``, sorted, symlinked folders followed: an experiment
     or a run linked into a results folder is read as if it were copied there (``Path.rglob`` does not
     follow links before Python 3.13).
 
     Each real folder is read once (two links to one folder give its files once), and a link to a folder
     that holds it, its own or one above it up to ``/``, is a cycle and not followed: a walk always ends.
-    A folder that cannot be listed is passed over, as ``rglob`` does.
+    A folder that cannot be listed is passed over, as ``rglob`` does. ``regular=False``: anything not a
+    folder counts (a FIFO, a device, a dangling link), for a reader that names such a file as damage.
     """
     root = Path(root)
     try:
@@ -366,7 +367,7 @@ def files_named(root: Path, name: str) -> list[Path]:
         seen.add(me)
         for entry in entries:
             try:
-                if entry.name == name and entry.is_file():
+                if entry.name == name and (entry.is_file() if regular else not entry.is_dir()):
                     found.append(Path(entry.path))
                 elif entry.is_dir():  # follows a symlink
                     stack.append((Path(entry.path), ancestors | {me}))
@@ -499,7 +500,7 @@ def scan_runs(root: Path, keep: bool = False) -> tuple[list[dict], list[Damaged]
 def damaged_selections(root: Path) -> list[Damaged]:
     """The tuned experiments' ``SELECTION_FILE``s under ``root`` that cannot be read, each named."""
     found = []
-    for path in files_named(root, SELECTION_FILE):
+    for path in files_named(root, SELECTION_FILE, regular=False):  # a FIFO is named, not passed over
         if path.parent.name != SELECTION_DIR and (problem := selection_damage(path.parent)):
             found.append(Damaged(path, f"{problem}; each arm's choice is unknown, so its runs at every tuned "
                                        "value are shown (gradlab run of its config writes the file again)"))

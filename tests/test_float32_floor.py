@@ -29,8 +29,9 @@ FADING = np.array([0, 0, 0, 0, 3e-17, 2e-15, 1e-12, 1e-8, 1e-4, PEAK], dtype=np.
 WINDOW = np.array([0, 0, 0, 0, 0, 0, 2e-3, 1e-2, 5e-2, PEAK], dtype=np.float32)  # zeros beyond a tbptt window
 
 
-def write(root, name, profile, env, seed=0, dtype="float32", tbptt=None):
-    """A finished run; ``profile`` (S,) is stored in its own dtype."""
+def write(root, name, profile, env, seed=0, dtype="float32", tbptt=None, ratio_rows=False):
+    """A finished run; ``profile`` (S,) is stored in its own dtype; ``ratio_rows``: its evaluation rows carry the
+    profile's dependency ratio, as training writes them."""
     config = {"name": name, "task": {"name": "adding", "length": len(profile), "eval_size": 500, "variant": None},
               "model": {"cell": "vanilla", "hidden": HIDDEN, "layers": 1},
               "train": {"steps": STEPS, "batch_size": 64, "optimizer": "adam", "lr": 0.01,
@@ -41,7 +42,8 @@ def write(root, name, profile, env, seed=0, dtype="float32", tbptt=None):
                "dependency_ratio": float(profile[0] / PEAK), "dependency_lag": len(profile) - 1,
                "clip_rate": 0.0, "suggested_clip": 1.0, "grad_norm_max": 1.0}
     rows = [{"kind": "train", "step": s, "loss": 0.1} for s in (1, STEPS)]
-    rows += [{"kind": "eval", "step": s} for s in (0, 250, 500)]
+    rows += [{"kind": "eval", "step": s, **({"dependency_ratio": summary["dependency_ratio"]} if ratio_rows else {})}
+             for s in (0, 250, 500)]
     grad = np.stack([profile] * 3)  # (E, S)
     path = root / name / f"cell=vanilla_seed={seed}_{seed:016x}"
     results.save_run(path, config, env, rows, summary,
@@ -72,6 +74,25 @@ def test_a_float32_run_cut_at_the_floor_shows_its_dependency_ratio_as_an_upper_b
     csv = runner.invoke(app, ["compare", str(tmp_path / "old"), "-f", "csv"]).stdout.splitlines()
     header, values = csv[0].split(","), csv[1].split(",")
     assert values[header.index("dependency_ratio_bound")] == "True"
+
+
+def test_export_leaves_out_the_zero_ratios_of_a_run_cut_at_the_floor_and_keeps_a_measured_zero(tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root = tmp_path / "results"
+    write(root, "old", FADING, {"torch": "2.13.0"}, ratio_rows=True)
+    write(root, "new", FADING.astype(np.float64), {"torch": "2.13.0", NORMS_KEY: NORMS_FLOAT64}, dtype="float64",
+          ratio_rows=True)
+    out = runner.invoke(app, ["export", str(root), "--tensorboard", str(tmp_path / "tb")])
+    assert out.exit_code == 0, out.output
+    seen = {}
+    for name in ("old", "new"):
+        [run_dir] = (tmp_path / "tb" / name).iterdir()
+        events = EventAccumulator(str(run_dir)).Reload()
+        tag = "eval/dependency_ratio"
+        seen[name] = [e.value for e in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
+    assert seen == {"old": [], "new": [0.0, 0.0, 0.0]}  # float32's zeros are its floor's; float64's are measured
 
 
 def test_the_same_profile_of_a_float64_run_recorded_in_float64_is_a_measured_zero(tmp_path):
