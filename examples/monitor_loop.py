@@ -6,7 +6,8 @@ A GRU regressor trained with SGD. After every backward the monitor records the
 pre-clip global norm and each submodule's (``gru``, ``head``); once it has 20
 steps of history the loop clips at the monitor's suggested threshold (the median
 norm so far, as a gradlab run suggests it). At the end it prints the verdict
-(``exploding`` if any step spiked to 50x the running median or was non-finite),
+(``exploding`` if any step spiked to 50x the running median or was non-finite,
+else ``not exploding``: the norms alone cannot tell whether the gradient vanishes),
 the spikes and the last rows of the monitor's DataFrame.
 """
 

@@ -18,8 +18,10 @@ from gradlab.task import (
     PASCANU_SQUARED_ERROR,
     SOLVED_ACCURACY,
     SOLVED_MSE,
+    VALUES,
     Batch,
     Task,
+    _first_step,
     _last_step_mask,
 )
 
@@ -45,6 +47,27 @@ def _marked_batch(values: torch.Tensor, markers: torch.Tensor, first: torch.Tens
     y[-1] = combine(values[first, cols], values[second, cols])
     mask = _last_step_mask(S, B, values.device)
     return Batch(torch.stack([values, markers], dim=-1), y, mask, mask)
+
+
+def _first_marked_value(batch: Batch) -> tuple[torch.Tensor, str] | None:
+    """The memory target of the adding family: (B,) the value at each sequence's first step whose
+    marker (channel 1) is 1, kind VALUES; None when a sequence has no marked step left (hidden).
+
+    Why the first: it is the older of the two, the input the state must carry the longest (to the
+    last step, where the target is read). What a solver's state holds may be only the running
+    combination of the two values, not the first one by itself: a state that holds v1 + v2
+    exactly reads v1 back linearly with R² = Var v1 / Var(v1 + v2) = 1/2 (independent values;
+    ``adding``, ``adding[pascanu]``, ``adding[tcn]``; a little under for ``adding[hochreiter]``), one
+    that holds v1 · v2 with R² = Cov(v1, v1 v2)² / (Var v1 · Var v1 v2) = (1/24)² / (1/12 · 7/144)
+    = 3/7 (``multiplication``). So R² near 1/2 can be a solver (each task declares the figure:
+    ``memory_ceiling``); R² near 0 means the state has lost the first value, whatever the gradient does.
+    None unless every sequence still shows both marks."""
+    marked = batch.x[..., 1] == 1  # (S, B); Hochreiter's -1 markers are not marks
+    if not (marked.sum(dim=0) == 2).all():  # a mark hidden: the first one left would be the second value
+        return None
+    first = _first_step(marked)
+    cols = torch.arange(batch.x.shape[1], device=batch.x.device)
+    return batch.x[first, cols, 0], VALUES
 
 
 def _hit_rate(out: torch.Tensor, batch: Batch, hit) -> float:
@@ -95,6 +118,15 @@ class Adding(Task):
     def dependency(self, length: int) -> int:
         return (length // 2) // 2  # the middle of the first marker's range [0, T//2)
 
+    def memory_target(self, batch: Batch, length: int) -> tuple[torch.Tensor, str] | None:
+        """The value at the first marked step (``_first_marked_value``), held until the last step."""
+        return _first_marked_value(batch)
+
+    def memory_ceiling(self, length: int) -> float | None:
+        """R² = Var v1 / Var(v1 + v2) = 1/2: v1 read from a state holding the sum (or mean) of two
+        independent equally distributed values (``_first_marked_value``)."""
+        return 1 / 2
+
     def solved(self, loss: float, accuracy: float | None) -> bool:
         return loss < SOLVED_MSE
 
@@ -124,6 +156,11 @@ class Multiplication(PascanuScored, Adding):
 
     def combine(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a * b
+
+    def memory_ceiling(self, length: int) -> float | None:
+        """R² = Cov(v1, v1 v2)² / (Var v1 · Var v1 v2) = (1/24)² / (1/12 · 7/144) = 3/7: v1 read
+        linearly from a state holding the product (``_first_marked_value``)."""
+        return 3 / 7
 
     def baseline(self, length: int) -> float:
         """MSE of the best constant, E[U1 U2] = 1/4: Var(U1 U2) = E[U1²] E[U2²] - (E[U1] E[U2])²
@@ -178,6 +215,18 @@ class AddingHochreiter(Task):
 
     def dependency(self, length: int) -> int:
         return 10 // 2  # the middle of X1's range, the first ten pairs
+
+    def memory_target(self, batch: Batch, length: int) -> tuple[torch.Tensor, str] | None:
+        """The value at the first marked step (X1, or X2 where it comes first; ``_first_marked_value``)."""
+        return _first_marked_value(batch)
+
+    def memory_ceiling(self, length: int) -> float | None:
+        """R² = Var v1 / (Var v1 + Var v2) = (1 - p0) / (2 - p0) of the first marked value v1 read from a
+        state holding X1 + X2 (the target is linear in it): the second marked value never sits on the
+        first pair, so it is U[-1, 1] (variance 1/3), while the first is zeroed there, with probability
+        p0 = 1/10 + 9/10 / (T//2 - 1) (``baseline``), variance (1 - p0)/3; 0.44 at T = 20."""
+        p0 = 1 / 10 + (9 / 10) / (length // 2 - 1)
+        return (1 - p0) / (2 - p0)
 
     def accuracy(self, out: torch.Tensor, batch: Batch) -> float:
         return _hit_rate(out, batch, lambda e: e.abs() < HOCHREITER_ABS_ERROR)

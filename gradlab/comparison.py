@@ -18,22 +18,25 @@ import pandas as pd
 
 from gradlab import results, statistics
 from gradlab.vocabulary import (
-    EXPLODING,
+    FLAGS,
     FULL_BPTT,
     HEALTHY,
     MIXED,
     TEXT_METRICS,
-    VANISHING,
     VERDICTS,
     config_columns,
+    label_flags,
 )
 
 DEFAULT_BY = ["task", "length", "cell", "clip", "tbptt"]
 # The version of every JSON document compare prints: the --check/diff object's "schema" and each
 # object of the plain list. New keys keep it; a key that changes meaning or disappears bumps it.
 # 2: ``verdict`` is "mixed" on a tie (1: the worse of the tied verdicts).
-SCHEMA = "gradlab.compare/2"
-COUNTS = ("runs", "failed", "solved", "diverged")  # integers, also as <count>_base, _candidate, _delta of a diff
+# 3: two flags (issue 23): ``verdict`` may be "vanishing+exploding" and "exploding" no longer hides a
+# vanishing gradient; ``exploding_runs`` and ``vanishing_runs`` count each flag over a group's runs.
+SCHEMA = "gradlab.compare/3"
+# integers, also as <count>_base, _candidate, _delta of a diff
+COUNTS = ("runs", "failed", "solved", "diverged", "exploding_runs", "vanishing_runs")
 # The table's metric columns are gradlab.vocabulary.METRICS, in order.
 # Config columns that set a run's memoryless baseline loss: runs differing in one are never pooled.
 BASELINE_KEYS = ["task", "variant", "length"]
@@ -68,8 +71,11 @@ def flatten(record: dict) -> dict:
                 "solved": bool(summary.get("solved", False)), "steps_to_solve": summary.get("steps_to_solve"),
                 "diverged": bool(summary.get("diverged", False)), "baseline_loss": summary.get("baseline_loss"),
                 "loss_ratio": loss_ratio(summary), "clip_rate": summary.get("clip_rate"),
-                "verdict": summary.get("verdict"), "horizon_init": summary.get("horizon_init"),
+                "verdict": summary.get("verdict"), "exploding": summary.get("exploding"),
+                "vanishing": summary.get("vanishing"), "horizon_init": summary.get("horizon_init"),
                 "horizon": summary.get("horizon"), **dependency_ratio(record),
+                "long_term_share": summary.get("long_term_share"), "memory": summary.get("memory"),
+                "lyapunov_max": summary.get("lyapunov_max"),
                 "grad_norm_max": summary.get("grad_norm_max"), "suggested_clip": summary.get("suggested_clip"),
                 "wall_seconds": summary.get("wall_seconds"), "run_dir": record["dir"],
                 "run_hash": results.run_hash(record["id"])})
@@ -77,7 +83,8 @@ def flatten(record: dict) -> dict:
 
 
 SUMMARY_COLUMNS = ["status", "final_loss", "solved", "steps_to_solve", "diverged", "baseline_loss", "loss_ratio",
-                   "clip_rate", "verdict", "horizon_init", "horizon", "dependency_ratio", "dependency_ratio_bound",
+                   "clip_rate", "verdict", "exploding", "vanishing", "horizon_init", "horizon", "dependency_ratio",
+                   "dependency_ratio_bound", "long_term_share", "memory", "lyapunov_max",
                    "grad_norm_max", "suggested_clip",
                    "wall_seconds", "run_dir", "run_hash"]
 
@@ -136,10 +143,15 @@ def _aggregate(g: pd.DataFrame) -> pd.Series:
         "steps_to_solve_median": solved_steps.median() if len(solved_steps) else None,
         "diverged": int(ok["diverged"].sum()),
         **_verdicts(ok),
+        **_flag_counts(ok),
         # .get: frames from before the column existed (or built by hand) lack it
         "horizon_init_median": _median(ok.get("horizon_init", pd.Series(dtype=float))),
         "horizon_median": _median(ok["horizon"]),
         **_dependency(ok),
+        # issue 23's figures of the last evaluation: runs from before they existed have none (None)
+        "long_term_share_median": _median(ok.get("long_term_share", pd.Series(dtype=float))),
+        "memory_median": _median(ok.get("memory", pd.Series(dtype=float))),
+        "lyapunov_max_median": _median(ok.get("lyapunov_max", pd.Series(dtype=float))),
         "clip_rate_mean": _mean(ok.get("clip_rate", pd.Series(dtype=float))),
         "grad_norm_max": pd.to_numeric(ok["grad_norm_max"], errors="coerce").max() if len(ok) else None,
         "suggested_clip": _median(ok["suggested_clip"]),
@@ -174,6 +186,13 @@ def _verdicts(ok: pd.DataFrame) -> dict:
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], rank.get(kv[0], len(rank)), kv[0]))
     tie = len(ranked) > 1 and ranked[0][1] == ranked[1][1]
     return {"verdict": MIXED if tie else ranked[0][0], "verdicts": ", ".join(f"{n} {v}" for v, n in ranked)}
+
+
+def _flag_counts(ok: pd.DataFrame) -> dict:
+    """``exploding_runs`` and ``vanishing_runs``: how many finished runs carry each flag (``readers.with_flags``
+    gives runs recorded before the flags theirs; an unknown flag, null, counts in neither)."""
+    return {f"{flag}_runs": int(ok[flag].map(lambda v: v is True or v == 1).sum()) if flag in ok else 0
+            for flag in FLAGS}
 
 
 def varying_columns(frame: pd.DataFrame) -> list[str]:
@@ -386,9 +405,10 @@ def _regressions(base: dict, cand: dict, tol: dict) -> list[tuple[str, str]]:
     b, c = _num(base["steps_to_solve_median"]), _num(cand["steps_to_solve_median"])
     if b is not None and c is not None and c > b * (1 + tol["steps_to_solve"]):
         why.append(("steps", f"steps_to_solve_median {fmt(b)} -> {fmt(c)}"))
-    # shares, not mere presence: a healthy base with one exploding seed in three is no worse than itself
-    shares = [_verdict_shares(rec) for rec in (base, cand)]
-    bad = [v for v in (VANISHING, EXPLODING) if shares[1].get(v, 0) > shares[0].get(v, 0)]
+    # shares, not mere presence: a healthy base with one exploding seed in three is no worse than itself;
+    # per flag, so a vanishing+exploding run counts for both
+    shares = [_flag_shares(rec) for rec in (base, cand)]
+    bad = [v for v in FLAGS if shares[1].get(v, 0) > shares[0].get(v, 0)]
     if base["verdict"] == HEALTHY and bad:  # also a tie: "1 exploding, 1 healthy" is no longer healthy
         why.append(("verdict", f"verdict {HEALTHY} ({base.get('verdicts') or HEALTHY}) -> {cand['verdict']} "
                                f"({cand.get('verdicts') or cand['verdict']})"))
@@ -412,6 +432,15 @@ def _verdict_shares(rec: dict) -> dict[str, float]:
         counts = {rec["verdict"]: 1}
     total = sum(counts.values())
     return {v: n / total for v, n in counts.items()} if total else {}
+
+
+def _flag_shares(rec: dict) -> dict[str, float]:
+    """{flag: the share of a group's runs with a verdict whose label names it} (``_verdict_shares``)."""
+    out: dict[str, float] = {}
+    for label, share in _verdict_shares(rec).items():
+        for flag in label_flags(label):
+            out[flag] = out.get(flag, 0) + share
+    return out
 
 
 def _values(frame: pd.DataFrame, column: str) -> set[str]:

@@ -20,9 +20,10 @@ Three kinds of evidence, each a pure function of numbers the training loop recor
   running median of the last 50 norms) is gradlab's own rule, set from measured
   runs (``Thresholds``), not the paper's.
 
-``verdict`` combines them into ``healthy``, ``exploding`` or ``vanishing`` with
-the figures behind it. Its thresholds are the fields of ``Thresholds``
-(configurable; ``DEFAULTS`` holds the documented defaults).
+``verdict`` raises two independent flags from them, ``exploding`` (the norm series)
+and ``vanishing`` (the profile), with the figures behind each, and a label naming
+the flags that hold (``vanishing+exploding`` when both do). Its thresholds are the
+fields of ``Thresholds`` (configurable; ``DEFAULTS`` holds the documented defaults).
 
 This module imports numpy only; ``recurrent_spectrum`` imports torch when called,
 so results can be analysed without torch installed.
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradlab.vocabulary import EXPLODING, HEALTHY, VANISHING
+from gradlab.vocabulary import verdict_label
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,11 @@ class Thresholds:
     # batch noise and to hold the pre-explosion level through an episode of high norms, short
     # enough to follow the level's drift over training (norms fall 10x as a loss converges).
     spike_window: int = 50
+    # Not a threshold: how many of the top Lyapunov exponents of the forward dynamics each evaluation
+    # measures (gradlab.lyapunov; at most the hidden size). 0, the default: not measured. Opt-in because it
+    # costs about 12 training steps per evaluation (benchmarks/lyapunov.py: 8 sequences, k 4 or 8, lstm
+    # H=64, T=100): 12% of a run at eval_every 100, over the 10% the other figures keep to.
+    lyapunov: int = 0
 
 
 DEFAULTS = Thresholds()
@@ -240,9 +246,18 @@ def suggest_clip(pre_clip_norms) -> float | None:
     return float(np.median(x)) if len(x) else None
 
 
+def is_vanishing(dependency_ratio, thresholds: Thresholds = DEFAULTS) -> bool | None:
+    """The vanishing flag: the gradient reaching the dependency is below ``vanishing_ratio`` of the
+    profile's peak (Bengio et al. 1994; Hochreiter 1991); None when the ratio is unknown (no profile,
+    or NaN at the dependency: ``profile_summary``). An inf ratio (an overflow reaches it) is not vanishing."""
+    if dependency_ratio is None or (isinstance(dependency_ratio, float) and math.isnan(dependency_ratio)):
+        return None
+    return bool(dependency_ratio < thresholds.vanishing_ratio)
+
+
 def verdict(norms, nonfinite_steps: int, profile, dependency: int,
             thresholds: Thresholds = DEFAULTS) -> tuple[str, dict]:
-    """Name the run's gradient pathology: ``healthy``, ``exploding`` or ``vanishing``, and why.
+    """The run's two gradient flags, ``exploding`` and ``vanishing``, each on its own evidence, and their label.
 
     norms: (N,) the pre-clip global norms, one per step in order (NaN where a step
     was non-finite); nonfinite_steps: how many steps had a non-finite loss or
@@ -250,21 +265,27 @@ def verdict(norms, nonfinite_steps: int, profile, dependency: int,
     evaluation — the trained model, not the initial one — or None;
     dependency: the time index of the task's earliest relevant input.
 
-    - ``exploding``: any non-finite step, or any spike (``detect_spikes``).
-    - ``vanishing``: the profile's ``dependency_ratio`` < ``vanishing_ratio``: the
+    - ``exploding`` (True/False): any non-finite step, or any spike (``detect_spikes``).
+    - ``vanishing`` (True/False; None without a profile, or with NaN at the dependency):
+      the profile's ``dependency_ratio`` < ``vanishing_ratio`` (``is_vanishing``): the
       gradient reaching the dependency is negligible against the peak (Bengio et
       al. 1994; Hochreiter 1991). Truncated BPTT with a window shorter than the lag
-      gives a ratio of exactly 0 and so this verdict: the gradient is cut, not decayed.
-    - ``healthy``: neither (also when no profile was recorded).
+      gives a ratio of exactly 0 and so this flag: the gradient is cut, not decayed.
 
-    Exploding takes precedence: the two can coexist (a run can spike and still
-    carry no gradient to the dependency), an explosion wrecks training at once
-    and has a cheap cure (clipping), and a profile measured after an explosion
-    is not a trustworthy picture of the model.
+    The flags are independent because the two happen together: a run can spike and
+    still carry no gradient to the dependency. The committed ``horizon_by_cell`` tanh
+    RNN (adding, T = 50, 2 seeds) had 1-2 spikes (up to 105× the running median) while its
+    horizon fell from 7-8 steps to 1 and its dependency ratio to 2e-11-7e-11: a vanishing
+    gradient that one label, exploding first, named only ``exploding``.
 
-    Figures: nonfinite_steps, spikes (count), spike_ratio_max (the largest norm
-    over its running median), and from the profile decay_rate, dependency_ratio,
-    horizon and dependency_lag (None without a profile).
+    The label (``vocabulary.verdict_label``): ``vanishing+exploding`` when both hold,
+    else the one that holds, else ``healthy``; without a profile the vanishing flag is
+    not measured, so a run that did not explode is ``not exploding``, never ``healthy``.
+
+    Figures: exploding, vanishing (the flags); behind exploding nonfinite_steps,
+    spikes (count) and spike_ratio_max (the largest norm over its running median);
+    behind vanishing, from the profile, dependency_ratio, with decay_rate, horizon and
+    dependency_lag (None without a profile).
     """
     spikes = len(detect_spikes(norms, thresholds.spike_factor, thresholds.spike_window))
     ratios = spike_ratios(norms, thresholds.spike_window)
@@ -276,9 +297,48 @@ def verdict(norms, nonfinite_steps: int, profile, dependency: int,
         summary = profile_summary(profile, dependency, thresholds.horizon_fraction)
         figures.update({k: v for k, v in summary.items() if k != "peak"})
         figures["dependency_lag"] = len(profile) - 1 - dependency
-    if nonfinite_steps > 0 or spikes > 0:
-        return EXPLODING, figures
-    ratio = figures["dependency_ratio"]
-    if ratio is not None and ratio < thresholds.vanishing_ratio:
-        return VANISHING, figures
-    return HEALTHY, figures
+    figures["exploding"] = nonfinite_steps > 0 or spikes > 0
+    figures["vanishing"] = is_vanishing(figures["dependency_ratio"], thresholds)
+    return verdict_label(figures["exploding"], figures["vanishing"]), figures
+
+
+class ExplosionWatch:
+    """The exploding flag of the steps so far, for each evaluation of a run: fed one step at a time.
+
+    ``add(norm, nonfinite)`` after every training step (norm NaN for a step with no
+    update, as ``verdict``'s norms); ``exploding()`` is then ``verdict``'s flag on the
+    steps so far — any non-finite step or any spike — so at the last step it equals
+    the run's. Each call checks only the steps since the last against the ``window``
+    finite norms before them, whose ratios (``spike_ratios``) more steps never
+    change; while fewer than ``window`` finite norms exist the first window's
+    reference still moves, so all of them are checked again.
+    """
+
+    def __init__(self, thresholds: Thresholds = DEFAULTS):
+        self.factor, self.window = thresholds.spike_factor, thresholds.spike_window
+        self._nonfinite = False
+        self._spiked = False        # a spike among the steps checked, final once _settled
+        self._settled = False       # window finite norms were seen: the checked steps' ratios are final
+        self._checked: list = []    # the steps checked, all of them until _settled, then the last window finite
+        self._new: list = []        # steps added since the last check
+
+    def add(self, norm: float, nonfinite: bool = False) -> None:
+        self._new.append(norm)
+        self._nonfinite |= bool(nonfinite)
+
+    def exploding(self) -> bool:
+        if self._new and not (self._spiked and self._settled):  # a settled spike stays a spike
+            history = self._checked
+            x = np.asarray(history + self._new, dtype=np.float64)  # (h + n,)
+            ratios = spike_ratios(x, self.window)
+            if self._settled:  # the history is window finite norms: the new steps' references are exact
+                ratios = ratios[len(history):]
+            self._spiked = bool((np.nan_to_num(ratios, nan=0.0) > self.factor).any())  # all again if unsettled
+            finite = x[np.isfinite(x)]
+            if len(finite) >= self.window:
+                self._settled = True
+                self._checked = finite[-self.window:].tolist()
+            else:
+                self._checked = x.tolist()
+        self._new = []
+        return self._nonfinite or self._spiked

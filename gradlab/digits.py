@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -123,6 +124,18 @@ class Digits(Task):
 
     def dependency(self, length: int) -> int:
         return 0  # the first pixel (row)
+
+    has_dependency_input: ClassVar[bool] = False  # gradlab.memory.memory returns {}
+
+    def memory_target(self, batch: Batch, length: int) -> None:
+        """None: no single input is the dependency. The class is the target itself, a function of
+        all 64 pixels, so the one input to read back from the last state does not exist, and
+        decoding the class from it is what the model's own readout does (the eval accuracy).
+        What applies instead is the memory curve (``gradlab.memory.memory_curve``): how well the
+        pixel (row) read k steps before the last step is decoded from the last state, for a range
+        of lags k; pixels that are the same in every image (the corners, the blank steps after 64)
+        have nothing to decode and score None."""
+        return None
 
     def solved(self, loss: float, accuracy: float | None) -> bool:
         return accuracy >= SOLVED_ACCURACY

@@ -30,7 +30,11 @@ against it and against torch's modules):
   grad_transform, as ``recurrences.unroll``'s hooks record it (``hidden_norms``: in
   float64, or scaled where the device has no float64, so a norm is not cut at float32's
   squares, see there). Each backward records anew, except after one with
-  create_graph=True: its record is kept (below), in both.
+  create_graph=True: its record is kept (below), in both. With a ``probe.cut`` (a step),
+  ``probe.long_term`` and ``probe.short_term`` hold each recurrent weight's gradient from
+  the steps ≤ cut and > cut (``recurrences.Probe``): the sweep folds each chunk's rows
+  into two accumulators instead of one, split at the cut (the same matmul volume), and
+  the weight's gradient is their sum. Without a cut nothing changes.
 - a derivative of the gradient (``backward(create_graph=True)``, e.g. a gradient
   penalty): the backward then re-runs the layer on ``reference`` (``recurrences.unroll``,
   passed by ``recurrences.scan``) under autograd and differentiates that, so the
@@ -157,12 +161,23 @@ def _accept_total(dh_t, t, transform):
     return dh_t
 
 
-def _record(ctx, dh):
-    """probe.norms = ‖∂L/∂h_t‖ per step and sample, from dh (T, B, H); not after a traced backward
-    of the same forward recorded them (a later backward runs through that one's graph)."""
+def _record(ctx, dh, *weights):
+    """probe.norms = ‖∂L/∂h_t‖ per step and sample, from dh (T, B, H), and with a cut the recurrent
+    weights' long- and short-term gradients from their accumulators ``weights`` (``_LinearGrads``
+    made with ``split``); not after a traced backward of the same forward recorded them (a later
+    backward runs through that one's graph)."""
     probe = ctx.opts.probe
     if probe is not None and not getattr(ctx, "traced", False):
         probe.norms = hidden_norms(dh)
+        if _split(ctx.opts, dh.shape[0]) is not None:
+            probe.long_term, probe.short_term = (tuple(parts) for parts in zip(*(w.parts() for w in weights)))
+
+
+def _split(opts, T):
+    """How many leading steps' uses of the recurrent weights are long-term: probe.cut + 1 clipped to
+    [0, T] (``recurrences.Probe``); None without a probe or a cut."""
+    cut = getattr(opts.probe, "cut", None)
+    return None if cut is None else min(max(cut + 1, 0), T)
 
 
 # The device types that compute in float64. Apple's MPS has none (torch refuses a float64 tensor there),
@@ -232,13 +247,18 @@ def _traced_backward(ctx, grads, inputs, state, params, outputs_of):
         raise RuntimeError("gradlab engine: a derivative of the gradient (backward with create_graph=True) "
                            "through a grad_transform (recurrent clipping) is not supported")
     wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
-    probe = None if opts.probe is None else SimpleNamespace(norms=None)  # the hooks may fire again later
+    # the hooks may fire again later: the reference records into a stand-in, copied once
+    probe = None if opts.probe is None else SimpleNamespace(norms=None, cut=getattr(opts.probe, "cut", None),
+                                                             long_term=None, short_term=None)
     with torch.enable_grad():
         hs, final = opts.reference(inputs[0], state, params, window=opts.window, probe=probe)
         found = torch.autograd.grad(outputs_of(hs, final), [inputs[i] for i in wanted], grads,
                                     create_graph=True, allow_unused=True)
     if probe is not None and probe.norms is not None:
         opts.probe.norms = probe.norms.detach().clone()
+    if probe is not None and probe.long_term is not None:
+        opts.probe.long_term, opts.probe.short_term = (tuple(g.detach().clone() for g in part)
+                                                       for part in (probe.long_term, probe.short_term))
     ctx.traced = True
     out = [None] * (len(inputs) + 1)  # + opts
     for i, g in zip(wanted, found, strict=True):
@@ -292,26 +312,41 @@ class _LinearGrads:
     rows from chunks of 16 steps on; no (T, B, G) buffer is needed).
     inp.T @ dout is the orientation MKL runs fast when inp is skinny (the input
     term, I = 2: ten times faster than dout.T @ inp) and never slower otherwise.
-    need = (inp, weight, bias) flags.
+    need = (inp, weight, bias) flags. split: with a number n, ∂L/∂W is kept in two parts, the rows of
+    steps [0, n) (``d_w_long_t``) and of the rest (``d_w_t``), whose sum it is (``parts``; a probe's
+    cut, ``_split``); each chunk's rows go to one or the other, so the matmul volume is unchanged.
     """
 
-    def __init__(self, inp, weight, need):
-        self.inp, self.weight = inp, weight
+    def __init__(self, inp, weight, need, split=None):
+        self.inp, self.weight, self.need_w, self.split = inp, weight, need[1], split
         self.d_inp = inp.new_empty(inp.shape) if need[0] else None
-        self.d_w_t = weight.new_zeros(weight.shape[1], weight.shape[0]) if need[1] else None  # (I, G)
+        shape = (weight.shape[1], weight.shape[0])  # (I, G)
+        self.d_w_t = weight.new_zeros(shape) if need[1] or split is not None else None
+        self.d_w_long_t = weight.new_zeros(shape) if split is not None else None
         self.d_b = weight.new_zeros(weight.shape[0]) if need[2] else None
 
     def add(self, s, e, dout):
         rows = dout.reshape(-1, dout.shape[-1])  # ((e - s)·B, G)
         if self.d_inp is not None:
             torch.mm(rows, self.weight, out=self.d_inp[s:e].view(-1, self.inp.shape[-1]))
-        if self.d_w_t is not None:
+        if self.d_w_long_t is not None and s < self.split:
+            n = (min(e, self.split) - s) * (rows.shape[0] // (e - s))  # the rows of the steps before the split
+            inp = self.inp[s:e].reshape(-1, self.inp.shape[-1])
+            self.d_w_long_t.addmm_(inp[:n].t(), rows[:n])
+            if n < rows.shape[0]:
+                self.d_w_t.addmm_(inp[n:].t(), rows[n:])
+        elif self.d_w_t is not None:
             self.d_w_t.addmm_(self.inp[s:e].reshape(-1, self.inp.shape[-1]).t(), rows)
         if self.d_b is not None:
             self.d_b += rows.sum(0)
 
+    def parts(self):
+        """(∂L/∂W from the steps before the split, from the rest), each W's shape; with ``split`` only."""
+        return self.d_w_long_t.t().contiguous(), self.d_w_t.t().contiguous()
+
     def result(self):
-        d_w = None if self.d_w_t is None else self.d_w_t.t().contiguous()
+        d_w_t = self.d_w_t if self.d_w_long_t is None else self.d_w_t + self.d_w_long_t
+        d_w = None if d_w_t is None or not self.need_w else d_w_t.t().contiguous()
         return self.d_inp, d_w, self.d_b
 
 
@@ -383,8 +418,9 @@ class _ElmanScan(torch.autograd.Function):
         dpre = d_hs.new_empty(CHUNK, B, H)  # ∂L/∂(pre-activation) of a chunk's steps
         dpre_ = dpre.unbind(0)
         ih = _LinearGrads(x.contiguous(), w_ih, (need[0], need[2], need[4] or need[5]))
-        hh = _LinearGrads(hbuf[k - 1:k - 1 + T], w_hh, (False, need[3], False))
-        skip = _LinearGrads(hbuf[:T], w_skip, (False, need[6], False)) if w_skip is not None else None
+        split = _split(opts, T)  # a probe's cut: U's (and S's) gradient in two parts
+        hh = _LinearGrads(hbuf[k - 1:k - 1 + T], w_hh, (False, need[3], False), split)
+        skip = _LinearGrads(hbuf[:T], w_skip, (False, need[6], False), split) if w_skip is not None else None
         act_backward = _act_backward(opts.nonlinearity)
         for s, e in _chunks(T):
             for t in range(e - 1, s - 1, -1):
@@ -397,7 +433,7 @@ class _ElmanScan(torch.autograd.Function):
             for acc in (ih, hh, skip):
                 if acc is not None:
                     acc.add(s, e, dpre[:e - s])
-        _record(ctx, dh[k:])
+        _record(ctx, dh[k:], *(acc for acc in (hh, skip) if acc is not None))
         d_x, d_w_ih, d_b = ih.result()
         d_w_skip = skip.result()[1] if skip is not None else None
         return d_x, dh[:k], d_w_ih, hh.result()[1], d_b, _clone(d_b), d_w_skip, None
@@ -452,7 +488,7 @@ class _LSTMScan(torch.autograd.Function):
         f_, by_dc_, by_dh_ = fac[:, :, 0].unbind(0), fac[:, :, :4].unbind(0), fac[:, :, 4].unbind(0)
         dgates_, dcfh_ = fac[:, :, 1:].flatten(2).unbind(0), dc_from_h.unbind(0)
         ih = _LinearGrads(x.contiguous(), w_ih, (need[0], need[3], need[5] or need[6]))
-        hh = _LinearGrads(hbuf[:-1], w_hh, (False, need[4], False))
+        hh = _LinearGrads(hbuf[:-1], w_hh, (False, need[4], False), _split(opts, T))
         for s, e in _chunks(T):
             _lstm_factors(gates[s:e], cbuf[s:e], tanh_c[s:e], fac[:e - s], dc_from_h[:e - s])
             for t in range(e - 1, s - 1, -1):
@@ -469,7 +505,7 @@ class _LSTMScan(torch.autograd.Function):
             dgates = fac[:e - s, :, 1:].flatten(2)  # (e - s, B, 4H) ∂L/∂(pre-activations i, f, g, o)
             ih.add(s, e, dgates)
             hh.add(s, e, dgates)
-        _record(ctx, dh[1:])
+        _record(ctx, dh[1:], hh)
         d_x, d_w_ih, d_b = ih.result()
         return d_x, dh[0], carry, d_w_ih, hh.result()[1], d_b, _clone(d_b), None
 
@@ -547,7 +583,7 @@ class _GRUScan(torch.autograd.Function):
         d_gi = d_hs.new_empty(CHUNK, B, 3, H)  # a chunk's ∂L/∂(W x + b_ih), gates r, z, n
         by_dh_, d_gh_ = fac.unbind(0), fac[:, :, :3].flatten(2).unbind(0)
         ih = _LinearGrads(x.contiguous(), w_ih, (need[0], need[2], need[4]))
-        hh = _LinearGrads(hbuf[:-1], w_hh, (False, need[3], need[5]))
+        hh = _LinearGrads(hbuf[:-1], w_hh, (False, need[3], need[5]), _split(opts, T))
         for s, e in _chunks(T):
             _gru_factors(rz[s:e], n[s:e], hn[s:e], h_minus_n[s:e], ctx.scale, fac[:e - s])
             for t in range(e - 1, s - 1, -1):
@@ -560,7 +596,7 @@ class _GRUScan(torch.autograd.Function):
             d_gi[:m, :, 2] = fac[:m, :, 3]
             ih.add(s, e, d_gi[:m].flatten(2))
             hh.add(s, e, fac[:m, :, :3].flatten(2))  # ∂L/∂(U h + b_hh), gates r, z, n
-        _record(ctx, dh[1:])
+        _record(ctx, dh[1:], hh)
         d_x, d_w_ih, d_b_ih = ih.result()
         _, d_w_hh, d_b_hh = hh.result()
         return d_x, dh[0], d_w_ih, d_w_hh, d_b_ih, d_b_hh, None

@@ -8,7 +8,8 @@ A config may carry an ``expect:`` list. Each entry selects groups with
         solved_rate: ">= 0.66"
         final_loss_mean: "< 0.5 * baseline_loss"
       - where: {cell: vanilla}
-        verdict: vanishing
+        verdict: vanishing+exploding
+        vanishing_runs: "> runs / 2"
       - claim: clipping makes runs fail less often, never more
         where: {clip: "norm(1)"}
         versus: {clip: none}
@@ -21,7 +22,10 @@ and its ``length``; a bare value means ``==``. With ``versus:`` an EXPR may name
 that column of the partner group, the one equal to the selected group in every
 grouping column except those ``versus`` sets. ``claim:`` is the sentence the
 entry checks, shown in reports. An expectation passes when every group it selects
-satisfies every comparison. This module does not import torch.
+satisfies every comparison. A gradient flag is asserted on its count, ``exploding_runs``
+or ``vanishing_runs`` (``== runs``: every run; ``> runs / 2``: most; ``== 0``: none), the
+label on ``verdict`` (the label of most runs: ``vanishing+exploding`` names both flags,
+``exploding`` and ``vanishing`` one without the other). This module does not import torch.
 """
 
 from __future__ import annotations
@@ -34,13 +38,11 @@ from dataclasses import dataclass, field
 
 from gradlab.vocabulary import (
     EXPERIMENT_FILE,
-    EXPLODING,
+    FLAG_JOIN,
     FULL_BPTT,
-    HEALTHY,
     METRICS,
     MIXED,
     TEXT_METRICS,
-    VANISHING,
     VERDICTS,
     hash_matcher,
 )
@@ -152,7 +154,11 @@ def parse_check(column: str, spec) -> Check:
         m = re.match(r"^(==|!=)\s*(.+)$", text)
         op, value = (m.group(1), m.group(2)) if m else ("==", text)
         if column == "verdict" and value not in (*VERDICTS, MIXED):
-            raise ValueError(f"verdict must be {HEALTHY}, {EXPLODING}, {VANISHING} or {MIXED} (a tie), got {value!r}")
+            swapped = FLAG_JOIN.join(reversed(value.split(FLAG_JOIN)))  # exploding+vanishing: the flags' order
+            hint = f" (did you mean {swapped!r}?)" if swapped in VERDICTS else did_you_mean(value, (*VERDICTS, MIXED))
+            raise ValueError(f"verdict must be {', '.join(VERDICTS)} or {MIXED} (a tie), got {value!r}"
+                             f"{hint}; a flag alone: exploding_runs or "
+                             "vanishing_runs, e.g. vanishing_runs: \"> runs / 2\"")
         return Check(column, op, value, None)
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
         return Check(column, "==", repr(spec), _parse_expr(repr(spec)))

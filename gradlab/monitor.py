@@ -8,7 +8,10 @@ are ``diagnostics.suggest_clip`` and ``diagnostics.verdict`` on that norm series
 with a run's thresholds (``diagnostics.DEFAULTS``): a spike is a norm above
 ``spike_factor`` × the running median of the previous ``spike_window`` finite
 norms (fewer in the first steps; gradlab's rule, ``diagnostics.spike_ratios``), the
-suggested threshold is the median of the finite norms.
+suggested threshold is the median of the finite norms. The monitor sees only the
+norms, never ∂L/∂h_t through time, so it raises the exploding flag and leaves the
+vanishing flag unmeasured (None): its verdict is ``exploding`` or ``not exploding``,
+never ``healthy``. ``gradlab.watch`` measures the profile of a recurrent module.
 
 Cost per step: one ``torch._foreach_norm`` over the gradients, a few sums, one
 transfer of a handful of numbers to the host (a device sync on CUDA); the
@@ -30,8 +33,11 @@ from torch import nn
 from gradlab import diagnostics
 from gradlab.diagnostics import DEFAULTS, Thresholds
 from gradlab.engine import has_float64, scaled_norms
+from gradlab.vocabulary import NOT_EXPLODING
 
 GROUPINGS = ("module", "parameter")
+UNMEASURED_NOTE = (f"vanishing not measured: the monitor sees the global norms, not the gradient through time "
+                   f"(so {NOT_EXPLODING!r}, not healthy); gradlab.watch(module) measures it")
 
 
 class GradientMonitor:
@@ -103,16 +109,19 @@ class GradientMonitor:
         return diagnostics.suggest_clip(self.norms())
 
     def verdict(self) -> str:
-        """``exploding`` (a non-finite step, or a spike) or ``healthy``: a run's rule without the profile."""
+        """``exploding`` (a non-finite step, or a spike) or ``not exploding``, never ``healthy``: the norms
+        cannot tell whether the gradient vanishes through time (``summary()["vanishing"]`` is None)."""
         return self.summary()["verdict"]
 
     def summary(self) -> dict:
-        """steps, verdict and its figures (nonfinite_steps, spikes, spike_ratio_max), grad_norm_max,
-        suggested_clip: the keys of a run's summary.json that the norm series gives."""
+        """steps, verdict, the flags ``exploding`` (bool) and ``vanishing`` (None: not measured here) with
+        a ``note`` saying so, the figures behind exploding (nonfinite_steps, spikes, spike_ratio_max),
+        grad_norm_max, suggested_clip: the keys of a run's summary.json that the norm series gives."""
         norms = self.norms()
         nonfinite_steps = sum(1 for n in norms if math.isnan(n))
         verdict, figures = diagnostics.verdict(norms, nonfinite_steps, None, 0, self.thresholds)
-        return {"steps": len(self.rows), "verdict": verdict,
+        return {"steps": len(self.rows), "verdict": verdict, "exploding": figures["exploding"],
+                "vanishing": figures["vanishing"], "note": UNMEASURED_NOTE,
                 **{k: figures[k] for k in ("nonfinite_steps", "spikes", "spike_ratio_max")},
                 "grad_norm_max": max((n for n in norms if math.isfinite(n)), default=None),
                 "suggested_clip": diagnostics.suggest_clip(norms)}

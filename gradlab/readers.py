@@ -29,18 +29,23 @@ import numpy as np
 import pandas as pd
 
 from gradlab.checks import directory_name, is_int
+from gradlab.diagnostics import Thresholds, is_vanishing
 from gradlab.results import MAX_JSON_BYTES, Damaged, experiment_problem, json_object
 from gradlab.vocabulary import (
     CONFIG_FILE,
     ENV_FILE,
     EXPERIMENT_FILE,
+    EXPLODING,
     FLOAT32_FLOOR,
+    HEALTHY,
     MAX_ID_BYTES,
     METRICS_FILE,
     NORMS_FLOAT64,
     NORMS_KEY,
     PROFILE_FILE,
     SUMMARY_FILE,
+    VANISHING,
+    verdict_label,
 )
 
 __all__ = ["MAX_JSON_BYTES", "Damaged", "Skipped", "check_run", "float32_floor", "outside", "read_json",
@@ -61,10 +66,11 @@ MAX_PROFILE_BYTES = 64 * 2**20
 NUMBER, FLAG, TEXT = "a number", "true or false", "a string"
 # The summary keys a reader computes with, and what each must be (or null): a string where a loss belongs
 # would stop a comparison in the middle of its arithmetic.
-SUMMARY_KEYS = {"status": TEXT, "verdict": TEXT, "solved": FLAG, "diverged": FLAG,
+SUMMARY_KEYS = {"status": TEXT, "verdict": TEXT, "solved": FLAG, "diverged": FLAG, "exploding": FLAG, "vanishing": FLAG,
                 **dict.fromkeys(("final_loss", "baseline_loss", "steps_to_solve", "clip_rate", "horizon_init",
                                  "horizon", "grad_norm_max", "suggested_clip", "wall_seconds", "dependency_lag",
-                                 "steps_done", "final_accuracy", "dependency_ratio", "decay_rate"), NUMBER)}
+                                 "steps_done", "final_accuracy", "dependency_ratio", "decay_rate",
+                                 "long_term_share", "memory", "lyapunov_max"), NUMBER)}
 INTEGER_KEYS = ("train.steps", "train.log_every", "train.eval_every", "seed")  # config keys a reader counts with
 
 
@@ -318,6 +324,7 @@ def check_run(run_dir: Path, keep: bool = False) -> dict:
                                f"{MAX_ID_BYTES} of a run id")
     summary = run_summary(run_dir / SUMMARY_FILE)
     config = run_config(run_dir / CONFIG_FILE)
+    summary = with_flags(summary, config)
     record = {"dir": str(run_dir), "id": run_dir.name, "config": config, "summary": summary}
     metrics = profile = floor = None
     if summary.get("status") == "ok":
@@ -330,6 +337,44 @@ def check_run(run_dir: Path, keep: bool = False) -> dict:
     if keep:
         record.update(metrics=metrics, profile=profile)
     return record
+
+
+def with_flags(summary: dict, config: dict) -> dict:
+    """The summary with its ``exploding`` and ``vanishing`` flags: as recorded, or derived for a run recorded
+    before the flags (issue 23), which has only its label (``verdict``) of the rule "exploding takes precedence".
+
+    A recorded flag is kept. A missing one is derived from the old label, which is exact except where
+    exploding hid vanishing:
+
+    - ``exploding`` = whether the label is ``exploding`` (the old rule named exploding whenever it held);
+    - ``vanishing``: True for ``vanishing``, False for ``healthy`` (a vanishing run was never healthy); for
+      ``exploding`` it is re-derived as the run's own training derived it: the summary's ``dependency_ratio``
+      below the config's ``diagnostics.vanishing_ratio`` (``diagnostics.is_vanishing``, the ratio as
+      recorded, not a float32 floor's bound); None (unknown) when either is missing or not a number.
+
+    The label is then made again from the flags (``vocabulary.verdict_label``), so an old exploding run whose
+    ratio is below the threshold reads ``vanishing+exploding``, as a run recorded now would; one whose vanishing
+    flag is unknown stays ``exploding``. A failed run, or a label gradlab never wrote, gets None for each
+    missing flag and keeps its label. Returns a new dict.
+    """
+    if "exploding" in summary and "vanishing" in summary:
+        return summary
+    label = summary.get("verdict")
+    derived = {"exploding": None, "vanishing": None}
+    if summary.get("status") == "ok" and label in (EXPLODING, VANISHING, HEALTHY):
+        derived["exploding"] = label == EXPLODING
+        derived["vanishing"] = {VANISHING: True, HEALTHY: False}.get(label)
+        ratio, threshold = summary.get("dependency_ratio"), config.get("diagnostics", {}).get("vanishing_ratio")
+        if label == EXPLODING and _is_number(ratio) and _is_number(threshold):
+            derived["vanishing"] = is_vanishing(ratio, Thresholds(vanishing_ratio=threshold))
+    out = {**summary, **{k: v for k, v in derived.items() if k not in summary}}
+    if out["exploding"] is not None:
+        out["verdict"] = verdict_label(out["exploding"], out["vanishing"])
+    return out
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 # A zero of a float32-recorded profile is the floor's when a lag beside it holds a positive sum this small: the

@@ -137,6 +137,7 @@ CHECKS = {
     "diagnostics.vanishing_ratio": fraction,
     "diagnostics.spike_factor": above_one,
     "diagnostics.spike_window": int_between(1, MAX_EVERY, "the most steps a run has"),
+    "diagnostics.lyapunov": int_between(0, 64, "exponents; each adds a forward-mode product per step"),
     "seeds": _seeds,
     "device": _device,
     "dtype": choice(dict.fromkeys(DTYPES), "dtype"),

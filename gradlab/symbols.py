@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from gradlab.task import SOLVED_ACCURACY, Batch, Task, _last_step_mask
+from gradlab.task import SOLVED_ACCURACY, SYMBOLS, Batch, Task, _first_step, _last_step_mask
 
 COPY_SYMBOLS = 10  # how many symbols are to be remembered
 BLANK, DELIMITER = 0, 9  # data symbols are the classes 1..8
@@ -36,8 +37,46 @@ def _recall_batch(symbols: torch.Tensor, S: int, blank: int, marker: tuple[int, 
     return Batch(F.one_hot(seq, classes).float(), y, loss_mask, score_mask)
 
 
+def _symbol_at(batch: Batch, steps: torch.Tensor | int) -> torch.Tensor:
+    """(B,) the class of each sequence's one-hot input at ``steps`` ((B,) step indices, or one for all)."""
+    cols = torch.arange(batch.x.shape[1], device=batch.x.device)
+    return batch.x[steps, cols].argmax(dim=-1)
+
+
+def _symbol_target(batch: Batch, symbols: range) -> tuple[torch.Tensor, str] | None:
+    """(B,) the class of the one-hot input at step 0, kind SYMBOLS; None unless every sequence's is
+    one-hot and among ``symbols`` (a step hidden to zeros or a blank is no dependency input)."""
+    one_hot = bool((batch.x[0].sum(dim=-1) == 1).all())
+    labels = _symbol_at(batch, 0)
+    inside = bool(((labels >= symbols.start) & (labels < symbols.stop)).all())
+    return (labels, SYMBOLS) if one_hot and inside else None
+
+
+class Recall:
+    """What a recall task's (copy, memorisation) state must hold: the K symbols of steps 0..K-1, from
+    the step before the recall starts on. Its memory target is the FIRST of them: the oldest, the one
+    the state carries the longest, the dependency the gradient profile is judged at (``dependency``
+    0); one class per sequence keeps the score one accuracy against one chance level, where all K
+    at once would need K readouts or a class per K-tuple (8^10 for copy). The others, at shorter
+    lags, are the memory curve's (``gradlab.memory.memory_curve``)."""
+
+    input_kind: ClassVar[str] = SYMBOLS
+    recalled: ClassVar[int]  # K, the symbols recalled: each task sets it
+    data_symbols: ClassVar[range]  # the classes a symbol to recall is drawn from
+
+    def memory_target(self, batch: Batch, length: int) -> tuple[torch.Tensor, str] | None:
+        """(B,) the class of the input at step 0, the first symbol recalled; None where it is not a
+        data symbol (hidden: blanked or zeroed)."""
+        return _symbol_target(batch, self.data_symbols)
+
+    def memory_step(self, length: int, steps: int | None = None) -> int:
+        """T + K - 1: the last step before the first recall target (copy: the delimiter's step;
+        memorisation: the blank before the go marker), after which no input names a symbol."""
+        return length + self.recalled - 1
+
+
 @dataclass(frozen=True)
-class Copy(Task):
+class Copy(Recall, Task):
     """Copying memory problem (Arjovsky et al. 2016, arXiv:1511.06464 §4.1; its code
     ``memory_problem.py``); after Hochreiter & Schmidhuber 1997.
 
@@ -47,6 +86,9 @@ class Copy(Task):
     the 10 symbols. The loss is the cross-entropy averaged over all S steps; the
     accuracy is judged on the 10 recall steps.
     """
+
+    recalled: ClassVar[int] = COPY_SYMBOLS
+    data_symbols: ClassVar[range] = range(1, 9)
 
     def sequence_length(self, length: int) -> int:
         return length + 2 * COPY_SYMBOLS
@@ -89,6 +131,7 @@ class TemporalOrder(Task):
     """
 
     starts: tuple[int, ...] = (1, 5)  # where the A/B ranges start, in tenths of L
+    input_kind: ClassVar[str] = SYMBOLS
 
     def generate(self, batch: int, length: int, generator: torch.Generator) -> Batch:
         self.check_length(length)
@@ -115,6 +158,14 @@ class TemporalOrder(Task):
     def dependency(self, length: int) -> int:
         return self.starts[0] * length // 10 + (length // 10) // 2  # the middle of the first symbol's range
 
+    def memory_target(self, batch: Batch, length: int) -> tuple[torch.Tensor, str] | None:
+        """(B,) the class (A = 0, B = 1) of the first A/B symbol, the oldest input the class depends on,
+        held until the last step; None when a sequence has no A/B symbol left (hidden)."""
+        relevant = batch.x[..., :2].sum(dim=-1) > 0  # (S, B): one-hot classes 0 (A) and 1 (B)
+        if not (relevant.sum(dim=0) == len(self.starts)).all():  # one hidden: the first left is not the first
+            return None
+        return _symbol_at(batch, _first_step(relevant)), SYMBOLS
+
     def solved(self, loss: float, accuracy: float | None) -> bool:
         return accuracy >= SOLVED_ACCURACY
 
@@ -128,6 +179,8 @@ class Permutation(Task):
     are uniform over 2..99. At the last step, predict the first symbol, as a 100-way
     softmax (Pascanu's ``nout = 100``).
     """
+
+    input_kind: ClassVar[str] = SYMBOLS
 
     def generate(self, batch: int, length: int, generator: torch.Generator) -> Batch:
         self.check_length(length)
@@ -149,6 +202,11 @@ class Permutation(Task):
     def dependency(self, length: int) -> int:
         return 0
 
+    def memory_target(self, batch: Batch, length: int) -> tuple[torch.Tensor, str] | None:
+        """(B,) the class of the first symbol (0 or 1), the target itself, held until the last step;
+        None where it is not 0 or 1 (hidden)."""
+        return _symbol_target(batch, range(2))
+
     def solved(self, loss: float, accuracy: float | None) -> bool:
         return accuracy >= SOLVED_ACCURACY
 
@@ -158,7 +216,7 @@ MEMO_BLANK, MEMO_GO = 5, 6  # input classes: symbols 0..4, blank 5, go 6; output
 
 
 @dataclass(frozen=True)
-class Memorization(Task):
+class Memorization(Recall, Task):
     """Noiseless memorisation problem (Pascanu et al. 2013, arXiv:1211.5063, its code
     ``memorization.py`` with its defaults n_values = 5, n_pos = 10; after Hochreiter &
     Schmidhuber 1997).
@@ -171,6 +229,9 @@ class Memorization(Task):
     accuracy is the fraction of right sequences); solved when it is >= 0.99. (Pascanu's
     error counts a sequence wrong when any of its S steps is wrong, blanks included.)
     """
+
+    recalled: ClassVar[int] = MEMO_POSITIONS
+    data_symbols: ClassVar[range] = range(MEMO_VALUES)
 
     def sequence_length(self, length: int) -> int:
         return length + 2 * MEMO_POSITIONS

@@ -17,7 +17,10 @@ horizon                   horizon_init_median→horizon_median
 dep. ratio (wide)         dependency_ratio_median, ``<`` before an upper bound
                           (dependency_ratio_bound: a run recorded at float32's floor)
 clipped                   clip_rate_mean
-verdicts                  verdicts (compact: 2V = 2 vanishing)
+verdicts                  verdicts (2V = 2 vanishing, 1VE = 1 vanishing+exploding;
+                          in words where ``letters`` is off: the HTML report)
+flags (wide)              exploding_runs, vanishing_runs: ``2E 1V``, each flag
+                          counted on its own over the finished runs
 ========================  =======================================================
 
 No number is ever cut: cells are whole tokens that rich may move to a new line
@@ -28,13 +31,16 @@ from __future__ import annotations
 
 from gradlab import statistics
 from gradlab.comparison import cell_text, fmt, ratio_cell, to_records
-from gradlab.vocabulary import METRICS, VERDICTS
+from gradlab.vocabulary import BOTH, EXPLODING, HEALTHY, METRICS, NOT_EXPLODING, VANISHING, VERDICTS
 
-LETTERS = {v: v[0].upper() for v in VERDICTS}  # E, V, H
-LETTERS_LEGEND = "verdicts: " + ", ".join(f"{letter} {v}" for v, letter in LETTERS.items())
+LETTERS = {BOTH: "VE", EXPLODING: "E", VANISHING: "V", HEALTHY: "H", NOT_EXPLODING: "N"}
+assert set(LETTERS) == set(VERDICTS)  # every label has its letters
+# NOT_EXPLODING only where a table shows it: a run with a profile always has its vanishing flag
+LETTERS_LEGEND = "verdicts: " + ", ".join(f"{letter} {v}" for v, letter in LETTERS.items() if v != NOT_EXPLODING)
 LABELS = {"runs": "runs", "failed": "failed", "diverged": "diverged", "solved": "solved",
           "loss_ratio": "loss ÷ baseline", "horizon": "horizon",
           "dependency_ratio": "dep. ratio", "clip_rate": "clipped", "verdicts": "verdicts",
+          "flags": "flags",
           "final_loss_mean": "eval loss", "final_loss_std": "± std", "baseline_loss": "baseline",
           "steps_to_solve_median": "steps to solve", "suggested_clip": "clip≈", "grad_norm_max": "max ‖g‖"}
 
@@ -102,6 +108,12 @@ def verdicts_text(r: dict, letters: bool = True) -> str:
     return " ".join(f"{n}{LETTERS.get(v, v)}" for n, v in parts)
 
 
+def flags_text(r: dict) -> str:
+    """How many runs carry each flag: ``2E 1V`` (2 exploding, 1 vanishing; a run may carry both), ``–`` for none."""
+    counts = [(r.get(f"{flag}_runs"), LETTERS[flag]) for flag in (EXPLODING, VANISHING)]
+    return " ".join(f"{n}{letter}" for n, letter in counts if n) or "–"
+
+
 COMPACT = {"solved": solved_text, "loss_ratio": ratio_text, "horizon": horizon_text, "clip_rate": clip_text,
            "verdicts": verdicts_text}
 WIDE = {"solved": solved_text, "final_loss_mean": lambda r: fmt(r["final_loss_mean"]),
@@ -109,7 +121,9 @@ WIDE = {"solved": solved_text, "final_loss_mean": lambda r: fmt(r["final_loss_me
         "loss_ratio": ratio_text, "steps_to_solve_median": lambda r: fmt(r["steps_to_solve_median"]),
         "horizon": horizon_text, "dependency_ratio": ratio_cell, "clip_rate": clip_text,
         "suggested_clip": lambda r: fmt(r["suggested_clip"]),
-        "grad_norm_max": lambda r: fmt(r["grad_norm_max"]), "verdicts": lambda r: verdicts_text(r, letters=False)}
+        "grad_norm_max": lambda r: fmt(r["grad_norm_max"]),
+        "flags": flags_text,
+        "verdicts": verdicts_text}  # letters here too: the flags' columns beside them leave no room for words
 
 
 # Said under every table with a group whose dependency ratio is a bound (readers.float32_floor).
@@ -134,8 +148,12 @@ def legend(records: list[dict], wide: bool = False, letters: bool = True) -> str
              f"guessing), interquartile mean over runs {spread}",
              "horizon: steps back the gradient reaches, median, first evaluation→end",
              "clipped: share of training steps whose update the clip changed"]
-    if letters and not wide:
-        parts.append(LETTERS_LEGEND)
+    if wide:
+        parts.append("flags: how many finished runs carry each flag, 2E 1V = 2 exploding and 1 vanishing (a run "
+                     "may carry both)")
+    if letters:
+        unmeasured = any(NOT_EXPLODING in (r.get("verdicts") or "") for r in records)
+        parts.append(LETTERS_LEGEND + (f", {LETTERS[NOT_EXPLODING]} {NOT_EXPLODING}" if unmeasured else ""))
     if any(r.get("dependency_ratio_bound") for r in records):
         parts.append(FLOOR_LEGEND)
     return " · ".join(parts)
@@ -156,7 +174,7 @@ def view(table, wide: bool = False, letters: bool = True) -> tuple[list[str], li
     heading = [f"{c}={cell_text(c, records[0][c])}" for c in constant] if records else []
     metrics = dict(WIDE if wide else COMPACT)
     if not letters:
-        metrics["verdicts"] = WIDE["verdicts"]
+        metrics["verdicts"] = lambda r: verdicts_text(r, letters=False)
     # compact: "solved k/n" already counts the runs
     counted = (["runs"] if wide else []) + [c for c in ("failed", "diverged") if any(r[c] for r in records)]
     labels = [LABELS[c] for c in counted] + [LABELS[m] for m in metrics]

@@ -8,6 +8,7 @@ and ``gradlab.tasks`` registers them all, so the registry imports its entries, n
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,8 @@ SOLVED_ACCURACY = 0.99  # classification: Pascanu 2013 asks < 1% error on fresh 
 # Pascanu 2013 code (RNN.py, 'lastLinear'): a regression sequence is wrong when its squared error is > .04
 PASCANU_SQUARED_ERROR = 0.04
 HOCHREITER_ABS_ERROR = 0.04  # Hochreiter & Schmidhuber 1997 Exp. 4: right when |error| < 0.04
+# What a memory readout (gradlab.memory) decodes: real values (scored by R²) or class labels (by accuracy)
+VALUES, SYMBOLS = "values", "symbols"
 
 
 @dataclass(frozen=True)
@@ -49,8 +52,15 @@ class Task:
     """What every task shares: its facts, its per-step loss and its evaluation.
 
     Each task is a subclass that supplies ``generate``, ``baseline``, ``lag``,
-    ``dependency`` and ``solved``.
+    ``dependency``, ``solved`` and ``memory_target`` (and ``memory_step`` when the
+    state is not read at the last step).
     """
+
+    # the input at one step, as gradlab.memory.memory_curve decodes it: real VALUES, or one-hot SYMBOLS
+    input_kind: ClassVar[str] = VALUES
+    # whether the task declares one dependency input (``memory_target``); False: none exists (digits),
+    # so gradlab.memory.memory returns {} rather than a score of None (declared, hidden in this batch)
+    has_dependency_input: ClassVar[bool] = True
 
     name: str
     description: str  # one line with its source, shown by `gradlab ls`
@@ -96,6 +106,28 @@ class Task:
         """The task's success criterion (REFERENCE §1)."""
         raise NotImplementedError
 
+    def memory_target(self, batch: Batch, length: int) -> tuple[torch.Tensor, str] | None:
+        """What the hidden state at ``memory_step`` must hold for the task to be solvable, read from
+        ``batch`` itself: (target, kind), target (B,) or (B, d) floats for kind VALUES, (B,) int64
+        class labels for SYMBOLS (scored by ``gradlab.memory.readout_score``); None when the task
+        has no single dependency input (say why in the subclass) or the batch does not hold it
+        (a sequence whose dependency input was hidden)."""
+        raise NotImplementedError
+
+    def memory_ceiling(self, length: int) -> float | None:
+        """The score (``gradlab.memory.readout_score``) of the declared input read back from a state
+        that holds exactly the task's target, linearly, and nothing else: what a solver that keeps
+        only the answer scores. 1 where the declared input is a function of the target (a symbol the
+        answer names); below 1 where it is not (adding: v1 from v1 + v2, R² 1/2), so a memory there
+        is read against it, not against 1. None when the task declares no dependency input."""
+        return 1.0 if self.has_dependency_input else None
+
+    def memory_step(self, length: int, steps: int | None = None) -> int:
+        """The time index of the step whose hidden state ``memory`` reads: by default the last one,
+        where the target is read. ``steps``: the batch's S (a task whose length varies from batch to
+        batch has no other way to know it); None = ``sequence_length(length)``."""
+        return (self.sequence_length(length) if steps is None else steps) - 1
+
     def check_length(self, length: int) -> None:
         if length < self.min_length:
             raise ValueError(f"task {self.label!r} needs length >= {self.min_length}, got {length}")
@@ -124,6 +156,13 @@ class Task:
         loss = losses[batch.loss_mask].double().mean().item()  # indexing, not `* mask`: 0 · inf is nan
         accuracy = self.accuracy(out, batch)
         return {"loss": loss, "accuracy": accuracy, "solved": self.solved(loss, accuracy)}
+
+
+def _first_step(mask: torch.Tensor) -> torch.Tensor | None:
+    """mask (S, B) bool -> (B,) the first step where each sequence's mask holds; None when one never does."""
+    if not mask.any(dim=0).all():
+        return None
+    return mask.int().argmax(dim=0)  # argmax returns the first of equal maxima
 
 
 def _last_step_mask(S: int, B: int, device) -> torch.Tensor:

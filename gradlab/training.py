@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 import gradlab
-from gradlab import diagnostics, remedies
+from gradlab import diagnostics, lyapunov, memory, remedies
 from gradlab.cells import RecurrentNet
 from gradlab.defaults import ModelConfig, TrainConfig
 from gradlab.diagnostics import Thresholds
-from gradlab.recurrences import RECURRENCES, Probe
+from gradlab.recurrences import RECURRENCES, Probe, long_term_share
 from gradlab.remedies import Clipper, clip_gradients, global_norm, make_clipper
 from gradlab.tasks import Batch, resolve
 from gradlab.vocabulary import NORMS_FLOAT64, NORMS_KEY, OPTIMIZERS
@@ -120,7 +120,7 @@ def tbptt_steps(tbptt, S: int) -> tuple[int, int]:
     return tbptt, tbptt
 
 
-def chunk_losses(model, task, batch, window, probe: bool = False, grad_transform=None):
+def chunk_losses(model, task, batch, window, probe: bool = False, grad_transform=None, cut: int | None = None):
     """Yield (t0, loss, probes, hs) for every update of truncated BPTT that carries a loss.
 
     TBPTT(k1, k2) (Williams & Peng 1990, their BPTT(h; h') with h = k2, h' = k1;
@@ -143,6 +143,8 @@ def chunk_losses(model, task, batch, window, probe: bool = False, grad_transform
     full-sequence loss. hs (b - t0, B, H) are the top layer's states of the window
     and ``probes`` (one ``Probe`` per layer, or None) cover the same steps from t0.
     grad_transform goes to the forward (recurrent clipping, Ω's record of ∂L/∂h_t).
+    cut (with ``probe``): a step of the sequence; each probe gets it as a step of its window
+    (``Probe.cut`` = cut - t0), to split the recurrent weights' gradient there.
     """
     S, B = batch.x.shape[:2]  # batch.x: (S, B, I)
     k1, k2 = tbptt_steps(window, S)
@@ -157,7 +159,7 @@ def chunk_losses(model, task, batch, window, probe: bool = False, grad_transform
             with torch.no_grad():  # carry the state to t0 without a graph
                 _, state = model(batch.x[at:t0], state)
             at = t0
-        p = [Probe() for _ in model.layers] if probe else None
+        p = [Probe(None if cut is None else cut - t0) for _ in model.layers] if probe else None
         hs, final = model(batch.x[t0:b], state, probe=p, grad_transform=grad_transform)  # hs: (b - t0, B, H)
         if k1 == k2:  # no overlap: the next window starts where this one ends
             state, at = detach(final), b
@@ -265,20 +267,59 @@ def gradient_profiles(model, task, batch, window, grad_transform=None) -> torch.
     windows of TBPTT(k1, k2 > k1) overlap, p[t] adds the norms from every update
     whose window holds step t (with k1 = k2 each step is in one window).
     """
-    profile = torch.zeros(len(model.layers), batch.x.shape[0], dtype=torch.float64)  # (L, S)
-    for t0, loss, probes, _ in chunk_losses(model, task, batch, window, probe=True, grad_transform=grad_transform):
+    return gradient_profiles_and_shares(model, task, batch, window, None, grad_transform)[0]
+
+
+def gradient_profiles_and_shares(model, task, batch, window, cut: int | None, grad_transform=None):
+    """``gradient_profiles`` and, from the same backward passes, each layer's long-term share.
+
+    Returns (profiles (L, S), shares: L floats or None, or None without a cut). The share of layer l is
+    ``recurrences.long_term_share`` of G_long = Σ over the updates of the terms of its recurrent weights'
+    uses at steps k ≤ cut (``diagnose``: the dependency's step + 1), G_short the rest (Pascanu et al. 2013 §2; see
+    ``recurrences.Probe``); G_long + G_short = the weights' gradient summed over the updates.
+
+    - A loss at one step S - 1 (adding, temporal order): G_long is the terms at lags ≥ S - 1 - cut,
+      those that carried the gradient back to the dependency.
+    - A loss at several steps (copy: the recall steps, ``probe_batch``): the same split at the cut,
+      summed over the losses; a term at k ≤ cut then has lag ≥ (the first loss step) - cut, so G_long
+      is still the part that travelled at least that far, but the share does not say which losses it
+      came from, nor that the symbol at the cut is what they recall.
+    - TBPTT: the split applies in each update (a term at k ≤ cut is long wherever its window lies).
+      With a window shorter than the lag no loss reaches a term k ≤ cut from farther than the window,
+      so the share measures what the truncated gradient puts on the dependency's steps from the
+      losses near them (for a loss at the end only: none, 0 - the window cannot carry it).
+    - cut = 0 with the zero initial state: U's use at step 0 multiplies h_{-1} = 0, so G_long = 0 and
+      the share is 0 by construction (x_0 first meets U at step 1).
+    """
+    L, S = len(model.layers), batch.x.shape[0]
+    profile = torch.zeros(L, S, dtype=torch.float64)  # (L, S)
+    parts = [None] * L  # per layer: [G_long parts, G_short parts] summed over the updates
+    for t0, loss, probes, _ in chunk_losses(model, task, batch, window, probe=True,
+                                            grad_transform=grad_transform, cut=cut):
         loss.backward()
-        for row, probe in zip(profile, probes):
+        for i, (row, probe) in enumerate(zip(profile, probes)):
             norms = probe.norms.sum(dim=1)  # (b - t0,)
             row[t0:t0 + norms.shape[0]] += norms.cpu().double()  # to the host first: MPS has no float64
+            if cut is not None and probe.long_term is not None:
+                parts[i] = _add_parts(parts[i], (probe.long_term, probe.short_term))
     model.zero_grad(set_to_none=True)
-    return profile
+    shares = None if cut is None else [None if p is None else long_term_share(*p) for p in parts]
+    return profile, shares
+
+
+def _add_parts(total, parts):
+    """(G_long, G_short) summed over the updates: total (or None, the first) + parts, each a tuple of the
+    recurrent weights' gradients."""
+    if total is None:
+        return parts
+    return tuple(tuple(a + b for a, b in zip(t, p, strict=True)) for t, p in zip(total, parts, strict=True))
 
 
 @torch.no_grad()
-def evaluate(model, task, batch) -> dict:
-    state = model.initial_state(batch.x.shape[1], device=batch.x.device, dtype=batch.x.dtype)
-    hs, _ = model(batch.x, state)
+def evaluate(model, task, batch, hs: torch.Tensor | None = None) -> dict:
+    """The task's scores of ``model`` on ``batch``; hs: its top layer's states (S, B, H) when the caller has
+    them (``memory.hidden_states``: the evaluation reads them for its memory readout too)."""
+    hs = memory.hidden_states(model, batch) if hs is None else hs
     return task.evaluate(model.readout(hs), batch)
 
 
@@ -295,9 +336,14 @@ def diagnose(model, task, probe: Batch, window, dependency: int, thresholds: Thr
 
     The summary figures are of layer 0's profile (the one through which the
     gradient reaches the input); a stack adds ``depth_ratio`` and each layer l > 0's
-    spectrum, keys suffixed ``_l<l>``.
+    spectrum, keys suffixed ``_l<l>``. ``long_term_share`` (``_l<l>``): the share of each layer's
+    recurrent-weight gradient from its uses at steps ≤ ``dependency`` + 1, measured in the profile's
+    backward (``gradient_profiles_and_shares``). + 1: U's use at step k multiplies h_{k-1}, so step
+    d + 1 is its first use on a state that holds the dependency's input x_d (cut at d, a task whose
+    dependency is step 0 would always read 0: U's use there multiplies the zero initial state).
     """
-    profiles = gradient_profiles(model, task, probe, window, grad_transform).numpy()  # (L, S)
+    profiles, shares = gradient_profiles_and_shares(model, task, probe, window, dependency + 1, grad_transform)
+    profiles = profiles.numpy()  # (L, S)
     summary = diagnostics.profile_summary(profiles[0], dependency, thresholds.horizon_fraction)
     summary["grad_peak"] = summary.pop("peak")
     if len(profiles) > 1:
@@ -305,6 +351,11 @@ def diagnose(model, task, probe: Batch, window, dependency: int, thresholds: Thr
     for i, layer in enumerate(model.layers):
         spectrum = diagnostics.recurrent_spectrum(layer.weight_hh.detach(), RECURRENCES[model.recurrence].gates)
         summary.update({k if i == 0 else f"{k}_l{i}": v for k, v in spectrum.items()})
+        summary["long_term_share" if i == 0 else f"long_term_share_l{i}"] = shares[i]
+    if thresholds.lyapunov:  # opt-in (its cost: Thresholds.lyapunov); each layer driven by the one below
+        k = min(thresholds.lyapunov, model.hidden)  # a state has at least H dimensions
+        for i, spectrum in enumerate(lyapunov.model_spectrum(model, probe.x, k)):
+            summary.update({key if i == 0 else f"{key}_l{i}": v for key, v in lyapunov.summary(spectrum).items()})
     return summary, profiles
 
 
@@ -341,6 +392,7 @@ def _train(cfg: dict, progress, rows: list) -> dict:
 
     profiles, profile_steps = [], []
     last_eval, steps_to_solve, diverged_step, nonfinite_steps = None, None, None, 0
+    explosion = diagnostics.ExplosionWatch(thresholds)  # the exploding flag of the steps so far, per evaluation
     start = time.perf_counter()
     for step in range(0, tc["steps"] + 1):
         stop = False
@@ -349,16 +401,24 @@ def _train(cfg: dict, progress, rows: list) -> dict:
             row = train_step(model, task, batch, optimizer, clipper, tc["tbptt"], tc["on_nonfinite"], omega)
             rows.append({"kind": "train", "step": step, **row})
             nonfinite_steps += row["nonfinite"]
+            explosion.add(row["grad_norm"] if row["updates"] else float("nan"), row["nonfinite"])
             stop = bool(row["nonfinite"]) and tc["on_nonfinite"] == "stop"
             diverged_step = step if stop else None
         if stop or step % tc["eval_every"] == 0 or step == tc["steps"]:  # step 0: the initialisation
-            last_eval = evaluate(model, task, eval_batch)
+            hs = memory.hidden_states(model, eval_batch)  # (S, B, H): one forward for the scores and the memory
+            last_eval = evaluate(model, task, eval_batch, hs)
             figures, profile = diagnose(model, task, probe, tc["tbptt"], dependency, thresholds,
                                         clipper.grad_transform)
+            figures.update(memory.memory(model, task, eval_batch, length, hs=hs))  # does the state hold it?
             profiles.append(profile)  # (L, S)
             profile_steps.append(step)
             rows.append({"kind": "eval", "step": step, "eval_loss": last_eval["loss"],
-                         "eval_accuracy": last_eval["accuracy"], "solved": int(last_eval["solved"]), **figures})
+                         "eval_accuracy": last_eval["accuracy"], "solved": int(last_eval["solved"]), **figures,
+                         # the two flags as far as this evaluation can tell (1/0; empty: unknown): exploding
+                         # on the steps so far, vanishing on this evaluation's profile
+                         "exploding": int(explosion.exploding()),
+                         "vanishing": None if (vanishing := diagnostics.is_vanishing(
+                             figures.get("dependency_ratio"), thresholds)) is None else int(vanishing)})
             if last_eval["solved"] and steps_to_solve is None and step > 0:
                 steps_to_solve = step
         if progress and step > 0:
@@ -384,6 +444,7 @@ def _train(cfg: dict, progress, rows: list) -> dict:
         "nonfinite_steps": nonfinite_steps,
         "steps_done": len(train_rows),
         "verdict": verdict,
+        "exploding": figures["exploding"], "vanishing": figures["vanishing"],  # the flags the verdict names
         **figures,
         # the horizon of the untrained model (step 0's evaluation): how far back the initialisation
         # alone lets a gradient reach
@@ -391,7 +452,9 @@ def _train(cfg: dict, progress, rows: list) -> dict:
         "grad_norm_max": max((n for n in norms if math.isfinite(n)), default=None),
         "suggested_clip": diagnostics.suggest_clip(norms),
         "clip_rate": sum(r["clip_active"] for r in train_rows) / max(len(train_rows), 1),
-        **{k: v for k, v in rows[-1].items() if k.startswith(("spectral_radius", "sigma_max", "depth_ratio"))},
+        **{k: v for k, v in rows[-1].items()
+           if k.startswith(("spectral_radius", "sigma_max", "depth_ratio", "long_term_share", "memory",
+                            "lyapunov"))},
         "wall_seconds": wall,
         "steps_per_second": len(train_rows) / wall if wall > 0 else None,
     }

@@ -170,18 +170,43 @@ COLUMN_KEYS = {"task": "task.name", "length": "task.length", "clip": "train.clip
 # ---------------------------------------------------------------------------
 # Metric columns of the comparison table and the verdicts in them.
 
-# In table order; ``runs`` counts every run of the group.
+# In table order; ``runs`` counts every run of the group. ``exploding_runs`` and ``vanishing_runs``: how many
+# of its finished runs carry each flag (a run whose flag is unknown, null, counts in neither).
 METRICS = ["runs", "failed", "solved", "solved_rate", "solved_ci_low", "solved_ci_high",
            "final_loss_mean", "final_loss_std", "baseline_loss",
            "loss_ratio_iqm", "loss_ratio_min", "loss_ratio_max", "loss_ratio_ci_low", "loss_ratio_ci_high",
-           "steps_to_solve_median", "diverged", "verdict", "verdicts", "horizon_init_median", "horizon_median",
-           "dependency_ratio_median", "dependency_ratio_bound",
+           "steps_to_solve_median", "diverged", "verdict", "verdicts", "exploding_runs", "vanishing_runs",
+           "horizon_init_median", "horizon_median", "dependency_ratio_median", "dependency_ratio_bound",
+           "long_term_share_median", "memory_median", "lyapunov_max_median",
            "clip_rate_mean", "grad_norm_max", "suggested_clip"]
 TEXT_METRICS = ("verdict", "verdicts")  # the rest are numbers
 
-# A run's verdict (gradlab.diagnostics.verdict), and a group's: the verdict of most of its runs, or MIXED on a tie.
+# A run carries two independent flags (gradlab.diagnostics.verdict): ``exploding`` and ``vanishing``, each a
+# bool, or None where it was not measured. Its label names both when both hold (BOTH), else the one that holds,
+# else HEALTHY; NOT_EXPLODING where exploding is False but vanishing was not measured (no gradient-through-time
+# profile: ``GradientMonitor``), never HEALTHY. A group's label: the label of most of its runs, or MIXED on a tie.
 EXPLODING, VANISHING, HEALTHY, MIXED = "exploding", "vanishing", "healthy", "mixed"
-VERDICTS = (EXPLODING, VANISHING, HEALTHY)  # in the order of severity: ties are never resolved by it
+FLAGS = (VANISHING, EXPLODING)  # the flags, in the order BOTH names them
+FLAG_JOIN = "+"
+BOTH = FLAG_JOIN.join(FLAGS)  # "vanishing+exploding"
+NOT_EXPLODING = "not exploding"
+VERDICTS = (BOTH, EXPLODING, VANISHING, HEALTHY, NOT_EXPLODING)  # ties are never resolved by this order
+
+
+def verdict_label(exploding: bool | None, vanishing: bool | None) -> str | None:
+    """The label of a run's two flags: BOTH, EXPLODING, VANISHING, HEALTHY, or NOT_EXPLODING when
+    vanishing is unknown (None) and exploding is False; None when exploding is unknown."""
+    if exploding is None:
+        return None
+    held = [name for name, flag in ((VANISHING, vanishing), (EXPLODING, exploding)) if flag]
+    if held:
+        return FLAG_JOIN.join(held)
+    return HEALTHY if vanishing is False else NOT_EXPLODING
+
+
+def label_flags(label) -> set[str]:
+    """The flags a label names: ``{"vanishing", "exploding"}`` for BOTH, ``set()`` for HEALTHY, MIXED or None."""
+    return {part for part in str(label or "").split(FLAG_JOIN) if part in FLAGS}
 
 # ---------------------------------------------------------------------------
 # How a run's gradient norms were recorded (env.json), so a reader can tell a measured 0 from float32's floor.

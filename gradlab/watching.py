@@ -181,8 +181,12 @@ class Watch:
         ``horizon`` (the largest lag still at ≥ ``horizon_fraction`` of the peak),
         ``dependency_lag`` and ``dependency_ratio`` (at ``lag``, default the one given to
         ``watch``, else T - 1), ``nonfinite_steps`` (steps whose ∂L/∂h_t is inf or NaN),
-        ``verdict`` (``exploding`` when one is, ``vanishing`` when the dependency's share
-        is below ``vanishing_ratio``, else ``healthy``), and ``depth_ratio`` for a stack.
+        the two flags of a run (``diagnostics.verdict``): ``exploding`` (here only an
+        overflow in this backward: one profile has no norm series, so no spikes; a
+        ``GradientMonitor`` in the loop sees those) and ``vanishing`` (the dependency's
+        share below ``vanishing_ratio``; None when it is NaN), ``verdict`` naming
+        both (``vanishing+exploding``, ``exploding``, ``vanishing`` or ``healthy``), and
+        ``depth_ratio`` for a stack.
         """
         p = self.profile  # (L, T)
         T = p.shape[1]

@@ -97,4 +97,4 @@ def test_the_examples_run(script, tmp_path, monkeypatch, capsys):
     if script == "watch_lstm.py":
         assert "verdict: vanishing" in out and (tmp_path / "grad_profile.png").is_file()
     else:
-        assert out.startswith("verdict: healthy")
+        assert out.startswith("verdict: not exploding")  # never "healthy": the monitor measures no profile

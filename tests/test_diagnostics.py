@@ -287,14 +287,21 @@ def test_verdict_exploding_on_a_nonfinite_step():
     assert v == "exploding" and fig["nonfinite_steps"] == 1 and fig["spikes"] == 0
 
 
-def test_exploding_takes_precedence_over_vanishing():
-    assert verdict(spiky(), 0, VANISHED, dependency=10)[0] == "exploding"
-    assert verdict(STEADY, 3, VANISHED, dependency=10)[0] == "exploding"
+def test_exploding_and_vanishing_are_flagged_independently():
+    for norms, nonfinite in ((spiky(), 0), (STEADY, 3)):
+        v, fig = verdict(norms, nonfinite, VANISHED, dependency=10)
+        assert v == "vanishing+exploding" and fig["exploding"] is True and fig["vanishing"] is True
+    v, fig = verdict(spiky(), 0, REACHING, dependency=10)
+    assert v == "exploding" and fig["exploding"] is True and fig["vanishing"] is False
+    v, fig = verdict(STEADY, 0, VANISHED, dependency=10)
+    assert v == "vanishing" and fig["exploding"] is False and fig["vanishing"] is True
 
 
-def test_verdict_without_a_profile_is_judged_on_the_norms_only():
-    assert verdict(STEADY, 0, None, dependency=10)[0] == "healthy"
-    assert verdict(spiky(), 0, None, dependency=10)[0] == "exploding"
+def test_verdict_without_a_profile_never_says_healthy():
+    v, fig = verdict(STEADY, 0, None, dependency=10)
+    assert v == "not exploding" and fig["exploding"] is False and fig["vanishing"] is None
+    v, fig = verdict(spiky(), 0, None, dependency=10)
+    assert v == "exploding" and fig["exploding"] is True and fig["vanishing"] is None
 
 
 def test_thresholds_are_configurable():

@@ -64,12 +64,15 @@ def test_an_injected_spike_and_a_nan_are_flagged():
             model.head.weight.grad[0, 0] = float("nan")
         monitor.step(loss)
         if step == 50:
-            assert monitor.verdict() == "healthy" and monitor.spikes() == []
+            # no spike yet, but the norms never say "healthy": the vanishing flag is not measured here
+            assert monitor.verdict() == "not exploding" and monitor.spikes() == []
+            assert monitor.summary()["exploding"] is False and monitor.summary()["vanishing"] is None
         if step not in (60, 70):
             optimizer.step()
     assert monitor.spikes() == [60]
     assert monitor.verdict() == "exploding"
     summary = monitor.summary()
+    assert summary["exploding"] is True and summary["vanishing"] is None and "not measured" in summary["note"]
     assert summary["nonfinite_steps"] == 1 and summary["spikes"] == 1 and summary["spike_ratio_max"] > 1000
     frame = monitor.frame()
     assert len(frame) == 80 and list(frame["step"]) == list(range(1, 81))
@@ -92,7 +95,7 @@ def run_config():
 def test_the_verdict_spikes_and_suggested_clip_are_a_gradlab_runs():
     out = train(run_config())
     run = out["summary"]
-    assert run["spikes"] >= 1 and run["verdict"] == "exploding"
+    assert run["spikes"] >= 1 and run["exploding"] is True
     # replay the run's pre-clip norms through a monitor: one parameter whose gradient has that norm
     weight = nn.Parameter(torch.zeros(1, dtype=torch.float64))
     monitor = gradlab.GradientMonitor(nn.ParameterList([weight]))
@@ -103,7 +106,9 @@ def test_the_verdict_spikes_and_suggested_clip_are_a_gradlab_runs():
     summary = monitor.summary()
     for key in ("spikes", "spike_ratio_max", "nonfinite_steps", "suggested_clip", "grad_norm_max"):
         assert summary[key] == pytest.approx(run[key], rel=1e-12), key
-    assert monitor.verdict() == run["verdict"]
+    # the monitor raises the run's exploding flag; it never measures the vanishing one
+    assert summary["exploding"] == run["exploding"] and summary["vanishing"] is None
+    assert monitor.verdict() == "exploding" and run["verdict"] in ("exploding", "vanishing+exploding")
 
 
 def test_the_monitor_writes_to_a_summary_writer(tmp_path):

@@ -16,12 +16,7 @@ from gradlab.training import train, train_step
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def fake_params(seed, scale=1.0, shapes=((4, 3), (5,), (2, 2))):

@@ -205,8 +205,9 @@ def test_nonfinite_gradient_follows_the_policy_and_keeps_metrics(policy, monkeyp
         assert math.isfinite(summary["final_loss"])  # the poisoned update was dropped
     else:
         assert len(train_rows) == 5 and summary["diverged"] and summary["diverged_step"] == 5
-        assert summary["verdict"] == "exploding"
-        assert rows[-1]["kind"] == "eval"  # the metrics up to the stop are kept, evaluated once more
+        assert summary["exploding"] is True and summary["verdict"] in ("exploding", "vanishing+exploding")
+        # the metrics up to the stop are kept, evaluated once more, with the flag the stop raised
+        assert rows[-1]["kind"] == "eval" and rows[-1]["exploding"] == 1
 
 
 def test_a_skipped_update_records_its_real_norms():
