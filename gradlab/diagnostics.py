@@ -250,7 +250,7 @@ def is_vanishing(dependency_ratio, thresholds: Thresholds = DEFAULTS) -> bool | 
     """The vanishing flag: the gradient reaching the dependency is below ``vanishing_ratio`` of the
     profile's peak (Bengio et al. 1994; Hochreiter 1991); None when the ratio is unknown (no profile,
     or NaN at the dependency: ``profile_summary``). An inf ratio (an overflow reaches it) is not vanishing."""
-    if dependency_ratio is None or (isinstance(dependency_ratio, float) and math.isnan(dependency_ratio)):
+    if dependency_ratio is None or np.isnan(dependency_ratio):  # numpy's NaN too
         return None
     return bool(dependency_ratio < thresholds.vanishing_ratio)
 
