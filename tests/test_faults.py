@@ -53,11 +53,17 @@ def config(tmp_path: Path, steps: int = 20) -> Path:
 def start(path: Path, out: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
     """``gradlab run`` in its own session, so its process group and every descendant can be found.
 
-    With SIGHUP at its default disposition: a test suite started under ``nohup`` ignores SIGHUP, a child
-    inherits that, and gradlab rightly leaves an ignored signal ignored, so a SIGHUP test would wait for ever."""
+    With the signals the tests send at their default disposition: a suite started under ``nohup`` ignores
+    SIGHUP, one started with ``&`` from a non-interactive shell ignores SIGINT (POSIX), a child inherits
+    that, and gradlab rightly leaves an ignored signal ignored, so such a test would wait for ever."""
     return subprocess.Popen([sys.executable, "-m", "gradlab", "run", str(path), "--out", str(out), "-q", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+                            preexec_fn=_default_signals)
+
+
+def _default_signals() -> None:
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
 
 
 class Gate:
