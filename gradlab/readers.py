@@ -363,9 +363,7 @@ def with_flags(summary: dict, config: dict) -> dict:
     derived = {"exploding": None, "vanishing": None}
     if summary.get("status") == "ok" and label in (EXPLODING, VANISHING, HEALTHY):
         derived["exploding"] = label == EXPLODING
-        # the old rule also said healthy when the ratio was unknown (no profile, NaN there): then unknown
-        derived["vanishing"] = True if label == VANISHING else (
-            False if label == HEALTHY and _is_number(summary.get("dependency_ratio")) else None)
+        derived["vanishing"] = {VANISHING: True, HEALTHY: False}.get(label)
         ratio, threshold = summary.get("dependency_ratio"), config.get("diagnostics", {}).get("vanishing_ratio")
         if label == EXPLODING and _is_number(ratio) and _is_number(threshold):
             derived["vanishing"] = is_vanishing(ratio, Thresholds(vanishing_ratio=threshold))

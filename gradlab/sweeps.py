@@ -393,6 +393,9 @@ def run_sweep(name: str, runs: list[Run], out: Path, *, jobs: int = 1, force: bo
         raise ValueError(f"jobs={jobs}: at most {max_jobs()} (4 per core)")
     started = time.monotonic()
     todo, done = plan(name, runs, out, force)
+    if not todo:  # nothing to record, so no experiment_lock below: a killed writer's .tmp files go here
+        for where in (Path(out) / name, Path(out) / name / SELECTION_DIR):
+            results.remove_stale_temporaries(where)  # only a dead writer's; a read-only folder keeps them
     seen = {r.id: finished_as(run_dir(out, name, r)) for r in todo} if force else {}
     for run in done:
         path = run_dir(out, name, run)

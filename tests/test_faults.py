@@ -236,6 +236,21 @@ def test_a_signal_ends_the_sweep_at_once_keeping_every_saved_run(tmp_path, refer
     assert_same(snapshot(out), reference)
 
 
+def test_a_sweep_with_nothing_left_to_train_removes_what_a_killed_record_left(tmp_path):
+    """A driver killed while it wrote experiment.json after its last run leaves the record's .tmp; the next
+    sweep finds every run done, records nothing, and must still remove it (found by a kill -9 trial)."""
+    name, runs = load(config(tmp_path, steps=2))
+    out = tmp_path / "out"
+    run_sweep(name, runs, out, jobs=1)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid no live process has (until the system reuses it)
+    stale = out / name / f".experiment.json.{dead.pid}.abc123.tmp"
+    stale.write_text("{")
+    outcomes = run_sweep(name, runs, out, jobs=1)
+    assert {o.status for o in outcomes} == {"skipped"} and not stale.exists()
+    assert_whole(out)
+
+
 def test_two_sweeps_on_one_folder_train_each_run_once(tmp_path, reference):
     path, out = config(tmp_path), tmp_path / "out"
     procs = [start(path, out, "--jobs", jobs) for jobs in ("2", "1")]  # the parallel and the serial path

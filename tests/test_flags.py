@@ -140,7 +140,6 @@ def save(root, seed, label, *, ratio=0.5, flags=None, cell="vanilla", vanishing_
     ("exploding", None, 1e-3, (True, None), "exploding"),  # no ratio: unknown
     ("vanishing", 4e-8, 1e-3, (False, True), "vanishing"),
     ("healthy", 0.2, 1e-3, (False, False), "healthy"),
-    ("healthy", None, 1e-3, (False, None), "not exploding"),  # the old rule's healthy without a profile
 ])
 def test_a_summary_from_before_the_flags_reads_as_documented(tmp_path, label, ratio, vanishing_ratio, flags,
                                                              read_as):
