@@ -30,6 +30,7 @@ from gradlab import results
 from gradlab.cli import app
 from gradlab.config import load
 from gradlab.sweeps import finished_as, run_sweep
+from gradlab.workers import SIGNALS
 
 runner = CliRunner()
 TRIALS = int(os.environ.get("GRADLAB_FAULT_TRIALS", "1"))
@@ -62,7 +63,7 @@ def start(path: Path, out: Path, *extra: str, env: dict | None = None) -> subpro
 
 
 def _default_signals() -> None:
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for s in SIGNALS:  # the signals a sweep handles (gradlab.workers), the ones these tests send
         signal.signal(s, signal.SIG_DFL)
 
 
