@@ -202,6 +202,29 @@ def test_a_diff_regresses_when_a_flag_appears_behind_another(tmp_path):
     assert row["status"] == "regression" and "verdict healthy" in row["reasons"], row
 
 
+def test_a_diff_from_a_flagged_base_regresses_only_beyond_the_seed_allowance(tmp_path):
+    """From a base that is not healthy (3 of 4 runs vanishing), a flag's share must rise by more than the solved
+    rate's allowance (0.25): exploding 0 -> 3/4 regresses, vanishing 3/4 -> 4/4 (one seed) does not."""
+    no, v = {"exploding": False, "vanishing": False}, {"exploding": False, "vanishing": True}
+    for seed in range(4):
+        save(tmp_path / "base", seed, "vanishing" if seed else "healthy", ratio=1e-9 if seed else 0.3,
+             flags=v if seed else no)
+        save(tmp_path / "worse", seed, BOTH if seed else "vanishing", ratio=1e-9,
+             flags={"exploding": True, "vanishing": True} if seed else v)
+        save(tmp_path / "same", seed, "vanishing", ratio=1e-9, flags=v)
+
+    def row(cand):
+        out = runner.invoke(app, ["compare", str(tmp_path / "base" / "flags"), str(tmp_path / cand / "flags"),
+                                  "-f", "json"])
+        (r,) = json.loads(out.stdout)["diff"]
+        return r
+
+    worse, same = row("worse"), row("same")
+    assert comparison.TOLERANCES["solved_rate"] == 0.25
+    assert worse["status"] == "regression" and "verdict vanishing (3 vanishing, 1 healthy)" in worse["reasons"], worse
+    assert "verdict" not in same["reasons"], same
+
+
 def test_expect_asserts_either_flag_or_the_label(tmp_path):
     folder = flagged_group(tmp_path)
     entries = [{"where": {"cell": "vanilla"}, "vanishing_runs": "== runs"},
