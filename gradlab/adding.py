@@ -130,6 +130,11 @@ class Adding(Task):
     def solved(self, loss: float, accuracy: float | None) -> bool:
         return loss < SOLVED_MSE
 
+    def blank(self) -> torch.Tensor:
+        """(value 0, marker 0): an unmarked step that carries no value, what a hidden step shows; a hidden
+        mark is no mark (``_first_marked_value`` then finds the batch's dependency input gone)."""
+        return torch.zeros(self.input_size)
+
 
 class PascanuScored:
     """Pascanu et al. 2013's scoring of a real-valued target: a sequence is right when its squared
@@ -231,6 +236,11 @@ class AddingHochreiter(Task):
     def accuracy(self, out: torch.Tensor, batch: Batch) -> float:
         return _hit_rate(out, batch, lambda e: e.abs() < HOCHREITER_ABS_ERROR)
 
+    def blank(self) -> torch.Tensor:
+        """(value 0, marker 0), as ``Adding``'s: an unmarked step with no value (a hidden first pair loses
+        its -1 marker too; a hidden mark is no mark, as ``_first_marked_value`` reads it)."""
+        return torch.zeros(self.input_size)
+
     def solved(self, loss: float, accuracy: float | None) -> bool:
         return accuracy == 1.0
 
@@ -298,3 +308,29 @@ class AddingTCN(Adding):
     def dependency(self, length: int) -> int:
         """The mean of the earlier marker: for two distinct steps of {0..T-1}, E[min] = (T - 2) / 3."""
         return (length - 2) // 3
+
+
+NEAR_SPAN = 4  # adding[near]: both marks fall in the last NEAR_SPAN steps, whatever the length
+
+
+@dataclass(frozen=True)
+class AddingNear(Adding):
+    """The short-dependency control: ``adding`` with both marks among the last ``NEAR_SPAN`` steps,
+    one uniform in [T - 4, T - 2), one in [T - 2, T) (the adding layout of the last four steps), the
+    rest of the sequence unmarked distractors. Whatever the length, the target depends on nothing
+    older than 3 steps before the readout, so a ``task.window`` grid must find a reach of 3
+    (``gradlab.reach``) where ``adding`` of the same length finds T - 1: the data decides the
+    horizon, not the sequence length. Baseline 1/6 and scoring as ``adding``. (gradlab's own control,
+    not from a paper: the same values and marks as Arjovsky et al. 2016's adding, only placed late.)
+    """
+
+    def positions(self, T: int, B: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two marked steps (B,) each: one uniform in [T - 4, T - 2), one uniform in [T - 2, T)."""
+        first, second = super().positions(NEAR_SPAN, B, generator)  # within [0, 4): the adding layout
+        return first + T - NEAR_SPAN, second + T - NEAR_SPAN
+
+    def lag(self, length: int) -> int:
+        return NEAR_SPAN - 1  # the first mark at step T - 4 at the earliest, read at step T - 1
+
+    def dependency(self, length: int) -> int:
+        return length - NEAR_SPAN + (NEAR_SPAN // 2) // 2  # the middle of the first mark's range

@@ -27,6 +27,7 @@ from torch.nn.utils import parametrizations, parametrize
 
 from gradlab.defaults import ModelConfig
 from gradlab.recurrences import RECURRENCES, scan, unroll
+from gradlab.vocabulary import EXPLODING, FORGETS, UNREACHED
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class Cell:
     description: str
     options: frozenset = frozenset()
     fused: Callable[[int, int], nn.Module] | None = None
+    # the cases of a diagnosis (gradlab.vocabulary.CASES) choosing this cell treats: gradlab.diagnosis proposes
+    # ``model.cell: <name>`` for them (its DECLARED copy is kept equal to these by a test)
+    addresses: frozenset = frozenset()
 
 
 def init_uniform(layer: nn.Module, gen: torch.Generator) -> None:
@@ -131,19 +135,27 @@ RNN_OPTIONS = frozenset({"omega"})  # Pascanu's Ω is defined for h_t = act(W x_
 CELLS: dict[str, Cell] = {
     "vanilla": Cell("rnn", "tanh", init_uniform, "tanh RNN, torch's default uniform init (Elman 1990)",
                     RNN_OPTIONS, functools.partial(nn.RNN, nonlinearity="tanh")),
+    # U = I: where the ReLU is active the step Jacobian is I, so ∂L/∂h_t passes back unchanged (Le et al. 2015 §3)
     "irnn": Cell("rnn", "relu", init_irnn, "ReLU RNN with identity recurrence, zero bias (Le et al. 2015)",
-                 RNN_OPTIONS, functools.partial(nn.RNN, nonlinearity="relu")),
+                 RNN_OPTIONS, functools.partial(nn.RNN, nonlinearity="relu"), frozenset({UNREACHED})),
     "orthogonal": Cell("rnn", "tanh", init_orthogonal,
                        "RNN with orthogonal recurrent init (Saxe et al. 2014; Arjovsky et al. 2016)",
                        RNN_OPTIONS | {"nonlinearity", "init", "constrain"},
-                       functools.partial(nn.RNN, nonlinearity="tanh")),
+                       # every singular value of U is 1: the linear part of a step neither shrinks nor
+                       # grows the gradient (Saxe et al. 2014; Arjovsky et al. 2016 §2)
+                       functools.partial(nn.RNN, nonlinearity="tanh"), frozenset({UNREACHED})),
+    # a path k times shorter to the lag: k-fold fewer Jacobians to shrink the gradient (Chang et al. 2017)
     "skip": Cell("skip", "tanh", init_uniform,
-                 "tanh RNN that also reads h[t-k]: a shortcut through time (Chang 2017; Campos 2018)"),
+                 "tanh RNN that also reads h[t-k]: a shortcut through time (Chang 2017; Campos 2018)",
+                 addresses=frozenset({UNREACHED})),
     "lstm": Cell("lstm", None, init_uniform,
                  "long short-term memory, torch.nn.LSTM's equations (Hochreiter & Schmidhuber 1997)",
-                 frozenset({"forget_bias"}), nn.LSTM),
+                 # the additive cell state carries the gradient (the constant error carousel, Hochreiter &
+                 # Schmidhuber 1997 §4) and the forget gate decides what the state keeps (Gers et al. 2000)
+                 frozenset({"forget_bias"}), nn.LSTM, frozenset({UNREACHED, FORGETS})),
     "gru": Cell("gru", None, init_uniform, "gated recurrent unit, torch.nn.GRU's equations (Cho et al. 2014)",
-                frozenset({"forget_bias"}), nn.GRU),
+                # h_t = (1 - z) n + z h_(t-1): an update gate near 1 keeps the state and its gradient (Cho 2014)
+                frozenset({"forget_bias"}), nn.GRU, frozenset({UNREACHED, FORGETS})),
 }
 
 
@@ -164,6 +176,28 @@ REFUSALS = {
     "forget_bias": lambda c: f"only {_and(c)} ha{'s' if len(c) == 1 else 've'} a forget gate",
     "omega": lambda c: (f"only for one layer of {_cells(c)} "
                         f"(Pascanu's Ω is defined for h_t = act(W x_t + U h_(t-1) + b))"),
+}
+
+
+@dataclass(frozen=True)
+class OptionRemedy:
+    """A model option (a key of REFUSALS) as a remedy: the ``setting`` a config gives it and the cases of a
+    diagnosis it ``addresses`` (gradlab.vocabulary.CASES); gradlab.diagnosis proposes it to the cells taking it."""
+
+    setting: str
+    addresses: frozenset
+
+
+# The options that are remedies; the rest (nonlinearity) are not. A new one is one entry here.
+OPTION_REMEDIES = {
+    # the orthogonal cell's rotation-block init, whose phases act as a clock holding the symbols (Henaff 2016 §4)
+    "init": OptionRemedy("model.init: henaff", frozenset({FORGETS})),
+    # U kept orthogonal through training, so its norm is 1 throughout, not only at init (Arjovsky 2016)
+    "constrain": OptionRemedy("model.constrain: true", frozenset({UNREACHED, EXPLODING})),
+    # memory spans spread over [2, T_max] (Tallec & Ollivier 2018): the state keeps, and passes back, long lags
+    "forget_bias": OptionRemedy("model.forget_bias: chrono", frozenset({UNREACHED, FORGETS})),
+    # Ω keeps ‖∂L/∂h_t‖ from shrinking step to step (Pascanu et al. 2013 §3.3, who suggest α 2-4)
+    "omega": OptionRemedy("train.omega: 2", frozenset({UNREACHED})),
 }
 
 

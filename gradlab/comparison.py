@@ -17,9 +17,11 @@ from pathlib import Path
 import pandas as pd
 
 from gradlab import results, statistics
+from gradlab.diagnosis import diagnose
 from gradlab.vocabulary import (
     FLAGS,
     FULL_BPTT,
+    FULL_WINDOW,
     HEALTHY,
     MIXED,
     TEXT_METRICS,
@@ -33,7 +35,8 @@ DEFAULT_BY = ["task", "length", "cell", "clip", "tbptt"]
 # 2: ``verdict`` is "mixed" on a tie (1: the worse of the tied verdicts).
 # 3: two flags (issue 23): ``verdict`` may be "vanishing+exploding" and "exploding" no longer hides a
 # vanishing gradient; ``exploding_runs`` and ``vanishing_runs`` count each flag over a group's runs.
-SCHEMA = "gradlab.compare/3"
+# 4: each group carries ``diagnosis`` (issue 23 point 6, gradlab.diagnosis): {cases, text, details, remedies}.
+SCHEMA = "gradlab.compare/4"
 # integers, also as <count>_base, _candidate, _delta of a diff
 COUNTS = ("runs", "failed", "solved", "diverged", "exploding_runs", "vanishing_runs")
 # The table's metric columns are gradlab.vocabulary.METRICS, in order.
@@ -66,14 +69,17 @@ def flatten(record: dict) -> dict:
     """One run record -> one flat row: config columns first, then summary columns."""
     summary = record["summary"]
     row = config_columns(record["config"])
+    row.setdefault("window", None)  # task.window: a run from before it existed saw the whole sequence
     row.update({"status": summary.get("status"), "final_loss": summary.get("final_loss"),
                 "solved": bool(summary.get("solved", False)), "steps_to_solve": summary.get("steps_to_solve"),
                 "diverged": bool(summary.get("diverged", False)), "baseline_loss": summary.get("baseline_loss"),
                 "loss_ratio": loss_ratio(summary), "clip_rate": summary.get("clip_rate"),
                 "verdict": summary.get("verdict"), "exploding": summary.get("exploding"),
                 "vanishing": summary.get("vanishing"), "horizon_init": summary.get("horizon_init"),
-                "horizon": summary.get("horizon"), **dependency_ratio(record),
+                "horizon": summary.get("horizon"), "dependency_lag": summary.get("dependency_lag"),
+                **dependency_ratio(record),
                 "long_term_share": summary.get("long_term_share"), "memory": summary.get("memory"),
+                "memory_chance": summary.get("memory_chance"), "memory_ceiling": summary.get("memory_ceiling"),
                 "lyapunov_max": summary.get("lyapunov_max"),
                 "grad_norm_max": summary.get("grad_norm_max"), "suggested_clip": summary.get("suggested_clip"),
                 "wall_seconds": summary.get("wall_seconds"), "run_dir": record["dir"],
@@ -82,8 +88,9 @@ def flatten(record: dict) -> dict:
 
 
 SUMMARY_COLUMNS = ["status", "final_loss", "solved", "steps_to_solve", "diverged", "baseline_loss", "loss_ratio",
-                   "clip_rate", "verdict", "exploding", "vanishing", "horizon_init", "horizon", "dependency_ratio",
-                   "dependency_ratio_bound", "long_term_share", "memory", "lyapunov_max",
+                   "clip_rate", "verdict", "exploding", "vanishing", "horizon_init", "horizon", "dependency_lag",
+                   "dependency_ratio", "dependency_ratio_bound", "long_term_share", "memory", "memory_chance",
+                   "memory_ceiling", "lyapunov_max",
                    "grad_norm_max", "suggested_clip",
                    "wall_seconds", "run_dir", "run_hash"]
 
@@ -146,6 +153,7 @@ def _aggregate(g: pd.DataFrame) -> pd.Series:
         # .get: frames from before the column existed (or built by hand) lack it
         "horizon_init_median": _median(ok.get("horizon_init", pd.Series(dtype=float))),
         "horizon_median": _median(ok["horizon"]),
+        "dependency_lag_median": _median(ok.get("dependency_lag", pd.Series(dtype=float))),
         **_dependency(ok),
         # issue 23's figures of the last evaluation: runs from before they existed have none (None)
         "long_term_share_median": _median(ok.get("long_term_share", pd.Series(dtype=float))),
@@ -283,7 +291,24 @@ def compare(frame: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
     firsts = grouped[by].first().reset_index(drop=True)  # each group's values as the runs hold them
     table[by] = firsts[by].astype(object).where(firsts[by].notna(), None)
     order = sorted(range(len(table)), key=lambda i: tuple(_sort_key(table[c].iloc[i]) for c in by))
-    return table.iloc[order].reset_index(drop=True)
+    table = table.iloc[order].reset_index(drop=True)
+    table["data_horizon"] = _data_horizons(frame, table, by)
+    return table
+
+
+def _data_horizons(frame: pd.DataFrame, table: pd.DataFrame, by: list[str]) -> list:
+    """Each group's data reach (``gradlab.reach.horizons``: the set of groups that differ from it only in
+    ``task.window``), for its diagnosis; None for every group outside a window grid."""
+    if "window" not in by:
+        return [None] * len(table)
+    from gradlab import reach  # it reads this module's frame and groups: imported where it is used
+
+    found = {}
+    for rec in reach.horizons(frame, by):
+        key = tuple(json.dumps(rec.get(c), default=str) for c in by if c != "window")
+        found[key] = rec["data_horizon"]
+    return [found.get(tuple(json.dumps(_clean(table[c].iloc[i]), default=str) for c in by if c != "window"))
+            for i in range(len(table))]
 
 
 def _clean(v):
@@ -314,10 +339,18 @@ def to_records(table: pd.DataFrame) -> list[dict]:
             if k.removesuffix("_base").removesuffix("_candidate").removesuffix("_delta") in COUNTS \
                     and isinstance(v, float):
                 rec[k] = int(v)
-        if isinstance(rec.get("tbptt"), (int, float)):  # a window k; TBPTT(k1, k2) stays "k1/k2"
-            rec["tbptt"] = int(rec["tbptt"])
+        for window in ("tbptt", "window"):  # a window k (a column with nulls is float); TBPTT(k1, k2) stays "k1/k2"
+            if isinstance(rec.get(window), (int, float)) and not isinstance(rec.get(window), bool):
+                rec[window] = int(rec[window])
         out.append(rec)
     return out
+
+
+def diagnosed(records: list[dict]) -> list[dict]:
+    """``to_records``' rows, each with its ``diagnosis`` (``gradlab.diagnosis.diagnose`` of its figures; its own
+    config columns are what it already uses, so never proposed again)."""
+    return [{**rec, "diagnosis": diagnose(rec, data_horizon=rec.get("data_horizon"), exclude=rec).as_record()}
+            for rec in records]
 
 
 def fmt(v) -> str:
@@ -335,8 +368,11 @@ def fmt(v) -> str:
 
 
 def cell_text(column: str, v) -> str:
-    """``fmt`` with the column's meaning: a missing tbptt window is full BPTT."""
-    return FULL_BPTT if column == "tbptt" and _clean(v) is None else fmt(v)
+    """``fmt`` with the column's meaning: a missing tbptt window is full BPTT, a missing task window the
+    full sequence (both ``full``)."""
+    if column in ("tbptt", "window") and _clean(v) is None:
+        return FULL_WINDOW if column == "window" else FULL_BPTT
+    return fmt(v)
 
 
 def ratio_cell(rec: dict) -> str:
@@ -368,7 +404,8 @@ def to_csv(table: pd.DataFrame) -> str:
 def render(table: pd.DataFrame, fmt_name: str) -> str:
     """The table as text: ``json`` (a list of group objects, each with ``schema``), ``csv`` or ``markdown``."""
     if fmt_name == "json":
-        return json.dumps([{"schema": SCHEMA, **{k: _strict(v) for k, v in r.items()}} for r in to_records(table)],
+        return json.dumps([{"schema": SCHEMA, **{k: _strict(v) for k, v in r.items()}}
+                           for r in diagnosed(to_records(table))],
                           indent=2, allow_nan=False) + "\n"
     if fmt_name == "csv":
         return to_csv(table)

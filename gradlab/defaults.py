@@ -18,6 +18,8 @@ class TaskConfig:
     length: int = 50            # T: the dependency length (copy: the delay); a task may have its own (digits: 64)
     eval_size: int = 1000       # sequences in the fixed held-out evaluation set
     variant: str | None = None  # a source variant, a key of gradlab.tasks.VARIANTS[name]; None = the task itself
+    window: int | None = None   # k: hide every input more than k steps before the readout (gradlab.task.hide);
+    #                             None = the whole sequence. A grid over it measures the data's reach (gradlab.reach)
 
 
 @dataclass

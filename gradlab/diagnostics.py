@@ -69,6 +69,13 @@ class Thresholds:
 
 DEFAULTS = Thresholds()
 
+# The resolution of a Lyapunov exponent per step (gradlab.lyapunov: "near 0" and the chaos flag's margin). The QR
+# estimate after T steps carries an error of order c/T from the starting frame (c = log of Q_0's overlap with the
+# limiting directions, O(1) for a random Q_0: measured 0.8 to 2.3 on the non-normal test in tests/test_lyapunov.py)
+# and gradlab evaluates on T = 50 to 200 steps, so 0.01 is about the estimator's resolution at T = 100; a direction
+# with |λ| < 0.01 grows or shrinks by less than e over 100 steps: it neither vanishes nor explodes on a task's horizon.
+LYAPUNOV_TOL = 0.01
+
 
 
 # ---------------------------------------------------------------------------
@@ -255,8 +262,25 @@ def is_vanishing(dependency_ratio, thresholds: Thresholds = DEFAULTS) -> bool | 
     return bool(dependency_ratio < thresholds.vanishing_ratio)
 
 
+def is_chaotic(lyapunov_max) -> bool | None:
+    """The forward dynamics' own explosion flag: the top Lyapunov exponent above ``LYAPUNOV_TOL`` per step.
+
+    Mikhaeil, Monfared & Durstewitz (NeurIPS 2022, Theorem 1) prove that the gradients of an RNN whose
+    dynamics are chaotic (λ₁ > 0) diverge with the length of the sequence, and that stable or cyclic
+    dynamics keep them bounded: λ₁ > 0 needs no spike rule. The two signals differ in what they see:
+    λ₁ is measured at an evaluation on the model's own dynamics (a spike may never occur in a run
+    that stops early, or be clipped away before anyone sees it); a spike is measured at every training
+    step and catches what the evaluation inputs do not drive (a single bad batch). None when λ₁ was not
+    measured (``diagnostics.lyapunov: 0``, the default) or is NaN (a non-finite trajectory: the
+    non-finite steps flag that run); -inf (a saturated state) is not chaotic.
+    """
+    if lyapunov_max is None or (isinstance(lyapunov_max, float) and math.isnan(lyapunov_max)):
+        return None
+    return bool(lyapunov_max > LYAPUNOV_TOL)
+
+
 def verdict(norms, nonfinite_steps: int, profile, dependency: int,
-            thresholds: Thresholds = DEFAULTS) -> tuple[str, dict]:
+            thresholds: Thresholds = DEFAULTS, chaotic: bool | None = None) -> tuple[str, dict]:
     """The run's two gradient flags, ``exploding`` and ``vanishing``, each on its own evidence, and their label.
 
     norms: (N,) the pre-clip global norms, one per step in order (NaN where a step
@@ -265,7 +289,8 @@ def verdict(norms, nonfinite_steps: int, profile, dependency: int,
     evaluation — the trained model, not the initial one — or None;
     dependency: the time index of the task's earliest relevant input.
 
-    - ``exploding`` (True/False): any non-finite step, or any spike (``detect_spikes``).
+    - ``exploding`` (True/False): any non-finite step, any spike (``detect_spikes``), or chaotic
+      forward dynamics at an evaluation (``chaotic``: ``is_chaotic`` of λ₁, when measured; None: not).
     - ``vanishing`` (True/False; None without a profile, or with NaN at the dependency):
       the profile's ``dependency_ratio`` < ``vanishing_ratio`` (``is_vanishing``): the
       gradient reaching the dependency is negligible against the peak (Bengio et
@@ -282,7 +307,7 @@ def verdict(norms, nonfinite_steps: int, profile, dependency: int,
     else the one that holds, else ``healthy``; without a profile the vanishing flag is
     not measured, so a run that did not explode is ``not exploding``, never ``healthy``.
 
-    Figures: exploding, vanishing (the flags); behind exploding nonfinite_steps,
+    Figures: exploding, vanishing (the flags); behind exploding nonfinite_steps, chaotic,
     spikes (count) and spike_ratio_max (the largest norm over its running median);
     behind vanishing, from the profile, dependency_ratio, with decay_rate, horizon and
     dependency_lag (None without a profile).
@@ -297,7 +322,8 @@ def verdict(norms, nonfinite_steps: int, profile, dependency: int,
         summary = profile_summary(profile, dependency, thresholds.horizon_fraction)
         figures.update({k: v for k, v in summary.items() if k != "peak"})
         figures["dependency_lag"] = len(profile) - 1 - dependency
-    figures["exploding"] = nonfinite_steps > 0 or spikes > 0
+    figures["chaotic"] = chaotic
+    figures["exploding"] = nonfinite_steps > 0 or spikes > 0 or chaotic is True
     figures["vanishing"] = is_vanishing(figures["dependency_ratio"], thresholds)
     return verdict_label(figures["exploding"], figures["vanishing"]), figures
 
@@ -306,9 +332,10 @@ class ExplosionWatch:
     """The exploding flag of the steps so far, for each evaluation of a run: fed one step at a time.
 
     ``add(norm, nonfinite)`` after every training step (norm NaN for a step with no
-    update, as ``verdict``'s norms); ``exploding()`` is then ``verdict``'s flag on the
-    steps so far — any non-finite step or any spike — so at the last step it equals
-    the run's. Each call checks only the steps since the last against the ``window``
+    update, as ``verdict``'s norms), ``add_lyapunov(λ₁)`` at each evaluation that measured it;
+    ``exploding()`` is then ``verdict``'s flag on the steps so far — any non-finite step, any
+    spike, or chaotic dynamics at an evaluation so far (``chaotic``) — so at the last step it
+    equals the run's. Each call checks only the steps since the last against the ``window``
     finite norms before them, whose ratios (``spike_ratios``) more steps never
     change; while fewer than ``window`` finite norms exist the first window's
     reference still moves, so all of them are checked again.
@@ -321,10 +348,16 @@ class ExplosionWatch:
         self._settled = False       # window finite norms were seen: the checked steps' ratios are final
         self._checked: list = []    # the steps checked, all of them until _settled, then the last window finite
         self._new: list = []        # steps added since the last check
+        self.chaotic: bool | None = None  # λ₁ > LYAPUNOV_TOL at an evaluation so far; None: never measured
 
     def add(self, norm: float, nonfinite: bool = False) -> None:
         self._new.append(norm)
         self._nonfinite |= bool(nonfinite)
+
+    def add_lyapunov(self, lyapunov_max) -> None:
+        """An evaluation's λ₁ (None when not measured): chaotic once any evaluation was (``is_chaotic``)."""
+        if (now := is_chaotic(lyapunov_max)) is not None:
+            self.chaotic = bool(self.chaotic) or now
 
     def exploding(self) -> bool:
         if self._new and not (self._spiked and self._settled):  # a settled spike stays a spike
@@ -341,4 +374,4 @@ class ExplosionWatch:
             else:
                 self._checked = x.tolist()
         self._new = []
-        return self._nonfinite or self._spiked
+        return self._nonfinite or self._spiked or self.chaotic is True

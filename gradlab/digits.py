@@ -127,6 +127,11 @@ class Digits(Task):
 
     has_dependency_input: ClassVar[bool] = False  # gradlab.memory.memory returns {}
 
+    def blank(self) -> torch.Tensor:
+        """(I,) 0 pixels (a row of them for ``rows``): the ink-free background, what the blank steps after
+        the image already show, so a hidden pixel reads as one with no ink."""
+        return torch.zeros(self.input_size)
+
     def memory_target(self, batch: Batch, length: int) -> None:
         """None: no single input is the dependency. The class is the target itself, a function of
         all 64 pixels, so the one input to read back from the last state does not exist, and

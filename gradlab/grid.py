@@ -19,7 +19,7 @@ import yaml
 from gradlab.checks import resolve_tbptt
 from gradlab.remedies import resolve_clip
 from gradlab.tasks import resolve
-from gradlab.vocabulary import FULL_BPTT, clip_label, tbptt_label
+from gradlab.vocabulary import FULL_BPTT, FULL_WINDOW, clip_label, tbptt_label
 from gradlab.yamlfile import get_path, set_path
 
 VARIANT_SECTIONS = ("task", "model", "train")  # a grid may list variants of these: grid: {model: [{cell: lstm}, ...]}
@@ -109,12 +109,14 @@ def expand(grid: dict) -> list[dict]:
 # A point resolved into a run's config.
 
 def value_label(path: str, value) -> str:
-    """A grid value as problems and run ids name it: norm(1.0) for a clip spec, full for full BPTT, {cell: lstm}
-    for a section (run ids write a section their own way)."""
+    """A grid value as problems and run ids name it: norm(1.0) for a clip spec, full for full BPTT or a window
+    of null (the whole sequence), {cell: lstm} for a section (run ids write a section their own way)."""
     if path == "train.clip":
         return clip_label(resolve_clip(value))
     if path == "train.tbptt":
         return FULL_BPTT if value is None else str(tbptt_label(resolve_tbptt(value)))
+    if path == "task.window":
+        return FULL_WINDOW if value is None else str(value)
     if path in VARIANT_SECTIONS:
         return "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
     return str(value)

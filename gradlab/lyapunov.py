@@ -55,15 +55,11 @@ import torch
 from torch.func import jacfwd, jvp, vmap
 
 from gradlab import engine
+from gradlab.diagnostics import LYAPUNOV_TOL
 from gradlab.recurrences import ACTIVATIONS, Recurrence, _recurrence
 
-# ``summary``'s default for "near 0", per step. The QR estimate after T steps carries an error of order
-# c/T from the starting frame (c = log of Q_0's overlap with the limiting directions, O(1) for a random
-# Q_0: measured 0.8 to 2.3 on the non-normal test in tests/test_lyapunov.py) and gradlab evaluates on
-# T = 50 to 200 steps, so 0.01 is about the estimator's resolution at T = 100; a direction with |λ| < 0.01
-# grows or shrinks by less than e over 100 steps: it neither vanishes nor explodes on a task's horizon.
-# For shorter sequences pass tol = 1/T.
-NEAR_ZERO_TOL = 0.01
+# ``summary``'s default for "near 0", per step: why 0.01, at its definition (also the chaos flag's margin)
+NEAR_ZERO_TOL = LYAPUNOV_TOL
 
 
 def _activation(nonlinearity: str | Callable | None) -> Callable | None:

@@ -20,12 +20,17 @@ holds nothing of it (a permutation null), for a symbol the majority class's shar
   state holds), with the score a solver's state reaches (``Task.memory_ceiling``).
 - ``memory_curve``: the score of the whole input x_{t-k} from h_t, for a range of lags k:
   memory against lag, which needs no task (digits, a user's own data).
+- ``run_curve``: the curve a run records at its final evaluation (``curve_lags``: a dozen lags
+  spread log-like over the readout step's reach, the task's own lag among them), with the chance
+  level at each lag.
 
 torch only; the model runs under ``no_grad`` and its parameters, gradients and mode are
 left as they were.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -53,6 +58,13 @@ MIN_ROWS = 4  # two to fit, two to score: fewer leave no variance to explain on 
 # correlation with the true ones); ten cut that to 0.03, for ten (F, n_fit) x (n_fit, d) products: the
 # SVD is shared.
 NULL_SEED, NULL_DRAWS = 0, 10
+# The lags a run's recorded memory curve measures (``curve_lags``): this many spread log-like over 1..t, the
+# readout step's reach, plus the task's own lag. A dozen draw the curve's shape on a log axis (1, 2, 3, 4, 6,
+# 8, 12, 17, 24, 34, 49 at t = 49: rounding merges the first) for a readout per lag on one forward pass's
+# states. Measured (benchmarks/diagnosis.py, adding T = 50, 1000 evaluation sequences, 64 units): 5-11 % of a
+# run's wall time if taken at every evaluation (eval_every 100), so training takes it at the last one only,
+# 0.5-1.1 % of the run.
+CURVE_LAGS = 12
 
 
 def readout_score(features: torch.Tensor, target: torch.Tensor, kind: str, alpha: float = DEFAULT_ALPHA) -> dict:
@@ -61,8 +73,10 @@ def readout_score(features: torch.Tensor, target: torch.Tensor, kind: str, alpha
     features (N, F) (or (N,)); the first N//2 rows fit the readout, the other rows score it
     (the evaluation set's sequences are independent draws, so the halves are a random split).
     Each feature column is standardised on the fitting half (scikit-learn's ``StandardScaler``:
-    centred, divided by its SD; a column constant there is zeroed), so the score does not depend
-    on the state's units; the targets are centred (an intercept, ``fit_intercept=True``); then
+    centred, divided by its SD; a column constant there, up to the round-off of the features' dtype,
+    is zeroed), so the score does not depend on the state's units; a column whose held-out rows lie
+    beyond any deviation the fitting half can show is zeroed too (``_standardise``: saturated units
+    that flip on a few held-out sequences); the targets are centred (an intercept, ``fit_intercept=True``); then
     w = V diag(s / (s² + α)) Uᵀ y from the SVD X = U diag(s) Vᵀ of the fitting half, in float64:
     the ridge solution (XᵀX + αI)⁻¹ Xᵀy without forming XᵀX, defined for every finite X (collinear
     columns, F > N//2) where a solve of XᵀX + αI can fail as singular in floating point.
@@ -92,15 +106,20 @@ def readout_score(features: torch.Tensor, target: torch.Tensor, kind: str, alpha
     when there is nothing to score: N < MIN_ROWS; non-finite features (a diverged model's state);
     VALUES whose held-out targets are all constant (R² is 0/0; a constant output among several
     is left out of the average, where ``r2_score`` would count it as 1 or 0); SYMBOLS with a
-    single class in the fitting half (nothing to separate); a score that comes out non-finite
-    (held-out features far beyond the fitting half's range overflow the prediction).
+    single class in the fitting half (nothing to separate); a score that comes out non-finite (a
+    guard: with the columns beyond the fitting half's reach left out, every standardised entry is
+    within sqrt(n_fit - 1) and the predictions stay bounded).
     """
     if kind not in (VALUES, SYMBOLS):
         raise ValueError(f"kind must be {VALUES!r} or {SYMBOLS!r}, got {kind!r}")
     if alpha <= 0:
         raise ValueError(f"alpha must be > 0 (the readout's weights must stay bounded), got {alpha}")
-    x = _float64(torch.as_tensor(features))
-    x = x.reshape(x.shape[0], -1)  # (N, F)
+    features = torch.as_tensor(features)
+    # the resolution of the dtype the state was computed in, before it is widened (float32: 1.2e-7);
+    # an integer state is exact
+    resolution = torch.finfo(features.dtype).eps if features.dtype.is_floating_point else 0.0
+    x = _float64(features)
+    x = x.flatten(1) if x.dim() > 1 else x[:, None]  # (N, F); reshape(N, -1) fails on N = 0 (all rows hidden)
     y = torch.as_tensor(target).to(x.device)
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"features have {x.shape[0]} rows, target {y.shape[0]}")
@@ -109,7 +128,7 @@ def readout_score(features: torch.Tensor, target: torch.Tensor, kind: str, alpha
     out = {"score": None, "chance": None, "n_fit": n, "n_test": N - n}
     if N < MIN_ROWS or not torch.isfinite(x).all():
         return out
-    scores = (_r2 if kind == VALUES else _accuracy)(x, y, n, alpha)
+    scores = (_r2 if kind == VALUES else _accuracy)(x, y, n, alpha, resolution)
     if scores is None or not all(map(_finite, scores)):
         return out
     return {**out, "score": scores[0], "chance": scores[1]}
@@ -119,7 +138,7 @@ def _finite(v: float) -> bool:
     return v == v and abs(v) != float("inf")
 
 
-def _r2(x: torch.Tensor, y: torch.Tensor, n: int, alpha: float) -> tuple[float, float] | None:
+def _r2(x: torch.Tensor, y: torch.Tensor, n: int, alpha: float, resolution: float) -> tuple[float, float] | None:
     """(held-out R², its permutation null: the mean over NULL_DRAWS), each averaged over the outputs that
     vary, for x (N, F), y (N,) or (N, d); None when no output varies on the held-out half."""
     y = y.to(torch.float64).reshape(y.shape[0], -1)  # (N, d)
@@ -128,13 +147,14 @@ def _r2(x: torch.Tensor, y: torch.Tensor, n: int, alpha: float) -> tuple[float, 
     if not varies.any():
         return None
     nulls = [y[:n][order] for order in _null_orders(n, y.device)]
-    preds = _fit_predict(x, [y[:n], *nulls], n, alpha)  # each (N - n, d)
+    preds = _fit_predict(x, [y[:n], *nulls], n, alpha, resolution)  # each (N - n, d)
     sst = ((test - test.mean(dim=0)) ** 2).sum(dim=0)
     r2 = [(1 - ((test - p) ** 2).sum(dim=0)[varies] / sst[varies]).mean().item() for p in preds]
     return r2[0], sum(r2[1:]) / len(nulls)
 
 
-def _accuracy(x: torch.Tensor, y: torch.Tensor, n: int, alpha: float) -> tuple[float, float] | None:
+def _accuracy(x: torch.Tensor, y: torch.Tensor, n: int, alpha: float,
+              resolution: float) -> tuple[float, float] | None:
     """(held-out accuracy of the ridge classifier, majority-class chance) for x (N, F), y (N,) labels;
     None with fewer than two classes in the fitting half."""
     y = y.reshape(-1)
@@ -144,7 +164,7 @@ def _accuracy(x: torch.Tensor, y: torch.Tensor, n: int, alpha: float) -> tuple[f
     test = y[n:]
     chance = (test == classes[counts.argmax()]).double().mean().item()  # argmax: the first of equal counts
     signs = torch.where(y[:n].unsqueeze(1) == classes, 1.0, -1.0).to(torch.float64)  # (n, K) one-hot ±1
-    pred = classes[_fit_predict(x, [signs], n, alpha)[0].argmax(dim=1)]  # (N - n,)
+    pred = classes[_fit_predict(x, [signs], n, alpha, resolution)[0].argmax(dim=1)]  # (N - n,)
     return (pred == test).double().mean().item(), chance
 
 
@@ -154,10 +174,12 @@ def _null_orders(n: int, device: torch.device) -> list[torch.Tensor]:
     return [torch.randperm(n, generator=g).to(device) for _ in range(NULL_DRAWS)]
 
 
-def _fit_predict(x: torch.Tensor, targets: list[torch.Tensor], n: int, alpha: float) -> list[torch.Tensor]:
+def _fit_predict(x: torch.Tensor, targets: list[torch.Tensor], n: int, alpha: float,
+                 resolution: float) -> list[torch.Tensor]:
     """Ridge with an intercept on standardised features, fitted on rows [0, n) of x (N, F) to each
-    target (n, d) of ``targets`` (one SVD serves them all); predictions (N - n, d) for the other rows."""
-    z = _standardise(x, n)  # (N, F)
+    target (n, d) of ``targets`` (one SVD serves them all); predictions (N - n, d) for the other rows.
+    resolution: the features' dtype's eps (``_standardise``)."""
+    z = _standardise(x, n, resolution)  # (N, F)
     u, s, vh = torch.linalg.svd(z[:n], full_matrices=False)  # (n, r), (r,), (r, F), r = min(n, F)
     shrink = s / (s**2 + alpha)  # (r,): 0 for a null direction (s = 0), never a division by 0
     preds = []
@@ -168,19 +190,42 @@ def _fit_predict(x: torch.Tensor, targets: list[torch.Tensor], n: int, alpha: fl
     return preds
 
 
-def _standardise(x: torch.Tensor, n: int) -> torch.Tensor:
+def _standardise(x: torch.Tensor, n: int, resolution: float) -> torch.Tensor:
     """x (N, F) with each column centred and divided by its SD over rows [0, n) (ddof 0, as StandardScaler),
-    0 for a column constant there. Each column is first divided by its largest |entry| on those rows, so
-    the squares cannot overflow (a state at 1e160 standardises as one at 1)."""
+    0 for a column that is constant there or that the held-out rows take beyond any deviation those rows can
+    show. Each column is first divided by its largest |entry| on those rows, so the squares cannot overflow
+    (a state at 1e160 standardises as one at 1).
+
+    resolution: the eps of the dtype the features were computed in (float32: 1.2e-7; 0 for exact integers).
+    """
     fit = x[:n]
     top = fit.abs().amax(dim=0)  # (F,)
-    constant = fit.amax(dim=0) == fit.amin(dim=0)  # exact, as in _r2
-    top = torch.where(constant | (top == 0), torch.ones_like(top), top)
+    exact = fit.amax(dim=0) == fit.amin(dim=0)  # exact, as in _r2
+    top = torch.where(exact | (top == 0), torch.ones_like(top), top)
     scaled = x / top  # fitting rows in [-1, 1]
     mean = scaled[:n].mean(dim=0)
-    sd = ((scaled[:n] - mean) ** 2).mean(dim=0).sqrt()  # (F,)
-    sd = torch.where(constant, torch.ones_like(sd), sd)
-    return torch.where(constant, torch.zeros_like(scaled), (scaled - mean) / sd)
+    sd = ((scaled[:n] - mean) ** 2).mean(dim=0).sqrt()  # (F,), in units of the column's largest |entry|
+    # Constant up to round-off: an SD under 10 eps of the features' dtype, relative to the column's largest
+    # |entry|, is scikit-learn's own near-constant rule (``_handle_zeros_in_scale``: a scale < 10 eps is
+    # set to 1) taken relative to the column's magnitude and at the dtype the state was computed in, not
+    # the float64 it is widened to. A float32 tanh unit saturated at -1 moves in steps of 6e-8 (eps / 2):
+    # measured on the quickstart's vanilla seed 1 (adding T = 40, 2000 steps), 14 of 64 units varied on the
+    # fitting half by 0.1-8 eps only (the exact test caught 20 more), and a held-out sequence where such a
+    # unit flipped to +0.99 stood 3e7 SDs out: R² -5.8e9, chance -1.0e12. Variation at round-off carries
+    # nothing the readout can fit; such a column is zeroed, as an exactly constant one.
+    constant = exact | (sd < 10 * resolution)
+    z = torch.where(constant, torch.zeros_like(scaled), (scaled - mean) / torch.where(constant, 1.0, sd))
+    # Beyond the fitting half's reach: no row of an n-row sample is more than sqrt(n - 1) SDs (ddof 0) from
+    # its mean (Samuelson 1968, "How deviant can you be?", JASA 63: 1522), so a held-out entry beyond that
+    # lies where the fit has seen nothing, whatever the distribution, and a linear readout extrapolates its
+    # weight there unboundedly. In that run, 9 more saturated units (SD 10 eps - 2e4 eps) flipped on a
+    # held-out sequence, 170 - 7e5 SDs out: R² -4.5e6 with the round-off columns zeroed, -0.095 (chance
+    # -0.109) with these zeroed too. Such a column is left out of the readout (the figure stays a lower
+    # bound on what the state holds; the choice sees the held-out features, never their targets). Ordinary
+    # data never reach it (a normal column: sqrt(n - 1) = 15.8 SDs at n = 250), so scikit-learn's figure
+    # is unchanged there.
+    wild = (z[n:].abs() > math.sqrt(max(n - 1, 0))).any(dim=0)  # (F,)
+    return torch.where(wild, torch.zeros_like(z), z)
 
 
 def _float64(t: torch.Tensor) -> torch.Tensor:
@@ -260,19 +305,62 @@ def memory_curve(model, batch: Batch, lags, step: int | None = None, kind: str |
         k = int(k)
         if k < 0:
             raise ValueError(f"a lag is a number of steps back, >= 0, got {k}")
-        curve[k] = None if k > t else _score_input(hs[t], batch.x[t - k], kind)
+        curve[k] = None if k > t else _read_input(hs[t], batch.x[t - k], kind)["score"]
     return curve
 
 
-def _score_input(h: torch.Tensor, x: torch.Tensor, kind: str) -> float | None:
-    """The held-out score of the input x (B, I) read back from h (B, H); for SYMBOLS only the rows whose
+def _read_input(h: torch.Tensor, x: torch.Tensor, kind: str) -> dict:
+    """``readout_score`` of the input x (B, I) read back from h (B, H); for SYMBOLS only the rows whose
     input is not all zero (hidden), whose class is their argmax."""
     if kind == VALUES:
-        return readout_score(h, x, VALUES)["score"]
+        return readout_score(h, x, VALUES)
     shown = x.ne(0).any(dim=-1)  # (B,)
-    return readout_score(h[shown], x[shown].argmax(dim=-1), SYMBOLS)["score"]
+    return readout_score(h[shown], x[shown].argmax(dim=-1), SYMBOLS)
+
+
+def curve_lags(reach: int, task_lag: int | None = None, count: int = CURVE_LAGS) -> list[int]:
+    """The lags a recorded memory curve measures: ``count`` spread evenly in log k over 1..reach (rounded to
+    whole steps, repeats dropped: fewer for a short reach), and ``task_lag`` when it is in 1..reach; sorted.
+
+    reach: the readout step t (the farthest lag with an input, x_0); [] when it is 0 (nothing before t).
+    """
+    if reach < 1:
+        return []
+    if count < 2:
+        raise ValueError(f"a curve needs at least 2 lags, got {count}")
+    spread = {round(math.exp(math.log(reach) * i / (count - 1))) for i in range(count)}  # 1 and reach included
+    if task_lag is not None and 1 <= task_lag <= reach:
+        spread.add(int(task_lag))
+    return sorted(spread)
+
+
+def run_curve(model, task, batch: Batch, length: int, hs: torch.Tensor | None = None) -> dict:
+    """The memory curve a run records: the readout step t = ``task.memory_step`` (where ``memory`` reads the
+    state; the last step for most tasks), the lags of ``curve_lags(t, task_lag)`` and, for each, the
+    held-out score of x_{t-k} from h_t (``memory_curve``, kind ``task.input_kind``) and its chance level
+    (``readout_score``'s: the permutation null for values, the majority class's share for symbols).
+
+    Returns {"lags": [k], "scores": [score or None], "chance": [chance or None], "kind": task.input_kind,
+    "step": t, "task_lag": the task's lag as seen from t}. task_lag is ``task.lag(length)`` capped at t:
+    a task whose target is read after t (copy: its first symbol is recalled at T + 10, the state read
+    at T + 9, the step before the recall starts) has its dependency input at lag t from there.
+    """
+    hs = hidden_states(model, batch) if hs is None else hs
+    S = batch.x.shape[0]
+    t = task.memory_step(length, S)
+    task_lag = min(task.lag(length), t)
+    lags = curve_lags(t, task_lag)
+    read = [_read_input(hs[t], batch.x[t - k], task.input_kind) for k in lags]
+    return {"lags": lags, "scores": [r["score"] for r in read], "chance": [r["chance"] for r in read],
+            "kind": task.input_kind, "step": t, "task_lag": task_lag}
 
 
 def _one_hot(x: torch.Tensor) -> bool:
     """Whether every step's input in x (S, B, I) is one-hot or all zero: entries 0 or 1, summing to at most 1."""
     return bool(((x == 0) | (x == 1)).all() and (x.sum(dim=-1) <= 1).all())
+
+
+def input_readout(h: torch.Tensor, x: torch.Tensor, kind: str | None = None) -> dict:
+    """One lag of ``memory_curve`` with its chance level: ``readout_score``'s dict for the input x (B, I) read
+    back from h (B, H). kind None decides from x as ``memory_curve`` does (SYMBOLS when one-hot or all zero)."""
+    return _read_input(h, x, kind or (SYMBOLS if _one_hot(x[None]) else VALUES))

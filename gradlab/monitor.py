@@ -11,7 +11,15 @@ norms (fewer in the first steps; gradlab's rule, ``diagnostics.spike_ratios``), 
 suggested threshold is the median of the finite norms. The monitor sees only the
 norms, never ∂L/∂h_t through time, so it raises the exploding flag and leaves the
 vanishing flag unmeasured (None): its verdict is ``exploding`` or ``not exploding``,
-never ``healthy``. ``gradlab.watch`` measures the profile of a recurrent module.
+never ``healthy``. ``gradlab.watch`` measures the profile of a recurrent module; given
+one, ``GradientMonitor(model, watch=probe)`` with the probe's ``with`` block around the
+loop's forward and backward, the monitor's vanishing flag is the probe's on its last
+profile (``probe.summary(forward=False)``: the dependency ratio at the probe's lag), and
+its verdict names both flags as a gradlab run's does (``healthy`` only then): exploding
+on the whole norm series (or an overflow in that profile), vanishing on the last backward,
+as a run's on its final evaluation. Until that probe has a profile, vanishing is None with
+a note saying so; where the probe cannot tell (no lag given and a loss at several steps),
+vanishing stays None with the probe's note.
 
 Cost per step: one ``torch._foreach_norm`` over the gradients, a few sums, one
 transfer of a handful of numbers to the host (a device sync on CUDA); the
@@ -33,7 +41,7 @@ from torch import nn
 from gradlab import diagnostics
 from gradlab.diagnostics import DEFAULTS, Thresholds
 from gradlab.engine import has_float64, scaled_norms
-from gradlab.vocabulary import NOT_EXPLODING
+from gradlab.vocabulary import NOT_EXPLODING, verdict_label
 
 GROUPINGS = ("module", "parameter")
 UNMEASURED_NOTE = (f"vanishing not measured: the monitor sees the global norms, not the gradient through time "
@@ -50,10 +58,12 @@ class GradientMonitor:
     writer: an optional ``torch.utils.tensorboard.SummaryWriter``; each step adds
     ``train/grad_norm``, ``train/grad_norm_<g>``, ``train/nonfinite`` (and
     ``train/loss`` when ``step`` is given one).
+    watch: an optional ``gradlab.watch`` probe of a recurrent module of ``model``, whose profile gives the
+    vanishing flag (the module docstring).
     """
 
     def __init__(self, model: nn.Module, *, group_by: str = "module", thresholds: Thresholds = DEFAULTS,
-                 writer=None):
+                 writer=None, watch=None):
         if group_by not in GROUPINGS:
             raise ValueError(f"group_by {group_by!r}: expected one of {', '.join(GROUPINGS)}")
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -63,7 +73,7 @@ class GradientMonitor:
         keys = [n.split(".")[0] if group_by == "module" else n for n, _ in named]
         self.groups = list(dict.fromkeys(keys))
         self._group_of = torch.tensor([self.groups.index(k) for k in keys])  # (P,) each parameter's group
-        self.thresholds, self.writer = thresholds, writer
+        self.thresholds, self.writer, self.watch = thresholds, writer, watch
         self.rows: list[dict] = []
 
     def step(self, loss: float | torch.Tensor | None = None) -> dict:
@@ -110,21 +120,37 @@ class GradientMonitor:
 
     def verdict(self) -> str:
         """``exploding`` (a non-finite step, or a spike) or ``not exploding``, never ``healthy``: the norms
-        cannot tell whether the gradient vanishes through time (``summary()["vanishing"]`` is None)."""
+        cannot tell whether the gradient vanishes through time (``summary()["vanishing"]`` is None). With a
+        ``watch`` probe, the label of both flags, the vanishing one from its profile."""
         return self.summary()["verdict"]
 
     def summary(self) -> dict:
         """steps, verdict, the flags ``exploding`` (bool) and ``vanishing`` (None: not measured here) with
         a ``note`` saying so, the figures behind exploding (nonfinite_steps, spikes, spike_ratio_max),
-        grad_norm_max, suggested_clip: the keys of a run's summary.json that the norm series gives."""
+        grad_norm_max, suggested_clip: the keys of a run's summary.json that the norm series gives. With a
+        ``watch`` probe, vanishing and the figures behind it (horizon, decay_rate, dependency_lag,
+        dependency_ratio) are its last profile's, and ``note`` the probe's (None when it has nothing to say)."""
         norms = self.norms()
         nonfinite_steps = sum(1 for n in norms if math.isnan(n))
         verdict, figures = diagnostics.verdict(norms, nonfinite_steps, None, 0, self.thresholds)
-        return {"steps": len(self.rows), "verdict": verdict, "exploding": figures["exploding"],
-                "vanishing": figures["vanishing"], "note": UNMEASURED_NOTE,
+        exploding, vanishing, note, profile = figures["exploding"], figures["vanishing"], UNMEASURED_NOTE, {}
+        if self.watch is not None:
+            exploding, vanishing, note, profile = self._profile_flags(exploding)
+            verdict = verdict_label(exploding, vanishing)
+        return {"steps": len(self.rows), "verdict": verdict, "exploding": exploding,
+                "vanishing": vanishing, "note": note, **profile,
                 **{k: figures[k] for k in ("nonfinite_steps", "spikes", "spike_ratio_max")},
                 "grad_norm_max": max((n for n in norms if math.isfinite(n)), default=None),
                 "suggested_clip": diagnostics.suggest_clip(norms)}
+
+    def _profile_flags(self, exploding: bool) -> tuple[bool, bool | None, str | None, dict]:
+        """(exploding, vanishing, note, the profile's figures) with the ``watch`` probe's last profile."""
+        try:
+            s = self.watch.summary(forward=False)
+        except RuntimeError as e:  # no forward with gradients, or no backward yet, inside its with block
+            return exploding, None, f"vanishing not measured yet: {e}", {}
+        figures = {k: s[k] for k in ("horizon", "decay_rate", "dependency_lag", "dependency_ratio")}
+        return exploding or s["exploding"] is True, s["vanishing"], s["note"], figures
 
     def frame(self):
         """The rows as a pandas DataFrame, one row per step."""

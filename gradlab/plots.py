@@ -8,10 +8,17 @@ experiments) and returns what it wrote and the damaged files it left out;
 - ``learning_curves.png``  eval loss over training, median over seeds, min–max band, baseline dashed
 - ``grad_norm.png``        pre-clip global gradient norm over training (log scale), clip threshold dotted
 - ``grad_profile.png``     ‖∂L/∂h‖ against the lag, normalised to its peak: the vanishing picture
+- ``long_term_share.png`` the share of the recurrent weights' gradient from lags at or beyond the dependency,
+  over training (log scale): Bengio et al. 1994's drowned long-term component
+- ``memory_curve.png``     memory against lag at the end of training: how well x_{t-k} reads back from h_t,
+  the chance level dotted, the task's lag marked (``gradlab.memory.run_curve``)
+- ``lyapunov_max.png``     the top Lyapunov exponent λ₁ over training, 0 marked (above: chaotic, gradients
+  diverge); only for runs with ``diagnostics.lyapunov``
 - ``profile_heatmap_<run id>.png``  that profile over training for a representative run per group
 - ``selection_curve.png``  a tuned experiment's metric against each tuned value, per arm (``gradlab.tuning``)
 
-Runs that differ only by seed form a group. A cell has the same colour in every
+A figure no run has the data for (runs made before it was recorded, or without its switch) is not
+written. Runs that differ only by seed form a group. A cell has the same colour in every
 figure of every experiment; the first other key that differs (clip, tbptt, lr,
 ...) sets the line style, and the keys after it, with task and length, make one
 panel each. A line that lies on one drawn before it gets markers and says so in
@@ -49,6 +56,7 @@ from gradlab.vocabulary import (
     FULL_BPTT,
     HEATMAP_FILE,
     MAIN_PLOTS,
+    MEMORY_CURVE,
     config_columns,
 )
 
@@ -120,7 +128,8 @@ def draw_experiment(runs: list[Run], out: Path) -> list[Path]:
         return []
     layout = Layout(runs)
     written = []
-    for name, build in zip(MAIN_PLOTS, (learning_curves, grad_norm, grad_profile)):
+    builders = (learning_curves, grad_norm, grad_profile, long_term_share, memory_against_lag, lyapunov_max)
+    for name, build in zip(MAIN_PLOTS, builders, strict=True):
         fig = build(layout)
         if fig is not None:
             written.append(save(fig, out / name))
@@ -358,7 +367,7 @@ def readable_log(axis) -> None:
     """A log axis spanning less than two powers of ten gets plain ticks (1-2-5 steps, or evenly spaced
     values) labelled ``0.65``, instead of a single tick or ``6×10⁻¹`` labels on minor ticks."""
     lo, hi = sorted(axis.get_view_interval())
-    if not (lo > 0 and np.isfinite(hi)):
+    if axis.get_scale() != "log" or not (lo > 0 and np.isfinite(hi)):
         return
     if math.floor(math.log10(hi)) - math.ceil(math.log10(lo)) + 1 >= 2:
         return  # two decade ticks or more: the default labels read well
@@ -485,6 +494,148 @@ def grad_profile(layout: Layout) -> Figure | None:
         return None
     return _finish(fig, axes, "Gradient through time, normalised to its peak, median over seeds "
                               "(a line falling to the right = vanishing gradient)")
+
+
+def _over_training(layout: Layout, column: str) -> tuple[Figure, list, list[bool]]:
+    """A panel per ``layout`` panel with each group's eval-row ``column`` over training: median over seeds
+    (``draw_groups``) and min–max band, as the learning curves. Returns the figure, its axes and, per
+    panel, whether any group had the column (±inf read as missing: a seed whose figure was not a number)."""
+    fig, axes = layout.figure(len(layout.panels))
+    had = []
+    for ax, panel in zip(axes, layout.panels):
+        series = []
+        for group in layout.in_panel(panel):
+            values = {r.id: _column(r, "eval", column) for r in group}
+            values = {k: v for k, v in values.items() if v is not None}
+            if not values:
+                continue
+            df = _by_step(values)
+            if not df.notna().any().any():
+                continue
+            series.append((group, df.index, df.median(axis=1)))
+            ax.fill_between(df.index, df.min(axis=1), df.max(axis=1), color=layout.color(group), alpha=0.2, lw=0)
+        draw_groups(ax, layout, series)
+        had.append(bool(series))
+    return fig, axes, had
+
+
+def long_term_share(layout: Layout) -> Figure | None:
+    """Layer 0's ``long_term_share`` over training (Bengio et al. 1994; Pascanu et al. 2013 §2: the long-term
+    part of ∂L/∂U drowned by the short-term ones). Log scale: it falls exponentially with the lag where the
+    gradient vanishes; an exact 0 (a TBPTT window shorter than the lag) cannot be drawn there and says so."""
+    fig, axes, had = _over_training(layout, "long_term_share")
+    if not any(had):
+        return None
+    for ax, panel in zip(axes, layout.panels):
+        values = np.concatenate([line.get_ydata() for line in ax.get_lines()] or [np.zeros(0)]).astype(float)
+        if (values > 0).any():
+            ax.set_yscale("log", nonpositive="mask")
+            if (values == 0).any():
+                ax.plot([], [], ls="none", label="a gap: a share of exactly 0")
+        ax.set(title=layout.title(panel), xlabel="training step",
+               ylabel="long-term share of ‖∂L/∂U‖" + (" (log scale)" if ax.get_yscale() == "log" else ""))
+    return _finish(fig, axes, "Share of the recurrent weights' gradient from lags at or beyond the dependency "
+                              "(layer 0), median over seeds (line) and min–max (band)")
+
+
+def lyapunov_max(layout: Layout) -> Figure | None:
+    """λ₁ (``lyapunov_max``, per step, natural log) over training, 0 marked: above it the forward dynamics
+    are chaotic and the loss gradients diverge (Mikhaeil, Monfared & Durstewitz 2022). Only runs with
+    ``diagnostics.lyapunov`` have it."""
+    fig, axes, had = _over_training(layout, "lyapunov_max")
+    if not any(had):
+        return None
+    for ax, panel in zip(axes, layout.panels):
+        ax.axhline(0, color="black", ls=":", lw=1.2, label="λ₁ = 0: above, chaotic (gradients diverge)")
+        ax.set(title=layout.title(panel), xlabel="training step", ylabel="λ₁ (per step, natural log)")
+    return _finish(fig, axes, "Top Lyapunov exponent λ₁ of the forward dynamics on the evaluation inputs (layer 0), "
+                              "median over seeds (line) and min–max (band); above 0 the gradients diverge "
+                              "(Mikhaeil, Monfared & Durstewitz 2022)")
+
+
+@dataclass
+class Curve:
+    """A run's memory against lag as its summary holds it (``gradlab.memory.run_curve``)."""
+
+    scores: pd.Series  # indexed by lag
+    chance: pd.Series
+    kind: str | None
+    task_lag: int | None
+
+
+def recorded_curve(run: Run) -> Curve | None:
+    """The run's recorded memory curve, or None when it has none (a run made before it was recorded) or its
+    entry is not the lists ``run_curve`` writes (a hand-edited summary: left out of the figure)."""
+    c = run.summary.get(MEMORY_CURVE)
+    if not isinstance(c, dict):
+        return None
+    lags, scores, chance = (c.get(k) for k in ("lags", "scores", "chance"))
+    if not (all(isinstance(v, list) for v in (lags, scores, chance)) and len(lags) == len(scores) == len(chance)):
+        return None
+    if not all(_is_number(k) for k in lags) or not all(v is None or _is_number(v) for v in scores + chance):
+        return None
+    index = pd.Index([float(k) for k in lags])
+    task_lag = c.get("task_lag")
+    return Curve(pd.Series([np.nan if v is None else float(v) for v in scores], index=index, dtype=float),
+                 pd.Series([np.nan if v is None else float(v) for v in chance], index=index, dtype=float),
+                 c.get("kind") if isinstance(c.get("kind"), str) else None,
+                 task_lag if _is_number(task_lag) else None)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+MEMORY_UNITS = {"values": "held-out R²", "symbols": "held-out accuracy"}  # gradlab.task.VALUES, SYMBOLS
+
+
+def memory_against_lag(layout: Layout) -> Figure | None:
+    """Memory against lag at the end of training: per group the median over seeds of the held-out score of
+    x_{t-k} read back from h_t (``gradlab.memory.run_curve``), its chance level dotted in the group's colour,
+    the task's lag dash-dotted. Log lag axis with whole-step ticks."""
+    fig, axes = layout.figure(len(layout.panels))
+    drawn = False
+    for ax, panel in zip(axes, layout.panels):
+        series, task_lag, kinds = [], None, set()
+        for group in layout.in_panel(panel):
+            curves = {r.id: c for r in group if (c := recorded_curve(r)) is not None}
+            if not curves:
+                continue
+            scores = pd.concat({k: c.scores for k, c in curves.items()}, axis=1).sort_index()  # (lags, runs)
+            chance = pd.concat({k: c.chance for k, c in curves.items()}, axis=1).sort_index()
+            if not scores.notna().any().any():  # nothing scored at any lag (a diverged state): no line
+                continue
+            lags = scores.index.to_numpy()
+            ax.plot(lags, chance.median(axis=1), color=layout.color(group), ls=":", lw=1.2)
+            series.append((group, lags, scores.median(axis=1).to_numpy()))
+            kinds |= {c.kind for c in curves.values()}
+            task_lag = task_lag if task_lag is not None else next(
+                (c.task_lag for c in curves.values() if c.task_lag is not None), None)
+        draw_groups(ax, layout, series)
+        drawn = drawn or bool(series)
+        if series:
+            ax.plot([], [], color="black", ls=":", lw=1.2, label="dotted: chance level (a state that holds nothing)")
+        if task_lag is not None:
+            ax.axvline(task_lag, color="black", ls="-.", lw=1, label="lag of the task's dependency")
+        unit = MEMORY_UNITS.get(next(iter(kinds)), "held-out score") if len(kinds) == 1 else "held-out score"
+        ax.set(title=layout.title(panel), xlabel="lag k (steps before the readout step t; log scale)",
+               ylabel=f"{unit} of $x_{{t-k}}$ from $h_t$")
+        if series:
+            _lag_axis(ax)
+    if not drawn:
+        return None
+    return _finish(fig, axes, "Memory against lag at the end of training: how well the input k steps back reads "
+                              "from the state, median over seeds (a ridge readout; Alain & Bengio 2016)")
+
+
+def _lag_axis(ax) -> None:
+    """The x axis of ``ax`` on a log scale of whole lags labelled as numbers (1, 2, 5, 10, 20, ...), not 10⁰
+    and 10¹ only."""
+    ax.set_xscale("log")
+    axis = ax.xaxis
+    axis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.0f}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
 
 
 def heatmap_runs(layout: Layout) -> list[tuple[list[Run], Run]]:

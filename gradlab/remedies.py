@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from gradlab import checks
+from gradlab.vocabulary import EXPLODING
 from gradlab.yamlfile import did_you_mean
 
 
@@ -48,6 +49,10 @@ class ClipRule:
     after_backward: Callable | None = None
     in_backward: Callable | None = None
     clips_readout: bool = True  # False: the readout's gradient is left as it is (AGC)
+    # the cases of a diagnosis (gradlab.vocabulary.CASES) the rule treats: gradlab.diagnosis proposes
+    # ``train.clip: <name>`` for them. Every rule but none caps the update a spike would make (Pascanu et
+    # al. 2013 §3.2); none caps nothing. Its DECLARED copy is kept equal to these by a test.
+    addresses: frozenset = frozenset({EXPLODING})
 
 
 def global_norm(grads: list[torch.Tensor]) -> torch.Tensor:
@@ -186,7 +191,7 @@ class RecurrentClip:
 
 MAX_NORM = Param(1.0, checks.positive_number)
 CLIPS: dict[str, ClipRule] = {
-    "none": ClipRule({}, "no clipping"),
+    "none": ClipRule({}, "no clipping", addresses=frozenset()),
     "norm": ClipRule({"max_norm": MAX_NORM},
                      "rescale the global gradient norm to at most max_norm (Pascanu et al. 2013, Alg. 1)", clip_norm),
     "value": ClipRule({"clip_value": Param(0.5, checks.positive_number)},

@@ -29,7 +29,7 @@ def json_document(table: pd.DataFrame | None, checks: list[dict] | None = None,
     """
     doc = {"schema": SCHEMA}
     if table is not None:
-        doc["groups"] = to_records(table)
+        doc["groups"] = comparison.diagnosed(to_records(table))
     if checks is not None:
         doc["expectations"] = checks
         doc["passed"] = all(c["passed"] for c in checks)
@@ -157,7 +157,10 @@ def markdown_report(table: pd.DataFrame | None, checks: list[dict] | None = None
             parts.append(f"Change under test: {code(change_text(changes))}\n")
         parts.append(_diff_markdown(diff_table, by or comparison.DEFAULT_BY))
     if table is not None:
+        from gradlab.tables import diagnosis_markdown
+
         parts.append(to_markdown(table))
+        parts.append(diagnosis_markdown(table, quote=code))
     return "\n".join(parts)
 
 
@@ -186,7 +189,22 @@ def _html_view(table: pd.DataFrame) -> str:
                    + "</tr>" for row in rows)
     constant = f"<p>{html.escape(', '.join(heading))}</p>" if heading else ""
     return (f"{constant}<table class=\"comparison\"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-            f"<p class=\"legend\">{html.escape(legend)}</p>")
+            f"<p class=\"legend\">{html.escape(legend)}</p>{_html_diagnoses(table)}")
+
+
+def _html_diagnoses(table: pd.DataFrame) -> str:
+    """Each group's diagnosis (``tables.diagnoses``): the case in words, what to try, the evidence folded."""
+    from gradlab.tables import diagnoses
+
+    items = []
+    for name, d in diagnoses(table):
+        head = f"<b>{html.escape(name)}</b>: " if name else ""
+        tries = (f"<br>try: {', '.join(f'<code>{html.escape(s)}</code>' for s in d['remedies'])}"
+                 if d["remedies"] else "")
+        evidence = "".join(f"<li>{html.escape(x)}</li>" for x in d["details"])
+        items.append(f"<li class=\"diagnosis\">{head}{html.escape(d['text'])}{tries}"
+                     f"<details><summary>evidence</summary><ul>{evidence}</ul></details></li>")
+    return f"<h3>Diagnosis</h3><ul class=\"diagnoses\">{''.join(items)}</ul>" if items else ""
 
 
 def _html_table(table: pd.DataFrame) -> str:

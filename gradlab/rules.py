@@ -113,6 +113,7 @@ CHECKS = {
     "task.length": int_between(2, MAX_LENGTH, "5x the longest sequence benchmark"),
     "task.eval_size": int_between(1, MAX_EVAL_SIZE, "sequences held in memory at once"),
     "task.variant": optional(string),
+    "task.window": optional(int_between(1, MAX_LENGTH, "the longest task.length")),
     "model.cell": _cell,
     "model.hidden": int_between(1, MAX_HIDDEN, "2x the widest recurrent layer in the literature"),
     "model.nonlinearity": optional(choice({"tanh": 0, "relu": 0}, "nonlinearity")),

@@ -63,6 +63,12 @@ class Recall:
     input_kind: ClassVar[str] = SYMBOLS
     recalled: ClassVar[int]  # K, the symbols recalled: each task sets it
     data_symbols: ClassVar[range]  # the classes a symbol to recall is drawn from
+    blank_symbol: ClassVar[int]  # the input class of the steps that hold nothing (copy 0, memorisation 5)
+
+    def blank(self) -> torch.Tensor:
+        """(I,) the task's own blank symbol, one-hot: what its sequence shows between the symbols and
+        the marker, so a hidden symbol reads as one never given."""
+        return F.one_hot(torch.tensor(self.blank_symbol), self.input_size).float()
 
     def memory_target(self, batch: Batch, length: int) -> tuple[torch.Tensor, str] | None:
         """(B,) the class of the input at step 0, the first symbol recalled; None where it is not a
@@ -89,6 +95,7 @@ class Copy(Recall, Task):
 
     recalled: ClassVar[int] = COPY_SYMBOLS
     data_symbols: ClassVar[range] = range(1, 9)
+    blank_symbol: ClassVar[int] = BLANK
 
     def sequence_length(self, length: int) -> int:
         return length + 2 * COPY_SYMBOLS
@@ -132,6 +139,11 @@ class TemporalOrder(Task):
 
     starts: tuple[int, ...] = (1, 5)  # where the A/B ranges start, in tenths of L
     input_kind: ClassVar[str] = SYMBOLS
+
+    def blank(self) -> torch.Tensor:
+        """(I,) a zero vector: the task has no blank symbol (every step holds an A, a B or a distractor),
+        and any symbol would be one it reads, so a hidden step names none."""
+        return torch.zeros(self.input_size)
 
     def generate(self, batch: int, length: int, generator: torch.Generator) -> Batch:
         self.check_length(length)
@@ -181,6 +193,11 @@ class Permutation(Task):
     """
 
     input_kind: ClassVar[str] = SYMBOLS
+
+    def blank(self) -> torch.Tensor:
+        """(I,) a zero vector: the task has no blank symbol (every step holds a symbol of 0..99),
+        and any symbol would be one it reads, so a hidden step names none."""
+        return torch.zeros(self.input_size)
 
     def generate(self, batch: int, length: int, generator: torch.Generator) -> Batch:
         self.check_length(length)
@@ -232,6 +249,7 @@ class Memorization(Recall, Task):
 
     recalled: ClassVar[int] = MEMO_POSITIONS
     data_symbols: ClassVar[range] = range(MEMO_VALUES)
+    blank_symbol: ClassVar[int] = MEMO_BLANK
 
     def sequence_length(self, length: int) -> int:
         return length + 2 * MEMO_POSITIONS

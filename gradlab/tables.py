@@ -23,6 +23,9 @@ flags (wide)              exploding_runs, vanishing_runs: ``2E 1V``, each flag
                           counted on its own over the finished runs
 ========================  =======================================================
 
+Under the table, each group's diagnosis (``diagnosis_lines``, ``gradlab.diagnosis``): the case its
+figures support, citing them, and what to try next; ``--wide`` adds the evidence line by line.
+
 No number is ever cut: cells are whole tokens that rich may move to a new line
 but never shortens. Torch-free.
 """
@@ -30,7 +33,8 @@ but never shortens. Torch-free.
 from __future__ import annotations
 
 from gradlab import statistics
-from gradlab.comparison import cell_text, fmt, ratio_cell, to_records
+from gradlab.comparison import cell_text, diagnosed, fmt, ratio_cell, to_records
+from gradlab.diagnosis import REMEDIES_SHOWN, remedy_text
 from gradlab.vocabulary import BOTH, EXPLODING, HEALTHY, METRICS, NOT_EXPLODING, VANISHING, VERDICTS
 
 LETTERS = {BOTH: "VE", EXPLODING: "E", VANISHING: "V", HEALTHY: "H", NOT_EXPLODING: "N"}
@@ -166,11 +170,7 @@ def view(table, wide: bool = False, letters: bool = True) -> tuple[list[str], li
     moved to the title; at least one stays to name the rows. ``letters``: verdicts as ``2V``
     (compact), else in words."""
     records = to_records(table)
-    groups = [c for c in table.columns if c not in METRICS]
-    constant = [c for c in groups if len({cell_text(c, r[c]) for r in records}) == 1]
-    if len(constant) == len(groups):
-        constant = constant[:-1]
-    shown = [c for c in groups if c not in constant]
+    shown, constant = _split(table, records)
     heading = [f"{c}={cell_text(c, records[0][c])}" for c in constant] if records else []
     metrics = dict(WIDE if wide else COMPACT)
     if not letters:
@@ -181,6 +181,50 @@ def view(table, wide: bool = False, letters: bool = True) -> tuple[list[str], li
     rows = [[cell_text(c, r[c]) for c in shown] + [str(r[c]) for c in counted] + [f(r) for f in metrics.values()]
             for r in records]
     return shown, heading, rows, labels, legend(records, wide, letters)
+
+
+def _split(table, records: list[dict]) -> tuple[list[str], list[str]]:
+    """(the group columns that vary, which name the rows; those holding one value, for the title):
+    at least one column names the rows."""
+    groups = [c for c in table.columns if c not in METRICS]
+    constant = [c for c in groups if len({cell_text(c, r[c]) for r in records}) == 1]
+    if len(constant) == len(groups):
+        constant = constant[:-1]
+    return [c for c in groups if c not in constant], constant
+
+
+def diagnoses(table) -> list[tuple[str, dict]]:
+    """Each group's name as the rows show it (``cell=vanilla``, the varying group columns) and its
+    diagnosis (``comparison.diagnosed``: cases, text, details, remedies)."""
+    records = to_records(table)
+    shown, _ = _split(table, records)
+    return [(", ".join(f"{c}={cell_text(c, r[c])}" for c in shown), r["diagnosis"]) for r in diagnosed(records)]
+
+
+def diagnosis_lines(table, wide: bool = False) -> list[tuple[str, str]]:
+    """The diagnosis under a terminal table, as (text, kind) lines (kind: ``case``, ``try``, ``detail``): per
+    group ``cell=vanilla: <text>`` (the terminal wraps it at spaces, never cuts it), then ``try: <remedies>``
+    (the first REMEDIES_SHOWN, ``+N more``; all with ``wide``), then with ``wide`` the evidence."""
+    lines = []
+    for name, d in diagnoses(table):
+        lines.append((f"{name}: {d['text']}" if name else d["text"], "case"))
+        if d["remedies"]:
+            lines.append((f"  try: {remedy_text(d['remedies'], None if wide else REMEDIES_SHOWN)}", "try"))
+        if wide:
+            lines += [(f"  · {detail}", "detail") for detail in d["details"]]
+    return lines
+
+
+def diagnosis_markdown(table, quote=str) -> str:
+    """The diagnoses as a Markdown list: ``- **cell=vanilla**: <text>. Try: `model.cell: lstm`, ...``; ``quote``
+    wraps each setting (``reports.code``)."""
+    items = []
+    for name, d in diagnoses(table):
+        item = f"- **{name}**: {d['text']}" if name else f"- {d['text']}"
+        if d["remedies"]:
+            item += ". Try: " + ", ".join(quote(s) for s in d["remedies"])
+        items.append(item)
+    return "**Diagnosis**\n\n" + "\n".join(items) + "\n" if items else ""
 
 
 def diff_view(table, columns: list[str]) -> tuple[list[str], list[str], list[list[str]]]:

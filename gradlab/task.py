@@ -2,7 +2,8 @@
 ``gradlab.tasks.TASKS`` implements (generate, score, memoryless baseline, lag, success criterion).
 
 The synthetic tasks (``gradlab.adding``, ``gradlab.symbols``) and the data-set task (``gradlab.digits``) build on it,
-and ``gradlab.tasks`` registers them all, so the registry imports its entries, never the reverse.
+and ``gradlab.tasks`` registers them all, so the registry imports its entries, never the reverse. ``hide`` and
+``Windowed`` are ``task.window``: any task with its inputs older than k steps before the readout hidden.
 """
 
 from __future__ import annotations
@@ -128,6 +129,12 @@ class Task:
         batch has no other way to know it); None = ``sequence_length(length)``."""
         return (self.sequence_length(length) if steps is None else steps) - 1
 
+    def blank(self) -> torch.Tensor:
+        """(I,) the input a step hidden by ``task.window`` shows (``Windowed``): what the task itself puts
+        where there is nothing to read. Each family says what that is (``gradlab.adding``, ``gradlab.symbols``,
+        ``gradlab.digits``); by default a zero vector, an input that names no value and no symbol."""
+        return torch.zeros(self.input_size)
+
     def check_length(self, length: int) -> None:
         if length < self.min_length:
             raise ValueError(f"task {self.label!r} needs length >= {self.min_length}, got {length}")
@@ -169,3 +176,61 @@ def _last_step_mask(S: int, B: int, device) -> torch.Tensor:
     mask = torch.zeros(S, B, dtype=torch.bool, device=device)
     mask[-1] = True
     return mask
+
+
+def readout_steps(batch: Batch) -> torch.Tensor:
+    """(B,) the step each sequence's answer is first judged at: its first ``score_mask`` step; S for a
+    sequence with none (read nowhere; ``hide`` leaves it whole).
+
+    The score mask, not the loss mask: a recall task (copy, memorisation) puts blank targets in the
+    loss at every step from step 0 on, so its first loss step would hide nothing; its first scored
+    step is where the first symbol is recalled, the step ``Task.lag`` measures from. Where a task
+    reads one step (every other task) the two masks are the same."""
+    scored = batch.score_mask
+    S = scored.shape[0]
+    first = scored.int().argmax(dim=0)  # argmax returns the first of equal maxima
+    return torch.where(scored.any(dim=0), first, torch.full_like(first, S))
+
+
+def hide(batch: Batch, window: int, blank: torch.Tensor) -> Batch:
+    """``batch`` with every input more than ``window`` steps before its sequence's readout
+    (``readout_steps``) replaced by ``blank`` (I,); targets and masks unchanged.
+
+    The convention, the one ``Task.lag`` counts in: with the readout at step r, window k keeps the
+    steps r - k .. r (the readout step and the k before it) and every later step, and hides steps
+    0 .. r - k - 1. So an input at distance d = r - s from the readout is kept iff d <= k, and a
+    window equal to a task's lag keeps every input the target depends on, one step less hides the
+    earliest one (where it sits at its extreme). Per sequence: r is each sequence's own.
+    """
+    S = batch.x.shape[0]
+    steps = torch.arange(S, device=batch.x.device)[:, None]  # (S, 1)
+    read = batch.score_mask.any(dim=0)[None, :]  # (1, B): a sequence read nowhere keeps every input
+    hidden = (steps < (readout_steps(batch) - window)[None, :]) & read  # (S, B)
+    x = torch.where(hidden[..., None], blank.to(batch.x.device, batch.x.dtype), batch.x)  # (S, B, I)
+    return Batch(x, batch.y, batch.loss_mask, batch.score_mask)
+
+
+@dataclass(frozen=True)
+class Windowed:
+    """A task whose inputs older than ``window`` steps before the readout are hidden (``hide``),
+    in its training batches and its evaluation set alike: ``task.window: k`` (``gradlab.tasks.resolve``).
+
+    A grid over the window measures the data's own reach (``gradlab.reach``): how far back an input
+    must be seen for a model to do as well as on the whole sequence. Every other fact (lag, baseline,
+    dependency, scoring, the memory target, which reads a hidden input as absent) is the task's own;
+    the lag stays the task's, the distance the unhidden data spans.
+    """
+
+    task: Task
+    window: int
+
+    def __getattr__(self, name: str):
+        if name == "task" or name.startswith("__"):  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.task, name)
+
+    def generate(self, batch: int, length: int, generator: torch.Generator) -> Batch:
+        return hide(self.task.generate(batch, length, generator), self.window, self.task.blank())
+
+    def evaluation_set(self, size: int, length: int, generator: torch.Generator) -> Batch:
+        return hide(self.task.evaluation_set(size, length, generator), self.window, self.task.blank())

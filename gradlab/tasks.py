@@ -18,10 +18,10 @@ lives in its own module (``gradlab.digits``), whose entries this module adds to
 
 from __future__ import annotations
 
-from gradlab.adding import Adding, AddingHochreiter, AddingPascanu, AddingTCN, Multiplication
+from gradlab.adding import NEAR_SPAN, Adding, AddingHochreiter, AddingNear, AddingPascanu, AddingTCN, Multiplication
 from gradlab.digits import DIGITS, DIGITS_VARIANTS
 from gradlab.symbols import Copy, Memorization, Permutation, TemporalOrder
-from gradlab.task import Batch, Task  # noqa: F401  (the registry's entries' types, also read from here)
+from gradlab.task import Batch, Task, Windowed  # noqa: F401  (the registry's entries' types, also read from here)
 from gradlab.yamlfile import did_you_mean
 
 TASKS: dict[str, Task] = {
@@ -68,6 +68,10 @@ VARIANTS: dict[str, dict[str, Task]] = {
         "tcn": AddingTCN(
             name="adding", variant="tcn", kind="regression", input_size=2, output_size=1, min_length=2,
             description="sum of two marked values placed anywhere (Bai 2018 TCN benchmark)"),
+        "near": AddingNear(
+            name="adding", variant="near", kind="regression", input_size=2, output_size=1, min_length=NEAR_SPAN,
+            description=f"both marked values in the last {NEAR_SPAN} steps, lag {NEAR_SPAN - 1} at any length "
+                        "(the short-dependency control of a task.window grid)"),
     },
 }
 """Variants of a task that follow other sources, chosen with ``task.variant``; absent = the task itself."""
@@ -78,11 +82,20 @@ TASKS["digits"] = DIGITS
 VARIANTS["digits"] = DIGITS_VARIANTS
 
 
-def resolve(task_cfg: dict) -> Task:
-    """The task a config's ``task`` section names: ``TASKS[name]``, or ``VARIANTS[name][variant]``.
+def resolve(task_cfg: dict) -> Task | Windowed:
+    """The task a config's ``task`` section names: ``TASKS[name]``, or ``VARIANTS[name][variant]``;
+    with a ``window`` k, that task with every input more than k steps before the readout hidden
+    (``gradlab.task.Windowed``), in its training batches and evaluation set alike.
 
-    A missing ``variant`` key (configs written before variants existed) means None.
+    A missing ``variant`` or ``window`` key (configs written before they existed) means None.
     """
+    task = _named(task_cfg)
+    window = task_cfg.get("window")
+    return task if window is None else Windowed(task, window)
+
+
+def _named(task_cfg: dict) -> Task:
+    """``TASKS[name]`` or ``VARIANTS[name][variant]``; ValueError naming the valid ones."""
     name, variant = task_cfg["name"], task_cfg.get("variant")
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}{did_you_mean(name, TASKS)}; valid: {', '.join(TASKS)}")

@@ -26,7 +26,7 @@ from gradlab.diagnostics import Thresholds
 from gradlab.recurrences import RECURRENCES, Probe, long_term_share
 from gradlab.remedies import Clipper, clip_gradients, global_norm, make_clipper
 from gradlab.tasks import Batch, resolve
-from gradlab.vocabulary import NORMS_FLOAT64, NORMS_KEY, OPTIMIZERS
+from gradlab.vocabulary import MEMORY_CURVE, NORMS_FLOAT64, NORMS_KEY, OPTIMIZERS
 
 EVAL_SEED_OFFSET = 1_000_003  # the evaluation set's generator seed is seed + this: never a training batch
 PROFILE_BATCH = 128  # sequences of the evaluation set the gradient profile is measured on
@@ -392,6 +392,7 @@ def _train(cfg: dict, progress, rows: list) -> dict:
 
     profiles, profile_steps = [], []
     last_eval, steps_to_solve, diverged_step, nonfinite_steps = None, None, None, 0
+    curve = None  # memory.run_curve, measured at the last evaluation only (its cost: benchmarks/diagnosis.py)
     explosion = diagnostics.ExplosionWatch(thresholds)  # the exploding flag of the steps so far, per evaluation
     start = time.perf_counter()
     for step in range(0, tc["steps"] + 1):
@@ -410,6 +411,10 @@ def _train(cfg: dict, progress, rows: list) -> dict:
             figures, profile = diagnose(model, task, probe, tc["tbptt"], dependency, thresholds,
                                         clipper.grad_transform)
             figures.update(memory.memory(model, task, eval_batch, length, hs=hs))  # does the state hold it?
+            for key in (k for k in figures if k.startswith("lyapunov_max")):  # every layer's λ₁ (when measured):
+                explosion.add_lyapunov(figures[key])  # chaotic dynamics flag the run too
+            if stop or step == tc["steps"]:  # the last evaluation: memory against lag, in the summary
+                curve = memory.run_curve(model, task, eval_batch, length, hs=hs)
             profiles.append(profile)  # (L, S)
             profile_steps.append(step)
             rows.append({"kind": "eval", "step": step, "eval_loss": last_eval["loss"],
@@ -430,7 +435,8 @@ def _train(cfg: dict, progress, rows: list) -> dict:
     train_rows = [r for r in rows if r["kind"] == "train"]
     # a skipped (non-finite) step has no norm: NaN, so it cannot pull the running medians
     norms = [r["grad_norm"] if r["updates"] else float("nan") for r in train_rows]
-    verdict, figures = diagnostics.verdict(norms, nonfinite_steps, profiles[-1][0], dependency, thresholds)
+    verdict, figures = diagnostics.verdict(norms, nonfinite_steps, profiles[-1][0], dependency, thresholds,
+                                           chaotic=explosion.chaotic)
     final_loss = last_eval["loss"]
     summary = {
         "status": "ok",
@@ -455,6 +461,7 @@ def _train(cfg: dict, progress, rows: list) -> dict:
         **{k: v for k, v in rows[-1].items()
            if k.startswith(("spectral_radius", "sigma_max", "depth_ratio", "long_term_share", "memory",
                             "lyapunov"))},
+        MEMORY_CURVE: curve,  # memory.run_curve at the last evaluation: lags, scores, chance
         "wall_seconds": wall,
         "steps_per_second": len(train_rows) / wall if wall > 0 else None,
     }

@@ -23,7 +23,8 @@ ERROR_FILE = "error.txt"           # a failed run's traceback
 EXPERIMENT_FILE = "experiment.json"  # written by `gradlab run` next to its runs: name, expect list, sweeps
 EXPERIMENT_LOCK = f".{EXPERIMENT_FILE}.lock"  # held while experiment.json is read and rewritten
 # The figures of ``gradlab plot``, in the order a report shows them; then one heatmap per group.
-MAIN_PLOTS = ("learning_curves.png", "grad_norm.png", "grad_profile.png")
+MAIN_PLOTS = ("learning_curves.png", "grad_norm.png", "grad_profile.png", "long_term_share.png", "memory_curve.png",
+              "lyapunov_max.png")
 HEATMAP_FILE = "profile_heatmap_{run_id}.png"
 # a tuned experiment (gradlab.tuning)
 SELECTION_DIR = "selection"        # <out>/<name>/selection/<run id>: the selection runs
@@ -127,6 +128,7 @@ def hash_matcher(hashes) -> Callable[[str], bool]:
 # Labels, and a run config flattened into the columns a comparison groups on.
 
 FULL_BPTT = "full"  # the label of train.tbptt: null
+FULL_WINDOW = "full"  # the label of task.window: null (the whole sequence seen)
 
 
 def clip_label(clip: dict) -> str:
@@ -176,10 +178,15 @@ METRICS = ["runs", "failed", "solved", "solved_rate", "solved_ci_low", "solved_c
            "final_loss_mean", "final_loss_std", "baseline_loss",
            "loss_ratio_iqm", "loss_ratio_min", "loss_ratio_max", "loss_ratio_ci_low", "loss_ratio_ci_high",
            "steps_to_solve_median", "diverged", "verdict", "verdicts", "exploding_runs", "vanishing_runs",
-           "horizon_init_median", "horizon_median", "dependency_ratio_median", "dependency_ratio_bound",
-           "long_term_share_median", "memory_median", "lyapunov_max_median",
-           "clip_rate_mean", "grad_norm_max", "suggested_clip"]
+           "horizon_init_median", "horizon_median", "dependency_lag_median", "dependency_ratio_median",
+           "dependency_ratio_bound",
+           "long_term_share_median", "memory_median", "memory_chance_median", "memory_ceiling_median",
+           "lyapunov_max_median", "clip_rate_mean", "grad_norm_max", "suggested_clip",
+           "data_horizon"]  # the data's reach of a task.window grid's set (gradlab.reach), else None
 TEXT_METRICS = ("verdict", "verdicts")  # the rest are numbers
+# A run summary's memory against lag (gradlab.memory.run_curve, at the last evaluation): {"lags": [k],
+# "scores": [score or null], "chance": [chance or null], "kind": "values" | "symbols", "step": t, "task_lag": k}
+MEMORY_CURVE = "memory_curve"
 
 # A run carries two independent flags (gradlab.diagnostics.verdict): ``exploding`` and ``vanishing``, each a
 # bool, or None where it was not measured. Its label names both when both hold (BOTH), else the one that holds,
@@ -207,6 +214,18 @@ def verdict_label(exploding: bool | None, vanishing: bool | None) -> str | None:
 def label_flags(label) -> set[str]:
     """The flags a label names: ``{"vanishing", "exploding"}`` for BOTH, ``set()`` for HEALTHY, MIXED or None."""
     return {part for part in str(label or "").split(FLAG_JOIN) if part in FLAGS}
+
+# ---------------------------------------------------------------------------
+# The cases a diagnosis names (gradlab.diagnosis, issue 23 point 6), and what a registry entry's ``addresses``
+# says it treats (gradlab.cells.Cell, gradlab.remedies.ClipRule): case -> the words a diagnosis says.
+UNREACHED, FORGETS, SHORT_DATA, HARD_TASK, UNTOLD = "unreached", "forgets", "short_data", "hard_task", "unknown"
+CASES = {EXPLODING: "explodes",
+         UNREACHED: "gradient does not reach the dependency",
+         FORGETS: "gradient reaches the dependency but the state does not hold it",
+         SHORT_DATA: "the data has no dependency that long",
+         HARD_TASK: "hard task, not a vanishing gradient",
+         HEALTHY: "healthy",
+         UNTOLD: "cannot tell"}
 
 # ---------------------------------------------------------------------------
 # How a run's gradient norms were recorded (env.json), so a reader can tell a measured 0 from float32's floor.

@@ -97,7 +97,8 @@ def test_compare_markdown_csv_and_by(tiny_results, tmp_path):
     _, out, _ = tiny_results
     md = runner.invoke(app, ["compare", str(out), "-f", "markdown", "--by", "cell"]).stdout
     lines = md.strip().splitlines()
-    assert lines[0].startswith("| cell | runs |") and len(lines) == 4
+    assert lines[0].startswith("| cell | runs |") and sum(line.startswith("|") for line in lines) == 4
+    assert sum(line.startswith("- **cell=") for line in lines) == 2  # then each group's diagnosis
     target = tmp_path / "table.csv"
     assert runner.invoke(app, ["compare", str(out), "-f", "csv", "-o", str(target)]).exit_code == 0
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
@@ -265,7 +266,7 @@ def test_help_puts_each_example_on_its_own_line():
                                 for e in examples), (name, examples)
         assert all(e.count("Example:") == 1 for e in examples), (name, examples)
     compare_help = runner.invoke(app, ["compare", "--help"]).output
-    assert sum(line.strip().startswith("Example: gradlab compare") for line in compare_help.splitlines()) == 3
+    assert sum(line.strip().startswith("Example: gradlab compare") for line in compare_help.splitlines()) == 4
 
 
 def test_csv_writes_a_tbptt_window_as_an_integer(tiny_results):

@@ -96,7 +96,7 @@ def test_defaults_fill_what_the_config_omits(tmp_path):
     name, runs = load(write(tmp_path, "name: x\ntask: {length: 7}\n"))
     assert name == "x" and len(runs) == 1
     cfg = runs[0].config
-    assert cfg["task"] == {"name": "adding", "length": 7, "eval_size": 1000, "variant": None}
+    assert cfg["task"] == {"name": "adding", "length": 7, "eval_size": 1000, "variant": None, "window": None}
     assert cfg["train"]["clip"] == {"kind": "none"}
     assert cfg["train"]["tbptt"] is None and cfg["seed"] == 0
 

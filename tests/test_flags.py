@@ -7,6 +7,7 @@ for S = 9 (0.5^8 = 3.9e-3).
 """
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -82,6 +83,64 @@ def test_the_exploding_flag_so_far_equals_the_rule_on_every_prefix():
     watch = ExplosionWatch()
     watch.add(1.0, nonfinite=True)
     assert watch.exploding()
+
+
+def test_chaotic_forward_dynamics_raise_the_exploding_flag_without_a_spike():
+    """λ₁ > 0 (Mikhaeil et al. 2022) is an explosion flag of its own: a tanh RNN with U = 3·(random orthogonal)
+    is chaotic (every direction is stretched 3x where tanh is not saturated: λ₁ > 0), one with U = 0.5·Q
+    contracts (λ₁ <= log 0.5). gradlab.lyapunov measures them; a steady norm series has no spike."""
+    from gradlab import lyapunov
+    from gradlab.cells import RecurrentNet
+
+    x = torch.randn(200, 8, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    lmax = {}
+    for gain in (0.5, 3.0):
+        net = RecurrentNet("orthogonal", 2, 16, 1, seed=0, dtype=torch.float64)
+        with torch.no_grad():
+            net.weight_hh.mul_(gain)
+        lmax[gain] = lyapunov.summary(lyapunov.model_spectrum(net, x, 2))["lyapunov_max"]
+    assert lmax[0.5] <= math.log(0.5) + 1e-9 < 0 < diagnostics.LYAPUNOV_TOL < lmax[3.0], lmax
+    assert diagnostics.is_chaotic(lmax[3.0]) is True and diagnostics.is_chaotic(lmax[0.5]) is False
+    assert diagnostics.is_chaotic(None) is None and diagnostics.is_chaotic(float("nan")) is None
+    assert diagnostics.is_chaotic(-math.inf) is False  # a saturated state contracts
+    assert diagnostics.is_chaotic(diagnostics.LYAPUNOV_TOL / 2) is False  # within the estimate's resolution
+    profile = geometric(9)  # not vanishing: 0.5^8 = 3.9e-3 > 1e-3
+    label, figures = verdict(STEADY, 0, profile, 0, chaotic=diagnostics.is_chaotic(lmax[3.0]))
+    assert (label, figures["exploding"], figures["chaotic"], figures["spikes"]) == ("exploding", True, True, 0)
+    label, figures = verdict(STEADY, 0, profile, 0, chaotic=diagnostics.is_chaotic(lmax[0.5]))
+    assert (label, figures["exploding"], figures["chaotic"]) == ("healthy", False, False)
+    assert verdict(STEADY, 0, profile, 0)[1]["chaotic"] is None  # not measured: the spikes alone decide
+    watch = ExplosionWatch()
+    watch.add(1.0)
+    watch.add_lyapunov(None)
+    assert not watch.exploding() and watch.chaotic is None
+    watch.add_lyapunov(lmax[3.0])
+    watch.add_lyapunov(lmax[0.5])  # once chaotic at an evaluation, the run so far stays flagged
+    assert watch.exploding() and watch.chaotic is True
+
+
+def test_a_run_whose_dynamics_are_chaotic_is_flagged_exploding_at_each_evaluation_and_in_its_summary(monkeypatch):
+    """A registry entry whose recurrent matrix is 3·(random orthogonal) (chaotic: the test above), trained at lr 0
+    so it stays so, with diagnostics.lyapunov on: its spikes are none (the weights never move), yet each
+    evaluation and the summary say exploding, by λ₁ > 0; with diagnostics.lyapunov off the flag is the spikes'."""
+    from gradlab import cells
+
+    def loud(layer, gen):
+        cells.init_orthogonal(layer, gen)
+        with torch.no_grad():
+            layer.weight_hh.mul_(3.0)
+
+    monkeypatch.setitem(cells.CELLS, "loud", dataclasses.replace(cells.CELLS["vanilla"], init=loud))
+    config = {**tiny_config(steps=20, eval_every=10, lr=0.0),
+              "model": {"cell": "loud", "hidden": 16}, "diagnostics": {"lyapunov": 2}}
+    out = train(config)
+    evals = [r for r in out["rows"] if r["kind"] == "eval"]
+    assert all(r["lyapunov_max"] > diagnostics.LYAPUNOV_TOL for r in evals), evals
+    assert [r["exploding"] for r in evals] == [1] * len(evals)
+    s = out["summary"]
+    assert (s["spikes"], s["nonfinite_steps"], s["chaotic"], s["exploding"]) == (0, 0, True, True)
+    off = train({**config, "diagnostics": {}})["summary"]
+    assert (off["chaotic"], off["exploding"]) == (None, False)
 
 
 def tiny_config(**train):
@@ -178,7 +237,7 @@ def test_compare_counts_each_flag_over_seeds(tmp_path):
     assert out.exit_code == 0, out.output
     groups = {g["cell"]: g for g in json.loads(out.stdout)}
     vanilla, lstm = groups["vanilla"], groups["lstm"]
-    assert vanilla["schema"] == comparison.SCHEMA == "gradlab.compare/3"
+    assert vanilla["schema"] == comparison.SCHEMA == "gradlab.compare/4"  # 4: each group's diagnosis
     assert (vanilla["exploding_runs"], vanilla["vanishing_runs"]) == (2, 3)
     assert (lstm["exploding_runs"], lstm["vanishing_runs"]) == (0, 0)
     assert vanilla["verdict"] == BOTH and vanilla["verdicts"] == "2 vanishing+exploding, 1 vanishing"

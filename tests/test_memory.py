@@ -22,7 +22,7 @@ from gradlab.tasks import catalogue
 
 ALL = catalogue()
 NO_DEPENDENCY_INPUT = {"digits", "digits[permuted]", "digits[rows]"}  # the class is the target itself
-ADDING_FAMILY = {"adding", "adding[tcn]", "adding[pascanu]", "adding[hochreiter]", "multiplication"}
+ADDING_FAMILY = {"adding", "adding[tcn]", "adding[pascanu]", "adding[hochreiter]", "adding[near]", "multiplication"}
 
 
 def rng(seed=0):
@@ -154,7 +154,7 @@ def test_a_state_that_holds_no_symbol_scores_near_chance():
 
 
 CEILINGS = {  # the closed forms of R² of v1 read linearly from the target, independent values
-    "adding": 1 / 2, "adding[tcn]": 1 / 2, "adding[pascanu]": 1 / 2,  # Var v1 / Var(v1 + v2)
+    "adding": 1 / 2, "adding[tcn]": 1 / 2, "adding[pascanu]": 1 / 2, "adding[near]": 1 / 2,  # Var v1 / Var(v1 + v2)
     "multiplication": 3 / 7,  # Cov(v1, v1 v2)² / (Var v1 Var(v1 v2)) = (1/24)² / (1/12 · 7/144)
     "adding[hochreiter]": 0.8 / 1.8,  # at T = 20: v1 is 0 with p0 = 1/10 + 9/10 / 9 = 0.2, (1 - p0) / (2 - p0)
 }
@@ -246,13 +246,119 @@ def test_large_collinear_states_score_rather_than_raise():
     assert at_one["score"] > 1 - 1e-4
 
 
-def test_a_non_finite_score_is_none():
+def test_a_held_out_row_far_beyond_the_fitting_half_leaves_its_column_out():
     """Finite features whose held-out rows lie far beyond the fitting half's (a model that diverges on some
-    sequences) overflow the prediction's square: the score is None, not -inf or NaN."""
+    sequences): standardised, the entry is ~1e300 SDs out, beyond the sqrt(n_fit - 1) no fitting row can
+    exceed, so the column is left out (it overflowed the prediction's square before): the score is the
+    readout's on the other columns."""
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import r2_score
+
     state, value = _holding(1.0)
-    state[-1, 0] = 1e300  # a held-out row: standardised still ~1e300, squared inf
+    state[-1, 0] = 1e300  # a held-out row of the holding unit
     got = readout_score(torch.from_numpy(state), torch.from_numpy(value), VALUES)
+    n = got["n_fit"]
+    ref = r2_score(value[n:], _sklearn(Ridge(alpha=DEFAULT_ALPHA), state[:, 1:], value, n)[0])
+    assert got["score"] == pytest.approx(ref, abs=1e-8) and got["score"] < 0.1  # the noise units: nothing
+
+
+def test_a_non_finite_score_is_none():
+    """Targets whose squares overflow (R² = 1 - inf / inf): the score is None, not NaN."""
+    state, value = _holding(1.0)
+    got = readout_score(torch.from_numpy(state), torch.from_numpy(1e200 * value), VALUES)
     assert got["score"] is None and got["chance"] is None
+
+
+def _saturated(seed, n_rows=1000, holds=False):
+    """(state (N, F) float32, value (N,), kept (F,) bool): NOISE_FEATURES normal units (the first holding the
+    value when ``holds``) beside tanh-like units saturated at ±1 as the quickstart's vanilla seed 1 had them
+    (adding T = 40, float32): on the fitting half some sit at ±1 exactly, some move by one float32 step
+    (6e-8) on a few sequences (SD < 1 eps), some vary by ~1e-4 (SD ~ 1e3 eps); on the held-out half a few
+    sequences flip them to ∓0.99. ``kept``: the units the readout can use (the normal ones)."""
+    g = rng(seed)
+    n = n_rows // 2
+    value = g.uniform(size=n_rows)
+    normal = g.normal(size=(n_rows, NOISE_FEATURES))
+    if holds:
+        normal[:, 0] = (value - value.mean()) / value.std()
+    sign = np.array([1, -1, 1, -1, 1, -1])
+    sat = np.tile(sign, (n_rows, 1)).astype(np.float32)  # (N, 6)
+    inward = np.nextafter(np.float32(1), np.float32(0)) * sign  # one float32 step towards 0
+    for j in (0, 1, 2, 3):  # round-off: a few rows one step in, on both halves
+        rows = g.choice(n_rows, size=4, replace=False)
+        sat[rows, j] = inward[j]
+    sat[:, 4:] -= (sign[4:] * 1e-4 * g.uniform(size=(n_rows, 2))).astype(np.float32)  # tiny but real variation
+    sat[:, 1] = sign[1]  # and one exactly constant
+    for j in range(6):  # flips on the held-out half
+        sat[n + g.choice(n_rows - n, size=3, replace=False), j] = -0.99 * sign[j]
+    state = np.column_stack([normal.astype(np.float32), sat])
+    return state, value, np.arange(state.shape[1]) < NOISE_FEATURES
+
+
+@pytest.mark.parametrize("holds", [False, True])
+def test_saturated_units_do_not_blow_up_the_score(holds):
+    """Standardised by their fitting-half SD (round-off: < 1 eps of float32; or ~1e-4 of a unit), a held-out
+    flip to ∓0.99 stood 1e4-1e7 SDs out and the readout's predictions exploded: R² -5.8e9, chance -1e12 on
+    the quickstart's vanilla seed 1. Those units carry nothing the fitting half can use: the score is the
+    readout's on the other units (scikit-learn on those columns alone), near its chance level when the
+    state holds nothing, near 1 when a normal unit holds the value."""
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import r2_score
+
+    state, value, kept = _saturated(30, holds=holds)
+    n = len(value) // 2
+    fit = state[:n].astype(np.float64)
+    sd = fit.std(axis=0)
+    out = np.abs(state[n:] - fit.mean(axis=0)).max(axis=0)
+    with np.errstate(divide="ignore"):
+        assert (out / sd)[~kept].min() > 1e4  # the state is the pathology: each saturated unit far out
+    got = readout_score(torch.from_numpy(state), torch.from_numpy(value), VALUES)
+    rest = state[:, kept].astype(np.float64)  # scikit-learn keeps float32 input in float32; ours is float64
+    ref, *null = (r2_score(value[n:], p)
+                  for p in _sklearn(Ridge(alpha=DEFAULT_ALPHA), rest, value, n, _nulls(n)))
+    assert got["score"] == pytest.approx(ref, abs=1e-8)
+    assert got["chance"] == pytest.approx(np.mean(null), abs=1e-8)
+    F, n_test = int(kept.sum()), got["n_test"]
+    spread = math.sqrt(2 * F / (n - F) ** 2 + 4 * F / ((n - F) * n_test))  # readout_score's docstring
+    if holds:
+        assert got["score"] > 1 - 1e-4
+    else:
+        assert abs(got["score"] - got["chance"]) < 4 * spread
+
+
+def test_saturated_units_do_not_blow_up_a_symbols_score():
+    """The same state read as a classifier: the saturated units are left out there too (RidgeClassifier on
+    the other columns)."""
+    from sklearn.linear_model import RidgeClassifier
+
+    state, value, kept = _saturated(31, holds=True)
+    labels = (value > 0.5).astype(np.int64)
+    n = len(labels) // 2
+    rest = state[:, kept].astype(np.float64)
+    ref = (_sklearn(RidgeClassifier(alpha=DEFAULT_ALPHA), rest, labels, n)[0] == labels[n:]).mean()
+    got = readout_score(torch.from_numpy(state), torch.from_numpy(labels), SYMBOLS)
+    assert got["score"] == pytest.approx(ref, abs=1e-12) and ref > 0.9
+
+
+def test_round_off_is_judged_at_the_dtype_the_state_was_computed_in():
+    """A unit at 1 - k float32 steps (k = 0..3, 6e-8 each) holding the value quantised to 4 levels: SD 1.1e-7,
+    under 10 eps of float32 (1.2e-6, scikit-learn's near-constant rule) but 5e8 eps of float64. From a float64
+    state it is signal and reads the value back; from a float32 state it is round-off, left out as a constant
+    unit is: the readout is the other units' (scikit-learn on those alone), though no held-out row lies out."""
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import r2_score
+
+    g = rng(32)
+    value = g.uniform(size=1000)
+    step = np.float32(1) - np.nextafter(np.float32(1), np.float32(0))
+    unit = np.float32(1) - np.floor(4 * value).astype(np.float32) * step  # 4 levels, exact in float32
+    state = np.column_stack([unit, g.normal(size=(1000, NOISE_FEATURES)).astype(np.float32)])
+    as64 = readout_score(torch.from_numpy(state.astype(np.float64)), torch.from_numpy(value), VALUES)
+    as32 = readout_score(torch.from_numpy(state), torch.from_numpy(value), VALUES)
+    n = as32["n_fit"]
+    ref = r2_score(value[n:], _sklearn(Ridge(alpha=DEFAULT_ALPHA), state[:, 1:].astype(np.float64), value, n)[0])
+    assert as64["score"] > 0.9  # 4 levels of a uniform: R² = 1 - 1/16
+    assert as32["score"] == pytest.approx(ref, abs=1e-8) and ref < 0.1
 
 
 @pytest.mark.parametrize("scale", [1e-2, 1e-4])
@@ -304,7 +410,7 @@ def _first_marked_loop(x, mark=1.0):
 
 
 # the adding family's targets from their definitions (Hochreiter 1997, Pascanu 2013, Arjovsky 2016, Bai 2018)
-COMBINE = {"adding": lambda a, b: a + b, "adding[tcn]": lambda a, b: a + b,
+COMBINE = {"adding": lambda a, b: a + b, "adding[tcn]": lambda a, b: a + b, "adding[near]": lambda a, b: a + b,
            "adding[pascanu]": lambda a, b: (a + b) / 2, "adding[hochreiter]": lambda a, b: 0.5 + (a + b) / 4,
            "multiplication": lambda a, b: a * b}
 
@@ -530,3 +636,76 @@ def test_a_hidden_symbol_is_left_out_not_counted_as_class_0():
     all_hidden[t - k, : 1000 - 3] = 0  # three sequences left: fewer than two to fit and two to score
     windowed = type(batch)(all_hidden, batch.y, batch.loss_mask, batch.score_mask)
     assert memory_curve(holds, windowed, [k], kind=SYMBOLS)[k] is None
+
+
+# ---------------------------------------------------------------------------
+# the curve a run records: its lags, and the curve of the trained model
+
+
+@pytest.mark.parametrize("reach, task_lag", [(39, 39), (49, 30), (209, 210), (5, 3), (1, None), (999, 500)])
+def test_curve_lags_spread_log_like_over_the_reach_and_hold_the_tasks_lag(reach, task_lag):
+    from gradlab.memory import CURVE_LAGS, curve_lags
+
+    lags = curve_lags(reach, task_lag)
+    assert lags == sorted(set(lags)) and lags[0] == 1 and lags[-1] == reach
+    if task_lag is not None and task_lag <= reach:
+        assert task_lag in lags
+    spread = [k for k in lags if k != task_lag]
+    assert len(spread) <= CURVE_LAGS
+    if reach >= 100:  # rounding merges none of the spread: CURVE_LAGS of them, evenly spaced in log k
+        assert len(spread) == CURVE_LAGS
+        steps = np.diff(np.log(spread))
+        even = math.log(reach) / (CURVE_LAGS - 1)
+        assert np.all(np.abs(steps - even) < math.log(2) / 2), steps  # rounding to whole steps, at most half a step
+    spread_np = set(np.rint(np.geomspace(1, reach, CURVE_LAGS)).astype(int).tolist()) if reach > 1 else {1}
+    assert set(lags) == spread_np | ({task_lag} if task_lag is not None and task_lag <= reach else set())
+    assert curve_lags(0, 0) == [] and curve_lags(7, 9) == curve_lags(7)  # a lag beyond the reach: not added
+    assert curve_lags(5, 3) == [1, 2, 3, 4, 5]  # a short reach: every lag
+
+
+def test_run_curve_reads_the_declared_step_with_each_lags_chance_level():
+    from gradlab.memory import run_curve
+
+    task, length = ALL["copy"], 12  # the state is read at T + 9, the step before the recall; the lag capped there
+    batch = task.generate(1000, length, torch.Generator().manual_seed(31))
+    t = task.memory_step(length)
+    assert t == length + 9 and task.lag(length) == t + 1
+    first = batch.x[:1].expand_as(batch.x)
+    holds_first = StateOf(lambda x: torch.cat([first, _noise_like(x)], dim=-1))
+    got = run_curve(holds_first, task, batch, length)
+    assert got["step"] == t and got["task_lag"] == t and got["kind"] == SYMBOLS and t in got["lags"]
+    assert got["scores"] == [memory_curve(holds_first, batch, got["lags"], step=t)[k] for k in got["lags"]]
+    assert got["scores"][got["lags"].index(t)] == 1.0  # x_0 held: read back exactly at the task's lag
+    for k, chance in zip(got["lags"], got["chance"]):
+        x = batch.x[t - k]  # (B, I): the held-out half's share of the fitting half's most frequent class
+        shown = x.ne(0).any(dim=-1)
+        labels = x[shown].argmax(dim=-1).numpy()
+        fit, test = labels[: len(labels) // 2], labels[len(labels) // 2:]
+        if len(np.unique(fit)) < 2:  # one class only (a blank step): nothing to score
+            assert chance is None and got["scores"][got["lags"].index(k)] is None
+            continue
+        values, counts = np.unique(fit, return_counts=True)
+        assert chance == np.mean(test == values[np.argmax(counts)]), k
+
+
+def test_a_run_records_the_memory_curve_of_its_trained_model(monkeypatch):
+    from gradlab import training
+    from gradlab.memory import run_curve
+
+    cfg = {"name": "t", "task": {"name": "adding", "length": 10, "eval_size": 64},
+           "model": {"cell": "gru", "hidden": 6, "nonlinearity": None, "skip": 2, "engine": "scan"},
+           "train": {"steps": 4, "batch_size": 8, "optimizer": "adam", "lr": 0.01, "clip": {"kind": "none"},
+                     "tbptt": None, "eval_every": 2, "on_nonfinite": "skip"},
+           "diagnostics": {}, "seed": 3, "device": "cpu", "dtype": "float64", "threads": 1}
+    kept, real = {}, training.build_model
+    monkeypatch.setattr(training, "build_model", lambda *a, **k: kept.setdefault("model", real(*a, **k)))
+    calls = []
+    real_curve = gradlab.memory.run_curve
+    monkeypatch.setattr(gradlab.memory, "run_curve", lambda *a, **k: calls.append(1) or real_curve(*a, **k))
+    summary = training.train(cfg)["summary"]
+    assert len(calls) == 1  # the last evaluation only, of 3
+    task = training.resolve(cfg["task"])
+    batch = task.evaluation_set(64, 10, torch.Generator().manual_seed(3 + training.EVAL_SEED_OFFSET))
+    want = run_curve(kept["model"], task, batch.to("cpu", torch.float64), 10)
+    assert summary["memory_curve"] == want and want["lags"][-1] == 9 == want["task_lag"]
+    assert all(isinstance(v, float) for v in want["scores"] + want["chance"])

@@ -205,3 +205,26 @@ def test_half_precision_norms_are_redone_only_below_what_float32_accumulation_ke
         a = model.weight.grad[0, 0].double().item()  # scale as dtype holds it
         assert calls == passes, (dtype, scale)
         assert row["grad_norm"] == pytest.approx(a * math.sqrt(1000), rel=1e-3 if passes == [None] else 1e-12)
+
+
+def test_given_a_watch_probe_the_verdict_names_the_vanishing_flag_of_its_last_profile():
+    """The probe's flag on its last backward (the reference: the probe's own summary), the exploding flag
+    on the whole norm series; unknown (None) with the probe's note until it has a profile, or where it cannot
+    tell (no lag, a loss at every step); ``healthy`` only when the profile says so."""
+    torch.manual_seed(0)
+    model = Model()
+    x, y = batch(0)
+    for lag, reads_every_step, expected in ((4, False, "healthy"), (None, True, "not exploding")):
+        probe = gradlab.watch(model.lstm, lag=lag, lyapunov=0)
+        monitor = gradlab.GradientMonitor(model, watch=probe)
+        assert monitor.summary()["vanishing"] is None and "not measured yet" in monitor.summary()["note"]
+        model.zero_grad()
+        with probe:
+            out = model.lstm(x)[0]  # (T, B, 6)
+            loss = (model.head(out) - y).pow(2).mean() if reads_every_step else nn.functional.mse_loss(model(x), y)
+            loss.backward()
+        monitor.step(loss)
+        s, own = monitor.summary(), probe.summary(forward=False)
+        assert monitor.verdict() == expected and s["vanishing"] == own["vanishing"] and s["note"] == own["note"]
+        assert s["exploding"] is False and s["horizon"] == own["horizon"]
+    assert "no lag was given" in s["note"]

@@ -25,7 +25,7 @@ def test_a_sweep_records_the_figures_and_compare_gives_their_medians(tmp_path):
     summaries = [json.loads(p.read_text()) for p in sorted((tmp_path / "out").rglob("summary.json"))]
     assert len(summaries) == 3
     [row] = json.loads(runner.invoke(app, ["compare", str(tmp_path / "out"), "-f", "json"]).stdout)
-    for key in ("long_term_share", "memory", "lyapunov_max"):
+    for key in ("long_term_share", "memory", "memory_chance", "memory_ceiling", "lyapunov_max"):
         values = [s[key] for s in summaries]
         assert all(isinstance(v, float) for v in values), (key, values)
         assert row[f"{key}_median"] == statistics.median(values), key

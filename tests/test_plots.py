@@ -507,3 +507,261 @@ def test_heatmaps_are_bounded(tmp_path, monkeypatch):
     chosen = heatmap_runs(Layout(load_runs(root)[0]))
     assert len(chosen) == 3
     assert {run.params["cell"] for _, run in chosen} == set(RATE)  # every cell before repeats
+
+
+# ---------------------------------------------------------------------------
+# Issue 23's figures: the long-term share and λ₁ over training, memory against lag at the end
+
+
+CURVE_LAGS = [1, 2, 4, 9, 24]  # a run's recorded lags (memory.curve_lags at t = 24: the adding task's lag among them)
+
+
+def diagnosed_run(root, cell, seed, *, lyapunov=True, share=True, curve=True, **kw):
+    """``write_run`` with the figures training records: eval rows' ``long_term_share`` and ``lyapunov_max``
+    (made-up, different for every cell and seed) and the summary's ``memory_curve``."""
+    run_dir = write_run(root, cell, seed, **kw)
+    metrics = pd.read_csv(run_dir / results.METRICS)
+    evals = metrics["kind"] == "eval"
+    steps = metrics.loc[evals, "step"].to_numpy(dtype=float)
+    r = RATE[cell] + 0.01 * seed
+    if share:
+        metrics.loc[evals, "long_term_share"] = r ** (25 + steps / 10)
+    if lyapunov:
+        metrics.loc[evals, "lyapunov_max"] = np.log(r) + 0.002 * steps * (seed + 1)
+    results.write_atomic(run_dir / results.METRICS, metrics.to_csv(index=False))
+    if curve:
+        summary = json.loads((run_dir / results.SUMMARY).read_text())
+        scores = [r ** k for k in CURVE_LAGS[:-1]] + [None]  # a lag with nothing to score: null
+        chance = [-0.01 * (k + seed) for k in CURVE_LAGS]
+        summary["memory_curve"] = {"lags": CURVE_LAGS, "scores": scores, "chance": chance, "kind": "values",
+                                   "step": 24, "task_lag": 24}
+        results.write_json(run_dir / results.SUMMARY, summary)
+    return run_dir
+
+
+def _eval_medians(root, cell, column):
+    """{step: the median over the cell's runs of ``column``}, read from the metrics files with the csv module."""
+    import csv
+    import statistics
+
+    by_step = {}
+    for path in sorted(root.rglob(results.METRICS)):
+        if not path.parent.name.startswith(f"{cell}-"):
+            continue
+        for row in csv.DictReader(path.open()):
+            if row["kind"] == "eval" and row.get(column):
+                by_step.setdefault(int(row["step"]), []).append(float(row[column]))
+    return {step: statistics.median(v) for step, v in sorted(by_step.items())}
+
+
+def _curve_medians(root, cell, key):
+    """{lag: the median over the cell's runs of the summary's memory_curve[key], nulls left out}."""
+    import statistics
+
+    by_lag = {}
+    for path in sorted(root.rglob(results.SUMMARY)):
+        if path.parent.name.startswith(f"{cell}-"):
+            curve = json.loads(path.read_text())["memory_curve"]
+            for lag, v in zip(curve["lags"], curve[key]):
+                by_lag.setdefault(lag, [])
+                if v is not None:
+                    by_lag[lag].append(v)
+    return {lag: statistics.median(v) if v else None for lag, v in by_lag.items()}
+
+
+DIAGNOSIS_PLOTS = ["long_term_share.png", "memory_curve.png", "lyapunov_max.png"]
+
+
+@pytest.fixture
+def diagnosed(tmp_path):
+    root = tmp_path / "results"
+    for cell in ("vanilla", "lstm"):
+        for seed in (0, 1, 2):
+            diagnosed_run(root, cell, seed)
+    return root
+
+
+def test_the_diagnosis_figures_are_written_and_in_the_report_order(diagnosed, tmp_path):
+    drawing = draw(diagnosed, tmp_path / "plots")
+    names = [p.name for p in drawing.written]
+    assert names[:6] == ["learning_curves.png", "grad_norm.png", "grad_profile.png", *DIAGNOSIS_PLOTS]
+    for p in drawing.written:
+        assert_png(p)
+    assert drawing.skipped == []
+
+
+def _line_data(line):
+    return np.asarray(line.get_xdata(), dtype=float), np.asarray(line.get_ydata(), dtype=float)
+
+
+@pytest.mark.parametrize("figure, column", [(gradlab.plots.long_term_share, "long_term_share"),
+                                            (gradlab.plots.lyapunov_max, "lyapunov_max")])
+def test_figures_over_training_draw_each_groups_median_in_its_cells_colour(diagnosed, figure, column):
+    fig = figure(Layout(load_runs(diagnosed)[0]))
+    lines = {line.get_label(): line for line in group_lines(fig)}
+    assert sorted(lines) == ["lstm", "vanilla"]
+    for cell, line in lines.items():
+        assert to_rgba(line.get_color()) == to_rgba(CELL_PALETTE[CELL_NAMES.index(cell)])
+        want = _eval_medians(diagnosed, cell, column)  # from the files, not from gradlab's reading of them
+        x, y = _line_data(line)
+        assert x.tolist() == list(want) and len(want) == STEPS // EVAL_EVERY + 1
+        np.testing.assert_allclose(y, list(want.values()), rtol=1e-12)
+    ax = fig.axes[0]
+    if column == "lyapunov_max":  # the line at 0, and a linear axis: λ₁ is negative here
+        zero = [line for line in ax.get_lines() if line.get_label().startswith("λ₁ = 0")]
+        assert len(zero) == 1 and set(zero[0].get_ydata()) == {0} and ax.get_yscale() == "linear"
+    else:
+        assert ax.get_yscale() == "log"  # shares of 1e-4 to 1e-2: decades apart
+
+
+def test_memory_against_lag_draws_median_scores_chance_and_the_tasks_lag(diagnosed):
+    fig = gradlab.plots.memory_against_lag(Layout(load_runs(diagnosed)[0]))
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in group_lines(fig)}
+    assert sorted(lines) == ["lstm", "vanilla"]
+    for cell, line in lines.items():
+        colour = to_rgba(CELL_PALETTE[CELL_NAMES.index(cell)])
+        assert to_rgba(line.get_color()) == colour
+        want = _curve_medians(diagnosed, cell, "scores")
+        x, y = _line_data(line)
+        assert x.tolist() == CURVE_LAGS
+        np.testing.assert_allclose(y[:-1], [want[k] for k in CURVE_LAGS[:-1]], rtol=1e-12)
+        assert np.isnan(y[-1]) and want[CURVE_LAGS[-1]] is None  # no seed had a score there: a gap, not 0
+        chance = [other for other in ax.get_lines() if other.get_linestyle() == ":"
+                  and to_rgba(other.get_color()) == colour and len(other.get_xdata())]
+        assert len(chance) == 1  # the group's chance level, dotted in its colour
+        cx, cy = _line_data(chance[0])
+        assert cx.tolist() == CURVE_LAGS
+        np.testing.assert_allclose(cy, list(_curve_medians(diagnosed, cell, "chance").values()), rtol=1e-12)
+    marks = [line for line in ax.get_lines() if line.get_label() == "lag of the task's dependency"]
+    assert len(marks) == 1 and set(marks[0].get_xdata()) == {24}
+    assert ax.get_xscale() == "log" and "R²" in ax.get_ylabel()
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any(text.startswith("dotted: chance level") for text in legend)
+
+
+def test_the_lag_axis_is_labelled_in_whole_steps(diagnosed):
+    fig = gradlab.plots.memory_against_lag(Layout(load_runs(diagnosed)[0]))
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    shown = [(t.get_position()[0], t.get_text()) for t in ax.xaxis.get_ticklabels() if t.get_text()]
+    shown = [(x, text) for x, text in shown if lo <= x <= hi]
+    assert len(shown) >= 3, shown  # 1, 2, 5, 10, 20: not only 10⁰ and 10¹
+    for x, text in shown:
+        assert float(x).is_integer() and int(text) == x, (x, text)
+
+
+def test_the_diagnosis_figures_keep_their_text_inside_the_figure(tmp_path):
+    root = tmp_path / "results"
+    for cell in ("vanilla", "lstm"):
+        for lr in (0.01, 0.1):  # two panels, and a legend beside them
+            diagnosed_run(root, cell, 0, lr=lr, tbptt=5)
+            diagnosed_run(root, cell, 0, lr=lr)
+    layout = Layout(load_runs(root)[0])
+    assert len(layout.panels) == 2
+    for build in (gradlab.plots.long_term_share, gradlab.plots.memory_against_lag, gradlab.plots.lyapunov_max):
+        fig = build(layout)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        inside = fig.bbox.padded(1)
+        texts = [fig._suptitle, *fig.legends, *(a for ax in fig.axes for a in
+                                                (ax.title, ax.xaxis.label, ax.yaxis.label))]
+        for artist in texts:
+            box = artist.get_window_extent(renderer)
+            assert inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1), (build.__name__, artist)
+        boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes] + [fig._suptitle.get_window_extent(renderer)]
+        for i, a in enumerate(boxes):
+            assert not any(a.overlaps(b) for b in boxes[:i]), build.__name__
+
+
+def test_each_diagnosis_figure_is_skipped_when_no_run_has_its_data(tmp_path):
+    old = tmp_path / "old"  # runs from before the figures were recorded
+    write_run(old, "lstm", 0)
+    write_run(old, "gru", 0)
+    names = {p.name for p in draw(old, tmp_path / "old-plots").written}
+    assert not names & set(DIAGNOSIS_PLOTS) and {"learning_curves.png", "grad_profile.png"} <= names
+    # λ₁ is opt-in (diagnostics.lyapunov): without it the other two are drawn
+    partial = tmp_path / "partial"
+    diagnosed_run(partial, "lstm", 0, lyapunov=False)
+    write_run(partial, "gru", 0)  # an old run beside a new one: drawn where it has data, no error
+    drawing = draw(partial, tmp_path / "partial-plots")
+    names = {p.name for p in drawing.written}
+    assert names & set(DIAGNOSIS_PLOTS) == {"long_term_share.png", "memory_curve.png"} and drawing.skipped == []
+    layout = Layout(load_runs(partial)[0])
+    assert [line.get_label() for line in group_lines(gradlab.plots.memory_against_lag(layout))] == ["lstm"]
+    # a figure recorded as empty everywhere (a diverged run's NaN λ₁, written as an empty cell) is not drawn
+    nan = tmp_path / "nan"
+    run_dir = diagnosed_run(nan, "lstm", 0)
+    metrics = pd.read_csv(run_dir / results.METRICS)
+    metrics["lyapunov_max"] = np.nan
+    results.write_atomic(run_dir / results.METRICS, metrics.to_csv(index=False))
+    assert gradlab.plots.lyapunov_max(Layout(load_runs(nan)[0])) is None
+    summary = json.loads((run_dir / results.SUMMARY).read_text())  # a diverged state: no lag had a score
+    curve = summary["memory_curve"]
+    curve = {**curve, "scores": [None] * len(curve["lags"]), "chance": [None] * len(curve["lags"])}
+    results.write_json(run_dir / results.SUMMARY, {**summary, "memory_curve": curve})
+    assert gradlab.plots.memory_against_lag(Layout(load_runs(nan)[0])) is None
+
+
+@pytest.mark.parametrize("curve", [[1, 2], {"lags": [1, 2], "scores": [0.5], "chance": [0, 0]},
+                                   {"lags": ["1", 2], "scores": [0.5, 0.1], "chance": [0, 0]},
+                                   {"lags": [1, 2], "scores": [0.5, True], "chance": [0, 0]},
+                                   {"lags": [1, 2], "chance": [0, 0]}])
+def test_a_malformed_memory_curve_is_left_out_of_its_figure(tmp_path, curve):
+    root = tmp_path / "results"
+    run_dir = diagnosed_run(root, "lstm", 0)
+    diagnosed_run(root, "gru", 0)
+    summary = json.loads((run_dir / results.SUMMARY).read_text())
+    results.write_json(run_dir / results.SUMMARY, {**summary, "memory_curve": curve})  # edited by hand
+    runs, skipped = load_runs(root)
+    assert skipped == []  # not damage: the run's other figures are drawn
+    assert [line.get_label() for line in group_lines(gradlab.plots.memory_against_lag(Layout(runs)))] == ["gru"]
+
+
+def test_a_share_of_exactly_zero_is_named_not_hidden(tmp_path):
+    root = tmp_path / "results"
+    run_dir = diagnosed_run(root, "lstm", 0, tbptt=5)  # a window shorter than the lag carries no long-term part
+    metrics = pd.read_csv(run_dir / results.METRICS)
+    metrics.loc[metrics["step"] >= 20, "long_term_share"] = 0.0
+    results.write_atomic(run_dir / results.METRICS, metrics.to_csv(index=False))
+    fig = gradlab.plots.long_term_share(Layout(load_runs(root)[0]))
+    assert fig.axes[0].get_yscale() == "log"
+    assert "a gap: a share of exactly 0" in [t.get_text() for t in fig.legends[0].get_texts()]
+    metrics["long_term_share"] = 0.0  # nothing above 0: a linear axis, the line drawn at 0
+    results.write_atomic(run_dir / results.METRICS, metrics.to_csv(index=False))
+    fig = gradlab.plots.long_term_share(Layout(load_runs(root)[0]))
+    [line] = group_lines(fig)
+    assert fig.axes[0].get_yscale() == "linear" and set(line.get_ydata()) == {0.0}
+
+
+def test_memory_units_name_the_kinds_tasks_declare():
+    from gradlab.task import SYMBOLS, VALUES  # imports torch: plots holds the words itself
+
+    assert set(gradlab.plots.MEMORY_UNITS) == {VALUES, SYMBOLS}
+
+
+def test_a_sweep_draws_the_diagnosis_figures_and_the_book_shows_them(tmp_path):
+    """End to end: what training records (a run's eval rows and summary) is what the figures read, and the
+    Markdown report inlines them after the gradient profile."""
+    import yaml
+
+    cfg = {"name": "figs", "task": {"name": "adding", "length": 8, "eval_size": 40},
+           "model": {"cell": "vanilla", "hidden": 4}, "train": {"steps": 4, "batch_size": 4, "eval_every": 2},
+           "diagnostics": {"lyapunov": 2}, "seeds": [0, 1], "grid": {"model.cell": ["vanilla", "gru"]}}
+    path = tmp_path / "figs.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    ran = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "out"), "-q", "-j", "1"])
+    assert ran.exit_code == 0, ran.output
+    for summary in (tmp_path / "out").rglob(results.SUMMARY):
+        curve = json.loads(summary.read_text())["memory_curve"]
+        assert curve["lags"] == [1, 2, 3, 4, 5, 6, 7] and curve["task_lag"] == 7 and len(curve["chance"]) == 7
+    book = runner.invoke(app, ["report", str(tmp_path / "out"), "--format", "markdown"])
+    assert book.exit_code == 0, book.output
+    text = (tmp_path / "out" / "README.md").read_text()
+    shown = [text.index(f"![{name[:-4].replace('_', ' ')}](figs/plots/{name})")
+             for name in ("grad_profile.png", *DIAGNOSIS_PLOTS)]
+    assert shown == sorted(shown)
+    layout = Layout(load_runs(tmp_path / "out")[0])
+    for build in (gradlab.plots.long_term_share, gradlab.plots.memory_against_lag, gradlab.plots.lyapunov_max):
+        assert sorted(line.get_label() for line in group_lines(build(layout))) == ["gru", "vanilla"]

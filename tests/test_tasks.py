@@ -670,7 +670,7 @@ def test_resolve_finds_tasks_and_variants():
     for variant, task in VARIANTS["adding"].items():
         assert resolve({"name": "adding", "variant": variant}) is task
         assert task.name == "adding" and task.variant == variant and isinstance(task, Task)
-    assert list(VARIANTS["adding"]) == ["hochreiter", "pascanu", "tcn"]
+    assert list(VARIANTS["adding"]) == ["hochreiter", "pascanu", "tcn", "near"]
 
 
 @pytest.mark.parametrize("cfg, message", [

@@ -27,7 +27,9 @@ from gradlab.cli.render import (
     emit_diff,
     err_console,
     out_console,
+    reach_view,
     sweep_with_progress,
+    write_or_print,
 )
 from gradlab.vocabulary import (
     CELL_NAMES,
@@ -305,6 +307,8 @@ def compare(
                                        "instead of those stored with the results (two directories: checked "
                                        "on the candidate)."),
     wide: bool = typer.Option(False, "--wide", help="Every figure in the terminal table, not the compact set."),
+    reach: bool = typer.Option(False, "--reach", help="The data's dependency horizon from a task.window grid: "
+                               "the smallest window whose loss is within the full sequence's seed interval."),
 ):
     """Aggregate the runs under a directory over seeds, or diff two result sets.
 
@@ -312,6 +316,7 @@ def compare(
     Example: gradlab compare results/ --format markdown --by cell,clip
     Example: gradlab compare results/quickstart --check
     Example: gradlab compare baseline/ candidate/ --check --format markdown
+    Example: gradlab compare results/reach --reach
     """
     if fmt_name not in FORMATS:
         fail(f"--format: unknown format {fmt_name!r}; valid: {', '.join(FORMATS)}")
@@ -322,6 +327,8 @@ def compare(
     for d in directories:
         if not d.is_dir():
             fail(f"{d}: no such directory")
+    if reach:
+        return compare_reach(directories, by, fmt_name, output, check or expect is not None)
     if len(directories) == 2:
         return compare_two(*directories, by, fmt_name, output, check, expect)
     table, damaged = comparison_table([directories[0]], by)
@@ -331,6 +338,31 @@ def compare(
         raise typer.Exit(EXIT_FAILED)
     if check:
         fail_damaged(damaged)
+
+
+def compare_reach(directories: list[Path], by: str | None, fmt_name: str, output: Path | None, checked: bool):
+    """``compare --reach``: the data's dependency horizon of each set of groups that differ only in
+    ``task.window`` (``gradlab.reach``); exit 2 when the runs hold no window grid."""
+    from gradlab.comparison import load_frame
+    from gradlab.reach import horizons, render
+
+    if len(directories) != 1:
+        fail("--reach takes one results directory")
+    if checked:
+        fail("--reach does not take --check or --expect (check the runs with gradlab compare DIR --check)")
+    damaged = []
+    frame = load_frame(directories, damaged)
+    print_skipped(damaged)
+    if frame.empty:
+        fail(f"no finished runs under {directories[0]}")
+    try:
+        records = horizons(frame, [c.strip() for c in by.split(",")] if by else None)
+    except ValueError as e:
+        fail(f"{directories[0]}: {e}")
+    if fmt_name == "table":
+        out_console.print(reach_view(records, title=f"the data's reach: {directories[0]}"))
+    else:
+        write_or_print(render(records, fmt_name), output)
 
 
 def selections(directory: Path) -> list:

@@ -35,9 +35,10 @@ err_console = Console(stderr=True, **PLAIN)
 
 def rich_table(table, title: str | None = None, wide: bool = False, width: int | None = None) -> Group:
     """The comparison as a terminal table (``tables.view``), compact by default, every figure with
-    ``wide``: grouping columns that never vary go into the title, the legend below. ``width``: the
+    ``wide``: grouping columns that never vary go into the title, each group's diagnosis under it
+    (``tables.diagnosis_lines``; ``wide``: every remedy and the evidence), the legend below. ``width``: the
     console's (default: stdout's), so a table too wide for it breaks its ranges after the dash."""
-    from gradlab.tables import view
+    from gradlab.tables import diagnosis_lines, view
 
     shown, heading, rows, labels, legend = view(table, wide)
     caption = " · ".join(x for x in (title, ", ".join(heading)) if x)
@@ -47,7 +48,10 @@ def rich_table(table, title: str | None = None, wide: bool = False, width: int |
         merged = [[" ".join(row[:len(shown)]), *row[len(shown):]] for row in rows]
         t = _table(f"{caption} · group: {', '.join(shown)}", ["group", *labels], merged, left=1,
                    text_labels=("verdicts",), width=width)
-    return Group(t, Text(legend, style="dim"))
+    # Text wraps at spaces, never cuts a word: a figure or a setting stays whole at any width
+    styles = {"case": "", "try": "cyan", "detail": "dim"}
+    diagnosis = [Text(line, style=styles[kind]) for line, kind in diagnosis_lines(table, wide)]
+    return Group(t, *diagnosis, Text(legend, style="dim"))
 
 
 BREAKS = ("–", "→")  # where a range or a base→candidate pair may go onto a second line
@@ -108,6 +112,11 @@ def emit(table, fmt_name: str, output: Path | None, title: str | None = None,
     else:
         if checks is None or fmt_name == "csv":
             text = render(table, fmt_name)
+            if fmt_name == "markdown":  # with checks, markdown_report says the diagnosis
+                from gradlab.reports import code
+                from gradlab.tables import diagnosis_markdown
+
+                text += "\n" + diagnosis_markdown(table, quote=code)
         elif fmt_name == "json":
             text = json.dumps(json_document(table, checks), indent=2) + "\n"
         else:
@@ -228,6 +237,32 @@ def sweep_with_progress(name, runs, out, quiet, **options):
                 progress.update(sweep, description=f"{name}: {finished[0]}/{len(runs)} runs")
 
         return run_sweep(name, runs, out, on_event=on_event, **options)
+
+
+def reach_view(records: list[dict], title: str, width: int | None = None) -> Group:
+    """``compare --reach``: one row per set of window groups (``gradlab.reach.flat_rows``): the set's
+    columns that vary, the full sequence's loss and interval, the loss at each window, the horizon and
+    why; the columns every set shares go into the title, the legend below."""
+    from gradlab.comparison import cell_text
+    from gradlab.reach import LEGEND, flat_rows
+
+    rows = flat_rows(records)
+    figures = ("reference", "full_loss", "full_low", "full_high", "full_seeds", "baseline_loss",
+               "data_horizon", "note")
+    keys = [k for k in rows[0] if k not in figures and not k.startswith("loss_w")] if rows else []
+    constant = [k for k in keys if len({cell_text(k, r[k]) for r in rows}) == 1]
+    shown = [k for k in keys if k not in constant]
+    windows = [k for k in (rows[0] if rows else {}) if k.startswith("loss_w")]
+    labels = [*shown, "full loss (seeds' 95%)", *(f"w={k.removeprefix('loss_w')}" for k in windows), "horizon",
+              "note"]
+    body = [[*(cell_text(k, r[k]) for k in shown),
+             f"{cell_text('', r['full_loss'])} ({cell_text('', r['full_low'])}–{cell_text('', r['full_high'])})"
+             + ("" if r["reference"] == "full" else f" w={r['reference']}"),
+             *(cell_text(k, r[k]) for k in windows), cell_text("", r["data_horizon"]),
+             Text(r["note"], style="dim")] for r in rows]
+    caption = " · ".join(x for x in (title, ", ".join(f"{k}={cell_text(k, rows[0][k])}" for k in constant)) if x)
+    t = _table(caption, labels, body, left=len(shown), text_labels=("note",), width=width)
+    return Group(t, Text(LEGEND, style="dim"))
 
 
 def bench_table(rows: list[dict], title: str) -> Table:
