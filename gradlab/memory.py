@@ -35,7 +35,8 @@ import math
 import torch
 
 from gradlab.engine import has_float64
-from gradlab.task import SYMBOLS, VALUES, Batch
+from gradlab.task import Batch
+from gradlab.vocabulary import SYMBOLS, VALUES
 
 # The ridge penalty on STANDARDISED features (each column centred and divided by its SD on the fitting
 # half, as scikit-learn's StandardScaler; alpha as Ridge's, whose default it is, so a reader's

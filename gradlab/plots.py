@@ -57,6 +57,8 @@ from gradlab.vocabulary import (
     HEATMAP_FILE,
     MAIN_PLOTS,
     MEMORY_CURVE,
+    SYMBOLS,
+    VALUES,
     config_columns,
 )
 
@@ -586,7 +588,7 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-MEMORY_UNITS = {"values": "held-out R²", "symbols": "held-out accuracy"}  # gradlab.task.VALUES, SYMBOLS
+MEMORY_UNITS = {VALUES: "held-out R²", SYMBOLS: "held-out accuracy"}
 
 
 def memory_against_lag(layout: Layout) -> Figure | None:

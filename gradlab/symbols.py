@@ -14,7 +14,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from gradlab.task import SOLVED_ACCURACY, SYMBOLS, Batch, Task, _first_step, _last_step_mask
+from gradlab.task import SOLVED_ACCURACY, Batch, Task, _first_step, _last_step_mask
+from gradlab.vocabulary import SYMBOLS
 
 COPY_SYMBOLS = 10  # how many symbols are to be remembered
 BLANK, DELIMITER = 0, 9  # data symbols are the classes 1..8

@@ -14,13 +14,13 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from gradlab.vocabulary import VALUES
+
 SOLVED_MSE = 0.01  # adding: "solved" below this eval MSE (uRNN / IndRNN / expRNN convention)
 SOLVED_ACCURACY = 0.99  # classification: Pascanu 2013 asks < 1% error on fresh sequences
 # Pascanu 2013 code (RNN.py, 'lastLinear'): a regression sequence is wrong when its squared error is > .04
 PASCANU_SQUARED_ERROR = 0.04
 HOCHREITER_ABS_ERROR = 0.04  # Hochreiter & Schmidhuber 1997 Exp. 4: right when |error| < 0.04
-# What a memory readout (gradlab.memory) decodes: real values (scored by R²) or class labels (by accuracy)
-VALUES, SYMBOLS = "values", "symbols"
 
 
 @dataclass(frozen=True)

@@ -184,6 +184,9 @@ METRICS = ["runs", "failed", "solved", "solved_rate", "solved_ci_low", "solved_c
            "lyapunov_max_median", "clip_rate_mean", "grad_norm_max", "suggested_clip",
            "data_horizon"]  # the data's reach of a task.window grid's set (gradlab.reach), else None
 TEXT_METRICS = ("verdict", "verdicts")  # the rest are numbers
+# What a memory readout (gradlab.memory) decodes, as a task declares it (gradlab.task.Task.input_kind): real
+# values (scored by R²) or class labels (by accuracy)
+VALUES, SYMBOLS = "values", "symbols"
 # A run summary's memory against lag (gradlab.memory.run_curve, at the last evaluation): {"lags": [k],
 # "scores": [score or null], "chance": [chance or null], "kind": "values" | "symbols", "step": t, "task_lag": k}
 MEMORY_CURVE = "memory_curve"

@@ -17,8 +17,8 @@ import gradlab.engine
 import gradlab.memory
 from gradlab.cells import RecurrentNet
 from gradlab.memory import DEFAULT_ALPHA, NULL_DRAWS, NULL_SEED, hidden_states, memory, memory_curve, readout_score
-from gradlab.task import SYMBOLS, VALUES
 from gradlab.tasks import catalogue
+from gradlab.vocabulary import SYMBOLS, VALUES
 
 ALL = catalogue()
 NO_DEPENDENCY_INPUT = {"digits", "digits[permuted]", "digits[rows]"}  # the class is the target itself

@@ -736,9 +736,10 @@ def test_a_share_of_exactly_zero_is_named_not_hidden(tmp_path):
 
 
 def test_memory_units_name_the_kinds_tasks_declare():
-    from gradlab.task import SYMBOLS, VALUES  # imports torch: plots holds the words itself
+    from gradlab.tasks import catalogue
+    from gradlab.vocabulary import SYMBOLS, VALUES
 
-    assert set(gradlab.plots.MEMORY_UNITS) == {VALUES, SYMBOLS}
+    assert set(gradlab.plots.MEMORY_UNITS) == {VALUES, SYMBOLS} >= {t.input_kind for t in catalogue().values()}
 
 
 def test_a_sweep_draws_the_diagnosis_figures_and_the_book_shows_them(tmp_path):
