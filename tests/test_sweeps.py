@@ -168,8 +168,10 @@ def test_ray_executor_gives_the_local_results(tmp_path):
     path = config(tmp_path, steps=10)
     local = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "local"), "--jobs", "1", "-q"])
     assert local.exit_code == 0
+    # the timeout only bounds a hang: starting a real Ray instance took over 300 s on one core shared with a
+    # busy loop and the rest of the suite (the throttled check of issue 22), about 20 s on a quiet machine
     result = subprocess.run([sys.executable, "-m", "gradlab", "run", str(path), "--out", str(tmp_path / "ray"),
-                             "--executor", "ray", "-q"], capture_output=True, text=True, timeout=300)
+                             "--executor", "ray", "-q"], capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr
     assert_same_results(run_files(tmp_path / "local"), run_files(tmp_path / "ray"))
 
