@@ -212,7 +212,7 @@ def test_the_terminal_says_each_groups_diagnosis_whole_at_100_columns(table):
 
     for name, d in diagnoses(table):
         assert f"{name}: {d['text']}" in joined  # wrapped at spaces, never cut
-    assert "cell=vanilla: gradient does not reach the dependency (ratio 4.6e-11, horizon 7.5→1 step)" in joined
+    assert "cell=vanilla: gradient does not reach the dependency (ratio 4.57e-11, horizon 7.5→1 step" in joined
     assert "try: model.cell: irnn, orthogonal, skip, lstm, gru; train.omega: 2" in joined
     wide = Console(width=100, record=True, **PLAIN)
     wide.print(rich_table(table, wide=True, width=100))
