@@ -5,8 +5,8 @@ or is the task difficult?" and "does the gradient vanish, or are there no long-r
 dependencies in the data?". ``diagnose`` answers them from the figures a comparison (or
 ``gradlab.watch``) already holds, in this order of evidence:
 
-- explodes: most runs flagged ``exploding`` (a non-finite step or a pre-clip norm spike,
-  ``diagnostics.verdict``), or a positive top Lyapunov exponent of the forward dynamics:
+- explodes: most runs flagged ``exploding`` (a non-finite step, a pre-clip norm spike, or a top
+  Lyapunov exponent of the forward dynamics above the estimate's error, ``diagnostics.verdict``):
   the gradients of a chaotic recurrence diverge (Mikhaeil, Monfared & Durstewitz, NeurIPS 2022).
   It can go with any case below.
 - the data has no dependency that long: given the data's own reach (``data_horizon``, from a
@@ -34,7 +34,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from gradlab.diagnostics import is_chaotic
 from gradlab.vocabulary import (
     CASES,
     EXPLODING,
@@ -44,13 +43,16 @@ from gradlab.vocabulary import (
     SHORT_DATA,
     UNREACHED,
     UNTOLD,
+    WINDOW_HIDES,
 )
 
 # ---------------------------------------------------------------------------
 # Every number the rules use, and why.
 
-# A flag holds for a group when at least this share of its runs carry it: the rule of
-# ``expect:`` (``>= runs / 2``), so a diagnosis and an expectation never disagree on a tie.
+# A flag holds for a group when at least this share of its finished runs carry it: a tie counts (1 of 2 runs
+# vanishing is said, "in 1/2 runs", not hidden). ``expect:`` has no rule of its own (the user writes the
+# threshold: the README's example ``vanishing_runs: ">= runs / 2"`` reads a tie the same way, ``"> runs / 2"``
+# does not), and a group's ``verdict`` is ``mixed`` on a tie.
 MAJORITY = 0.5
 # The state holds the dependency when ``memory`` reaches at least this share of the way from
 # chance to the ceiling (the score of a state that holds exactly what the task needs,
@@ -163,12 +165,19 @@ def _runs(figures: dict) -> int:
     return int(runs) if isinstance(runs, (int, float)) and runs > 0 else 1
 
 
+def _finished(figures: dict) -> int:
+    """The runs that finished (``runs`` less ``failed``): a failed run carries no flag and no outcome."""
+    failed = figures.get("failed")
+    return _runs(figures) - (int(failed) if isinstance(failed, (int, float)) and failed > 0 else 0)
+
+
 def _flag(figures: dict, flag: str) -> tuple[int, int] | None:
-    """(runs carrying ``flag``, runs) or None when the flag was not measured: a group's ``<flag>_runs``
-    out of its ``runs``, or one run's bool (None there: not measured)."""
+    """(runs carrying ``flag``, finished runs) or None when the flag was not measured: a group's
+    ``<flag>_runs`` out of its finished runs (``comparison._flag_counts`` counts those only), or one run's
+    bool (None there: not measured)."""
     count = figures.get(f"{flag}_runs")
     if isinstance(count, (int, float)) and not isinstance(count, bool):
-        return int(count), _runs(figures)
+        return int(count), _finished(figures)
     v = figures.get(flag)
     return (int(v), 1) if isinstance(v, bool) else None
 
@@ -199,6 +208,15 @@ def _solved(figures: dict) -> tuple[int, int] | None:
     if isinstance(solved, (int, float)):
         return int(solved), _runs(figures)
     return None
+
+
+def _all_learned(figures: dict) -> bool | None:
+    """Every finished run solved it (one run: it solved it); without a solved count, ``_learned``."""
+    solved = _solved(figures)
+    if solved is None:
+        return _learned(figures)
+    finished = 1 if isinstance(figures.get("solved"), bool) else _finished(figures)
+    return finished > 0 and solved[0] >= finished
 
 
 def _learned(figures: dict) -> bool | None:
@@ -254,15 +272,28 @@ def _memory(figures: dict) -> tuple[bool, str, str] | None:
 
 
 def _explosion(figures: dict) -> tuple[bool, str | None]:
-    """(whether it explodes, the evidence): most runs flagged, or chaotic dynamics (``diagnostics.is_chaotic``:
-    λ₁ above the estimate's resolution; Mikhaeil et al. 2022 prove the gradients then diverge)."""
-    flag, lyapunov = _flag(figures, EXPLODING), _figure(figures, "lyapunov_max")
-    evidence = []
-    if _holds(flag):
-        evidence.append(f"{flag[0]}/{flag[1]} runs spike")
-    if is_chaotic(lyapunov):
-        evidence.append(f"λ₁ {num(lyapunov)} > 0 (chaotic)")
-    return bool(evidence), ", ".join(evidence) or None
+    """(whether it explodes, the evidence): most runs flagged ``exploding`` (a non-finite step, a pre-clip norm
+    spike, or chaotic forward dynamics: λ₁ above the estimate's error, ``diagnostics.is_chaotic``, decided where
+    the number of steps it was averaged over is known; Mikhaeil et al. 2022 prove the gradients then diverge).
+    λ₁ is cited as a figure, not judged again here: a group's median carries no length to set its margin.
+    A group says how many runs were flagged; one run (``gradlab.watch``) why: its ``chaotic``,
+    ``nonfinite_steps`` and ``spikes`` where known."""
+    flag = _flag(figures, EXPLODING)
+    if not _holds(flag):
+        return False, None
+    lyapunov = _figure(figures, "lyapunov_max")
+    count = figures.get(f"{EXPLODING}_runs")
+    if isinstance(count, (int, float)) and not isinstance(count, bool):  # a group of runs
+        cited = f", λ₁ {num(lyapunov)}" if lyapunov is not None else ""
+        return True, f"{flag[0]}/{flag[1]} runs flagged exploding{cited}"
+    why = []
+    if figures.get("chaotic") is True:
+        why.append(f"λ₁ {num(lyapunov)} > 0 (chaotic)")
+    for key, word in (("nonfinite_steps", "non-finite step"), ("spikes", "spike")):
+        n = _figure(figures, key)
+        if n:
+            why.append(f"{num(n)} {word}{'s' if n != 1 else ''}")
+    return True, ", ".join(why) or "flagged exploding"
 
 
 # ---------------------------------------------------------------------------
@@ -280,32 +311,46 @@ def _main_case(figures: dict, data_horizon: float | None) -> tuple[str, str, lis
     if memory is not None:
         details.append(f"state: {memory[2]}")
     vanishing = _flag(figures, "vanishing")
-    # the data's reach is short when it falls short of the dependency the task declares (or, with none, of
-    # the sequence): only then can "no dependency that long in the data" explain a gradient that fades
-    longest = _figure(figures, "dependency_lag")
-    if longest is None and _figure(figures, "length") is not None:
-        longest = _figure(figures, "length") - 1
+    covered = False  # the data needs less than the task's lag, and the gradient reaches all of it
     if data_horizon is not None:
-        details.append(f"data: the loss needs inputs up to {num(data_horizon)} steps back")
         window = _figure(figures, "window")
         if window is not None and window < data_horizon:  # this group's own task.window hides what it needs
-            return SHORT_DATA, (f"{CASES[SHORT_DATA]}: its task.window keeps {num(window)} of the "
-                                f"{num(data_horizon)} steps the data needs; {outcome}"), details
-        if horizon is not None and horizon >= data_horizon and (longest is None or data_horizon < longest):
-            needs = (f"it needs {num(data_horizon)} steps{f' of {num(longest)}' if longest is not None else ''}, "
-                     f"the gradient reaches {num(horizon)}")
-            if learned:  # it learns: the short reach is a fact about the data, not why anything failed
+            details.append(f"data: the loss needs inputs up to {num(data_horizon)} steps before the readout")
+            return WINDOW_HIDES, (f"{CASES[WINDOW_HIDES]}: it keeps {num(window)} of the {num(data_horizon)} "
+                                  f"steps the data needs; {outcome}"), details
+        short = _short_data(figures, data_horizon, horizon)
+        needed = f"the loss needs inputs up to {num(data_horizon)} steps before the readout"
+        details.append(f"data: {needed}" + (f" ({short[1]})" if short else ""))
+        if short is not None:
+            covered, needs = short
+            if learned and _holds(vanishing) and covered:  # the flag fades where the data needs nothing
+                return SHORT_DATA, f"{CASES[SHORT_DATA]}: {needs}; {outcome}", details
+            if learned and not _holds(vanishing):  # the short reach is a fact about the data, not why anything failed
                 return HEALTHY, f"{CASES[HEALTHY]}: {outcome}; {CASES[SHORT_DATA]} ({needs})", details
-            return SHORT_DATA, f"{CASES[SHORT_DATA]}: {needs}; {outcome}", details
-    if _holds(vanishing):
+            # unsolved (or vanishing short of what the data needs): the short reach explains no failure, the checks
+            # below say what does
+    if _holds(vanishing) and covered:  # the gradient fades beyond what the data needs: not why it fails
+        details.append("vanishing: at the task's dependency, beyond the data's reach, which the gradient covers")
+    elif _holds(vanishing):
         if _figure(figures, "dependency_ratio") == 0 and not figures.get("dependency_ratio_bound"):
             details.append("ratio exactly 0: nothing reaches the dependency, as when train.tbptt stops the "
                            "backward pass short of it (a cut, not a decay)")
-        some = f" in {vanishing[0]}/{vanishing[1]} runs" if vanishing[0] < vanishing[1] else ""  # a tie
-        text = f"{CASES[UNREACHED]}{some} ({reach}); {outcome}"
-        if learned:
+        if vanishing[0] < vanishing[1]:  # a split (a tie, or most): the median's ratio is of both kinds of run
+            text = f"{CASES[UNREACHED]} in {vanishing[0]}/{vanishing[1]} runs, reaches it in the rest (median {reach})"
+        else:
+            text = f"{CASES[UNREACHED]} ({reach})"
+        text += f"; {outcome}"
+        # only when every finished run both vanished and solved: in a split the solver may be the run that reached
+        if vanishing[0] >= vanishing[1] and _all_learned(figures):
             text += "; learned without it"
         return UNREACHED, text, details
+    if vanishing is None and figures.get("dependency_ratio_bound") and _figure(figures, "dependency_ratio") is not None:
+        # an upper bound at or above vanishing_ratio (gradlab.watch: a loss read between the dependency and the
+        # end adds its own direct terms) proves neither that the gradient reaches nor that it vanishes
+        details.append("unmeasured: whether the gradient from the end reaches the dependency (the ratio is an upper "
+                       "bound: the loss also reads steps in between)")
+        return UNTOLD, (f"{CASES[UNTOLD]}: the ratio is only an upper bound ({reach}), the loss also reads steps "
+                        "between the dependency and the end; a loss at the last step measures it"), details
     if _figure(figures, "dependency_ratio") is None:  # no profile, or no dependency lag to read it at
         details.append("unmeasured: no dependency lag known, so no vanishing flag")
         return (*_without_lag(learned, outcome, horizon), details)
@@ -326,6 +371,29 @@ def _main_case(figures: dict, data_horizon: float | None) -> tuple[str, str, lis
                         "to tell a hard task from a forgetting state"), details
     return HARD_TASK, (f"{CASES[HARD_TASK]}: gradient reaches ({reach}), the state holds it ({memory[1]}), "
                        f"yet {outcome}"), details
+
+
+def _short_data(figures: dict, data_horizon: float, horizon: float | None) -> tuple[bool, str] | None:
+    """(whether the gradient reaches all the data needs, the sentence) when the data's reach is shorter than the
+    task's own lag (``task_lag``, ``Task.lag``); None when it is not or no lag is known (runs from before
+    ``task_lag`` was recorded: nothing is claimed beyond what the data needs).
+
+    The two count from different steps. ``data_horizon`` and ``task_lag`` count back from the readout (the
+    first scored step, as ``task.window`` hides), the gradient's ``horizon`` and ``dependency_lag`` from the
+    last step of the sequence (``diagnostics.profile_summary``). For a task read at its last step (adding,
+    temporal order, permutation, digits) the two coincide; for copy and memorisation (read from step T + 10 of
+    T + 20) the readout is ``dependency_lag - task_lag`` steps before the last (both name the first symbol),
+    so the gradient reaches what the data needs when horizon >= data_horizon + that offset. A task's
+    ``dependency`` is never before its earliest input, so the offset is never overstated (0 where it is
+    negative: a last-step task whose ``dependency`` is a typical, later input)."""
+    lag = _figure(figures, "task_lag")
+    if lag is None or data_horizon >= lag:
+        return None
+    last = _figure(figures, "dependency_lag")
+    offset = max(0.0, last - lag) if last is not None else 0.0
+    covered = horizon is not None and horizon >= data_horizon + offset
+    reaches = "" if horizon is None else f", the gradient reaches {num(horizon)}"
+    return covered, f"it needs {num(data_horizon)} steps of {num(lag)}{reaches}"
 
 
 def _without_lag(learned: bool | None, outcome: str, horizon: float | None) -> tuple[str, str]:
@@ -366,7 +434,7 @@ def diagnose(figures: dict, *, data_horizon: float | None = None, exclude: dict 
         text += " (1 seed)"
         details.append("unmeasured: the spread over seeds (one run)")
     treat = list(cases)
-    if _learned(figures):  # it learns: only an explosion is a hazard left to treat
+    if _all_learned(figures):  # every run learns: only an explosion is a hazard left to treat
         treat = [c for c in cases if c == EXPLODING]
     chosen = _remedies(treat, exclude, DECLARED if remedies is None else remedies)
     return Diagnosis(cases, text, tuple(details), chosen)
@@ -379,7 +447,10 @@ def _same(current, value: str, column: str) -> bool:
     text = str(current).lower()
     if column == "clip":
         text = text.partition("(")[0]
-    return text == value.lower()
+    try:  # a number as a column with gaps holds it: omega 2.0 is the setting 2
+        return float(text) == float(value)
+    except ValueError:
+        return text == value.lower()
 
 
 def _remedies(cases: list[str], exclude: dict, table: tuple[Remedy, ...]) -> tuple[str, ...]:

@@ -75,6 +75,16 @@ DEFAULTS = Thresholds()
 # and gradlab evaluates on T = 50 to 200 steps, so 0.01 is about the estimator's resolution at T = 100; a direction
 # with |λ| < 0.01 grows or shrinks by less than e over 100 steps: it neither vanishes nor explodes on a task's horizon.
 LYAPUNOV_TOL = 0.01
+# The chaos flag's margin over `steps` averaged steps is max(LYAPUNOV_TOL, LYAPUNOV_ERROR / steps) (``is_chaotic``):
+# the estimate's c/T error with c = 2.3, the largest constant measured above, so a contracting network is not read
+# chaotic at a short length. Measured (gradlab.watch, a relu rnn with U = [[0.9, 3], [0, 0.9]], true λ₁ = log 0.9 =
+# -0.105, from a state away from its fixed point): +0.077 over 18 averaged steps (T = 20), -0.012 over 45 (T = 50),
+# -0.089 over 360 (T = 400); 2.3 / 18 = 0.128 covers the first. Beyond 230 steps LYAPUNOV_TOL is the margin. It is a
+# measured margin, not a bound: a strongly non-normal map grows for a while before it contracts (a Jordan block's
+# t·a^t), so its finite-T estimate exceeds λ₁ by about log(that growth) / T; with U = [[0.9, 10], [0, 0.9]] it
+# read +0.143 over 18 steps (margin 0.128: flagged, and the gradient over those steps does grow 30-fold) and
+# +0.075 over 27 (margin 0.085: not).
+LYAPUNOV_ERROR = 2.3
 
 
 
@@ -262,21 +272,35 @@ def is_vanishing(dependency_ratio, thresholds: Thresholds = DEFAULTS) -> bool | 
     return bool(dependency_ratio < thresholds.vanishing_ratio)
 
 
-def is_chaotic(lyapunov_max) -> bool | None:
-    """The forward dynamics' own explosion flag: the top Lyapunov exponent above ``LYAPUNOV_TOL`` per step.
+def is_chaotic(lyapunov_max, steps: int | None = None) -> bool | None:
+    """The forward dynamics' own explosion flag: the top Lyapunov exponent above the estimate's error per step,
+    ``chaos_margin(steps)``.
 
     Mikhaeil, Monfared & Durstewitz (NeurIPS 2022, Theorem 1) prove that the gradients of an RNN whose
     dynamics are chaotic (λ₁ > 0) diverge with the length of the sequence, and that stable or cyclic
     dynamics keep them bounded: λ₁ > 0 needs no spike rule. The two signals differ in what they see:
     λ₁ is measured at an evaluation on the model's own dynamics (a spike may never occur in a run
     that stops early, or be clipped away before anyone sees it); a spike is measured at every training
-    step and catches what the evaluation inputs do not drive (a single bad batch). None when λ₁ was not
+    step and catches what the evaluation inputs do not drive (a single bad batch).
+    steps: how many steps the exponent was averaged over (``lyapunov.averaged_steps``: the sequence less the
+    transient); None: unknown, the margin is LYAPUNOV_TOL. None when λ₁ was not
     measured (``diagnostics.lyapunov: 0``, the default) or is NaN (a non-finite trajectory: the
     non-finite steps flag that run); -inf (a saturated state) is not chaotic.
     """
     if lyapunov_max is None or (isinstance(lyapunov_max, float) and math.isnan(lyapunov_max)):
         return None
-    return bool(lyapunov_max > LYAPUNOV_TOL)
+    return bool(lyapunov_max > chaos_margin(steps))
+
+
+def chaos_margin(steps: int | None = None) -> float:
+    """How far above 0 λ₁ must be to count as chaotic, per step: max(LYAPUNOV_TOL, LYAPUNOV_ERROR / steps) for an
+    exponent averaged over ``steps`` steps (the QR estimate's c/T error; at the definitions), LYAPUNOV_TOL when
+    steps is None (not known)."""
+    if steps is None:
+        return LYAPUNOV_TOL
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1 (the steps the exponent was averaged over), got {steps}")
+    return max(LYAPUNOV_TOL, LYAPUNOV_ERROR / steps)
 
 
 def verdict(norms, nonfinite_steps: int, profile, dependency: int,
@@ -332,7 +356,7 @@ class ExplosionWatch:
     """The exploding flag of the steps so far, for each evaluation of a run: fed one step at a time.
 
     ``add(norm, nonfinite)`` after every training step (norm NaN for a step with no
-    update, as ``verdict``'s norms), ``add_lyapunov(λ₁)`` at each evaluation that measured it;
+    update, as ``verdict``'s norms), ``add_lyapunov(λ₁, steps)`` at each evaluation that measured it;
     ``exploding()`` is then ``verdict``'s flag on the steps so far — any non-finite step, any
     spike, or chaotic dynamics at an evaluation so far (``chaotic``) — so at the last step it
     equals the run's. Each call checks only the steps since the last against the ``window``
@@ -348,15 +372,16 @@ class ExplosionWatch:
         self._settled = False       # window finite norms were seen: the checked steps' ratios are final
         self._checked: list = []    # the steps checked, all of them until _settled, then the last window finite
         self._new: list = []        # steps added since the last check
-        self.chaotic: bool | None = None  # λ₁ > LYAPUNOV_TOL at an evaluation so far; None: never measured
+        self.chaotic: bool | None = None  # λ₁ > chaos_margin at an evaluation so far; None: never measured
 
     def add(self, norm: float, nonfinite: bool = False) -> None:
         self._new.append(norm)
         self._nonfinite |= bool(nonfinite)
 
-    def add_lyapunov(self, lyapunov_max) -> None:
-        """An evaluation's λ₁ (None when not measured): chaotic once any evaluation was (``is_chaotic``)."""
-        if (now := is_chaotic(lyapunov_max)) is not None:
+    def add_lyapunov(self, lyapunov_max, steps: int | None = None) -> None:
+        """An evaluation's λ₁ (None when not measured), averaged over ``steps`` steps: chaotic once any evaluation
+        was (``is_chaotic``)."""
+        if (now := is_chaotic(lyapunov_max, steps)) is not None:
             self.chaotic = bool(self.chaotic) or now
 
     def exploding(self) -> bool:

@@ -18,7 +18,8 @@ How the exponents relate to gradients. ∂L/∂h_t is carried back by the transp
 J_t, whose growth rates are the same exponents (the singular values of a product and of its transpose
 agree). So:
 
-- λ₁ > 0: nearby trajectories diverge (chaos, or an unstable state); Mikhaeil, Monfared & Durstewitz
+- λ₁ > 0 (beyond the estimate's c/T error: ``diagnostics.is_chaotic`` with ``Spectrum.steps``): nearby
+  trajectories diverge (chaos, or an unstable state); Mikhaeil, Monfared & Durstewitz
   (NeurIPS 2022, "On the difficulty of learning chaotic dynamics with recurrent neural networks") prove
   that the loss gradients of an RNN whose dynamics are chaotic diverge as the sequence grows. It is an
   explosion signal that needs no heuristic: gradlab's spike rule (``diagnostics.detect_spikes``: a
@@ -214,10 +215,13 @@ def step_jacobian(recurrence: str | Recurrence, nonlinearity, x_t, state, params
 class Spectrum(NamedTuple):
     """What ``spectrum`` returns. exponents: (k,) float64, sorted descending; rank_lost: how many times
     (summed over sequences, steps and directions) a step erased a direction of the frame exactly and it
-    was replaced (``_renew``): 0 on a network whose step Jacobians keep their rank."""
+    was replaced (``_renew``): 0 on a network whose step Jacobians keep their rank; steps: how many steps
+    the exponents were averaged over, T less the transient (the estimate's error is of order c / steps:
+    ``diagnostics.is_chaotic`` takes it; None: not known, as for exponents built by hand)."""
 
     exponents: torch.Tensor
     rank_lost: int
+    steps: int | None = None
 
 
 def _default_transient(T: int) -> int:
@@ -304,7 +308,7 @@ def _run(rec: Recurrence, act, x, state, params, k: int, transient: int | None, 
     # average the B driven trajectories, then order
     per_sample = torch.where(steps > 0, total / steps.clamp(min=1), float("-inf"))  # (B, k)
     exponents = per_sample.mean(dim=0).sort(descending=True).values  # (k,)
-    return Spectrum(exponents, rank_lost), hs
+    return Spectrum(exponents, rank_lost, T - transient), hs
 
 
 def spectrum(recurrence: str | Recurrence, nonlinearity, x, state0, params, k: int,
@@ -377,6 +381,15 @@ def model_spectrum(model, x, k: int, transient: int | None = None, *, sequences:
             result, inputs = _run(rec, act, inputs, s0, params, k, transient, seed, method)
             out.append(result)
     return out
+
+
+def averaged_steps(spectra: Sequence[Spectrum]) -> int | None:
+    """The steps a stack's exponents were averaged over (``Spectrum.steps``): the fewest of its layers' (each
+    layer runs the same T and transient, so one number), None when any is unknown. ``diagnostics.is_chaotic``
+    sets the chaos flag's margin from it; a run's evaluation rows and ``gradlab.watch``'s summary record it as
+    ``lyapunov_steps``."""
+    steps = [s.steps for s in spectra]
+    return None if not steps or any(v is None for v in steps) else min(steps)
 
 
 def summary(spectra: Spectrum | Sequence[Spectrum] | torch.Tensor, tol: float = NEAR_ZERO_TOL) -> dict:

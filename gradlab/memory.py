@@ -66,6 +66,14 @@ NULL_SEED, NULL_DRAWS = 0, 10
 # run's wall time if taken at every evaluation (eval_every 100), so training takes it at the last one only,
 # 0.5-1.1 % of the run.
 CURVE_LAGS = 12
+# How far out (in the fitting half's SDs) a held-out entry of a column may lie before the column is left out of
+# the readout (``_standardise``). Far beyond what data reach, even at the few rows gradlab.watch fits on: for a
+# Gaussian column a held-out entry's standardised value is sqrt((n + 1) / (n - 1)) t_{n-1} (Student's t), so it
+# exceeds 100 SDs with probability 4e-9 per entry at n = 6 (H = 4), 1e-14 at n = 10, 1e-24 at n = 18, and
+# 2e-4 at n = 3, the fewest memory_rows allows (H = 1); measured by simulation, a heavy-tailed t_3 column's
+# 1e-4 quantile is 36 SDs at n = 6 and 17 at n = 250, a lognormal's 74 and 20. The pathology it is there
+# for, saturated units that flip on a held-out sequence, stood 170 - 7e5 SDs out (``_standardise``).
+WILD_SDS = 100.0
 
 
 def readout_score(features: torch.Tensor, target: torch.Tensor, kind: str, alpha: float = DEFAULT_ALPHA) -> dict:
@@ -76,7 +84,7 @@ def readout_score(features: torch.Tensor, target: torch.Tensor, kind: str, alpha
     Each feature column is standardised on the fitting half (scikit-learn's ``StandardScaler``:
     centred, divided by its SD; a column constant there, up to the round-off of the features' dtype,
     is zeroed), so the score does not depend on the state's units; a column whose held-out rows lie
-    beyond any deviation the fitting half can show is zeroed too (``_standardise``: saturated units
+    more than ``WILD_SDS`` SDs out is zeroed too (``_standardise``: saturated units
     that flip on a few held-out sequences); the targets are centred (an intercept, ``fit_intercept=True``); then
     w = V diag(s / (s² + α)) Uᵀ y from the SVD X = U diag(s) Vᵀ of the fitting half, in float64:
     the ridge solution (XᵀX + αI)⁻¹ Xᵀy without forming XᵀX, defined for every finite X (collinear
@@ -109,7 +117,7 @@ def readout_score(features: torch.Tensor, target: torch.Tensor, kind: str, alpha
     is left out of the average, where ``r2_score`` would count it as 1 or 0); SYMBOLS with a
     single class in the fitting half (nothing to separate); a score that comes out non-finite (a
     guard: with the columns beyond the fitting half's reach left out, every standardised entry is
-    within sqrt(n_fit - 1) and the predictions stay bounded).
+    within ``WILD_SDS`` (or sqrt(n_fit - 1), the fitting half's own reach) and the predictions stay bounded).
     """
     if kind not in (VALUES, SYMBOLS):
         raise ValueError(f"kind must be {VALUES!r} or {SYMBOLS!r}, got {kind!r}")
@@ -193,9 +201,9 @@ def _fit_predict(x: torch.Tensor, targets: list[torch.Tensor], n: int, alpha: fl
 
 def _standardise(x: torch.Tensor, n: int, resolution: float) -> torch.Tensor:
     """x (N, F) with each column centred and divided by its SD over rows [0, n) (ddof 0, as StandardScaler),
-    0 for a column that is constant there or that the held-out rows take beyond any deviation those rows can
-    show. Each column is first divided by its largest |entry| on those rows, so the squares cannot overflow
-    (a state at 1e160 standardises as one at 1).
+    0 for a column that is constant there or whose held-out rows lie more than ``WILD_SDS`` SDs out (or beyond
+    sqrt(n - 1), where the fitting rows themselves reach further). Each column is first divided by its largest
+    |entry| on those rows, so the squares cannot overflow (a state at 1e160 standardises as one at 1).
 
     resolution: the eps of the dtype the features were computed in (float32: 1.2e-7; 0 for exact integers).
     """
@@ -216,16 +224,17 @@ def _standardise(x: torch.Tensor, n: int, resolution: float) -> torch.Tensor:
     # nothing the readout can fit; such a column is zeroed, as an exactly constant one.
     constant = exact | (sd < 10 * resolution)
     z = torch.where(constant, torch.zeros_like(scaled), (scaled - mean) / torch.where(constant, 1.0, sd))
-    # Beyond the fitting half's reach: no row of an n-row sample is more than sqrt(n - 1) SDs (ddof 0) from
-    # its mean (Samuelson 1968, "How deviant can you be?", JASA 63: 1522), so a held-out entry beyond that
-    # lies where the fit has seen nothing, whatever the distribution, and a linear readout extrapolates its
-    # weight there unboundedly. In that run, 9 more saturated units (SD 10 eps - 2e4 eps) flipped on a
-    # held-out sequence, 170 - 7e5 SDs out: R² -4.5e6 with the round-off columns zeroed, -0.095 (chance
-    # -0.109) with these zeroed too. Such a column is left out of the readout (the figure stays a lower
-    # bound on what the state holds; the choice sees the held-out features, never their targets). Ordinary
-    # data never reach it (a normal column: sqrt(n - 1) = 15.8 SDs at n = 250), so scikit-learn's figure
-    # is unchanged there.
-    wild = (z[n:].abs() > math.sqrt(max(n - 1, 0))).any(dim=0)  # (F,)
+    # Beyond the fitting half's reach: a held-out entry more than WILD_SDS SDs from the fitting half's mean (or,
+    # where the fitting half itself reaches further, its own largest possible deviation, sqrt(n - 1) SDs with
+    # ddof 0: Samuelson 1968, "How deviant can you be?", JASA 63: 1522) lies where the fit has seen nothing,
+    # and a linear readout extrapolates its weight there unboundedly. In that run, 9 more saturated units
+    # (SD 10 eps - 2e4 eps) flipped on a held-out sequence, 170 - 7e5 SDs out: R² -4.5e6 with the round-off
+    # columns zeroed, -0.095 (chance -0.109) with these zeroed too. Such a column is left out of the readout
+    # (the figure stays a lower bound on what the state holds; the choice sees the held-out features, never
+    # their targets). The bound is WILD_SDS, not sqrt(n - 1): at the few rows gradlab.watch reads from
+    # (n = H + 2, ``watching.memory_rows``) an ordinary held-out entry exceeds sqrt(n - 1) = 2-4 SDs often
+    # (measured: 41 % of Gaussian columns zeroed at H = 4, R² 0.14 where scikit-learn's is 0.88).
+    wild = (z[n:].abs() > max(WILD_SDS, math.sqrt(max(n - 1, 0)))).any(dim=0)  # (F,)
     return torch.where(wild, torch.zeros_like(z), z)
 
 

@@ -16,9 +16,12 @@ one, ``GradientMonitor(model, watch=probe)`` with the probe's ``with`` block aro
 loop's forward and backward, the monitor's vanishing flag is the probe's on its last
 profile (``probe.summary(forward=False)``: the dependency ratio at the probe's lag), and
 its verdict names both flags as a gradlab run's does (``healthy`` only then): exploding
-on the whole norm series (or an overflow in that profile), vanishing on the last backward,
-as a run's on its final evaluation. Until that probe has a profile, vanishing is None with
-a note saying so; where the probe cannot tell (no lag given and a loss at several steps),
+on the whole norm series, an overflow in that profile, or the probe's ``chaotic`` flag (λ₁ of its
+last forward, ``probe.chaotic()``: measured when the monitor's summary is asked, as the probe's own
+summary measures it, unless ``watch(module, lyapunov=0)``), vanishing on the last backward,
+as a run's on its final evaluation: so the monitor's flags are the probe's, or more (its spikes).
+Until that probe has a profile, vanishing is None with a note saying so; where the probe cannot
+tell (no lag given and a loss at several steps, or an upper-bound ratio above the threshold),
 vanishing stays None with the probe's note.
 
 Cost per step: one ``torch._foreach_norm`` over the gradients, a few sums, one
@@ -129,7 +132,8 @@ class GradientMonitor:
         a ``note`` saying so, the figures behind exploding (nonfinite_steps, spikes, spike_ratio_max),
         grad_norm_max, suggested_clip: the keys of a run's summary.json that the norm series gives. With a
         ``watch`` probe, vanishing and the figures behind it (horizon, decay_rate, dependency_lag,
-        dependency_ratio) are its last profile's, and ``note`` the probe's (None when it has nothing to say)."""
+        dependency_ratio) are its last profile's, ``chaotic`` its λ₁'s (which exploding includes), and ``note``
+        the probe's (None when it has nothing to say)."""
         norms = self.norms()
         nonfinite_steps = sum(1 for n in norms if math.isnan(n))
         verdict, figures = diagnostics.verdict(norms, nonfinite_steps, None, 0, self.thresholds)
@@ -150,7 +154,10 @@ class GradientMonitor:
         except RuntimeError as e:  # no forward with gradients, or no backward yet, inside its with block
             return exploding, None, f"vanishing not measured yet: {e}", {}
         figures = {k: s[k] for k in ("horizon", "decay_rate", "dependency_lag", "dependency_ratio")}
-        return exploding or s["exploding"] is True, s["vanishing"], s["note"], figures
+        # the probe's chaos flag too (λ₁ of its last forward, cached per forward and weights; None with lyapunov=0),
+        # so the two never contradict: summary(forward=False) leaves λ₁ out
+        figures["chaotic"] = self.watch.chaotic()
+        return exploding or s["exploding"] is True or figures["chaotic"] is True, s["vanishing"], s["note"], figures
 
     def frame(self):
         """The rows as a pandas DataFrame, one row per step."""

@@ -23,8 +23,12 @@ window at which the model does as well as on the whole sequence:
   the model used;
 - the horizon is the smallest window from which every larger window also passes, in steps from the
   readout, counted as ``Task.lag`` counts them (window = lag keeps the earliest dependency input);
+- a diverged seed (a finished run whose final loss is non-finite: gradlab writes it as null, or flagged
+  ``diverged``) is never left out as if missing: a window with one is unknown (``passes`` None, and
+  the note says so), not the mean of its other seeds; a window left unknown just below the horizon
+  makes it "at most";
 - no horizon (None), with a note saying why, when it cannot be told: the reference has fewer than
-  two seeds (no interval), a non-finite loss, or does not beat the memoryless baseline (its interval
+  two seeds (no interval), a diverged seed, or does not beat the memoryless baseline (its interval
   reaches the baseline: the model learned nothing a window could take away, so every window would
   pass and the "horizon" would be the model's, not the data's); or no window passes (the reach is
   beyond the largest window).
@@ -50,7 +54,7 @@ from gradlab.comparison import _clean, _groups, _numbers, cell_text, fmt, group_
 from gradlab.vocabulary import FULL_WINDOW
 
 SCHEMA = "gradlab.reach/1"  # each JSON row's "schema"; a key that changes meaning or disappears bumps it
-LEVEL = 0.95  # the reference's interval of the mean
+LEVEL = 0.95  # the reference's prediction interval: where one more seed's loss falls (``interval``)
 WINDOW = "window"  # the column of task.window (gradlab.vocabulary.config_columns)
 
 
@@ -96,10 +100,9 @@ def horizons(frame: pd.DataFrame, by: list[str] | None = None) -> list[dict]:
 
 def _horizon(runs: pd.DataFrame) -> dict:
     """The reach of one set of runs that differ only in window (``horizons``)."""
-    losses = {}  # window (None = full) -> the finished runs' final losses
+    losses = {}  # window (None = full) -> the finished runs' final losses, inf for a diverged one
     for _, g in _groups(runs, [WINDOW]):
-        ok = g[g["status"] == "ok"]
-        losses[_window(g[WINDOW].iloc[0])] = _numbers(ok["final_loss"])
+        losses[_window(g[WINDOW].iloc[0])] = _final_losses(g[g["status"] == "ok"])
     windows = sorted(k for k in losses if k is not None)
     notes = []
     if None in losses:
@@ -115,12 +118,30 @@ def _horizon(runs: pd.DataFrame) -> dict:
            "full_loss": sum(full) / len(full) if full else None,
            "full_low": ci[0] if ci else None, "full_high": ci[1] if ci else None,
            "full_seeds": len(full), "baseline_loss": baseline[0] if baseline else None}
+    # a window with a diverged seed is unknown (passes None): its other seeds' mean would hide the divergence
     rows = [{"window": k, "loss": sum(losses[k]) / len(losses[k]) if losses[k] else None,
-             "seeds": len(losses[k]),
-             "passes": None if ci is None or not losses[k] else sum(losses[k]) / len(losses[k]) <= ci[1]}
+             "seeds": len(losses[k]), "diverged": _diverged(losses[k]),
+             "passes": None if ci is None or not losses[k] or _diverged(losses[k])
+             else sum(losses[k]) / len(losses[k]) <= ci[1]}
             for k in windows]
     horizon, why = _read(full, ci, out["baseline_loss"], rows)
     return {**out, "windows": rows, "data_horizon": horizon, "note": "; ".join([why, *notes])}
+
+
+def _final_losses(ok: pd.DataFrame) -> list[float]:
+    """The final losses of finished runs, inf for a diverged one: gradlab writes a non-finite loss as null
+    (JSON has no infinity), so a null loss of a finished run, or its ``diverged`` flag, is a divergence, not a
+    missing seed."""
+    out = []
+    for loss, diverged in zip(ok["final_loss"], ok.get("diverged", pd.Series(False, index=ok.index)), strict=True):
+        loss = _clean(loss)
+        finite = isinstance(loss, (int, float)) and not isinstance(loss, bool) and math.isfinite(loss)
+        out.append(float(loss) if finite and _clean(diverged) is not True else math.inf)
+    return out
+
+
+def _diverged(losses: list[float]) -> int:
+    return sum(not math.isfinite(v) for v in losses)
 
 
 def _window(v) -> int | None:
@@ -134,21 +155,29 @@ def _read(full: list[float], ci, baseline: float | None, rows: list[dict]) -> tu
     if len(full) < 2:
         return None, f"needs >= 2 seeds of the full sequence for an interval (has {len(full)})"
     if ci is None:
-        return None, "the full sequence's loss is not finite in every seed (diverged): no interval"
+        return None, (f"the full sequence's loss is not finite in {_diverged(full)} of its {len(full)} seeds "
+                      "(diverged): no interval, no horizon")
     if baseline is not None and ci[1] >= baseline:
         return None, (f"the full sequence's model does not beat the memoryless baseline ({fmt(ci[1])} >= "
                       f"{fmt(baseline)} at the interval's top): the grid cannot tell the data's reach")
     known = [r for r in rows if r["passes"] is not None]
+    unknown = [r for r in rows if r["diverged"]]
     if not known:
-        return None, "no window has a finished run"
+        return None, "no window has a finished run" + _unknown_note(unknown)
     if not known[-1]["passes"]:
         return None, (f"no window reaches the full sequence's loss: the data reaches further back than "
-                      f"{known[-1]['window']} steps")
+                      f"{known[-1]['window']} steps" + _unknown_note(unknown))
     first = len(known) - 1
     while first > 0 and known[first - 1]["passes"]:
         first -= 1
     horizon = known[first]["window"]
     early = [r["window"] for r in known[:first] if r["passes"]]
+    below = known[first - 1]["window"] if first > 0 else None
+    # a window left unknown (a diverged seed) is said in the note; one between the failing window and the horizon
+    # leaves the horizon an upper bound (it might have passed)
+    if any(below is None or r["window"] > below for r in unknown if r["window"] < horizon):
+        return horizon, (f"the data reaches at most {horizon} steps back: window {horizon} keeps what the model "
+                         f"uses; a smaller one is unknown" + _unknown_note(unknown))
     if first > 0:
         why = (f"the data reaches {horizon} steps back: window {horizon} keeps what the model uses, "
                f"window {known[first - 1]['window']} loses it")
@@ -156,7 +185,13 @@ def _read(full: list[float], ci, baseline: float | None, rows: list[dict]) -> tu
         why = f"the data reaches at most {horizon} steps back: the smallest window tried keeps what the model uses"
     if early:
         why += f" (windows {', '.join(map(str, early))} pass too, with a larger one failing between: not monotone)"
-    return horizon, why
+    return horizon, why + _unknown_note(unknown)
+
+
+def _unknown_note(unknown: list[dict]) -> str:
+    """``; window 3 unknown (1 of 3 seeds diverged)`` for each window left unknown by a diverged seed."""
+    return "".join(f"; window {r['window']} unknown ({r['diverged']} of {r['seeds']} seeds diverged)"
+                   for r in unknown)
 
 
 # ---------------------------------------------------------------------------

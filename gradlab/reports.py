@@ -29,7 +29,7 @@ def json_document(table: pd.DataFrame | None, checks: list[dict] | None = None,
     """
     doc = {"schema": SCHEMA}
     if table is not None:
-        doc["groups"] = comparison.diagnosed(to_records(table))
+        doc["groups"] = comparison.diagnosed(to_records(table), table)
     if checks is not None:
         doc["expectations"] = checks
         doc["passed"] = all(c["passed"] for c in checks)

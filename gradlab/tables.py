@@ -198,7 +198,8 @@ def diagnoses(table) -> list[tuple[str, dict]]:
     diagnosis (``comparison.diagnosed``: cases, text, details, remedies)."""
     records = to_records(table)
     shown, _ = _split(table, records)
-    return [(", ".join(f"{c}={cell_text(c, r[c])}" for c in shown), r["diagnosis"]) for r in diagnosed(records)]
+    return [(", ".join(f"{c}={cell_text(c, r[c])}" for c in shown), r["diagnosis"])
+            for r in diagnosed(records, table)]
 
 
 def diagnosis_lines(table, wide: bool = False) -> list[tuple[str, str]]:

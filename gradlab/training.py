@@ -354,8 +354,10 @@ def diagnose(model, task, probe: Batch, window, dependency: int, thresholds: Thr
         summary["long_term_share" if i == 0 else f"long_term_share_l{i}"] = shares[i]
     if thresholds.lyapunov:  # opt-in (its cost: Thresholds.lyapunov); each layer driven by the one below
         k = min(thresholds.lyapunov, model.hidden)  # a state has at least H dimensions
-        for i, spectrum in enumerate(lyapunov.model_spectrum(model, probe.x, k)):
+        spectra = lyapunov.model_spectrum(model, probe.x, k)
+        for i, spectrum in enumerate(spectra):
             summary.update({key if i == 0 else f"{key}_l{i}": v for key, v in lyapunov.summary(spectrum).items()})
+        summary["lyapunov_steps"] = lyapunov.averaged_steps(spectra)  # the chaos flag's margin depends on it
     return summary, profiles
 
 
@@ -412,7 +414,7 @@ def _train(cfg: dict, progress, rows: list) -> dict:
                                         clipper.grad_transform)
             figures.update(memory.memory(model, task, eval_batch, length, hs=hs))  # does the state hold it?
             for key in (k for k in figures if k.startswith("lyapunov_max")):  # every layer's λ₁ (when measured):
-                explosion.add_lyapunov(figures[key])  # chaotic dynamics flag the run too
+                explosion.add_lyapunov(figures[key], figures.get("lyapunov_steps"))  # chaotic dynamics flag the run
             if stop or step == tc["steps"]:  # the last evaluation: memory against lag, in the summary
                 curve = memory.run_curve(model, task, eval_batch, length, hs=hs)
             profiles.append(profile)  # (L, S)
@@ -443,6 +445,7 @@ def _train(cfg: dict, progress, rows: list) -> dict:
         "final_loss": final_loss,
         "final_accuracy": last_eval["accuracy"],
         "baseline_loss": task.baseline(length),
+        "task_lag": task.lag(length),  # Task.lag: from the first scored step, as task.window counts (gradlab.reach)
         "solved": bool(last_eval["solved"]),
         "steps_to_solve": steps_to_solve,
         "diverged": diverged(final_loss, [r["nonfinite"] for r in train_rows], tc["steps"]),

@@ -178,8 +178,8 @@ METRICS = ["runs", "failed", "solved", "solved_rate", "solved_ci_low", "solved_c
            "final_loss_mean", "final_loss_std", "baseline_loss",
            "loss_ratio_iqm", "loss_ratio_min", "loss_ratio_max", "loss_ratio_ci_low", "loss_ratio_ci_high",
            "steps_to_solve_median", "diverged", "verdict", "verdicts", "exploding_runs", "vanishing_runs",
-           "horizon_init_median", "horizon_median", "dependency_lag_median", "dependency_ratio_median",
-           "dependency_ratio_bound",
+           "horizon_init_median", "horizon_median", "dependency_lag_median", "task_lag_median",
+           "dependency_ratio_median", "dependency_ratio_bound",
            "long_term_share_median", "memory_median", "memory_chance_median", "memory_ceiling_median",
            "lyapunov_max_median", "clip_rate_mean", "grad_norm_max", "suggested_clip",
            "data_horizon"]  # the data's reach of a task.window grid's set (gradlab.reach), else None
@@ -222,10 +222,12 @@ def label_flags(label) -> set[str]:
 # The cases a diagnosis names (gradlab.diagnosis, issue 23 point 6), and what a registry entry's ``addresses``
 # says it treats (gradlab.cells.Cell, gradlab.remedies.ClipRule): case -> the words a diagnosis says.
 UNREACHED, FORGETS, SHORT_DATA, HARD_TASK, UNTOLD = "unreached", "forgets", "short_data", "hard_task", "unknown"
+WINDOW_HIDES = "window_hides"  # the group's own task.window is shorter than its data's reach: the setting, not the data
 CASES = {EXPLODING: "explodes",
          UNREACHED: "gradient does not reach the dependency",
          FORGETS: "gradient reaches the dependency but the state does not hold it",
          SHORT_DATA: "the data has no dependency that long",
+         WINDOW_HIDES: "its task.window hides the dependency",
          HARD_TASK: "hard task, not a vanishing gradient",
          HEALTHY: "healthy",
          UNTOLD: "cannot tell"}

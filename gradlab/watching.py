@@ -304,16 +304,19 @@ class Watch:
         ``watch``, else the rule of the module docstring: T - 1 when the loss reads one step,
         None when it reads several), ``nonfinite_steps`` (steps whose ∂L/∂h_t is inf or NaN),
         the two flags of a run (``diagnostics.verdict``): ``exploding`` (an overflow in this
-        backward, or ``chaotic``: λ₁ above ``diagnostics.LYAPUNOV_TOL``, None when not measured;
+        backward, or ``chaotic``: λ₁ above the estimate's error, ``diagnostics.chaos_margin`` of
+        ``lyapunov_steps``, the steps it was averaged over; None when not measured;
         one profile has no norm series, so no spikes: a ``GradientMonitor`` in the loop sees
         those) and ``vanishing`` (the dependency's
-        share below ``vanishing_ratio``; None when it is NaN or the lag unknown), ``verdict``
-        naming both (``vanishing+exploding``, ``exploding``, ``vanishing``, ``healthy``, or
+        share below ``vanishing_ratio``; None when it is NaN or the lag unknown, and when the ratio is
+        only an upper bound at or above ``vanishing_ratio``: ``dependency_ratio_bound`` True, the loss
+        also reads steps between the dependency and the last, whose direct terms enter the profile),
+        ``verdict`` naming both (``vanishing+exploding``, ``exploding``, ``vanishing``, ``healthy``, or
         ``not exploding`` when vanishing is unknown), ``depth_ratio`` for a stack, and
         ``loss_steps``: how many steps the loss reads directly.
 
         Forward figures (the module docstring; the names of a run's evaluation rows): with
-        ``lyapunov`` > 0, ``lyapunov_max``, ``lyapunov_near_zero``, ``lyapunov_rank_lost``
+        ``lyapunov`` > 0, ``lyapunov_max``, ``lyapunov_near_zero``, ``lyapunov_rank_lost``, ``lyapunov_steps``
         (``lyapunov.summary`` of layer 0; ``_l<l>`` of layer l > 0, as a run's rows; the stack's λ₁
         is the largest); ``memory`` and ``memory_chance`` (the held-out score of x_{T-1-lag} from
         the top layer's h_{T-1}, and the readout's chance level). ``forward=False`` leaves them
@@ -327,6 +330,8 @@ class Watch:
         T = p.shape[1]
         reads = record.read_steps()  # (T,)
         known, notes = self._dependency_lag(lag, reads), []
+        # the loss also reads steps between the dependency and the last: the ratio is an upper bound
+        bound = known is not None and bool(reads.sum() > 1 and reads[T - 1 - known:T - 1].any())
         measured = {}  # the forward figures, first: λ₁ > 0 is an explosion flag (diagnostics.is_chaotic)
         if forward:
             measured.update(self._lyapunov(record, notes))
@@ -343,19 +348,33 @@ class Watch:
                          f"horizon reaches at least lag {T - 1 - first} (the earliest step read, through its own "
                          "direct term), not how far one loss's gradient travels, and vanishing is unknown; "
                          "pass watch(module, lag=k), k the steps back from the last to the input the task needs")
-        elif reads.sum() > 1 and reads[T - 1 - known:T - 1].any():
+        elif bound:
+            # an upper bound below vanishing_ratio proves vanishing; one above it proves nothing (a contracting
+            # rnn with a loss at every step reads 0.99 at lag 30, where the last step's own gradient is 1.8e-36)
+            if figures["vanishing"] is False:
+                figures["vanishing"] = None
+                verdict = verdict_label(figures["exploding"], None)
+            unknown = "" if figures["vanishing"] else (
+                f"; above vanishing_ratio {self.thresholds.vanishing_ratio:g} it cannot tell whether that gradient "
+                "vanishes, so vanishing is unknown (a loss at the last step only measures it)")
             notes.append(f"the loss also reads steps at or after the dependency (lag {known}) before the last: "
                          "dependency_ratio includes their shorter-range terms, an upper bound on the gradient "
-                         "that travels from the last step")
+                         f"that travels from the last step{unknown}")
         out = {"verdict": verdict, "peak": diagnostics.profile_summary(p[0], T - 1 - (known or 0))["peak"],
                **{k: v for k, v in figures.items() if k not in ("spikes", "spike_ratio_max")},
-               "loss_steps": int(reads.sum())}
+               "loss_steps": int(reads.sum()), "dependency_ratio_bound": bound}
         if len(p) > 1:
             out["depth_ratio"] = diagnostics.depth_ratio(p)
         out.update(self._long_term_shares(record, known))
         out.update(measured)
         out["note"] = " ".join(f"{n}." for n in notes) or None
         return out
+
+    def chaotic(self) -> bool | None:
+        """``summary()``'s ``chaotic`` flag alone (``_chaotic``: λ₁ of the last forward, at the weights as they are
+        now, cached as ``summary`` caches it); None when not measured (``lyapunov=0``, an empty batch, an input
+        modified in place since the forward). Raises RuntimeError as ``summary`` before a forward and backward."""
+        return _chaotic(self._lyapunov(self._record(), []))
 
     def _dependency_lag(self, lag: int | None, reads: np.ndarray) -> int | None:
         """The dependency's lag: ``lag``, else the one given to ``watch``, else T - 1 when the loss reads at most
@@ -377,7 +396,7 @@ class Watch:
         """``lyapunov.summary`` per layer of the module driven by the kept input, once per forward and weights."""
         if not self.lyapunov:
             return {}
-        keys = {k: None for k in ("lyapunov_max", "lyapunov_near_zero", "lyapunov_rank_lost")}
+        keys = {k: None for k in ("lyapunov_max", "lyapunov_near_zero", "lyapunov_rank_lost", "lyapunov_steps")}
         if record.x.shape[1] == 0 or record.changed():
             why = "an empty batch" if record.x.shape[1] == 0 else "the input was modified in place since the forward"
             notes.append(f"lyapunov not measured: {why}")
@@ -391,6 +410,7 @@ class Watch:
             for i, spectrum in enumerate(spectra):
                 figures.update({key if i == 0 else f"{key}_l{i}": v
                                 for key, v in lyapunov.summary(spectrum).items()})
+            figures["lyapunov_steps"] = lyapunov.averaged_steps(spectra)  # the chaos flag's margin depends on it
             record.cache[weights] = figures
         return record.cache[weights]
 
@@ -452,19 +472,23 @@ def compare_figures(summary: dict) -> dict:
     not measured, which a count over runs could not say), no ``runs`` (not a group of seeds)."""
     return {"verdict": summary["verdict"], "exploding": summary["exploding"], "vanishing": summary["vanishing"],
             "horizon_median": summary["horizon"], "dependency_lag": summary["dependency_lag"],
-            "dependency_ratio_median": summary["dependency_ratio"], "dependency_ratio_bound": False,
+            "dependency_ratio_median": summary["dependency_ratio"],
+            "dependency_ratio_bound": summary.get("dependency_ratio_bound", False),
             "memory_median": summary.get("memory"), "memory_chance_median": summary.get("memory_chance"),
             "memory_ceiling_median": None, "lyapunov_max_median": summary.get("lyapunov_max"),
             "long_term_share_median": summary.get("long_term_share"),
+            # what flagged this one run exploding, for the diagnosis to say (no spikes: one profile has no norms)
+            "chaotic": summary.get("chaotic"), "nonfinite_steps": summary.get("nonfinite_steps"),
             # a user's loop: no loss against a baseline, no solved criterion, no divergence rule
             **dict.fromkeys(("final_loss_mean", "baseline_loss", "loss_ratio_iqm", "solved", "solved_rate",
                              "diverged", "steps_to_solve_median"))}
 
 
 def _chaotic(measured: dict) -> bool | None:
-    """``diagnostics.is_chaotic`` of the stack: of its λ₁, the largest layer's (``lyapunov.model_spectrum``);
-    None when no layer's was measured."""
-    flags = [diagnostics.is_chaotic(v) for k, v in measured.items() if k.startswith("lyapunov_max")]
+    """``diagnostics.is_chaotic`` of the stack: of its λ₁, the largest layer's (``lyapunov.model_spectrum``),
+    averaged over ``lyapunov_steps``; None when no layer's was measured."""
+    steps = measured.get("lyapunov_steps")
+    flags = [diagnostics.is_chaotic(v, steps) for k, v in measured.items() if k.startswith("lyapunov_max")]
     return None if all(f is None for f in flags) else any(flags)
 
 

@@ -480,3 +480,32 @@ def test_a_tie_with_a_bad_verdict_is_a_regression_from_healthy(tmp_path):
 def test_the_floor_of_p_is_only_claimed_for_the_exact_test():
     assert statistics.exact_applies([0.1, 0.2], [0.3, 0.4])
     assert not statistics.exact_applies([math.inf] * 3, [0.1, 0.2, 0.3])  # ties: the normal approximation
+
+
+def test_a_setting_every_run_of_a_group_shares_is_not_proposed_again(tmp_path):
+    """``model.forget_bias: chrono`` in every run is no grouping column (it does not vary), yet the groups use
+    it: the diagnosis must not propose it. The same runs without the setting are still told to try it."""
+    for name, bias in (("fb", "chrono"), ("plain", None)):
+        for cell in ("lstm", "gru"):
+            for seed in (0, 1):
+                write_run(tmp_path, name, cell=cell, seed=seed, forget_bias=bias, verdict="vanishing", horizon=3,
+                          final_loss=0.17)
+    frame = comparison.load_frame([tmp_path / "fb"])
+    assert "forget_bias" not in comparison.group_columns(frame)[0]  # what the fix is for: not a group column
+    groups = {}
+    for name in ("fb", "plain"):
+        result = runner.invoke(app, ["compare", str(tmp_path / name), "-f", "json"])
+        assert result.exit_code == 0, result.output
+        groups[name] = {g["cell"]: g for g in json.loads(result.stdout)}
+    for cell in ("lstm", "gru"):
+        used, plain = groups["fb"][cell]["diagnosis"], groups["plain"][cell]["diagnosis"]
+        assert used["cases"] == plain["cases"] == [vocabulary.UNREACHED]
+        assert "model.forget_bias: chrono" not in used["remedies"] and "model.forget_bias: chrono" in plain["remedies"]
+        assert [r for r in plain["remedies"] if r != "model.forget_bias: chrono"] == used["remedies"]  # the rest stays
+        assert "forget_bias" not in groups["fb"][cell]  # carried beside the table, not as a column
+    table = runner.invoke(app, ["compare", str(tmp_path / "fb")])
+    assert table.exit_code == 0 and table.stdout.count("try:") == 2 and "chrono" not in table.stdout
+    from gradlab.reports import json_document
+
+    for g in json_document(comparison.compare(frame))["groups"]:  # compare --check's JSON
+        assert "model.forget_bias: chrono" not in g["diagnosis"]["remedies"]

@@ -119,6 +119,46 @@ def test_chaotic_forward_dynamics_raise_the_exploding_flag_without_a_spike():
     assert watch.exploding() and watch.chaotic is True
 
 
+def test_the_chaos_margin_is_the_estimates_error_over_the_steps_it_averaged():
+    """The QR estimate of λ₁ after T steps is off by about c/T (diagnostics.LYAPUNOV_ERROR, c = 2.3): a fixed
+    0.01 read a contracting network chaotic at a short length. A relu rnn with U = [[0.9, 3], [0, 0.9]] from a
+    positive state (relu is the identity there: the linear map, λ₁ = log 0.9 exactly, its eigenvalues' modulus)
+    reads λ₁ > 0.01 over 20 steps, not chaotic with the margin of the 18 it averaged over; a tanh rnn of
+    U = 3·(random orthogonal) at T = 200 is still chaotic."""
+    from gradlab import lyapunov
+    from gradlab.cells import RecurrentNet
+
+    U = torch.tensor([[0.9, 3.0], [0.0, 0.9]], dtype=torch.float64)
+    assert torch.linalg.eigvals(U).abs().max().item() == pytest.approx(0.9)  # the limit: log 0.9 < 0
+    h0 = torch.rand(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 1.0
+    params = [torch.zeros(2, 1, dtype=torch.float64), U, torch.zeros(2, dtype=torch.float64),
+              torch.zeros(2, dtype=torch.float64)]  # weight_ih, weight_hh, bias_ih, bias_hh
+    short = lyapunov.spectrum("rnn", "relu", torch.zeros(20, 8, 1, dtype=torch.float64), h0, params, 2)
+    lmax = short.exponents[0].item()
+    assert short.steps == 18 and lmax > diagnostics.LYAPUNOV_TOL  # the fixed margin read it chaotic
+    assert diagnostics.is_chaotic(lmax, short.steps) is False and diagnostics.is_chaotic(lmax) is True
+    long = lyapunov.spectrum("rnn", "relu", torch.zeros(400, 8, 1, dtype=torch.float64), h0, params, 2)
+    assert long.steps == 390 and long.exponents[0].item() < 0  # towards log 0.9
+
+    x = torch.randn(200, 8, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    net = RecurrentNet("orthogonal", 2, 16, 1, seed=0, dtype=torch.float64)
+    with torch.no_grad():
+        net.weight_hh.mul_(3.0)
+    spectra = lyapunov.model_spectrum(net, x, 2)
+    assert lyapunov.averaged_steps(spectra) == 190
+    assert diagnostics.is_chaotic(lyapunov.summary(spectra)["lyapunov_max"], 190) is True
+
+    assert diagnostics.chaos_margin(None) == diagnostics.LYAPUNOV_TOL
+    assert diagnostics.chaos_margin(18) == pytest.approx(2.3 / 18)
+    assert diagnostics.chaos_margin(1000) == diagnostics.LYAPUNOV_TOL  # beyond 230 steps: the resolution
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        diagnostics.chaos_margin(0)
+    watch = ExplosionWatch()
+    watch.add(1.0)
+    watch.add_lyapunov(lmax, short.steps)
+    assert watch.chaotic is False and not watch.exploding()
+
+
 def test_a_run_whose_dynamics_are_chaotic_is_flagged_exploding_at_each_evaluation_and_in_its_summary(monkeypatch):
     """A registry entry whose recurrent matrix is 3·(random orthogonal) (chaotic: the test above), trained at lr 0
     so it stays so, with diagnostics.lyapunov on: its spikes are none (the weights never move), yet each
@@ -135,7 +175,8 @@ def test_a_run_whose_dynamics_are_chaotic_is_flagged_exploding_at_each_evaluatio
               "model": {"cell": "loud", "hidden": 16}, "diagnostics": {"lyapunov": 2}}
     out = train(config)
     evals = [r for r in out["rows"] if r["kind"] == "eval"]
-    assert all(r["lyapunov_max"] > diagnostics.LYAPUNOV_TOL for r in evals), evals
+    assert all(r["lyapunov_max"] > diagnostics.chaos_margin(r["lyapunov_steps"]) for r in evals), evals
+    assert {r["lyapunov_steps"] for r in evals} == {10 - 1}  # T = 10 less its transient, min(10, T // 10)
     assert [r["exploding"] for r in evals] == [1] * len(evals)
     s = out["summary"]
     assert (s["spikes"], s["nonfinite_steps"], s["chaotic"], s["exploding"]) == (0, 0, True, True)

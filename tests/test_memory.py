@@ -248,9 +248,8 @@ def test_large_collinear_states_score_rather_than_raise():
 
 def test_a_held_out_row_far_beyond_the_fitting_half_leaves_its_column_out():
     """Finite features whose held-out rows lie far beyond the fitting half's (a model that diverges on some
-    sequences): standardised, the entry is ~1e300 SDs out, beyond the sqrt(n_fit - 1) no fitting row can
-    exceed, so the column is left out (it overflowed the prediction's square before): the score is the
-    readout's on the other columns."""
+    sequences): standardised, the entry is ~1e300 SDs out, beyond ``memory.WILD_SDS``, so the column is left
+    out (it overflowed the prediction's square before): the score is the readout's on the other columns."""
     from sklearn.linear_model import Ridge
     from sklearn.metrics import r2_score
 
@@ -260,6 +259,32 @@ def test_a_held_out_row_far_beyond_the_fitting_half_leaves_its_column_out():
     n = got["n_fit"]
     ref = r2_score(value[n:], _sklearn(Ridge(alpha=DEFAULT_ALPHA), state[:, 1:], value, n)[0])
     assert got["score"] == pytest.approx(ref, abs=1e-8) and got["score"] < 0.1  # the noise units: nothing
+
+
+@pytest.mark.parametrize("H", [4, 8, 16])
+def test_ordinary_data_at_the_fewest_rows_watch_reads_is_scored_as_scikit_learn(H):
+    """At the few rows gradlab.watch reads a memory from (``watching.memory_rows(H)``: n_fit = H + 2), held-out
+    entries of ordinary Gaussian columns lie 2-4 SDs out, beyond Samuelson's sqrt(n_fit - 1), often: none is
+    left out of the readout (a bound at sqrt(n_fit - 1) zeroed 41 % of the columns at H = 4), so the score is
+    scikit-learn's on every seed."""
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import r2_score
+
+    from gradlab.watching import memory_rows
+
+    N = memory_rows(H)
+    n = N // 2
+    beyond = 0  # seeds with a held-out entry beyond sqrt(n - 1) SDs: the case the test is about
+    for seed in range(60):
+        g = rng(seed)
+        x = g.normal(size=(N, H))
+        y = x @ np.ones(H) + 0.1 * g.normal(size=N)
+        got = readout_score(torch.from_numpy(x), torch.from_numpy(y), VALUES)
+        ref = r2_score(y[n:], _sklearn(Ridge(alpha=DEFAULT_ALPHA), x, y, n)[0])
+        assert got["score"] == pytest.approx(ref, abs=1e-8), seed
+        z = (x[n:] - x[:n].mean(axis=0)) / x[:n].std(axis=0)
+        beyond += bool((np.abs(z) > math.sqrt(n - 1)).any())
+    assert beyond >= 10
 
 
 def test_a_non_finite_score_is_none():

@@ -228,3 +228,26 @@ def test_given_a_watch_probe_the_verdict_names_the_vanishing_flag_of_its_last_pr
         assert monitor.verdict() == expected and s["vanishing"] == own["vanishing"] and s["note"] == own["note"]
         assert s["exploding"] is False and s["horizon"] == own["horizon"]
     assert "no lag was given" in s["note"]
+
+
+def test_given_a_watch_probe_of_chaotic_dynamics_the_monitor_and_the_probe_agree():
+    """A tanh nn.RNN of gain 3 (weights N(0, 9/H): chaotic, λ₁ > 0) with no spike in the norm series: the probe
+    says exploding by its top Lyapunov exponent (its full summary), and the monitor given it says the same, never
+    ``not exploding``; with lyapunov=0 neither measures λ₁ and both say not exploding."""
+    H, T, B = 16, 40, 8
+    torch.manual_seed(0)
+    rnn = nn.RNN(1, H).to(torch.float64)
+    with torch.no_grad():
+        rnn.weight_hh_l0.copy_(torch.randn(H, H, dtype=torch.float64) * 3.0 / H ** 0.5)
+    x = 0.1 * torch.randn(T, B, 1, dtype=torch.float64)
+    for k, chaotic in ((2, True), (0, None)):
+        probe = gradlab.watch(rnn, lag=5, lyapunov=k)
+        monitor = gradlab.GradientMonitor(rnn, watch=probe)
+        rnn.zero_grad()
+        with probe:
+            rnn(x)[0][-1].sum().backward()
+        monitor.step()
+        own, s = probe.summary(), monitor.summary()
+        assert own["chaotic"] is chaotic and s["chaotic"] is chaotic and s["spikes"] == 0
+        assert s["exploding"] is own["exploding"] is (chaotic is True)
+        assert monitor.verdict() == own["verdict"]

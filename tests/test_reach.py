@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from scipy import stats
 from typer.testing import CliRunner
 
-from gradlab import comparison, reach
+from gradlab import comparison, reach, results
 from gradlab.cli import app
 from gradlab.comparison import load_frame
 from gradlab.config import ConfigError, load_experiment
 from gradlab.task import Batch, Windowed, hide
 from gradlab.tasks import TASKS, VARIANTS, resolve
-from gradlab.vocabulary import HEALTHY, SHORT_DATA
+from gradlab.vocabulary import CASES, HARD_TASK, HEALTHY, SHORT_DATA, WINDOW_HIDES
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -290,9 +290,48 @@ def test_without_a_full_group_the_largest_window_stands_for_it():
     assert record["data_horizon"] == 5 and "window 9 stands for it" in record["note"]
 
 
-def test_a_diverged_full_seed_gives_no_interval():
-    [record] = reach.horizons(_frame({None: [0.01, math.inf, 0.011], 2: [0.1] * 3}))
-    assert record["data_horizon"] is None and "not finite" in record["note"]
+def _write_runs(root: Path, losses: dict) -> Path:
+    """{window (None = full): [final loss per seed, None for a diverged one]} -> finished runs on disk, as
+    gradlab writes them: a non-finite final loss is null in summary.json (JSON has no infinity)."""
+    for window, values in losses.items():
+        for seed, loss in enumerate(values):
+            config = {"name": "rd", "task": {"name": "adding", "length": 10, "eval_size": 16, "variant": None,
+                                             "window": window},
+                      "model": {"cell": "lstm", "hidden": 4, "layers": 1},
+                      "train": {"steps": 4, "batch_size": 4, "clip": {"kind": "none"}, "tbptt": None,
+                                "eval_every": 4},
+                      "device": "cpu", "dtype": "float32", "threads": 1, "seed": seed}
+            summary = {"status": "ok", "final_loss": loss, "baseline_loss": BASELINE, "solved": False,
+                       "diverged": loss is None, "steps_done": 4, "verdict": "healthy"}
+            rows = [{"kind": "train", "step": s, "loss": 0.1} for s in (1, 4)] + \
+                   [{"kind": "eval", "step": s} for s in (0, 4)]
+            name = f"window={'full' if window is None else window}_seed={seed}_{seed:015d}{window or 0}"
+            results.save_run(root / "rd" / name, config, {}, rows, summary)
+    return root / "rd"
+
+
+def test_a_diverged_full_seed_on_disk_gives_no_horizon(tmp_path):
+    """Three seeds of the whole sequence, one diverged (null on disk): not two seeds and a horizon."""
+    root = _write_runs(tmp_path, {None: [0.010, None, 0.011], 2: [0.1] * 3, 5: [0.0105] * 3})
+    [record] = reach.horizons(load_frame([root]))
+    assert record["full_seeds"] == 3 and record["full_high"] is None
+    assert record["data_horizon"] is None and "not finite in 1 of its 3 seeds (diverged)" in record["note"]
+    result = runner.invoke(app, ["compare", str(root), "--reach", "-f", "json"])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.output)
+    assert row["data_horizon"] is None and row["full_loss"] is None and "diverged" in row["note"]
+
+
+def test_a_window_with_a_diverged_seed_is_unknown_not_the_mean_of_the_rest(tmp_path):
+    full = [0.010, 0.013, 0.011]
+    root = _write_runs(tmp_path, {None: full, 2: [0.1] * 3, 3: [0.0105, None, 0.0106], 5: [0.0105] * 3})
+    [record] = reach.horizons(load_frame([root]))
+    three = next(r for r in record["windows"] if r["window"] == 3)
+    assert three["seeds"] == 3 and three["diverged"] == 1 and three["passes"] is None
+    assert math.isinf(three["loss"])  # not (0.0105 + 0.0106) / 2, which would pass
+    # window 3 might have passed: 5 is the horizon at most, and the note says why
+    assert record["data_horizon"] == 5
+    assert "at most 5 steps back" in record["note"] and "window 3 unknown (1 of 3 seeds diverged)" in record["note"]
 
 
 def test_each_set_of_window_groups_gets_its_own_horizon():
@@ -313,6 +352,17 @@ def test_no_window_grid_is_an_error(windows):
         frame = frame.drop(columns="window")
     with pytest.raises(reach.NoWindowGrid, match="no task.window grid"):
         reach.horizons(frame)
+
+
+def test_compare_by_window_without_a_window_grid_gives_no_reach():
+    """``--by window`` over runs that all saw the whole sequence: the groups' data horizon is unknown (None),
+    not a traceback."""
+    result = runner.invoke(app, ["compare", str(ROOT / "results" / "tbptt_lag"), "--by", "window", "-f", "json"])
+    assert result.exit_code == 0, result.output
+    groups = json.loads(result.stdout)
+    assert groups and all(g["data_horizon"] is None and g["window"] is None for g in groups)
+    table = runner.invoke(app, ["compare", str(ROOT / "results" / "tbptt_lag"), "--by", "window"])
+    assert table.exit_code == 0 and "Traceback" not in table.output and "window=full:" in table.output
 
 
 def test_old_results_read_as_the_full_sequence():
@@ -369,10 +419,34 @@ def test_compare_reach_prints_each_format(tiny_reach):
     assert csv_out.exit_code == 0 and "loss_w1" in csv_out.output.splitlines()[0]
 
 
+def test_the_reach_view_says_every_note_whole_at_100_columns():
+    """Several sets (three tasks): each note is a line under the table, whole, as the diagnoses are."""
+    from rich.console import Console
+
+    from gradlab.cli.render import PLAIN, reach_view
+
+    frames = [_frame({None: [0.01, 0.012, 0.011], 2: [0.2] * 3, 3: [0.011] * 3, 7: [0.0105] * 3, 9: [0.011] * 3},
+                     task="adding"),
+              _frame({None: [0.3, 0.31, 0.29], 2: [1.3] * 3, 3: [1.3] * 3, 7: [0.9] * 3, 9: [0.3] * 3},
+                     task="temporal_order", baseline=1.386),
+              _frame({None: [0.01], 2: [0.1], 3: [0.01]}, task="permutation", baseline=0.69)]
+    records = reach.horizons(pd.concat(frames, ignore_index=True))
+    console = Console(width=100, record=True, **PLAIN)
+    console.print(reach_view(records, title="the data's reach: x", width=100))
+    lines = console.export_text().splitlines()
+    assert all(len(line) <= 100 for line in lines)
+    joined = " ".join(line.strip() for line in lines)
+    assert len(records) == 3 and all(len(r["note"]) > 60 for r in records)  # notes too long for a column
+    for r in records:
+        assert f"task={r['task']}: {r['note']}" in joined, r["note"]
+
+
 def test_compare_shows_the_window_column(tiny_reach):
     rows = json.loads(runner.invoke(app, ["compare", str(tiny_reach), "-f", "json"]).output)
     assert sorted(r["window"] is None for r in rows) == [False, True]
     assert {r["window"] for r in rows} == {1, None}
+    # each run records its task's own lag (Task.lag, from the readout): adding[near] reads its first mark 3 back
+    assert [r["task_lag_median"] for r in rows] == [resolve({"name": "adding", "variant": "near"}).lag(6)] * 2 == [3, 3]
 
 
 def test_compare_reach_without_a_window_grid_fails_in_one_line():
@@ -405,26 +479,44 @@ def test_a_window_grid_recovers_the_known_lags(tmp_path):
 # ---------------------------------------------------------------------------
 # The reach feeds the diagnosis: compare gives each group of a window grid its set's data horizon.
 
-def _diagnosed(losses: dict, dependency_lag: int, solved: bool = False) -> dict:
-    """{window: (data_horizon, diagnosis)} of a hand-made window grid whose gradient reaches 9 steps."""
-    frame = _frame(losses, solved=solved, steps_to_solve=None, diverged=False, verdict="healthy", exploding=False,
-                   vanishing=False, horizon=9.0, dependency_lag=dependency_lag, dependency_ratio=0.3, grad_norm_max=1.0,
-                   suggested_clip=1.0)
+def _diagnosed(losses: dict, task_lag: int | None, solved: bool = False, vanishing: bool = False, **figures) -> dict:
+    """{window: (data_horizon, diagnosis)} of a hand-made window grid of adding (T = 10: its lag 9 from the
+    readout, the last step) whose gradient reaches 9 steps."""
+    frame = _frame(losses, solved=solved, steps_to_solve=None, diverged=False,
+                   verdict="vanishing" if vanishing else "healthy", exploding=False, vanishing=vanishing,
+                   horizon=9.0, dependency_lag=7, task_lag=task_lag, dependency_ratio=1e-5 if vanishing else 0.3,
+                   grad_norm_max=1.0, suggested_clip=1.0, **figures)
     records = comparison.diagnosed(comparison.to_records(comparison.compare(frame)))
     return {r["window"]: (r["data_horizon"], r["diagnosis"]) for r in records}
 
 
+HOLDS = {"memory": 0.9, "memory_chance": 0.0, "memory_ceiling": 1.0}  # the state holds its dependency input
+
+
 def test_a_window_grid_tells_the_diagnosis_when_the_data_needs_less_than_the_dependency():
     full, bad = [0.010, 0.013, 0.011], [0.16, 0.17, 0.165]
-    short = _diagnosed({None: full, 2: bad, 3: full}, dependency_lag=9)  # the data needs 3 of the 9 steps
-    assert {w: h for w, (h, _) in short.items()} == {None: 3, 2: 3, 3: 3}
-    assert short[None][1]["cases"] == [SHORT_DATA]
-    assert "it needs 3 steps of 9, the gradient reaches 9" in short[None][1]["text"]
-    learned = _diagnosed({None: full, 2: bad, 3: full}, dependency_lag=9, solved=True)
-    assert learned[None][1]["cases"] == [HEALTHY] and "no dependency that long (it needs 3" in learned[None][1]["text"]
-    assert short[2][1]["cases"] == [SHORT_DATA] and "task.window keeps 2 of the 3 steps" in short[2][1]["text"]
-    whole = _diagnosed({None: full, 8: bad, 9: full}, dependency_lag=9)  # it needs all 9: not short
+    grid = {None: full, 2: bad, 3: full}  # the data needs 3 of the task's 9 steps
+    learned = _diagnosed(grid, task_lag=9, solved=True)
+    assert {w: h for w, (h, _) in learned.items()} == {None: 3, 2: 3, 3: 3}
+    assert learned[None][1]["cases"] == [HEALTHY]
+    assert "; the data has no dependency that long (it needs 3 steps of 9, the gradient reaches 9)" in \
+        learned[None][1]["text"]
+    # a gradient that fades before the task's lag yet covers what the data needs: the data explains the flag
+    vanishing = _diagnosed(grid, task_lag=9, solved=True, vanishing=True)
+    assert vanishing[None][1]["cases"] == [SHORT_DATA] and "it needs 3 steps of 9" in vanishing[None][1]["text"]
+    # unsolved: the short reach explains no failure; the state and the task decide, the reach is a detail
+    unsolved = _diagnosed(grid, task_lag=9, **HOLDS)
+    assert unsolved[None][1]["cases"] == [HARD_TASK]
+    assert any("it needs 3 steps of 9" in x for x in unsolved[None][1]["details"])
+    # window 2 hides what the data needs: its own setting, not the data
+    hidden = learned[2][1]
+    assert hidden["cases"] == [WINDOW_HIDES] and hidden["remedies"] == []
+    assert hidden["text"].startswith(f"{CASES[WINDOW_HIDES]}: it keeps 2 of the 3 steps the data needs")
+    whole = _diagnosed({None: full, 8: bad, 9: full}, task_lag=9, solved=True)  # it needs all 9: not short
     assert whole[None][0] == 9 and SHORT_DATA not in whole[None][1]["cases"]
+    assert CASES[SHORT_DATA] not in whole[None][1]["text"]
+    unknown = _diagnosed(grid, task_lag=None, solved=True)  # runs from before task_lag: no claim
+    assert unknown[None][0] == 3 and CASES[SHORT_DATA] not in unknown[None][1]["text"]
     plain = comparison.diagnosed(comparison.to_records(comparison.compare(
         _frame({None: full}, solved=True, steps_to_solve=5, diverged=False, verdict="healthy", exploding=False,
                vanishing=False, horizon=9.0, dependency_ratio=0.3, grad_norm_max=1.0, suggested_clip=1.0))))

@@ -241,8 +241,10 @@ def sweep_with_progress(name, runs, out, quiet, **options):
 
 def reach_view(records: list[dict], title: str, width: int | None = None) -> Group:
     """``compare --reach``: one row per set of window groups (``gradlab.reach.flat_rows``): the set's
-    columns that vary, the full sequence's loss and interval, the loss at each window, the horizon and
-    why; the columns every set shares go into the title, the legend below."""
+    columns that vary, the full sequence's loss and interval, the loss at each window, the horizon; under
+    the table each set's note (why that horizon, or why none), a line each as the diagnoses are (a column
+    of sentences would leave the figures no room at 100 columns); the columns every set shares go into the
+    title, the legend below."""
     from gradlab.comparison import cell_text
     from gradlab.reach import LEGEND, flat_rows
 
@@ -253,16 +255,18 @@ def reach_view(records: list[dict], title: str, width: int | None = None) -> Gro
     constant = [k for k in keys if len({cell_text(k, r[k]) for r in rows}) == 1]
     shown = [k for k in keys if k not in constant]
     windows = [k for k in (rows[0] if rows else {}) if k.startswith("loss_w")]
-    labels = [*shown, "full loss (seeds' 95%)", *(f"w={k.removeprefix('loss_w')}" for k in windows), "horizon",
-              "note"]
+    labels = [*shown, "full loss (seeds' 95%)", *(f"w={k.removeprefix('loss_w')}" for k in windows), "horizon"]
     body = [[*(cell_text(k, r[k]) for k in shown),
-             f"{cell_text('', r['full_loss'])} ({cell_text('', r['full_low'])}–{cell_text('', r['full_high'])})"
+             cell_text("", r["full_loss"])
+             + ("" if r["full_high"] is None else f" ({cell_text('', r['full_low'])}–{cell_text('', r['full_high'])})")
              + ("" if r["reference"] == "full" else f" w={r['reference']}"),
-             *(cell_text(k, r[k]) for k in windows), cell_text("", r["data_horizon"]),
-             Text(r["note"], style="dim")] for r in rows]
+             *(cell_text(k, r[k]) for k in windows), cell_text("", r["data_horizon"])] for r in rows]
     caption = " · ".join(x for x in (title, ", ".join(f"{k}={cell_text(k, rows[0][k])}" for k in constant)) if x)
-    t = _table(caption, labels, body, left=len(shown), text_labels=("note",), width=width)
-    return Group(t, Text(LEGEND, style="dim"))
+    t = _table(caption, labels, body, left=len(shown), width=width)
+    # Text wraps at spaces, never cuts a word: each note stays whole at any width
+    notes = [Text(", ".join(f"{k}={cell_text(k, r[k])}" for k in shown) + ": " + r["note"] if shown else r["note"])
+             for r in rows if r["note"]]
+    return Group(t, *notes, Text(LEGEND, style="dim"))
 
 
 def bench_table(rows: list[dict], title: str) -> Table:
