@@ -214,10 +214,6 @@ def verdict_label(exploding: bool | None, vanishing: bool | None) -> str | None:
     return HEALTHY if vanishing is False else NOT_EXPLODING
 
 
-def label_flags(label) -> set[str]:
-    """The flags a label names: ``{"vanishing", "exploding"}`` for BOTH, ``set()`` for HEALTHY, MIXED or None."""
-    return {part for part in str(label or "").split(FLAG_JOIN) if part in FLAGS}
-
 # ---------------------------------------------------------------------------
 # The cases a diagnosis names (gradlab.diagnosis, issue 23 point 6), and what a registry entry's ``addresses``
 # says it treats (gradlab.cells.Cell, gradlab.remedies.ClipRule): case -> the words a diagnosis says.
